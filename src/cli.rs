@@ -1,0 +1,142 @@
+//! The command line: `sqlplan plan` and `sqlplan graph`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::diag::Problem;
+
+const ABOUT: &str = "A declarative SQL-plan compiler and executor for Delta Lake tables.
+
+A pipeline is a YAML file naming tables (Delta locations) and stages in program order:
+SELECT stages define relations, MERGE / INSERT / DELETE stages write tables, and
+maintenance stages optimize or vacuum them. SQL lives in minijinja templates.
+sqlplan validates and renders everything, binds it against the Delta schemas and
+orders it into a plan that runs stages in parallel wherever their reads and writes
+allow, with the same result as running them one by one.";
+
+#[derive(Debug, Parser)]
+#[command(name = "sqlplan", version, about = "A declarative SQL-plan compiler and executor for Delta Lake tables", long_about = ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a run would do, without writing anything.
+    ///
+    /// Prints the stages in execution order, grouped in levels of stages that may run
+    /// together; for each stage its kind, what it reads and writes, why it waits for
+    /// other stages, and its rendered SQL; then, per table, every scan the run will
+    /// make and whether it is full or pruned; then warnings. Only Delta logs are read.
+    /// The same inputs always give byte-identical output.
+    ///
+    /// Exit codes: 0 the pipeline is valid, 2 it is not (a diagnostic says where).
+    #[command(after_help = "Examples:\n  sqlplan plan pipelines/examples/orders.yaml\n  sqlplan plan pipelines/summary.yaml --var warehouse=/data/wh --explain\n  sqlplan plan pipelines/examples/orders.yaml --format json > plan.json")]
+    Plan {
+        #[command(flatten)]
+        input: PipelineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        /// Also show DataFusion's optimized logical plan of every stage.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Draw the stage dependency graph (edges labelled with their hazards).
+    #[command(after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg")]
+    Graph {
+        #[command(flatten)]
+        input: PipelineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PipelineArgs {
+    /// The pipeline YAML file.
+    pub pipeline: PathBuf,
+    /// Set a declared variable, e.g. `--var warehouse=/data/wh`. Repeatable. Lists and
+    /// maps take YAML: `--var cols=[a,b]`.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Project root for template paths and `sql/macros/` [default: the nearest
+    /// ancestor of the pipeline file that holds a `sql/` folder].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(output) => {
+            print!("{output}");
+            0
+        }
+        Err(problem) => {
+            report(&problem);
+            problem.exit_code()
+        }
+    }
+}
+
+/// Runs one command and returns what it prints on standard output.
+pub async fn execute(command: Command) -> Result<String, Problem> {
+    match command {
+        Command::Plan { input, format, explain } => {
+            let plan = crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            Ok(match format {
+                PlanFormat::Text => plan.to_text(explain),
+                PlanFormat::Json => plan.to_json(explain),
+            })
+        }
+        Command::Graph { input, format } => {
+            let plan = crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            Ok(match format {
+                GraphFormat::Mermaid => plan.to_mermaid(),
+                GraphFormat::Dot => plan.to_dot(),
+            })
+        }
+    }
+}
+
+/// Diagnostics go to standard error: in colour on a terminal, else plain text at a
+/// fixed width so that logs and tests are stable.
+fn report(problem: &Problem) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("{:?}", miette::Report::new(problem.clone()));
+    } else {
+        eprint!("{}", problem.render_plain(100));
+    }
+}

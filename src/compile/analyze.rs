@@ -1,0 +1,286 @@
+//! Step 5: from the bound stages to the Plan — dependency DAG and levels, scan
+//! accounting per table (with budgets), and lints.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::{Expr, LogicalPlan, WriteOp};
+
+use super::bind::BoundStage;
+use super::catalog::TableInfo;
+use super::dag::{Dag, StageAccess};
+use crate::diag::{did_you_mean, Problem, Result};
+use crate::plan::{Access, ColumnPlan, Dependency, Plan, ScanPlan, StageKind, StagePlan, TablePlan, TableScans};
+use crate::render::Rendered;
+use crate::spec::{PipelineSpec, StageBody};
+
+pub fn analyze(spec: &PipelineSpec, rendered: &Rendered, tables: &BTreeMap<String, TableInfo>, bound: Vec<BoundStage>) -> Result<Plan> {
+    let dag = dependencies(spec, &bound)?;
+    let levels = dag.levels().map_err(|cycle| cycle_problem(spec, &dag, &cycle))?;
+    let scans = scans(spec, tables, &bound)?;
+    let warnings = lints(spec, &bound);
+
+    let mut order: Vec<usize> = (0..bound.len()).collect();
+    order.sort_by_key(|&i| (levels[i], i));
+    let depth = levels.iter().max().map_or(0, |m| m + 1);
+    let mut level_names = vec![Vec::new(); depth];
+    for &i in &order {
+        level_names[levels[i]].push(spec.stages[i].name.value.clone());
+    }
+    let mut bound: Vec<Option<BoundStage>> = bound.into_iter().map(Some).collect();
+    let stages = order.iter().map(|&i| stage_plan(spec, i, levels[i], &dag, bound[i].take().expect("each stage once"))).collect();
+    let _ = rendered;
+    Ok(Plan {
+        pipeline: spec.name.value.clone(),
+        description: spec.description.clone(),
+        vars: spec.vars.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
+        tables: tables.values().map(table_plan).collect(),
+        levels: level_names,
+        stages,
+        scans,
+        warnings,
+    })
+}
+
+/// What each stage touches. A view is evaluated by its readers, so a reader of a
+/// view also reads (transitively) what the view reads.
+fn accesses(bound: &[BoundStage], spec: &PipelineSpec) -> Vec<StageAccess> {
+    let mut out: Vec<StageAccess> = Vec::with_capacity(bound.len());
+    let index_of = |name: &str| spec.stages.iter().position(|s| s.name.value == name);
+    for (i, b) in bound.iter().enumerate() {
+        let mut a = StageAccess::default();
+        a.reads.extend(b.reads_tables.iter().cloned());
+        for r in &b.reads_relations {
+            a.reads.insert(r.clone());
+            if let Some(j) = index_of(r) {
+                if bound[j].kind == StageKind::View {
+                    let through: Vec<String> = out[j].reads.iter().cloned().collect();
+                    a.reads.extend(through);
+                }
+            }
+        }
+        a.writes.extend(b.writes.iter().cloned());
+        if matches!(b.kind, StageKind::View | StageKind::Materialized) {
+            a.writes.insert(spec.stages[i].name.value.clone());
+        }
+        out.push(a);
+    }
+    out
+}
+
+fn dependencies(spec: &PipelineSpec, bound: &[BoundStage]) -> Result<Dag> {
+    let mut dag = Dag::from_accesses(&accesses(bound, spec));
+    for (j, stage) in spec.stages.iter().enumerate() {
+        for after in &stage.after {
+            let Some(i) = spec.stages.iter().position(|s| s.name.value == after.value) else {
+                let names = spec.stages.iter().map(|s| s.name.value.as_str());
+                return Err(Problem::invalid("unknown_stage", format!("stage `{}` runs after `{}`, which is not a stage", stage.name.value, after.value))
+                    .in_source(&spec.yaml)
+                    .label(after.span, "unknown stage")
+                    .help(did_you_mean(&after.value, names).unwrap_or_else(|| "`after:` lists stage names".into())));
+            };
+            dag.add_after(i, j);
+        }
+    }
+    Ok(dag)
+}
+
+fn cycle_problem(spec: &PipelineSpec, dag: &Dag, cycle: &[usize]) -> Problem {
+    let names: Vec<&str> = cycle.iter().map(|&i| spec.stages[i].name.value.as_str()).collect();
+    let mut problem = Problem::invalid("cycle", format!("the stages depend on each other in a cycle: {}", names.join(" → "))).in_source(&spec.yaml);
+    for pair in cycle.windows(2) {
+        let (from, to) = (pair[0], pair[1]);
+        let to_stage = &spec.stages[to];
+        let why: Vec<String> = dag.edges.get(&(from, to)).map(|h| h.iter().map(|h| h.to_string()).collect()).unwrap_or_default();
+        let explicit = to_stage.after.iter().find(|a| a.value == spec.stages[from].name.value);
+        let span = explicit.map_or(to_stage.name.span, |a| a.span);
+        problem = problem.label(span, format!("{} after {}: {}", to_stage.name.value, spec.stages[from].name.value, why.join("; ")));
+    }
+    problem.help("every cycle goes through an `after:` entry (program order alone cannot make one); remove or reverse it")
+}
+
+fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundStage) -> StagePlan {
+    let stage = &spec.stages[i];
+    let depends_on = dag
+        .predecessors(i)
+        .map(|(p, hazards)| Dependency { stage: spec.stages[p].name.value.clone(), reasons: hazards.iter().map(|h| h.to_string()).collect() })
+        .collect();
+    let output = match (&b.kind, &b.logical) {
+        (StageKind::View | StageKind::Materialized, Some(lp)) => lp
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| ColumnPlan { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let template = match &stage.body {
+        StageBody::SqlFile { path, .. } => Some(path.value.clone()),
+        StageBody::InlineSql { .. } => Some(format!("{} (inline)", spec.yaml.name)),
+        _ => None,
+    };
+    let mut reads = b.reads_tables.clone();
+    reads.extend(b.reads_relations.iter().cloned());
+    StagePlan {
+        name: stage.name.value.clone(),
+        index: i,
+        level,
+        kind: b.kind,
+        template,
+        description: stage.description.clone(),
+        reads,
+        writes: b.writes,
+        depends_on,
+        sql: b.sql,
+        output,
+        maintenance: b.maintenance,
+        logical_plan: b.logical.map(|lp| lp.display_indent().to_string()),
+    }
+}
+
+fn table_plan(t: &TableInfo) -> TablePlan {
+    TablePlan {
+        name: t.name.clone(),
+        location: t.location.clone(),
+        version: t.version,
+        files: t.num_files,
+        partition_by: t.partition_columns.clone(),
+        columns: t
+            .schema
+            .fields()
+            .iter()
+            .map(|f| ColumnPlan { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+            .collect(),
+    }
+}
+
+// ---- scans ------------------------------------------------------------------------
+
+/// Every scan of a declared table, attributed to the stage that executes it: a
+/// view's scans belong to each of its readers (that is what a view costs).
+fn scans(spec: &PipelineSpec, tables: &BTreeMap<String, TableInfo>, bound: &[BoundStage]) -> Result<Vec<TableScans>> {
+    let views: BTreeSet<String> = bound.iter().enumerate().filter(|(_, b)| b.kind == StageKind::View).map(|(i, _)| spec.stages[i].name.value.clone()).collect();
+    let mut per_table: BTreeMap<String, Vec<ScanPlan>> = tables.keys().map(|t| (t.clone(), Vec::new())).collect();
+    for (i, b) in bound.iter().enumerate() {
+        if b.kind == StageKind::View {
+            continue;
+        }
+        let Some(lp) = &b.logical else { continue };
+        let stage = &spec.stages[i].name.value;
+        let mut found = Vec::new();
+        collect_scans(lp, None, &views, &mut found);
+        for (table, via, access, columns, filters) in found {
+            let Some(info) = tables.get(&table) else { continue };
+            let access = match access {
+                Some(Access::KeyRange) => merge_target_access(&table, &filters, info),
+                Some(a) => a,
+                None => classify(&filters, info),
+            };
+            let filters = filters.iter().map(|f| f.to_string()).collect();
+            per_table.get_mut(&table).expect("declared").push(ScanPlan { stage: stage.clone(), via, access, columns, filters });
+        }
+    }
+    let mut out = Vec::new();
+    for (table, scans) in per_table {
+        let full = scans.iter().filter(|s| s.access.is_full()).count();
+        let budget = spec.tables[&table].max_full_scans.clone();
+        if let Some(b) = &budget {
+            if full as u64 > b.value {
+                let stages: Vec<&str> = scans.iter().filter(|s| s.access.is_full()).map(|s| s.stage.as_str()).collect();
+                return Err(Problem::invalid("scan_budget", format!("`{table}` would be scanned in full {full} times; its budget is {}", b.value))
+                    .in_source(&spec.yaml)
+                    .label(b.span, "budget")
+                    .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));
+            }
+        }
+        out.push(TableScans { pruned: scans.len() - full, full, max_full_scans: budget.map(|b| b.value), table, scans });
+    }
+    Ok(out)
+}
+
+type FoundScan = (String, Option<String>, Option<Access>, Vec<String>, Vec<Expr>);
+
+fn collect_scans(plan: &LogicalPlan, via: Option<&str>, views: &BTreeSet<String>, out: &mut Vec<FoundScan>) {
+    let mut via = via.map(str::to_string);
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let columns = scan.projected_schema.fields().iter().map(|f| f.name().clone()).collect();
+            out.push((scan.table_name.table().to_string(), via.clone(), None, columns, scan.filters.clone()));
+        }
+        LogicalPlan::SubqueryAlias(alias) if views.contains(alias.alias.table()) => via = Some(alias.alias.table().to_string()),
+        LogicalPlan::Dml(dml) => {
+            if let WriteOp::MergeInto(op) = &dml.op {
+                // delta-rs scans the MERGE target itself: literal partition predicates
+                // in ON prune partitions; otherwise files outside the source key range.
+                out.push((dml.table_name.table().to_string(), None, Some(Access::KeyRange), Vec::new(), vec![op.on.clone()]));
+            }
+        }
+        _ => {}
+    }
+    for input in plan.inputs() {
+        collect_scans(input, via.as_deref(), views, out);
+    }
+    let _ = plan.apply_subqueries(|sub| {
+        collect_scans(sub, via.as_deref(), views, out);
+        Ok(TreeNodeRecursion::Continue)
+    });
+}
+
+/// Full unless a filter can prune: partition predicates prune from the log; other
+/// predicates skip files by their statistics.
+fn classify(filters: &[Expr], table: &TableInfo) -> Access {
+    if filters.is_empty() {
+        return Access::Full;
+    }
+    let on_partitions = filters.iter().any(|f| {
+        let cols = f.column_refs();
+        !cols.is_empty() && cols.iter().all(|c| table.partition_columns.contains(&c.name))
+    });
+    if on_partitions {
+        Access::Partitions
+    } else {
+        Access::Statistics
+    }
+}
+
+/// A MERGE target is pruned by partition when ON holds a literal predicate on the
+/// target's partition columns alone; otherwise by the source's key range.
+fn merge_target_access(table: &str, on: &[Expr], info: &TableInfo) -> Access {
+    let target_only: Vec<Expr> = on
+        .iter()
+        .flat_map(|e| datafusion::logical_expr::utils::split_conjunction(e).into_iter().cloned())
+        .filter(|c| c.column_refs().iter().all(|col| col.relation.as_ref().is_some_and(|r| r.table() == table)))
+        .collect();
+    match classify(&target_only, info) {
+        Access::Partitions => Access::Partitions,
+        _ => Access::KeyRange,
+    }
+}
+
+// ---- lints ------------------------------------------------------------------------
+
+fn lints(spec: &PipelineSpec, bound: &[BoundStage]) -> Vec<String> {
+    let mut readers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (i, b) in bound.iter().enumerate() {
+        for r in &b.reads_relations {
+            readers.entry(r.as_str()).or_default().push(spec.stages[i].name.value.as_str());
+        }
+    }
+    let mut warnings = Vec::new();
+    for (i, b) in bound.iter().enumerate() {
+        let name = spec.stages[i].name.value.as_str();
+        let read_by = readers.get(name).cloned().unwrap_or_default();
+        match b.kind {
+            StageKind::View if read_by.len() > 1 => warnings.push(format!(
+                "`{name}` is a view read by {} stages ({}): each recomputes it; add `materialize: true` to compute it once",
+                read_by.len(),
+                read_by.join(", ")
+            )),
+            StageKind::View | StageKind::Materialized if read_by.is_empty() => {
+                warnings.push(format!("`{name}` defines a relation that no stage reads"))
+            }
+            _ => {}
+        }
+    }
+    warnings
+}

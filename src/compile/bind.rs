@@ -1,0 +1,279 @@
+//! Step 4: bind every stage with DataFusion, in program order, against the Delta
+//! schemas and the output schemas of earlier stages. Unknown relations, unknown or
+//! ambiguous columns and type errors are found here, before anything runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::datasource::ViewTable;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{visit_expressions, Expr as SqlExpr};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use super::catalog::{DeclaredTable, TableInfo};
+use super::parse::{ParsedStage, RelationRef, StatementKind};
+use super::StageSql;
+use crate::diag::{did_you_mean, Problem, Result};
+use crate::plan::{Maintenance, StageKind};
+use crate::render::Rendered;
+use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
+
+/// A stage after binding: what it reads and writes by name, and its optimized
+/// DataFusion plan for SQL stages.
+#[derive(Debug)]
+pub struct BoundStage {
+    pub kind: StageKind,
+    /// Declared tables read.
+    pub reads_tables: Vec<String>,
+    /// Relations of earlier SELECT stages read.
+    pub reads_relations: Vec<String>,
+    /// Declared table written (MERGE/INSERT/DELETE target, maintenance table).
+    pub writes: Option<String>,
+    pub sql: Option<String>,
+    pub logical: Option<LogicalPlan>,
+    pub maintenance: Option<Maintenance>,
+}
+
+pub async fn bind(
+    spec: &PipelineSpec,
+    rendered: &Rendered,
+    parsed: &[Option<ParsedStage>],
+    tables: &BTreeMap<String, TableInfo>,
+    ctx: &SessionContext,
+) -> Result<Vec<BoundStage>> {
+    let mut bound = Vec::with_capacity(spec.stages.len());
+    for (index, stage) in spec.stages.iter().enumerate() {
+        let r = &rendered.stages[index];
+        let b = match (&stage.body, &parsed[index]) {
+            (StageBody::Optimize(o), _) => bind_optimize(spec, stage, o, r.text.as_deref(), tables, ctx).await?,
+            (StageBody::Vacuum(v), _) => BoundStage {
+                writes: Some(check_table(spec, &v.table, tables)?.name.clone()),
+                maintenance: Some(Maintenance::Vacuum { retain_hours: v.retain_hours.value }),
+                ..empty(StageKind::Vacuum)
+            },
+            (_, Some(p)) => {
+                let sql = StageSql { spec, stage, sql: r.text.as_deref().unwrap_or(""), lines: &r.lines };
+                bind_sql(&sql, index, parsed, tables, ctx).await?
+            }
+            (_, None) => unreachable!("SQL stages are parsed"),
+        };
+        bound.push(b);
+    }
+    Ok(bound)
+}
+
+fn empty(kind: StageKind) -> BoundStage {
+    BoundStage { kind, reads_tables: Vec::new(), reads_relations: Vec::new(), writes: None, sql: None, logical: None, maintenance: None }
+}
+
+async fn bind_sql(sql: &StageSql<'_>, index: usize, all: &[Option<ParsedStage>], tables: &BTreeMap<String, TableInfo>, ctx: &SessionContext) -> Result<BoundStage> {
+    let parsed = all[index].as_ref().expect("SQL stages are parsed");
+    let mut reads_tables = Vec::new();
+    let mut reads_relations = Vec::new();
+    for read in &parsed.reads {
+        match resolve(sql, index, read, tables, all)? {
+            Resolved::Table(t) => reads_tables.push(t),
+            Resolved::Relation(r) => reads_relations.push(r),
+        }
+    }
+    let writes = match &parsed.target {
+        Some(target) => Some(resolve_target(sql, index, target, tables)?),
+        None => None,
+    };
+    let state = ctx.state();
+    let plan = state
+        .statement_to_plan(DfStatement::Statement(Box::new(parsed.statement.clone())))
+        .await
+        .map_err(|e| df_problem(sql, &e, "bind"))?;
+    let optimized = state.optimize(&plan).map_err(|e| df_problem(sql, &e, "types"))?;
+    let kind = match parsed.kind {
+        StatementKind::Select if sql.stage.materialize => StageKind::Materialized,
+        StatementKind::Select => StageKind::View,
+        StatementKind::Insert { overwrite: false } => StageKind::Insert,
+        StatementKind::Insert { overwrite: true } => StageKind::InsertOverwrite,
+        StatementKind::Merge => StageKind::Merge,
+        StatementKind::Delete => StageKind::Delete,
+    };
+    if parsed.kind == StatementKind::Select {
+        // Later stages see this stage's output schema. A materialized relation is
+        // computed once, so readers must not re-plan (and re-scan) its sources.
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = if sql.stage.materialize {
+            Arc::new(DeclaredTable::new(Arc::new(plan.schema().as_arrow().clone())))
+        } else {
+            Arc::new(ViewTable::new(plan.clone(), Some(sql.sql.to_string())))
+        };
+        ctx.register_table(sql.name(), provider).map_err(|e| Problem::failed("internal", format!("registering `{}`: {e}", sql.name())))?;
+    }
+    Ok(BoundStage { kind, reads_tables, reads_relations, writes, sql: Some(sql.sql.to_string()), logical: Some(optimized), maintenance: None })
+}
+
+enum Resolved {
+    Table(String),
+    Relation(String),
+}
+
+/// A relation name is a declared table or an earlier SELECT stage: anything else
+/// is an error that says what the name is instead.
+fn resolve(sql: &StageSql<'_>, index: usize, read: &RelationRef, tables: &BTreeMap<String, TableInfo>, parsed: &[Option<ParsedStage>]) -> Result<Resolved> {
+    let defines_relation = |i: usize| parsed[i].as_ref().is_some_and(|p| p.kind == StatementKind::Select);
+    if tables.contains_key(&read.name) {
+        return Ok(Resolved::Table(read.name.clone()));
+    }
+    let stages = &sql.spec.stages;
+    let at = |code, message: String, label: &str| sql.problem_at(code, message, read.line, read.column, Some(&read.written), label);
+    match stages.iter().position(|s| s.name.value == read.name) {
+        Some(i) if i < index && defines_relation(i) => Ok(Resolved::Relation(read.name.clone())),
+        Some(i) if i < index => Err(at(
+            "not_a_relation",
+            format!("stage `{}` reads `{}`, but stage `{}` writes a table and defines no relation", sql.name(), read.name, read.name),
+            "not a relation",
+        )
+        .help("only SELECT stages define relations; read the table the stage writes instead")),
+        Some(i) => Err(at(
+            "read_before_defined",
+            format!("stage `{}` reads `{}`, which no earlier stage defines", sql.name(), read.name),
+            "defined only later",
+        )
+        .help(format!("stages run in program order: `{}` is stage {} of the pipeline and `{}` is stage {}; move `{}` before `{}`", read.name, i + 1, sql.name(), index + 1, read.name, sql.name()))),
+        None => {
+            let known: Vec<&str> = tables.keys().map(String::as_str).chain(stages[..index].iter().enumerate().filter(|(i, _)| defines_relation(*i)).map(|(_, s)| s.name.value.as_str())).collect();
+            let help = did_you_mean(&read.name, known.iter().copied())
+                .unwrap_or_else(|| format!("known relations here: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+            Err(at("unknown_relation", format!("stage `{}` reads `{}`, which is neither a declared table nor an earlier stage", sql.name(), read.name), "unknown relation")
+                .help(format!("{help}; declare tables under `tables:` in the pipeline")))
+        }
+    }
+}
+
+
+fn resolve_target(sql: &StageSql<'_>, index: usize, target: &RelationRef, tables: &BTreeMap<String, TableInfo>) -> Result<String> {
+    if tables.contains_key(&target.name) {
+        return Ok(target.name.clone());
+    }
+    let is_stage = sql.spec.stages[..index].iter().any(|s| s.name.value == target.name);
+    let known: Vec<&str> = tables.keys().map(String::as_str).collect();
+    let help = if is_stage {
+        "stages write declared Delta tables; a SELECT stage's relation is read-only".to_string()
+    } else {
+        did_you_mean(&target.name, known.iter().copied()).unwrap_or_else(|| "declare the table under `tables:` (with a schema, so the run creates it)".into())
+    };
+    Err(sql
+        .problem_at("unknown_table", format!("stage `{}` writes `{}`, which is not a declared table", sql.name(), target.name), target.line, target.column, Some(&target.written), "not a declared table")
+        .help(help))
+}
+
+fn check_table<'t>(spec: &PipelineSpec, table: &Spanned<String>, tables: &'t BTreeMap<String, TableInfo>) -> Result<&'t TableInfo> {
+    tables.get(&table.value).ok_or_else(|| {
+        let mut p = Problem::invalid("unknown_table", format!("`{}` is not a declared table", table.value)).in_source(&spec.yaml).label(table.span, "unknown table");
+        p = p.help(did_you_mean(&table.value, tables.keys().map(String::as_str)).unwrap_or_else(|| "declare it under `tables:`".into()));
+        p
+    })
+}
+
+async fn bind_optimize(
+    spec: &PipelineSpec,
+    stage: &StageSpec,
+    o: &crate::spec::OptimizeSpec,
+    filter: Option<&str>,
+    tables: &BTreeMap<String, TableInfo>,
+    ctx: &SessionContext,
+) -> Result<BoundStage> {
+    let table = check_table(spec, &o.table, tables)?;
+    let yaml_problem = |span, code, message: String, label: &str| Problem::invalid(code, message).in_source(&spec.yaml).label(span, label);
+    if let (Some(text), Some(spanned)) = (filter, &o.filter) {
+        let expr = Parser::new(&GenericDialect {})
+            .try_with_sql(text)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| yaml_problem(spanned.span, "sql_syntax", format!("the `where` of stage `{}` is not a SQL predicate: {e}", stage.name.value), "here"))?;
+        for column in identifiers(&expr) {
+            if !table.partition_columns.contains(&column) {
+                return Err(yaml_problem(spanned.span, "not_a_partition_filter", format!("optimize filters name partition columns only; `{column}` is not a partition column of `{}`", table.name), "in this filter")
+                    .help(format!("partition columns of `{}`: {}", table.name, list_or_none(&table.partition_columns))));
+            }
+        }
+        ctx.sql(&format!("SELECT 1 FROM {} WHERE {text}", table.name))
+            .await
+            .map_err(|e| yaml_problem(spanned.span, "bind", format!("the `where` of stage `{}`: {}", stage.name.value, e.strip_backtrace()), "here"))?;
+    }
+    for column in &o.zorder_by {
+        let known: Vec<&str> = table.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        if !known.contains(&column.value.as_str()) {
+            let help = did_you_mean(&column.value, known.iter().copied()).unwrap_or_else(|| format!("columns of `{}`: {}", table.name, known.join(", ")));
+            return Err(yaml_problem(column.span, "unknown_column", format!("`{}` is not a column of `{}`", column.value, table.name), "unknown column").help(help));
+        }
+        if table.partition_columns.contains(&column.value) {
+            return Err(yaml_problem(column.span, "zorder_partition_column", format!("`{}` is a partition column; z-order by data columns", column.value), "partition column"));
+        }
+    }
+    Ok(BoundStage {
+        writes: Some(table.name.clone()),
+        maintenance: Some(Maintenance::Optimize {
+            filter: filter.map(str::to_string),
+            zorder_by: o.zorder_by.iter().map(|c| c.value.clone()).collect(),
+            target_size: o.target_size,
+        }),
+        ..empty(StageKind::Optimize)
+    })
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn identifiers(expr: &SqlExpr) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = visit_expressions(expr, |e| {
+        match e {
+            SqlExpr::Identifier(i) => out.push(i.value.to_lowercase()),
+            SqlExpr::CompoundIdentifier(parts) => out.extend(parts.last().map(|i| i.value.to_lowercase())),
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// A DataFusion planning error as a diagnostic: DataFusion's own span when it has
+/// one, else the offending name found in the message, else the statement start.
+fn df_problem(sql: &StageSql<'_>, err: &DataFusionError, phase: &str) -> Problem {
+    let message = err.strip_backtrace();
+    let message = message.trim_start_matches("Error during planning: ").trim_start_matches("Schema error: ").to_string();
+    let code = if message.contains("No field named") || message.contains("not found") {
+        "unknown_column"
+    } else if message.contains("mbiguous") {
+        "ambiguous_column"
+    } else if phase == "types" || message.contains("coerce") || message.contains("type") {
+        "type_error"
+    } else {
+        "bind_error"
+    };
+    let label = match code {
+        "unknown_column" => "unknown column",
+        "ambiguous_column" => "ambiguous reference",
+        "type_error" => "type error",
+        _ => "here",
+    };
+    let text = format!("stage `{}`: {message}", sql.name());
+    if let Some(span) = err.diagnostic().and_then(|d| d.span) {
+        if span.start.line > 0 {
+            return sql.problem_at(code, text, span.start.line as usize, span.start.column as usize, None, label);
+        }
+    }
+    let token = message
+        .split_once("No field named ")
+        .map(|(_, rest)| rest.split_once(". ").map_or(rest, |(name, _)| name).trim_end_matches('.').replace('"', ""));
+    // For a qualified `t.col` the last part is what the user wrote nearest the error.
+    let token = token.map(|t| t.rsplit('.').next().unwrap_or(&t).to_string());
+    match token {
+        Some(t) => sql.problem_at(code, text, 1, 1, Some(&t), label),
+        None => sql.problem_at_start(code, text, label),
+    }
+}

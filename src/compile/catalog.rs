@@ -1,0 +1,185 @@
+//! The tables a pipeline names, as the binder sees them: the schema of an existing
+//! Delta table from its log (no data file is read), or the declared schema of a
+//! table the run will create.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::{empty::EmptyExec, ExecutionPlan};
+use datafusion::prelude::SessionContext;
+
+use crate::diag::{Problem, Result};
+use crate::render::Rendered;
+use crate::spec::{PipelineSpec, TableSpec};
+
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub name: String,
+    pub location: String,
+    pub url: url::Url,
+    /// Delta version the plan was bound to; None when the run will create the table.
+    pub version: Option<i64>,
+    pub num_files: Option<usize>,
+    pub schema: SchemaRef,
+    pub partition_columns: Vec<String>,
+}
+
+impl TableInfo {
+    pub fn exists(&self) -> bool {
+        self.version.is_some()
+    }
+}
+
+/// Opens every declared table and registers it in `ctx` under its pipeline name.
+pub async fn open(spec: &PipelineSpec, rendered: &Rendered, ctx: &SessionContext) -> Result<BTreeMap<String, TableInfo>> {
+    let mut tables = BTreeMap::new();
+    for (name, table) in &spec.tables {
+        let location = rendered.locations[name].clone();
+        let url = crate::session::table_url(&location)
+            .map_err(|e| yaml_problem(spec, table, "bad_location", format!("table `{name}`: {e}")))?;
+        let info = match open_delta(&url).await.map_err(|e| yaml_problem(spec, table, "unreadable_table", format!("cannot read the Delta log of `{name}` at {location}: {e}")))? {
+            Some(delta) => {
+                let provider = delta
+                    .table_provider()
+                    .await
+                    .map_err(|e| Problem::failed("unreadable_table", format!("table `{name}` at {location}: {e}")))?;
+                let snapshot = delta.snapshot().map_err(|e| Problem::failed("unreadable_table", format!("table `{name}`: {e}")))?;
+                let info = TableInfo {
+                    name: name.clone(),
+                    location,
+                    url,
+                    version: delta.version(),
+                    num_files: Some(snapshot.log_data().num_files()),
+                    schema: provider.schema(),
+                    partition_columns: snapshot.metadata().partition_columns().to_vec(),
+                };
+                register(ctx, name, provider)?;
+                info
+            }
+            None => {
+                let schema = declared_schema(spec, table, ctx).await?;
+                let info = TableInfo {
+                    name: name.clone(),
+                    location,
+                    url,
+                    version: None,
+                    num_files: None,
+                    schema: schema.clone(),
+                    partition_columns: table.partition_by.iter().map(|p| p.value.clone()).collect(),
+                };
+                register(ctx, name, Arc::new(DeclaredTable::new(schema)))?;
+                info
+            }
+        };
+        tables.insert(name.clone(), info);
+    }
+    Ok(tables)
+}
+
+fn register(ctx: &SessionContext, name: &str, provider: Arc<dyn TableProvider>) -> Result<()> {
+    ctx.register_table(name, provider).map(|_| ()).map_err(|e| Problem::failed("internal", format!("registering `{name}`: {e}")))
+}
+
+/// Opens the Delta table at `url`, or None when there is no table there yet.
+/// Checks for a local `_delta_log` first: opening must not create directories.
+async fn open_delta(url: &url::Url) -> std::result::Result<Option<deltalake::DeltaTable>, String> {
+    if url.scheme() == "file" {
+        let path = url.to_file_path().map_err(|_| format!("invalid local path {url}"))?;
+        if !path.join("_delta_log").is_dir() {
+            return Ok(None);
+        }
+    }
+    match deltalake::open_table(url.clone()).await {
+        Ok(t) => Ok(Some(t)),
+        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The declared schema, each type resolved by DataFusion itself (`CAST(NULL AS t)`),
+/// so every SQL type name DataFusion knows is accepted.
+async fn declared_schema(spec: &PipelineSpec, table: &TableSpec, ctx: &SessionContext) -> Result<SchemaRef> {
+    let Some(columns) = &table.schema else {
+        return Err(Problem::invalid("missing_table", format!("table `{}` does not exist and declares no schema", table.name.value))
+            .in_source(&spec.yaml)
+            .label(table.location.span, "no Delta table here")
+            .help("create the table first, or declare `schema:` (and `partition_by:`) so the run creates it"));
+    };
+    let mut fields = Vec::with_capacity(columns.len());
+    for column in columns {
+        let data_type = sql_type(ctx, &column.data_type.value).await.map_err(|e| {
+            Problem::invalid("unknown_type", format!("unknown column type `{}`", column.data_type.value))
+                .in_source(&spec.yaml)
+                .label(column.data_type.span, "not a SQL type DataFusion knows")
+                .help(format!("use a SQL type such as BIGINT, INT, STRING, DATE, TIMESTAMP, DECIMAL(p,s) or ARRAY<INT> ({e})"))
+        })?;
+        fields.push(Field::new(&column.name.value, data_type, column.nullable));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+async fn sql_type(ctx: &SessionContext, name: &str) -> std::result::Result<datafusion::arrow::datatypes::DataType, String> {
+    if name.contains(';') || name.contains("--") {
+        return Err("not a type".into());
+    }
+    let df = ctx.sql(&format!("SELECT CAST(NULL AS {name}) AS c")).await.map_err(|e| e.to_string())?;
+    Ok(df.schema().field(0).data_type().clone())
+}
+
+fn yaml_problem(spec: &PipelineSpec, table: &TableSpec, code: &'static str, message: String) -> Problem {
+    Problem::invalid(code, message).in_source(&spec.yaml).label(table.location.span, "this location")
+}
+
+/// Stand-in provider for a table the run will create: it has the declared schema
+/// and accepts filter pushdown like a Delta table would, so `plan` shows the same
+/// filters on its scans as it will once the table exists.
+#[derive(Debug)]
+pub struct DeclaredTable {
+    schema: SchemaRef,
+}
+
+impl DeclaredTable {
+    pub fn new(schema: SchemaRef) -> Self {
+        DeclaredTable { schema }
+    }
+}
+
+#[async_trait]
+impl TableProvider for DeclaredTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        Ok(Arc::new(EmptyExec::new(schema)))
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+}

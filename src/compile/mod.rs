@@ -1,0 +1,137 @@
+//! Steps 3–5 of the flow: parse → bind → analyze, ending in the `Plan`.
+//!
+//! Each step lives in its own module; this one runs them in order and holds the
+//! helper that turns a position in rendered SQL into a labelled span in the
+//! template the user wrote.
+
+pub mod analyze;
+pub mod bind;
+pub mod dag;
+pub mod catalog;
+pub mod parse;
+
+use crate::diag::{Problem, Result, Source};
+use crate::plan::Plan;
+use crate::render::{LineMap, Rendered};
+use crate::spec::{PipelineSpec, StageBody, StageSpec};
+
+/// Compiles a rendered pipeline into its Plan. Reads Delta logs, never data files,
+/// and writes nothing.
+pub async fn compile(spec: &PipelineSpec, rendered: &Rendered) -> Result<Plan> {
+    let ctx = crate::session::new_context();
+    let tables = catalog::open(spec, rendered, &ctx).await?;
+    let mut parsed = Vec::with_capacity(spec.stages.len());
+    for (stage, r) in spec.stages.iter().zip(&rendered.stages) {
+        parsed.push(match (stage.template(), &r.text) {
+            (Some(_), Some(sql)) => Some(parse::parse(&StageSql { spec, stage, sql, lines: &r.lines })?),
+            _ => None,
+        });
+    }
+    let bound = bind::bind(spec, rendered, &parsed, &tables, &ctx).await?;
+    analyze::analyze(spec, rendered, &tables, bound)
+}
+
+/// A stage's rendered SQL together with what is needed to point into its template.
+pub struct StageSql<'a> {
+    pub spec: &'a PipelineSpec,
+    pub stage: &'a StageSpec,
+    pub sql: &'a str,
+    pub lines: &'a LineMap,
+}
+
+impl StageSql<'_> {
+    pub fn name(&self) -> &str {
+        &self.stage.name.value
+    }
+
+    /// A problem at 1-based `line`/`column` of the rendered SQL, labelled in the
+    /// template. When the template line holds template syntax, the rendered SQL is
+    /// attached as a related excerpt, since that is where the exact text is.
+    pub fn problem_at(&self, code: &'static str, message: String, line: usize, column: usize, token: Option<&str>, label: &str) -> Problem {
+        let rendered = Source::new("rendered", self.sql.to_string());
+        let template = self.stage.template().expect("SQL stages have templates");
+        let rendered_line = rendered.line(line).unwrap_or("");
+        let token_len = token.map(str::len).filter(|n| *n > 0).unwrap_or_else(|| word_len(rendered_line, column));
+        let template_line = self.lines.template_line(line);
+        let (t_line, t_col, t_len) = find_token(template, template_line, token)
+            .or_else(|| (template.line(template_line) == Some(rendered_line)).then_some((template_line, column, token_len)))
+            .unwrap_or_else(|| {
+                let text = template.line(template_line).unwrap_or("");
+                let indent = text.len() - text.trim_start().len();
+                (template_line, indent + 1, text.trim().len())
+            });
+        let (source, offset) = locate_in_template(self.spec, self.stage, t_line, t_col);
+        let mut problem = Problem::invalid(code, message).in_source(&source).label((offset, t_len), label);
+        let templated = template.line(template_line).is_some_and(|l| l.contains("{{") || l.contains("{%"));
+        if templated {
+            let excerpt = Source::new(format!("{} (rendered)", template.name), self.sql.to_string());
+            problem = problem.with_related(vec![Problem::invalid(code, "in the rendered SQL")
+                .in_source(&excerpt)
+                .label((excerpt.offset_of(line, column), token_len), label)]);
+        }
+        problem
+    }
+
+    pub fn problem_at_start(&self, code: &'static str, message: String, label: &str) -> Problem {
+        self.problem_at(code, message, 1, 1, None, label)
+    }
+}
+
+/// Length of the word starting at a 1-based column (at least 1).
+fn word_len(line: &str, column: usize) -> usize {
+    let rest: String = line.chars().skip(column.saturating_sub(1)).collect();
+    rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len()).max(1)
+}
+
+/// Finds `token` as a whole word near `line` of the template (the line itself
+/// first, then its neighbours), case-insensitively.
+fn find_token(template: &Source, line: usize, token: Option<&str>) -> Option<(usize, usize, usize)> {
+    let token = token?.trim_matches(|c| c == '"' || c == '`' || c == '\'');
+    if token.is_empty() {
+        return None;
+    }
+    let needle = token.to_lowercase();
+    for delta in [0isize, -1, 1, -2, 2, -3, 3] {
+        let l = line as isize + delta;
+        if l < 1 {
+            continue;
+        }
+        let Some(text) = template.line(l as usize) else { continue };
+        let lower = text.to_lowercase();
+        let mut from = 0;
+        while let Some(pos) = lower[from..].find(&needle) {
+            let start = from + pos;
+            let end = start + needle.len();
+            let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+            if boundary(lower[..start].chars().next_back()) && boundary(lower[end..].chars().next()) {
+                let col = text[..start].chars().count() + 1;
+                return Some((l as usize, col, token.len()));
+            }
+            from = end;
+        }
+    }
+    None
+}
+
+/// The source and byte offset of a 1-based template line and column: the template
+/// file, or the YAML for inline SQL.
+pub fn locate_in_template(spec: &PipelineSpec, stage: &StageSpec, line: usize, column: usize) -> (Source, usize) {
+    match &stage.body {
+        StageBody::InlineSql { origin, .. } => {
+            let yaml_line = origin.first_line + line - 1;
+            let yaml_column = match origin.first_column {
+                Some(c) if line == 1 => c + column - 1,
+                _ => {
+                    let first = spec.yaml.line(origin.first_line).unwrap_or("");
+                    let indent = first.len() - first.trim_start().len();
+                    indent + column
+                }
+            };
+            (spec.yaml.clone(), spec.yaml.offset_of(yaml_line, yaml_column))
+        }
+        _ => {
+            let template = stage.template().expect("SQL stages have templates");
+            (template.clone(), template.offset_of(line, column))
+        }
+    }
+}

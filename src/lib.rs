@@ -1,0 +1,25 @@
+//! sqlplan: a declarative SQL-plan compiler and executor.
+//!
+//! The flow runs one way (DESIGN.md §1): `spec` (YAML) → `render` (minijinja) →
+//! `compile` (parse, bind, analyze) → `plan::Plan`. Each module owns one step and
+//! depends only on the steps before it.
+
+pub mod cli;
+pub mod compile;
+pub mod diag;
+pub mod plan;
+pub mod render;
+pub mod session;
+pub mod spec;
+
+use std::path::Path;
+
+pub use diag::Problem;
+pub use plan::Plan;
+
+/// Builds the Plan of a pipeline: what `plan` prints and `run` executes.
+pub async fn build_plan(pipeline: &Path, root: Option<&Path>, vars: &[(String, String)]) -> Result<Plan, Problem> {
+    let spec = spec::load(pipeline, root, vars)?;
+    let rendered = render::render(&spec)?;
+    compile::compile(&spec, &rendered).await
+}

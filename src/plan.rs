@@ -1,0 +1,311 @@
+//! The Plan: one deterministic, serialisable value — ordered stages, rendered SQL,
+//! dependencies, scans, warnings — and its renderings (text, JSON, Mermaid, DOT).
+//! `plan` prints it; `run` executes exactly it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub pipeline: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub vars: BTreeMap<String, Value>,
+    pub tables: Vec<TablePlan>,
+    /// Stage names per level; the stages of one level may run at the same time.
+    pub levels: Vec<Vec<String>>,
+    /// In execution order: by level, then program order.
+    pub stages: Vec<StagePlan>,
+    /// Per table, every scan the run will make.
+    pub scans: Vec<TableScans>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TablePlan {
+    pub name: String,
+    pub location: String,
+    /// Delta version bound to; None when the run creates the table.
+    pub version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<usize>,
+    pub partition_by: Vec<String>,
+    pub columns: Vec<ColumnPlan>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ColumnPlan {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// A SELECT evaluated by each reader.
+    View,
+    /// A SELECT computed once; every reader reuses the result.
+    Materialized,
+    Insert,
+    InsertOverwrite,
+    Merge,
+    Delete,
+    Optimize,
+    Vacuum,
+}
+
+impl StageKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            StageKind::View => "select (view)",
+            StageKind::Materialized => "select (materialized)",
+            StageKind::Insert => "insert",
+            StageKind::InsertOverwrite => "insert overwrite",
+            StageKind::Merge => "merge",
+            StageKind::Delete => "delete",
+            StageKind::Optimize => "optimize",
+            StageKind::Vacuum => "vacuum",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Maintenance {
+    Optimize { filter: Option<String>, zorder_by: Vec<String>, target_size: Option<u64> },
+    Vacuum { retain_hours: u64 },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StagePlan {
+    pub name: String,
+    /// Position in the pipeline (program order), from 0.
+    pub index: usize,
+    pub level: usize,
+    pub kind: StageKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Declared tables and earlier relations this stage reads.
+    pub reads: Vec<String>,
+    /// Declared table this stage writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<String>,
+    pub depends_on: Vec<Dependency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<ColumnPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// DataFusion's optimized logical plan (shown with `--explain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logical_plan: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Dependency {
+    pub stage: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TableScans {
+    pub table: String,
+    pub full: usize,
+    pub pruned: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_full_scans: Option<u64>,
+    pub scans: Vec<ScanPlan>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Every file of the table.
+    Full,
+    /// Literal predicates on partition columns select partitions from the log.
+    Partitions,
+    /// Predicates on data columns: files skipped by their statistics where they can be.
+    Statistics,
+    /// MERGE target: delta-rs skips files outside the source's key range.
+    KeyRange,
+}
+
+impl Access {
+    pub fn is_full(self) -> bool {
+        self == Access::Full
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Access::Full => "FULL",
+            Access::Partitions => "pruned by partition",
+            Access::Statistics => "pruned by file statistics",
+            Access::KeyRange => "merge target, pruned by source key range",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScanPlan {
+    pub stage: String,
+    /// The view through which the stage reads the table, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    pub access: Access,
+    pub columns: Vec<String>,
+    pub filters: Vec<String>,
+}
+
+impl Plan {
+    /// The JSON form; `explain` keeps the logical plans.
+    pub fn to_json(&self, explain: bool) -> String {
+        let mut plan = self.clone();
+        if !explain {
+            plan.stages.iter_mut().for_each(|s| s.logical_plan = None);
+        }
+        serde_json::to_string_pretty(&plan).expect("plans serialise") + "\n"
+    }
+
+    /// The human form reviewed before merging: order, what each stage reads,
+    /// writes and runs, and every scan per table.
+    pub fn to_text(&self, explain: bool) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "pipeline {}", self.pipeline);
+        if let Some(d) = &self.description {
+            for line in d.trim().lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        if !self.vars.is_empty() {
+            let _ = writeln!(out, "\nvars");
+            for (k, v) in &self.vars {
+                let _ = writeln!(out, "  {k} = {}", serde_json::to_string(v).unwrap_or_default());
+            }
+        }
+        let _ = writeln!(out, "\ntables");
+        for t in &self.tables {
+            let state = match (t.version, t.files) {
+                (Some(v), Some(f)) => format!("version {v}, {f} files"),
+                (Some(v), None) => format!("version {v}"),
+                _ => "created by the run".to_string(),
+            };
+            let parts = if t.partition_by.is_empty() { String::new() } else { format!(", partitioned by {}", t.partition_by.join(", ")) };
+            let _ = writeln!(out, "  {:<20} {} ({state}{parts}, {} columns)", t.name, t.location, t.columns.len());
+        }
+        let _ = writeln!(out, "\norder");
+        for (i, level) in self.levels.iter().enumerate() {
+            let _ = writeln!(out, "  level {i}: {}", level.join(", "));
+        }
+        for s in &self.stages {
+            self.stage_text(&mut out, s, explain);
+        }
+        let _ = writeln!(out, "\nscans");
+        for t in &self.scans {
+            let budget = t.max_full_scans.map(|b| format!(", budget {b} full")).unwrap_or_default();
+            let _ = writeln!(out, "  {}: {} scans ({} full, {} pruned{budget})", t.table, t.scans.len(), t.full, t.pruned);
+            for s in &t.scans {
+                let via = s.via.as_ref().map(|v| format!(" via {v}")).unwrap_or_default();
+                let _ = writeln!(out, "    {}{via}: {}", s.stage, s.access.label());
+                if !s.filters.is_empty() {
+                    let _ = writeln!(out, "      filters: {}", s.filters.join(" AND "));
+                }
+                if !s.columns.is_empty() {
+                    let _ = writeln!(out, "      columns: {}", s.columns.join(", "));
+                }
+            }
+        }
+        let _ = writeln!(out, "\nwarnings");
+        if self.warnings.is_empty() {
+            let _ = writeln!(out, "  none");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "  - {w}");
+        }
+        out
+    }
+
+    fn stage_text(&self, out: &mut String, s: &StagePlan, explain: bool) {
+        let template = s.template.as_ref().map(|t| format!("  [{t}]")).unwrap_or_default();
+        let _ = writeln!(out, "\nstage {} — {}, level {}{template}", s.name, s.kind.label(), s.level);
+        if let Some(d) = &s.description {
+            let _ = writeln!(out, "  {}", d.trim().replace('\n', "\n  "));
+        }
+        if !s.reads.is_empty() {
+            let _ = writeln!(out, "  reads: {}", s.reads.join(", "));
+        }
+        if let Some(w) = &s.writes {
+            let _ = writeln!(out, "  writes: {w}");
+        }
+        for d in &s.depends_on {
+            let _ = writeln!(out, "  after {}: {}", d.stage, d.reasons.join("; "));
+        }
+        if let Some(m) = &s.maintenance {
+            let _ = writeln!(out, "  {}", match m {
+                Maintenance::Optimize { filter, zorder_by, target_size } => format!(
+                    "optimize{}{}{}",
+                    filter.as_ref().map(|f| format!(" where {f}")).unwrap_or_default(),
+                    if zorder_by.is_empty() { String::new() } else { format!(" z-order by {}", zorder_by.join(", ")) },
+                    target_size.map(|t| format!(" target size {t} bytes")).unwrap_or_default()
+                ),
+                Maintenance::Vacuum { retain_hours } => format!("vacuum files older than {retain_hours} h"),
+            });
+        }
+        if let Some(sql) = &s.sql {
+            let _ = writeln!(out, "  sql:");
+            for line in sql.trim_end().lines() {
+                let _ = writeln!(out, "    | {line}");
+            }
+        }
+        if explain {
+            if let Some(lp) = &s.logical_plan {
+                let _ = writeln!(out, "  logical plan:");
+                for line in lp.lines() {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
+        }
+    }
+
+    /// The stage DAG as a Mermaid flowchart; edges carry their hazards.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("flowchart TD\n");
+        for s in self.stages_in_program_order() {
+            let _ = writeln!(out, "  {}[\"{}<br/>{}\"]", s.name, s.name, s.kind.label());
+        }
+        for s in self.stages_in_program_order() {
+            for d in &s.depends_on {
+                let _ = writeln!(out, "  {} -->|\"{}\"| {}", d.stage, d.reasons.join("; ").replace('"', "'"), s.name);
+            }
+        }
+        out
+    }
+
+    /// The stage DAG in Graphviz DOT.
+    pub fn to_dot(&self) -> String {
+        let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box];\n", self.pipeline);
+        for s in self.stages_in_program_order() {
+            let _ = writeln!(out, "  \"{}\" [label=\"{}\\n{}\"];", s.name, s.name, s.kind.label());
+        }
+        for s in self.stages_in_program_order() {
+            for d in &s.depends_on {
+                let _ = writeln!(out, "  \"{}\" -> \"{}\" [label=\"{}\"];", d.stage, s.name, d.reasons.join("; ").replace('"', "'"));
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    fn stages_in_program_order(&self) -> Vec<&StagePlan> {
+        let mut stages: Vec<&StagePlan> = self.stages.iter().collect();
+        stages.sort_by_key(|s| s.index);
+        stages
+    }
+}

@@ -1,0 +1,34 @@
+//! The one place a DataFusion session is built (DESIGN.md §3), so that a distributed
+//! context or remote object stores can replace the local defaults without touching
+//! the compiler or the executor.
+
+use std::sync::Arc;
+
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::delta_datafusion::planner::DeltaPlanner;
+
+/// A session for binding and running stages: spans collected on SQL expressions
+/// (diagnostics point at the column), and delta-rs's planner for its write nodes.
+pub fn new_context() -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    config.options_mut().sql_parser.collect_spans = true;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_query_planner(DeltaPlanner::new())
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// A table location as a URL: a URL as written, or a local path (relative paths
+/// are taken from the working directory). Never creates anything.
+pub fn table_url(location: &str) -> Result<url::Url, String> {
+    if let Ok(url) = url::Url::parse(location) {
+        if url.scheme().len() > 1 {
+            return Ok(url);
+        }
+    }
+    let path = std::path::absolute(location).map_err(|e| format!("invalid path `{location}`: {e}"))?;
+    url::Url::from_directory_path(&path).map_err(|_| format!("invalid path `{location}`"))
+}

@@ -1,0 +1,110 @@
+//! Helpers: temporary projects, running the CLI, snapshot settings.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+/// A temporary project: files written relative to its root.
+pub struct Project {
+    pub dir: TempDir,
+}
+
+impl Project {
+    pub fn new(files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new().prefix("sqlplan-test").tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("sql")).unwrap();
+        let p = Project { dir };
+        for (path, text) in files {
+            p.write(path, text);
+        }
+        p
+    }
+
+    pub fn write(&self, path: &str, text: &str) {
+        let full = self.dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn warehouse(&self) -> PathBuf {
+        self.dir.path().join("warehouse")
+    }
+
+    /// Runs `sqlplan ARGS` in the project root.
+    pub fn sqlplan(&self, args: &[&str]) -> Output {
+        sqlplan_in(self.path(), args)
+    }
+
+    /// Every path under the project, to prove a command touched nothing.
+    pub fn listing(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let p = entry.unwrap().path();
+                out.push(p.clone());
+                if p.is_dir() {
+                    walk(&p, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn sqlplan_in(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run sqlplan");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The repository root (for the shipped pipelines).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Snapshot settings: snapshots live in `snapshots/`, temporary paths are masked.
+pub fn settings(tmp: Option<&Path>) -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(repo().join("snapshots"));
+    s.set_prepend_module_to_snapshot(false);
+    if let Some(tmp) = tmp {
+        let real = std::fs::canonicalize(tmp).unwrap_or_else(|_| tmp.to_path_buf());
+        for p in [real.to_string_lossy().into_owned(), tmp.to_string_lossy().into_owned()] {
+            s.add_filter(&regex_escape(&p), "[TMP]");
+        }
+    }
+    s
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary (every test binary links DataFusion again).
+//! They drive the `sqlplan` CLI on temporary projects and warehouses.
+
+mod common;
+mod diagnostics;
+mod plan_cli;
+mod planning;

@@ -1,0 +1,85 @@
+//! `sqlplan plan` and `sqlplan graph` on the shipped pipelines: snapshots of the
+//! text and JSON plans and of the graphs, and byte-identical output across runs.
+
+use crate::common::{repo, settings, sqlplan_in};
+
+fn plan_example(args: &[&str]) -> String {
+    let wh = tempfile::tempdir().unwrap();
+    let var = format!("warehouse={}", wh.path().display());
+    let mut all = vec![args[0], "pipelines/examples/orders.yaml", "--var", &var];
+    all.extend_from_slice(&args[1..]);
+    let out = sqlplan_in(&repo(), &all);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(wh.path()).unwrap().count(), 0, "plan wrote into the warehouse");
+    let mut s = settings(Some(wh.path()));
+    s.set_description(all.join(" "));
+    s.bind(|| out.stdout.clone())
+}
+
+#[test]
+fn example_plan_text() {
+    let wh = tempfile::tempdir().unwrap();
+    let var = format!("warehouse={}", wh.path().display());
+    let out = sqlplan_in(&repo(), &["plan", "pipelines/examples/orders.yaml", "--var", &var]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_example_text", out.stdout));
+}
+
+#[test]
+fn example_plan_json() {
+    let wh = tempfile::tempdir().unwrap();
+    let var = format!("warehouse={}", wh.path().display());
+    let out = sqlplan_in(&repo(), &["plan", "pipelines/examples/orders.yaml", "--var", &var, "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("valid JSON");
+    assert_eq!(json["levels"][0][0], "day_orders");
+    settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_example_json", out.stdout));
+}
+
+#[test]
+fn example_plan_explain_shows_logical_plans() {
+    let out = plan_example(&["plan", "--explain"]);
+    assert!(out.contains("logical plan:"), "{out}");
+    assert!(out.contains("TableScan: orders"), "{out}");
+}
+
+#[test]
+fn plan_output_is_byte_identical_across_runs() {
+    let wh = tempfile::tempdir().unwrap();
+    let var = format!("warehouse={}", wh.path().display());
+    let runs: Vec<String> = (0..3)
+        .map(|_| sqlplan_in(&repo(), &["plan", "pipelines/examples/orders.yaml", "--var", &var, "--format", "json", "--explain"]).stdout)
+        .collect();
+    assert!(!runs[0].is_empty());
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[1], runs[2]);
+}
+
+#[test]
+fn example_graphs() {
+    let mermaid = plan_example(&["graph"]);
+    let dot = plan_example(&["graph", "--format", "dot"]);
+    assert!(mermaid.starts_with("flowchart TD"));
+    assert!(dot.starts_with("digraph"));
+    settings(None).bind(|| {
+        insta::assert_snapshot!("graph_example_mermaid", mermaid);
+        insta::assert_snapshot!("graph_example_dot", dot);
+    });
+}
+
+#[test]
+fn summary_pipeline_plans() {
+    let wh = tempfile::tempdir().unwrap();
+    let var = format!("warehouse={}", wh.path().display());
+    let out = sqlplan_in(&repo(), &["plan", "pipelines/summary.yaml", "--var", &var]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_summary_text", out.stdout));
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let out = sqlplan_in(&repo(), &["plan", "--help"]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("--var"));
+    assert!(out.stdout.contains("Examples:"));
+}
