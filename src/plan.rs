@@ -215,7 +215,9 @@ impl Plan {
                 let via = s.via.as_ref().map(|v| format!(" via {v}")).unwrap_or_default();
                 let _ = writeln!(out, "    {}{via}: {}", s.stage, s.access.label());
                 if !s.filters.is_empty() {
-                    let _ = writeln!(out, "      filters: {}", s.filters.join(" AND "));
+                    for f in &s.filters {
+                        let _ = writeln!(out, "      filter: {f}");
+                    }
                 }
                 if !s.columns.is_empty() {
                     let _ = writeln!(out, "      columns: {}", s.columns.join(", "));

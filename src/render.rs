@@ -107,7 +107,6 @@ fn environment(root: &Path, loaded: Arc<Mutex<BTreeMap<String, Source>>>) -> Env
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_debug(true);
-    env.set_keep_trailing_newline(true);
     let root: PathBuf = root.to_path_buf();
     env.set_loader(move |name: &str| {
         if name.split('/').any(|part| part == "..") {

@@ -2,8 +2,6 @@
 //! context or remote object stores can replace the local defaults without touching
 //! the compiler or the executor.
 
-use std::sync::Arc;
-
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::delta_datafusion::planner::DeltaPlanner;

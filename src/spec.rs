@@ -169,7 +169,7 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn pipeline(&self, overrides: &[(String, String)]) -> Result<PipelineSpec> {
-        let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+        let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
         let node = marked_yaml::parse_yaml_with_options(0, &*self.yaml.text, options).map_err(|e| self.load_error(e))?;
         let top = node.as_mapping().ok_or_else(|| self.error_at(node.span(), "pipeline_not_a_mapping", "a pipeline must be a YAML mapping"))?;
         self.check_keys(top, TOP_KEYS, "pipeline")?;
@@ -552,11 +552,8 @@ fn parse_override(key: &str, raw: &str, default: &Value) -> Result<Value> {
             _ => Err(mismatch("a number")),
         },
         Value::Array(_) | Value::Object(_) => {
-            let options = if default.is_array() {
-                marked_yaml::LoaderOptions::default().toplevel_sequence()
-            } else {
-                marked_yaml::LoaderOptions::default()
-            };
+            let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
+            let options = if default.is_array() { options.toplevel_sequence() } else { options };
             let node = marked_yaml::parse_yaml_with_options(0, raw, options)
                 .map_err(|_| mismatch(if default.is_array() { "a YAML list like `[a, b]`" } else { "a YAML map like `{k: v}`" }))?;
             let value = to_json(&node);
@@ -580,7 +577,8 @@ mod tests {
 
     #[test]
     fn plain_scalars_are_coerced_quoted_are_not() {
-        let node = marked_yaml::parse_yaml(0, "a: 10\nb: '10'\nc: [x, 2.5, true]\nd: ~\n").unwrap();
+        let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
+        let node = marked_yaml::parse_yaml_with_options(0, "a: 10\nb: '10'\nc: [x, 2.5, true]\nd: ~\n", options).unwrap();
         let v = to_json(&node);
         assert_eq!(v["a"], Value::from(10));
         assert_eq!(v["b"], Value::from("10"));

@@ -176,7 +176,7 @@ fn scans(spec: &PipelineSpec, tables: &BTreeMap<String, TableInfo>, bound: &[Bou
                 Some(a) => a,
                 None => classify(&filters, info),
             };
-            let filters = filters.iter().map(|f| f.to_string()).collect();
+            let filters = filters.iter().map(|f| f.clone().unalias().human_display().to_string()).collect();
             per_table.get_mut(&table).expect("declared").push(ScanPlan { stage: stage.clone(), via, access, columns, filters });
         }
     }
@@ -187,7 +187,7 @@ fn scans(spec: &PipelineSpec, tables: &BTreeMap<String, TableInfo>, bound: &[Bou
         if let Some(b) = &budget {
             if full as u64 > b.value {
                 let stages: Vec<&str> = scans.iter().filter(|s| s.access.is_full()).map(|s| s.stage.as_str()).collect();
-                return Err(Problem::invalid("scan_budget", format!("`{table}` would be scanned in full {full} times; its budget is {}", b.value))
+                return Err(Problem::invalid("scan_budget", format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
                     .in_source(&spec.yaml)
                     .label(b.span, "budget")
                     .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));

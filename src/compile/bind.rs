@@ -55,7 +55,7 @@ pub async fn bind(
                 maintenance: Some(Maintenance::Vacuum { retain_hours: v.retain_hours.value }),
                 ..empty(StageKind::Vacuum)
             },
-            (_, Some(p)) => {
+            (_, Some(_)) => {
                 let sql = StageSql { spec, stage, sql: r.text.as_deref().unwrap_or(""), lines: &r.lines };
                 bind_sql(&sql, index, parsed, tables, ctx).await?
             }
@@ -144,7 +144,7 @@ fn resolve(sql: &StageSql<'_>, index: usize, read: &RelationRef, tables: &BTreeM
             let help = did_you_mean(&read.name, known.iter().copied())
                 .unwrap_or_else(|| format!("known relations here: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
             Err(at("unknown_relation", format!("stage `{}` reads `{}`, which is neither a declared table nor an earlier stage", sql.name(), read.name), "unknown relation")
-                .help(format!("{help}; declare tables under `tables:` in the pipeline")))
+                .help(format!("{help} Tables are declared under `tables:` in the pipeline.")))
         }
     }
 }
@@ -269,7 +269,7 @@ fn df_problem(sql: &StageSql<'_>, err: &DataFusionError, phase: &str) -> Problem
     }
     let token = message
         .split_once("No field named ")
-        .map(|(_, rest)| rest.split_once(". ").map_or(rest, |(name, _)| name).trim_end_matches('.').replace('"', ""));
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or("").trim_end_matches('.').replace('"', ""));
     // For a qualified `t.col` the last part is what the user wrote nearest the error.
     let token = token.map(|t| t.rsplit('.').next().unwrap_or(&t).to_string());
     match token {

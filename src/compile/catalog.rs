@@ -2,7 +2,6 @@
 //! Delta table from its log (no data file is read), or the declared schema of a
 //! table the run will create.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -55,7 +54,7 @@ pub async fn open(spec: &PipelineSpec, rendered: &Rendered, ctx: &SessionContext
                     name: name.clone(),
                     location,
                     url,
-                    version: delta.version(),
+                    version: delta.version().map(|v| v as i64),
                     num_files: Some(snapshot.log_data().num_files()),
                     schema: provider.schema(),
                     partition_columns: snapshot.metadata().partition_columns().to_vec(),
@@ -153,10 +152,6 @@ impl DeclaredTable {
 
 #[async_trait]
 impl TableProvider for DeclaredTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

@@ -55,6 +55,7 @@ impl StageSql<'_> {
         let template_line = self.lines.template_line(line);
         let (t_line, t_col, t_len) = find_token(template, template_line, token)
             .or_else(|| (template.line(template_line) == Some(rendered_line)).then_some((template_line, column, token_len)))
+            .or_else(|| find_expression(template, template_line))
             .unwrap_or_else(|| {
                 let text = template.line(template_line).unwrap_or("");
                 let indent = text.len() - text.trim_start().len();
@@ -108,6 +109,20 @@ fn find_token(template: &Source, line: usize, token: Option<&str>) -> Option<(us
                 return Some((l as usize, col, token.len()));
             }
             from = end;
+        }
+    }
+    None
+}
+
+/// The nearest `{{ … }}` to `line`: when the offending text is not in the template,
+/// an expression produced it.
+fn find_expression(template: &Source, line: usize) -> Option<(usize, usize, usize)> {
+    for delta in [0isize, -1, 1, -2, 2, -3, 3] {
+        let l = line as isize + delta;
+        let Some(text) = (l >= 1).then(|| template.line(l as usize)).flatten() else { continue };
+        if let Some(start) = text.find("{{") {
+            let end = text[start..].find("}}").map_or(text.len(), |e| start + e + 2);
+            return Some((l as usize, text[..start].chars().count() + 1, end - start));
         }
     }
     None

@@ -186,5 +186,5 @@ fn parse_problem(stage: &StageSql<'_>, err: &ParserError) -> Problem {
     let token = message.rsplit_once("found: ").map(|(_, t)| t.trim().to_string());
     stage
         .problem_at("sql_syntax", format!("SQL syntax error in stage `{}`: {message}", stage.name()), line, col, token.as_deref(), "syntax error here")
-        .help("the SQL is parsed after rendering; check the rendered statement with `sqlplan plan`")
+        .help("the SQL is parsed after rendering: positions are those of the rendered statement, mapped back to the template")
 }

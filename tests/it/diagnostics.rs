@@ -106,7 +106,7 @@ fn error_inside_an_imported_macro_points_at_the_macro_file() {
 
 #[test]
 fn sql_syntax_error() {
-    diagnose("sql_syntax", BASE, &[("sql/big_orders.sql", "SELECT id, amount\nFROM orders\nWHERE amount >> {{ min_amount }}\n")], &[]);
+    diagnose("sql_syntax", BASE, &[("sql/big_orders.sql", "SELECT id, amount\nFROM orders\nWHERE amount > {{ min_amount }} AND AND ds = 'x'\n")], &[]);
 }
 
 #[test]
