@@ -34,7 +34,9 @@ pub enum Command {
     /// The same inputs always give byte-identical output.
     ///
     /// Exit codes: 0 the pipeline is valid, 2 it is not (a diagnostic says where).
-    #[command(after_help = "Examples:\n  sqlplan plan pipelines/examples/orders.yaml\n  sqlplan plan pipelines/summary.yaml --var warehouse=/data/wh --explain\n  sqlplan plan pipelines/examples/orders.yaml --format json > plan.json")]
+    #[command(
+        after_help = "Examples:\n  sqlplan plan pipelines/examples/orders.yaml\n  sqlplan plan pipelines/summary.yaml --var warehouse=/data/wh --explain\n  sqlplan plan pipelines/examples/orders.yaml --format json > plan.json"
+    )]
     Plan {
         #[command(flatten)]
         input: PipelineArgs,
@@ -46,7 +48,9 @@ pub enum Command {
         explain: bool,
     },
     /// Draw the stage dependency graph (edges labelled with their hazards).
-    #[command(after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg")]
+    #[command(
+        after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg"
+    )]
     Graph {
         #[command(flatten)]
         input: PipelineArgs,
@@ -92,7 +96,10 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -114,15 +121,21 @@ pub fn main() -> i32 {
 /// Runs one command and returns what it prints on standard output.
 pub async fn execute(command: Command) -> Result<String, Problem> {
     match command {
-        Command::Plan { input, format, explain } => {
-            let plan = crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+        Command::Plan {
+            input,
+            format,
+            explain,
+        } => {
+            let plan =
+                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
             Ok(match format {
                 PlanFormat::Text => plan.to_text(explain),
                 PlanFormat::Json => plan.to_json(explain),
             })
         }
         Command::Graph { input, format } => {
-            let plan = crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            let plan =
+                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
             Ok(match format {
                 GraphFormat::Mermaid => plan.to_mermaid(),
                 GraphFormat::Dot => plan.to_dot(),

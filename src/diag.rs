@@ -20,7 +20,10 @@ pub struct Source {
 
 impl Source {
     pub fn new(name: impl Into<String>, text: impl Into<Arc<str>>) -> Self {
-        Source { name: name.into(), text: text.into() }
+        Source {
+            name: name.into(),
+            text: text.into(),
+        }
     }
 
     /// Byte offset of a 1-based line and column (column counted in characters).
@@ -28,7 +31,11 @@ impl Source {
         let mut offset = 0;
         for (i, l) in self.text.split_inclusive('\n').enumerate() {
             if i + 1 == line {
-                let col_bytes: usize = l.chars().take(column.saturating_sub(1)).map(char::len_utf8).sum();
+                let col_bytes: usize = l
+                    .chars()
+                    .take(column.saturating_sub(1))
+                    .map(char::len_utf8)
+                    .sum();
                 return (offset + col_bytes).min(self.text.len());
             }
             offset += l.len();
@@ -82,7 +89,10 @@ impl Problem {
     }
 
     pub fn failed(code: &'static str, message: impl Into<String>) -> Self {
-        Problem { severity: Severity::Failed, ..Problem::invalid(code, message) }
+        Problem {
+            severity: Severity::Failed,
+            ..Problem::invalid(code, message)
+        }
     }
 
     pub fn in_source(mut self, source: &Source) -> Self {
@@ -116,10 +126,11 @@ impl Problem {
     /// Renders the problem the way tests and logs see it: no colour, fixed width.
     pub fn render_plain(&self, width: usize) -> String {
         let mut out = String::new();
-        let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_width(width)
-            .with_links(false)
-            .without_syntax_highlighting();
+        let handler =
+            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+                .with_width(width)
+                .with_links(false)
+                .without_syntax_highlighting();
         if handler.render_report(&mut out, self).is_err() {
             out = format!("error[{}]: {}", self.code, self.message);
         }
@@ -141,7 +152,9 @@ impl Diagnostic for Problem {
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
@@ -152,13 +165,15 @@ impl Diagnostic for Problem {
         if self.labels.is_empty() {
             return None;
         }
-        Some(Box::new(self.labels.iter().enumerate().map(|(i, (span, text))| {
-            if i == 0 {
-                LabeledSpan::new_primary_with_span(Some(text.clone()), *span)
-            } else {
-                LabeledSpan::new_with_span(Some(text.clone()), *span)
-            }
-        })))
+        Some(Box::new(self.labels.iter().enumerate().map(
+            |(i, (span, text))| {
+                if i == 0 {
+                    LabeledSpan::new_primary_with_span(Some(text.clone()), *span)
+                } else {
+                    LabeledSpan::new_with_span(Some(text.clone()), *span)
+                }
+            },
+        )))
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
@@ -196,7 +211,10 @@ mod tests {
 
     #[test]
     fn suggestions_pick_the_closest_name() {
-        assert_eq!(did_you_mean("stagse", ["stages", "tables"]), Some("did you mean `stages`?".into()));
+        assert_eq!(
+            did_you_mean("stagse", ["stages", "tables"]),
+            Some("did you mean `stages`?".into())
+        );
         assert_eq!(did_you_mean("zzz", ["stages", "tables"]), None);
     }
 }

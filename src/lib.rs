@@ -18,7 +18,11 @@ pub use diag::Problem;
 pub use plan::Plan;
 
 /// Builds the Plan of a pipeline: what `plan` prints and `run` executes.
-pub async fn build_plan(pipeline: &Path, root: Option<&Path>, vars: &[(String, String)]) -> Result<Plan, Problem> {
+pub async fn build_plan(
+    pipeline: &Path,
+    root: Option<&Path>,
+    vars: &[(String, String)],
+) -> Result<Plan, Problem> {
     let spec = spec::load(pipeline, root, vars)?;
     let rendered = render::render(&spec)?;
     compile::compile(&spec, &rendered).await

@@ -77,8 +77,14 @@ impl StageKind {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Maintenance {
-    Optimize { filter: Option<String>, zorder_by: Vec<String>, target_size: Option<u64> },
-    Vacuum { retain_hours: u64 },
+    Optimize {
+        filter: Option<String>,
+        zorder_by: Vec<String>,
+        target_size: Option<u64>,
+    },
+    Vacuum {
+        retain_hours: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -187,7 +193,11 @@ impl Plan {
         if !self.vars.is_empty() {
             let _ = writeln!(out, "\nvars");
             for (k, v) in &self.vars {
-                let _ = writeln!(out, "  {k} = {}", serde_json::to_string(v).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "  {k} = {}",
+                    serde_json::to_string(v).unwrap_or_default()
+                );
             }
         }
         let _ = writeln!(out, "\ntables");
@@ -197,8 +207,18 @@ impl Plan {
                 (Some(v), None) => format!("version {v}"),
                 _ => "created by the run".to_string(),
             };
-            let parts = if t.partition_by.is_empty() { String::new() } else { format!(", partitioned by {}", t.partition_by.join(", ")) };
-            let _ = writeln!(out, "  {:<20} {} ({state}{parts}, {} columns)", t.name, t.location, t.columns.len());
+            let parts = if t.partition_by.is_empty() {
+                String::new()
+            } else {
+                format!(", partitioned by {}", t.partition_by.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "  {:<20} {} ({state}{parts}, {} columns)",
+                t.name,
+                t.location,
+                t.columns.len()
+            );
         }
         let _ = writeln!(out, "\norder");
         for (i, level) in self.levels.iter().enumerate() {
@@ -209,10 +229,24 @@ impl Plan {
         }
         let _ = writeln!(out, "\nscans");
         for t in &self.scans {
-            let budget = t.max_full_scans.map(|b| format!(", budget {b} full")).unwrap_or_default();
-            let _ = writeln!(out, "  {}: {} scans ({} full, {} pruned{budget})", t.table, t.scans.len(), t.full, t.pruned);
+            let budget = t
+                .max_full_scans
+                .map(|b| format!(", budget {b} full"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {}: {} scans ({} full, {} pruned{budget})",
+                t.table,
+                t.scans.len(),
+                t.full,
+                t.pruned
+            );
             for s in &t.scans {
-                let via = s.via.as_ref().map(|v| format!(" via {v}")).unwrap_or_default();
+                let via = s
+                    .via
+                    .as_ref()
+                    .map(|v| format!(" via {v}"))
+                    .unwrap_or_default();
                 let _ = writeln!(out, "    {}{via}: {}", s.stage, s.access.label());
                 if !s.filters.is_empty() {
                     for f in &s.filters {
@@ -235,8 +269,18 @@ impl Plan {
     }
 
     fn stage_text(&self, out: &mut String, s: &StagePlan, explain: bool) {
-        let template = s.template.as_ref().map(|t| format!("  [{t}]")).unwrap_or_default();
-        let _ = writeln!(out, "\nstage {} — {}, level {}{template}", s.name, s.kind.label(), s.level);
+        let template = s
+            .template
+            .as_ref()
+            .map(|t| format!("  [{t}]"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nstage {} — {}, level {}{template}",
+            s.name,
+            s.kind.label(),
+            s.level
+        );
         if let Some(d) = &s.description {
             let _ = writeln!(out, "  {}", d.trim().replace('\n', "\n  "));
         }
@@ -250,15 +294,33 @@ impl Plan {
             let _ = writeln!(out, "  after {}: {}", d.stage, d.reasons.join("; "));
         }
         if let Some(m) = &s.maintenance {
-            let _ = writeln!(out, "  {}", match m {
-                Maintenance::Optimize { filter, zorder_by, target_size } => format!(
-                    "optimize{}{}{}",
-                    filter.as_ref().map(|f| format!(" where {f}")).unwrap_or_default(),
-                    if zorder_by.is_empty() { String::new() } else { format!(" z-order by {}", zorder_by.join(", ")) },
-                    target_size.map(|t| format!(" target size {t} bytes")).unwrap_or_default()
-                ),
-                Maintenance::Vacuum { retain_hours } => format!("vacuum files older than {retain_hours} h"),
-            });
+            let _ = writeln!(
+                out,
+                "  {}",
+                match m {
+                    Maintenance::Optimize {
+                        filter,
+                        zorder_by,
+                        target_size,
+                    } => format!(
+                        "optimize{}{}{}",
+                        filter
+                            .as_ref()
+                            .map(|f| format!(" where {f}"))
+                            .unwrap_or_default(),
+                        if zorder_by.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" z-order by {}", zorder_by.join(", "))
+                        },
+                        target_size
+                            .map(|t| format!(" target size {t} bytes"))
+                            .unwrap_or_default()
+                    ),
+                    Maintenance::Vacuum { retain_hours } =>
+                        format!("vacuum files older than {retain_hours} h"),
+                }
+            );
         }
         if let Some(sql) = &s.sql {
             let _ = writeln!(out, "  sql:");
@@ -284,7 +346,13 @@ impl Plan {
         }
         for s in self.stages_in_program_order() {
             for d in &s.depends_on {
-                let _ = writeln!(out, "  {} -->|\"{}\"| {}", d.stage, d.reasons.join("; ").replace('"', "'"), s.name);
+                let _ = writeln!(
+                    out,
+                    "  {} -->|\"{}\"| {}",
+                    d.stage,
+                    d.reasons.join("; ").replace('"', "'"),
+                    s.name
+                );
             }
         }
         out
@@ -292,13 +360,28 @@ impl Plan {
 
     /// The stage DAG in Graphviz DOT.
     pub fn to_dot(&self) -> String {
-        let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box];\n", self.pipeline);
+        let mut out = format!(
+            "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box];\n",
+            self.pipeline
+        );
         for s in self.stages_in_program_order() {
-            let _ = writeln!(out, "  \"{}\" [label=\"{}\\n{}\"];", s.name, s.name, s.kind.label());
+            let _ = writeln!(
+                out,
+                "  \"{}\" [label=\"{}\\n{}\"];",
+                s.name,
+                s.name,
+                s.kind.label()
+            );
         }
         for s in self.stages_in_program_order() {
             for d in &s.depends_on {
-                let _ = writeln!(out, "  \"{}\" -> \"{}\" [label=\"{}\"];", d.stage, s.name, d.reasons.join("; ").replace('"', "'"));
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" -> \"{}\" [label=\"{}\"];",
+                    d.stage,
+                    s.name,
+                    d.reasons.join("; ").replace('"', "'")
+                );
             }
         }
         out.push_str("}\n");

@@ -40,9 +40,22 @@ impl LineMap {
         let template_lines = template.lines().count().max(1);
         for op in diff.ops() {
             let (old, old_len, new, new_len) = match *op {
-                DiffOp::Equal { old_index, new_index, len } => (old_index, len, new_index, len),
-                DiffOp::Insert { old_index, new_index, new_len } => (old_index, 0, new_index, new_len),
-                DiffOp::Replace { old_index, old_len, new_index, new_len } => (old_index, old_len, new_index, new_len),
+                DiffOp::Equal {
+                    old_index,
+                    new_index,
+                    len,
+                } => (old_index, len, new_index, len),
+                DiffOp::Insert {
+                    old_index,
+                    new_index,
+                    new_len,
+                } => (old_index, 0, new_index, new_len),
+                DiffOp::Replace {
+                    old_index,
+                    old_len,
+                    new_index,
+                    new_len,
+                } => (old_index, old_len, new_index, new_len),
                 DiffOp::Delete { .. } => continue,
             };
             for k in 0..new_len {
@@ -57,7 +70,10 @@ impl LineMap {
 
     /// Template line (1-based) of a rendered line (1-based).
     pub fn template_line(&self, rendered_line: usize) -> usize {
-        self.0.get(rendered_line.saturating_sub(1)).copied().unwrap_or_else(|| self.0.last().copied().unwrap_or(1))
+        self.0
+            .get(rendered_line.saturating_sub(1))
+            .copied()
+            .unwrap_or_else(|| self.0.last().copied().unwrap_or(1))
     }
 }
 
@@ -65,7 +81,11 @@ impl LineMap {
 pub fn render(spec: &PipelineSpec) -> Result<Rendered> {
     let loaded: Arc<Mutex<BTreeMap<String, Source>>> = Arc::default();
     let env = environment(&spec.root, loaded.clone());
-    let vars: Map<String, Value> = spec.vars.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+    let vars: Map<String, Value> = spec
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
 
     let mut locations = BTreeMap::new();
     for (name, table) in &spec.tables {
@@ -77,7 +97,12 @@ pub fn render(spec: &PipelineSpec) -> Result<Rendered> {
     context.insert("pipeline".into(), json!({ "name": spec.name.value }));
     context.insert(
         "tables".into(),
-        Value::Object(locations.iter().map(|(n, l)| (n.clone(), json!({ "name": n, "location": l }))).collect()),
+        Value::Object(
+            locations
+                .iter()
+                .map(|(n, l)| (n.clone(), json!({ "name": n, "location": l })))
+                .collect(),
+        ),
     );
 
     let mut stages = Vec::with_capacity(spec.stages.len());
@@ -86,14 +111,27 @@ pub fn render(spec: &PipelineSpec) -> Result<Rendered> {
         ctx.insert("stage".into(), json!({ "name": stage.name.value }));
         let rendered = match &stage.body {
             StageBody::SqlFile { template, .. } | StageBody::InlineSql { template, .. } => {
-                let sql = render_template(&env, spec, stage, template, Value::Object(ctx), &loaded)?;
-                RenderedStage { lines: LineMap::build(&template.text, &sql), text: Some(sql) }
+                let sql =
+                    render_template(&env, spec, stage, template, Value::Object(ctx), &loaded)?;
+                RenderedStage {
+                    lines: LineMap::build(&template.text, &sql),
+                    text: Some(sql),
+                }
             }
             StageBody::Optimize(o) => match &o.filter {
-                Some(f) => RenderedStage { text: Some(render_yaml_value(&env, spec, f, Value::Object(ctx))?), lines: LineMap::default() },
-                None => RenderedStage { text: None, lines: LineMap::default() },
+                Some(f) => RenderedStage {
+                    text: Some(render_yaml_value(&env, spec, f, Value::Object(ctx))?),
+                    lines: LineMap::default(),
+                },
+                None => RenderedStage {
+                    text: None,
+                    lines: LineMap::default(),
+                },
             },
-            StageBody::Vacuum(_) => RenderedStage { text: None, lines: LineMap::default() },
+            StageBody::Vacuum(_) => RenderedStage {
+                text: None,
+                lines: LineMap::default(),
+            },
         };
         stages.push(rendered);
     }
@@ -114,11 +152,17 @@ fn environment(root: &Path, loaded: Arc<Mutex<BTreeMap<String, Source>>>) -> Env
         }
         match std::fs::read_to_string(root.join(name)) {
             Ok(text) => {
-                loaded.lock().expect("loader lock").insert(name.to_string(), Source::new(name, text.clone()));
+                loaded
+                    .lock()
+                    .expect("loader lock")
+                    .insert(name.to_string(), Source::new(name, text.clone()));
                 Ok(Some(text))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("cannot read template {name}: {e}"))),
+            Err(e) => Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("cannot read template {name}: {e}"),
+            )),
         }
     });
     env
@@ -133,8 +177,11 @@ fn render_template(
     loaded: &Mutex<BTreeMap<String, Source>>,
 ) -> Result<String> {
     let name = template_name(spec, stage);
-    let tmpl = env.template_from_named_str(&name, &template.text).map_err(|e| template_problem(spec, stage, &name, &e, loaded))?;
-    tmpl.render(minijinja::Value::from(minijinja::value::Serde(&ctx))).map_err(|e| template_problem(spec, stage, &name, &e, loaded))
+    let tmpl = env
+        .template_from_named_str(&name, &template.text)
+        .map_err(|e| template_problem(spec, stage, &name, &e, loaded))?;
+    tmpl.render(minijinja::Value::from(minijinja::value::Serde(&ctx)))
+        .map_err(|e| template_problem(spec, stage, &name, &e, loaded))
 }
 
 /// The name minijinja knows a stage template by (errors carry it).
@@ -160,8 +207,15 @@ fn template_problem(
         minijinja::ErrorKind::UndefinedError => "undefined_variable",
         _ => "template_error",
     };
-    let detail = inner.detail().map(str::to_string).unwrap_or_else(|| inner.kind().to_string());
-    let message = format!("{} in stage `{}`: {detail}", kind_text(inner.kind()), stage.name.value);
+    let detail = inner
+        .detail()
+        .map(str::to_string)
+        .unwrap_or_else(|| inner.kind().to_string());
+    let message = format!(
+        "{} in stage `{}`: {detail}",
+        kind_text(inner.kind()),
+        stage.name.value
+    );
     let mut problem = Problem::invalid(code, message);
     if inner.kind() == minijinja::ErrorKind::UndefinedError {
         let mut names: Vec<&String> = spec.vars.keys().collect();
@@ -171,7 +225,9 @@ fn template_problem(
             names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
-    let Some(name) = inner.name() else { return problem };
+    let Some(name) = inner.name() else {
+        return problem;
+    };
     let (source, offset, len) = if name == stage_template {
         let template = stage.template().expect("SQL stage");
         let range = inner.range().unwrap_or(0..0);
@@ -187,7 +243,9 @@ fn template_problem(
             None => return problem,
         }
     };
-    problem.in_source(&source).label((offset, len), kind_label(inner.kind()))
+    problem
+        .in_source(&source)
+        .label((offset, len), kind_label(inner.kind()))
 }
 
 fn innermost(err: &minijinja::Error) -> &minijinja::Error {
@@ -223,14 +281,29 @@ fn kind_label(kind: minijinja::ErrorKind) -> &'static str {
 
 /// Renders a templated YAML value (a table location, an optimize filter); errors
 /// point at the value in the YAML.
-fn render_yaml_value(env: &Environment<'static>, spec: &PipelineSpec, value: &Spanned<String>, ctx: Value) -> Result<String> {
-    env.render_str(&value.value, minijinja::Value::from(minijinja::value::Serde(&ctx))).map_err(|e| {
+fn render_yaml_value(
+    env: &Environment<'static>,
+    spec: &PipelineSpec,
+    value: &Spanned<String>,
+    ctx: Value,
+) -> Result<String> {
+    env.render_str(
+        &value.value,
+        minijinja::Value::from(minijinja::value::Serde(&ctx)),
+    )
+    .map_err(|e| {
         let inner = innermost(&e);
-        let detail = inner.detail().map(str::to_string).unwrap_or_else(|| inner.kind().to_string());
-        Problem::invalid("template_error", format!("{}: {detail}", kind_text(inner.kind())))
-            .in_source(&spec.yaml)
-            .label(value.span, "in this value")
-            .help("values may use the pipeline's vars, e.g. `{{ warehouse }}/orders`")
+        let detail = inner
+            .detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| inner.kind().to_string());
+        Problem::invalid(
+            "template_error",
+            format!("{}: {detail}", kind_text(inner.kind())),
+        )
+        .in_source(&spec.yaml)
+        .label(value.span, "in this value")
+        .help("values may use the pipeline's vars, e.g. `{{ warehouse }}/orders`")
     })
 }
 

@@ -27,6 +27,7 @@ pub fn table_url(location: &str) -> Result<url::Url, String> {
             return Ok(url);
         }
     }
-    let path = std::path::absolute(location).map_err(|e| format!("invalid path `{location}`: {e}"))?;
+    let path =
+        std::path::absolute(location).map_err(|e| format!("invalid path `{location}`: {e}"))?;
     url::Url::from_directory_path(&path).map_err(|_| format!("invalid path `{location}`"))
 }

@@ -74,10 +74,16 @@ pub struct StageSpec {
 #[derive(Clone, Debug)]
 pub enum StageBody {
     /// SQL from a template file (path relative to the project root).
-    SqlFile { path: Spanned<String>, template: Source },
+    SqlFile {
+        path: Spanned<String>,
+        template: Source,
+    },
     /// SQL written inline in the YAML (`query:`); `origin` maps template lines back
     /// into the YAML.
-    InlineSql { template: Source, origin: InlineOrigin },
+    InlineSql {
+        template: Source,
+        origin: InlineOrigin,
+    },
     Optimize(OptimizeSpec),
     Vacuum(VacuumSpec),
 }
@@ -112,23 +118,47 @@ impl StageSpec {
     /// Template source for SQL stages.
     pub fn template(&self) -> Option<&Source> {
         match &self.body {
-            StageBody::SqlFile { template, .. } | StageBody::InlineSql { template, .. } => Some(template),
+            StageBody::SqlFile { template, .. } | StageBody::InlineSql { template, .. } => {
+                Some(template)
+            }
             _ => None,
         }
     }
 }
 
 const TOP_KEYS: &[&str] = &["name", "description", "vars", "tables", "stages"];
-const TABLE_KEYS: &[&str] = &["location", "description", "schema", "partition_by", "max_full_scans"];
+const TABLE_KEYS: &[&str] = &[
+    "location",
+    "description",
+    "schema",
+    "partition_by",
+    "max_full_scans",
+];
 const COLUMN_KEYS: &[&str] = &["name", "type", "nullable"];
-const STAGE_KEYS: &[&str] = &["name", "description", "sql", "query", "materialize", "after", "optimize", "vacuum"];
+const STAGE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "sql",
+    "query",
+    "materialize",
+    "after",
+    "optimize",
+    "vacuum",
+];
 const OPTIMIZE_KEYS: &[&str] = &["table", "where", "zorder_by", "target_size"];
 const VACUUM_KEYS: &[&str] = &["table", "retain_hours"];
 
 /// Loads and checks a pipeline file; `overrides` are the `--var key=value` pairs.
-pub fn load(path: &Path, root: Option<&Path>, overrides: &[(String, String)]) -> Result<PipelineSpec> {
+pub fn load(
+    path: &Path,
+    root: Option<&Path>,
+    overrides: &[(String, String)],
+) -> Result<PipelineSpec> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Problem::invalid("pipeline_unreadable", format!("cannot read pipeline {}: {e}", path.display()))
+        Problem::invalid(
+            "pipeline_unreadable",
+            format!("cannot read pipeline {}: {e}", path.display()),
+        )
     })?;
     let root = match root {
         Some(r) => r.to_path_buf(),
@@ -136,14 +166,21 @@ pub fn load(path: &Path, root: Option<&Path>, overrides: &[(String, String)]) ->
     };
     let name = relative_name(path, &root);
     let yaml = Source::new(name, text);
-    Loader { yaml: &yaml, root: &root }.pipeline(overrides)
+    Loader {
+        yaml: &yaml,
+        root: &root,
+    }
+    .pipeline(overrides)
 }
 
 /// The nearest ancestor of the pipeline's directory that holds a `sql/` folder
 /// (the layout of DESIGN.md §6), else the pipeline's own directory.
 pub fn project_root(pipeline: &Path) -> PathBuf {
     let abs = std::path::absolute(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
-    let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     for candidate in dir.ancestors() {
         if candidate.join("sql").is_dir() {
             return candidate.to_path_buf();
@@ -159,7 +196,10 @@ pub fn project_root(pipeline: &Path) -> PathBuf {
 pub fn relative_name(path: &Path, root: &Path) -> String {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-    abs.strip_prefix(&root).unwrap_or(path).to_string_lossy().replace('\\', "/")
+    abs.strip_prefix(&root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace('\\', "/")
 }
 
 struct Loader<'a> {
@@ -169,9 +209,18 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn pipeline(&self, overrides: &[(String, String)]) -> Result<PipelineSpec> {
-        let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
-        let node = marked_yaml::parse_yaml_with_options(0, &*self.yaml.text, options).map_err(|e| self.load_error(e))?;
-        let top = node.as_mapping().ok_or_else(|| self.error_at(node.span(), "pipeline_not_a_mapping", "a pipeline must be a YAML mapping"))?;
+        let options = marked_yaml::LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true);
+        let node = marked_yaml::parse_yaml_with_options(0, &*self.yaml.text, options)
+            .map_err(|e| self.load_error(e))?;
+        let top = node.as_mapping().ok_or_else(|| {
+            self.error_at(
+                node.span(),
+                "pipeline_not_a_mapping",
+                "a pipeline must be a YAML mapping",
+            )
+        })?;
         self.check_keys(top, TOP_KEYS, "pipeline")?;
         let name = self.required_string(top, "name", node.span())?;
         check_identifier(self, &name, "pipeline name")?;
@@ -179,24 +228,46 @@ impl Loader<'_> {
         let vars = self.vars(top.get_node("vars"), overrides)?;
         let tables = self.tables(top.get_node("tables"))?;
         let stages = self.stages(top.get_node("stages"), node.span(), &tables)?;
-        Ok(PipelineSpec { root: self.root.to_path_buf(), yaml: self.yaml.clone(), name, description, vars, tables, stages })
+        Ok(PipelineSpec {
+            root: self.root.to_path_buf(),
+            yaml: self.yaml.clone(),
+            name,
+            description,
+            vars,
+            tables,
+            stages,
+        })
     }
 
     // ---- vars -------------------------------------------------------------------
 
-    fn vars(&self, node: Option<&Node>, overrides: &[(String, String)]) -> Result<BTreeMap<String, Var>> {
+    fn vars(
+        &self,
+        node: Option<&Node>,
+        overrides: &[(String, String)],
+    ) -> Result<BTreeMap<String, Var>> {
         let mut vars = BTreeMap::new();
         if let Some(node) = node {
             let map = self.mapping(node, "vars")?;
             for (key, value) in map.iter() {
                 check_identifier(self, &self.scalar_spanned(key), "variable name")?;
-                vars.insert(key.as_str().to_string(), Var { value: to_json(value), span: self.scalar_span(key), overridden: false });
+                vars.insert(
+                    key.as_str().to_string(),
+                    Var {
+                        value: to_json(value),
+                        span: self.scalar_span(key),
+                        overridden: false,
+                    },
+                );
             }
         }
         for (key, raw) in overrides {
             let Some(var) = vars.get_mut(key) else {
                 let known: Vec<&str> = vars.keys().map(String::as_str).collect();
-                let mut p = Problem::invalid("unknown_var", format!("`--var {key}=…` sets a variable the pipeline does not declare"));
+                let mut p = Problem::invalid(
+                    "unknown_var",
+                    format!("`--var {key}=…` sets a variable the pipeline does not declare"),
+                );
                 p = p.help(match did_you_mean(key, known.iter().copied()) {
                     Some(s) => format!("{s} Declare it under `vars:` with a default to make it settable."),
                     None if known.is_empty() => "this pipeline declares no variables; declare it under `vars:` with a default".into(),
@@ -230,7 +301,15 @@ impl Loader<'_> {
                 for p in &partition_by {
                     if !cols.iter().any(|c| c.name.value == p.value) {
                         let known: Vec<&str> = cols.iter().map(|c| c.name.value.as_str()).collect();
-                        let mut e = self.error(p.span, "unknown_partition_column", format!("partition column `{}` is not in the schema of `{}`", p.value, name.value), "not a declared column");
+                        let mut e = self.error(
+                            p.span,
+                            "unknown_partition_column",
+                            format!(
+                                "partition column `{}` is not in the schema of `{}`",
+                                p.value, name.value
+                            ),
+                            "not a declared column",
+                        );
                         if let Some(h) = did_you_mean(&p.value, known) {
                             e = e.help(h);
                         }
@@ -240,18 +319,35 @@ impl Loader<'_> {
             }
             let max_full_scans = match map.get_scalar("max_full_scans") {
                 None => None,
-                Some(s) => Some(Spanned { value: self.parse_u64(s, "max_full_scans")?, span: self.scalar_span(s) }),
+                Some(s) => Some(Spanned {
+                    value: self.parse_u64(s, "max_full_scans")?,
+                    span: self.scalar_span(s),
+                }),
             };
             let description = self.optional_string(map, "description")?.map(|s| s.value);
-            tables.insert(name.value.clone(), TableSpec { name, location, description, schema, partition_by, max_full_scans });
+            tables.insert(
+                name.value.clone(),
+                TableSpec {
+                    name,
+                    location,
+                    description,
+                    schema,
+                    partition_by,
+                    max_full_scans,
+                },
+            );
         }
         Ok(tables)
     }
 
     fn columns(&self, node: &Node, table: &str) -> Result<Vec<ColumnSpec>> {
         let seq = node.as_sequence().ok_or_else(|| {
-            self.error_at(node.span(), "bad_schema", format!("the schema of `{table}` must be a list of columns"))
-                .help("write e.g. `schema: [{name: id, type: BIGINT, nullable: false}]`")
+            self.error_at(
+                node.span(),
+                "bad_schema",
+                format!("the schema of `{table}` must be a list of columns"),
+            )
+            .help("write e.g. `schema: [{name: id, type: BIGINT, nullable: false}]`")
         })?;
         let mut columns: Vec<ColumnSpec> = Vec::new();
         for item in seq.iter() {
@@ -261,31 +357,61 @@ impl Loader<'_> {
             let data_type = self.required_string(map, "type", item.span())?;
             let nullable = match map.get_scalar("nullable") {
                 None => true,
-                Some(s) => s.as_bool().ok_or_else(|| self.error(self.scalar_span(s), "bad_value", "`nullable` must be true or false", "not a boolean"))?,
+                Some(s) => s.as_bool().ok_or_else(|| {
+                    self.error(
+                        self.scalar_span(s),
+                        "bad_value",
+                        "`nullable` must be true or false",
+                        "not a boolean",
+                    )
+                })?,
             };
             if let Some(prev) = columns.iter().find(|c| c.name.value == name.value) {
                 return Err(self
-                    .error(name.span, "duplicate_column", format!("column `{}` is declared twice in `{table}`", name.value), "declared again here")
+                    .error(
+                        name.span,
+                        "duplicate_column",
+                        format!("column `{}` is declared twice in `{table}`", name.value),
+                        "declared again here",
+                    )
                     .label(prev.name.span, "first declared here"));
             }
-            columns.push(ColumnSpec { name, data_type, nullable });
+            columns.push(ColumnSpec {
+                name,
+                data_type,
+                nullable,
+            });
         }
         Ok(columns)
     }
 
     // ---- stages -----------------------------------------------------------------
 
-    fn stages(&self, node: Option<&Node>, top_span: &marked_yaml::Span, tables: &BTreeMap<String, TableSpec>) -> Result<Vec<StageSpec>> {
+    fn stages(
+        &self,
+        node: Option<&Node>,
+        top_span: &marked_yaml::Span,
+        tables: &BTreeMap<String, TableSpec>,
+    ) -> Result<Vec<StageSpec>> {
         let Some(node) = node else {
-            return Err(self.error_at(top_span, "no_stages", "the pipeline has no `stages:`").help("add `stages:`, a list of stages in program order"));
+            return Err(self
+                .error_at(top_span, "no_stages", "the pipeline has no `stages:`")
+                .help("add `stages:`, a list of stages in program order"));
         };
-        let seq = node.as_sequence().ok_or_else(|| self.error_at(node.span(), "bad_stages", "`stages` must be a list"))?;
+        let seq = node
+            .as_sequence()
+            .ok_or_else(|| self.error_at(node.span(), "bad_stages", "`stages` must be a list"))?;
         let mut stages: Vec<StageSpec> = Vec::new();
         for item in seq.iter() {
             let stage = self.stage(item)?;
             if let Some(prev) = stages.iter().find(|s| s.name.value == stage.name.value) {
                 return Err(self
-                    .error(stage.name.span, "duplicate_stage", format!("two stages are named `{}`", stage.name.value), "second stage with this name")
+                    .error(
+                        stage.name.span,
+                        "duplicate_stage",
+                        format!("two stages are named `{}`", stage.name.value),
+                        "second stage with this name",
+                    )
                     .label(prev.name.span, "first defined here")
                     .help("stage names define relations and must be unique"));
             }
@@ -305,7 +431,10 @@ impl Loader<'_> {
         self.check_keys(map, STAGE_KEYS, "stage")?;
         let name = self.required_string(map, "name", node.span())?;
         check_identifier(self, &name, "stage name")?;
-        let bodies: Vec<&MarkedScalarNode> = map.keys().filter(|k| ["sql", "query", "optimize", "vacuum"].contains(&k.as_str())).collect();
+        let bodies: Vec<&MarkedScalarNode> = map
+            .keys()
+            .filter(|k| ["sql", "query", "optimize", "vacuum"].contains(&k.as_str()))
+            .collect();
         let body = match bodies.as_slice() {
             [] => {
                 return Err(self
@@ -322,11 +451,24 @@ impl Loader<'_> {
         };
         let materialize = match map.get_scalar("materialize") {
             None => false,
-            Some(s) => s.as_bool().ok_or_else(|| self.error(self.scalar_span(s), "bad_value", "`materialize` must be true or false", "not a boolean"))?,
+            Some(s) => s.as_bool().ok_or_else(|| {
+                self.error(
+                    self.scalar_span(s),
+                    "bad_value",
+                    "`materialize` must be true or false",
+                    "not a boolean",
+                )
+            })?,
         };
         let after = self.string_list(map.get_node("after"), "after")?;
         let description = self.optional_string(map, "description")?.map(|s| s.value);
-        Ok(StageSpec { name, description, body, materialize, after })
+        Ok(StageSpec {
+            name,
+            description,
+            body,
+            materialize,
+            after,
+        })
     }
 
     fn stage_body(&self, key: &str, map: &MarkedMappingNode) -> Result<StageBody> {
@@ -336,29 +478,55 @@ impl Loader<'_> {
                 let path = self.string(node, "sql")?;
                 let full = self.root.join(&path.value);
                 let text = std::fs::read_to_string(&full).map_err(|e| {
-                    self.error(path.span, "missing_sql_file", format!("cannot read SQL file `{}`: {e}", path.value), "this file")
-                        .help(format!("paths are relative to the project root {}", self.root.display()))
+                    self.error(
+                        path.span,
+                        "missing_sql_file",
+                        format!("cannot read SQL file `{}`: {e}", path.value),
+                        "this file",
+                    )
+                    .help(format!(
+                        "paths are relative to the project root {}",
+                        self.root.display()
+                    ))
                 })?;
-                Ok(StageBody::SqlFile { template: Source::new(path.value.clone(), text), path })
+                Ok(StageBody::SqlFile {
+                    template: Source::new(path.value.clone(), text),
+                    path,
+                })
             }
             "query" => {
-                let scalar = node.as_scalar().ok_or_else(|| self.error_at(node.span(), "bad_value", "`query` must be SQL text"))?;
+                let scalar = node.as_scalar().ok_or_else(|| {
+                    self.error_at(node.span(), "bad_value", "`query` must be SQL text")
+                })?;
                 let marker = scalar.span().start().expect("loader marks scalars");
                 let offset = self.char_to_byte(marker.character());
                 let block = matches!(self.yaml.text[offset..].chars().next(), Some('|' | '>'));
                 let origin = if block {
-                    InlineOrigin { first_line: marker.line() + 1, first_column: None }
+                    InlineOrigin {
+                        first_line: marker.line() + 1,
+                        first_column: None,
+                    }
                 } else {
-                    let quoted = matches!(self.yaml.text[offset..].chars().next(), Some('"' | '\''));
-                    InlineOrigin { first_line: marker.line(), first_column: Some(marker.column() + usize::from(quoted)) }
+                    let quoted =
+                        matches!(self.yaml.text[offset..].chars().next(), Some('"' | '\''));
+                    InlineOrigin {
+                        first_line: marker.line(),
+                        first_column: Some(marker.column() + usize::from(quoted)),
+                    }
                 };
                 let name = format!("{} (inline query)", self.yaml.name);
-                Ok(StageBody::InlineSql { template: Source::new(name, scalar.as_str()), origin })
+                Ok(StageBody::InlineSql {
+                    template: Source::new(name, scalar.as_str()),
+                    origin,
+                })
             }
             "optimize" => {
                 let m = self.mapping(node, "optimize")?;
                 self.check_keys(m, OPTIMIZE_KEYS, "optimize")?;
-                let target_size = m.get_scalar("target_size").map(|s| self.parse_u64(s, "target_size")).transpose()?;
+                let target_size = m
+                    .get_scalar("target_size")
+                    .map(|s| self.parse_u64(s, "target_size"))
+                    .transpose()?;
                 Ok(StageBody::Optimize(OptimizeSpec {
                     table: self.required_string(m, "table", node.span())?,
                     filter: self.optional_string(m, "where")?,
@@ -375,7 +543,10 @@ impl Loader<'_> {
                 })?;
                 Ok(StageBody::Vacuum(VacuumSpec {
                     table: self.required_string(m, "table", node.span())?,
-                    retain_hours: Spanned { value: self.parse_u64(hours, "retain_hours")?, span: self.scalar_span(hours) },
+                    retain_hours: Spanned {
+                        value: self.parse_u64(hours, "retain_hours")?,
+                        span: self.scalar_span(hours),
+                    },
                 }))
             }
             _ => unreachable!("only body keys are passed"),
@@ -391,7 +562,13 @@ impl Loader<'_> {
             .map(|k| {
                 let help = did_you_mean(k.as_str(), allowed.iter().copied())
                     .unwrap_or_else(|| format!("allowed keys in {what}: {}", allowed.join(", ")));
-                self.error(self.scalar_span(k), "unknown_key", format!("unknown key `{}` in {what}", k.as_str()), "not a known key").help(help)
+                self.error(
+                    self.scalar_span(k),
+                    "unknown_key",
+                    format!("unknown key `{}` in {what}", k.as_str()),
+                    "not a known key",
+                )
+                .help(help)
             })
             .collect();
         if problems.is_empty() {
@@ -402,24 +579,47 @@ impl Loader<'_> {
     }
 
     fn mapping<'n>(&self, node: &'n Node, what: &str) -> Result<&'n MarkedMappingNode> {
-        node.as_mapping().ok_or_else(|| self.error_at(node.span(), "expected_mapping", format!("{what} must be a mapping of `key: value`")))
+        node.as_mapping().ok_or_else(|| {
+            self.error_at(
+                node.span(),
+                "expected_mapping",
+                format!("{what} must be a mapping of `key: value`"),
+            )
+        })
     }
 
     fn string(&self, node: &Node, key: &str) -> Result<Spanned<String>> {
         match node.as_scalar() {
             Some(s) => Ok(self.scalar_spanned(s)),
-            None => Err(self.error_at(node.span(), "bad_value", format!("`{key}` must be a single value"))),
+            None => Err(self.error_at(
+                node.span(),
+                "bad_value",
+                format!("`{key}` must be a single value"),
+            )),
         }
     }
 
-    fn required_string(&self, map: &MarkedMappingNode, key: &str, owner: &marked_yaml::Span) -> Result<Spanned<String>> {
+    fn required_string(
+        &self,
+        map: &MarkedMappingNode,
+        key: &str,
+        owner: &marked_yaml::Span,
+    ) -> Result<Spanned<String>> {
         match map.get_node(key) {
             Some(n) => self.string(n, key),
-            None => Err(self.error_at(owner, "missing_key", format!("missing required key `{key}`"))),
+            None => Err(self.error_at(
+                owner,
+                "missing_key",
+                format!("missing required key `{key}`"),
+            )),
         }
     }
 
-    fn optional_string(&self, map: &MarkedMappingNode, key: &str) -> Result<Option<Spanned<String>>> {
+    fn optional_string(
+        &self,
+        map: &MarkedMappingNode,
+        key: &str,
+    ) -> Result<Option<Spanned<String>>> {
         map.get_node(key).map(|n| self.string(n, key)).transpose()
     }
 
@@ -428,22 +628,38 @@ impl Loader<'_> {
             None => Ok(Vec::new()),
             Some(Node::Scalar(s)) => Ok(vec![self.scalar_spanned(s)]),
             Some(Node::Sequence(seq)) => seq.iter().map(|n| self.string(n, key)).collect(),
-            Some(n) => Err(self.error_at(n.span(), "bad_value", format!("`{key}` must be a name or a list of names"))),
+            Some(n) => Err(self.error_at(
+                n.span(),
+                "bad_value",
+                format!("`{key}` must be a name or a list of names"),
+            )),
         }
     }
 
     fn parse_u64(&self, s: &MarkedScalarNode, key: &str) -> Result<u64> {
-        s.as_str().parse().map_err(|_| self.error(self.scalar_span(s), "bad_value", format!("`{key}` must be a whole number"), "not a whole number"))
+        s.as_str().parse().map_err(|_| {
+            self.error(
+                self.scalar_span(s),
+                "bad_value",
+                format!("`{key}` must be a whole number"),
+                "not a whole number",
+            )
+        })
     }
 
     fn scalar_spanned(&self, s: &MarkedScalarNode) -> Spanned<String> {
-        Spanned { value: s.as_str().to_string(), span: self.scalar_span(s) }
+        Spanned {
+            value: s.as_str().to_string(),
+            span: self.scalar_span(s),
+        }
     }
 
     /// marked-yaml marks a scalar's start (in characters); its length is that of its
     /// text, plus quotes, or the rest of the line for block scalars.
     fn scalar_span(&self, s: &MarkedScalarNode) -> SourceSpan {
-        let Some(start) = s.span().start() else { return (0, 0).into() };
+        let Some(start) = s.span().start() else {
+            return (0, 0).into();
+        };
         let offset = self.char_to_byte(start.character());
         let rest = &self.yaml.text[offset..];
         let first_line = rest.lines().next().unwrap_or("");
@@ -458,13 +674,20 @@ impl Loader<'_> {
     }
 
     fn char_to_byte(&self, chars: usize) -> usize {
-        self.yaml.text.char_indices().nth(chars).map_or(self.yaml.text.len(), |(b, _)| b)
+        self.yaml
+            .text
+            .char_indices()
+            .nth(chars)
+            .map_or(self.yaml.text.len(), |(b, _)| b)
     }
 
     fn node_span(&self, span: &marked_yaml::Span) -> SourceSpan {
         match (span.start(), span.end()) {
             (Some(s), Some(e)) if e.character() > s.character() => {
-                let (a, b) = (self.char_to_byte(s.character()), self.char_to_byte(e.character()));
+                let (a, b) = (
+                    self.char_to_byte(s.character()),
+                    self.char_to_byte(e.character()),
+                );
                 let text = self.yaml.text[a..b].trim_end();
                 (a, text.len()).into()
             }
@@ -473,11 +696,24 @@ impl Loader<'_> {
         }
     }
 
-    fn error(&self, span: SourceSpan, code: &'static str, message: impl Into<String>, label: &str) -> Problem {
-        Problem::invalid(code, message).in_source(self.yaml).label(span, label)
+    fn error(
+        &self,
+        span: SourceSpan,
+        code: &'static str,
+        message: impl Into<String>,
+        label: &str,
+    ) -> Problem {
+        Problem::invalid(code, message)
+            .in_source(self.yaml)
+            .label(span, label)
     }
 
-    fn error_at(&self, span: &marked_yaml::Span, code: &'static str, message: impl Into<String>) -> Problem {
+    fn error_at(
+        &self,
+        span: &marked_yaml::Span,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Problem {
         self.error(self.node_span(span), code, message, "here")
     }
 
@@ -485,18 +721,33 @@ impl Loader<'_> {
         use marked_yaml::LoadError as E;
         let (marker, message) = match &e {
             E::ScanError(m, se) => (*m, format!("malformed YAML: {}", se.info())),
-            E::DuplicateKey(d) => (*d.key.span().start().expect("marked"), format!("duplicate key `{}`", d.key.as_str())),
+            E::DuplicateKey(d) => (
+                *d.key.span().start().expect("marked"),
+                format!("duplicate key `{}`", d.key.as_str()),
+            ),
             E::TopLevelMustBeMapping(m) => (*m, "a pipeline must be a YAML mapping".into()),
-            E::TopLevelMustBeSequence(m) | E::UnexpectedAnchor(m) | E::MappingKeyMustBeScalar(m) | E::UnexpectedTag(m) => (*m, format!("malformed YAML: {e}")),
+            E::TopLevelMustBeSequence(m)
+            | E::UnexpectedAnchor(m)
+            | E::MappingKeyMustBeScalar(m)
+            | E::UnexpectedTag(m) => (*m, format!("malformed YAML: {e}")),
         };
         let offset = self.char_to_byte(marker.character());
-        Problem::invalid("malformed_yaml", message).in_source(self.yaml).label((offset, 0), "here")
+        Problem::invalid("malformed_yaml", message)
+            .in_source(self.yaml)
+            .label((offset, 0), "here")
     }
 }
 
 fn check_identifier(l: &Loader<'_>, name: &Spanned<String>, what: &str) -> Result<()> {
-    let ok = name.value.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let ok = name
+        .value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         return Ok(());
     }
@@ -512,7 +763,11 @@ fn to_json(node: &Node) -> Value {
         Node::Scalar(s) if !s.may_coerce() => Value::String(s.as_str().to_string()),
         Node::Scalar(s) => coerce_scalar(s.as_str()),
         Node::Sequence(seq) => Value::Array(seq.iter().map(to_json).collect()),
-        Node::Mapping(m) => Value::Object(m.iter().map(|(k, v)| (k.as_str().to_string(), to_json(v))).collect()),
+        Node::Mapping(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.as_str().to_string(), to_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -538,7 +793,12 @@ fn coerce_scalar(s: &str) -> Value {
 /// or map default expects YAML (`[a, b]`, `{k: v}`).
 fn parse_override(key: &str, raw: &str, default: &Value) -> Result<Value> {
     let mismatch = |expected: &str| {
-        Problem::invalid("bad_var_value", format!("`--var {key}={raw}`: expected {expected}, like the declared default `{default}`"))
+        Problem::invalid(
+            "bad_var_value",
+            format!(
+                "`--var {key}={raw}`: expected {expected}, like the declared default `{default}`"
+            ),
+        )
     };
     match default {
         Value::String(_) => Ok(Value::String(raw.to_string())),
@@ -553,14 +813,27 @@ fn parse_override(key: &str, raw: &str, default: &Value) -> Result<Value> {
         },
         Value::Array(_) | Value::Object(_) => {
             let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
-            let options = if default.is_array() { options.toplevel_sequence() } else { options };
-            let node = marked_yaml::parse_yaml_with_options(0, raw, options)
-                .map_err(|_| mismatch(if default.is_array() { "a YAML list like `[a, b]`" } else { "a YAML map like `{k: v}`" }))?;
+            let options = if default.is_array() {
+                options.toplevel_sequence()
+            } else {
+                options
+            };
+            let node = marked_yaml::parse_yaml_with_options(0, raw, options).map_err(|_| {
+                mismatch(if default.is_array() {
+                    "a YAML list like `[a, b]`"
+                } else {
+                    "a YAML map like `{k: v}`"
+                })
+            })?;
             let value = to_json(&node);
             if value.is_array() == default.is_array() && value.is_object() == default.is_object() {
                 Ok(value)
             } else {
-                Err(mismatch(if default.is_array() { "a YAML list like `[a, b]`" } else { "a YAML map like `{k: v}`" }))
+                Err(mismatch(if default.is_array() {
+                    "a YAML list like `[a, b]`"
+                } else {
+                    "a YAML map like `{k: v}`"
+                }))
             }
         }
     }
@@ -568,7 +841,11 @@ fn parse_override(key: &str, raw: &str, default: &Value) -> Result<Value> {
 
 /// Every name a stage can refer to, for suggestions.
 pub fn known_relations(spec: &PipelineSpec) -> BTreeSet<String> {
-    spec.tables.keys().cloned().chain(spec.stages.iter().map(|s| s.name.value.clone())).collect()
+    spec.tables
+        .keys()
+        .cloned()
+        .chain(spec.stages.iter().map(|s| s.name.value.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -578,7 +855,12 @@ mod tests {
     #[test]
     fn plain_scalars_are_coerced_quoted_are_not() {
         let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
-        let node = marked_yaml::parse_yaml_with_options(0, "a: 10\nb: '10'\nc: [x, 2.5, true]\nd: ~\n", options).unwrap();
+        let node = marked_yaml::parse_yaml_with_options(
+            0,
+            "a: 10\nb: '10'\nc: [x, 2.5, true]\nd: ~\n",
+            options,
+        )
+        .unwrap();
         let v = to_json(&node);
         assert_eq!(v["a"], Value::from(10));
         assert_eq!(v["b"], Value::from("10"));
@@ -588,10 +870,19 @@ mod tests {
 
     #[test]
     fn overrides_take_the_type_of_the_default() {
-        assert_eq!(parse_override("n", "5", &Value::from(1)).unwrap(), Value::from(5));
+        assert_eq!(
+            parse_override("n", "5", &Value::from(1)).unwrap(),
+            Value::from(5)
+        );
         assert!(parse_override("n", "five", &Value::from(1)).is_err());
-        assert_eq!(parse_override("s", "5", &Value::from("x")).unwrap(), Value::from("5"));
-        assert_eq!(parse_override("l", "[a, b]", &serde_json::json!(["z"])).unwrap(), serde_json::json!(["a", "b"]));
+        assert_eq!(
+            parse_override("s", "5", &Value::from("x")).unwrap(),
+            Value::from("5")
+        );
+        assert_eq!(
+            parse_override("l", "[a, b]", &serde_json::json!(["z"])).unwrap(),
+            serde_json::json!(["a", "b"])
+        );
         assert!(parse_override("l", "{a: 1}", &serde_json::json!(["z"])).is_err());
     }
 }

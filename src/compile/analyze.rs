@@ -10,13 +10,22 @@ use super::bind::BoundStage;
 use super::catalog::TableInfo;
 use super::dag::{Dag, StageAccess};
 use crate::diag::{did_you_mean, Problem, Result};
-use crate::plan::{Access, ColumnPlan, Dependency, Plan, ScanPlan, StageKind, StagePlan, TablePlan, TableScans};
+use crate::plan::{
+    Access, ColumnPlan, Dependency, Plan, ScanPlan, StageKind, StagePlan, TablePlan, TableScans,
+};
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, StageBody};
 
-pub fn analyze(spec: &PipelineSpec, rendered: &Rendered, tables: &BTreeMap<String, TableInfo>, bound: Vec<BoundStage>) -> Result<Plan> {
+pub fn analyze(
+    spec: &PipelineSpec,
+    rendered: &Rendered,
+    tables: &BTreeMap<String, TableInfo>,
+    bound: Vec<BoundStage>,
+) -> Result<Plan> {
     let dag = dependencies(spec, &bound)?;
-    let levels = dag.levels().map_err(|cycle| cycle_problem(spec, &dag, &cycle))?;
+    let levels = dag
+        .levels()
+        .map_err(|cycle| cycle_problem(spec, &dag, &cycle))?;
     let scans = scans(spec, tables, &bound)?;
     let warnings = lints(spec, &bound);
 
@@ -28,12 +37,27 @@ pub fn analyze(spec: &PipelineSpec, rendered: &Rendered, tables: &BTreeMap<Strin
         level_names[levels[i]].push(spec.stages[i].name.value.clone());
     }
     let mut bound: Vec<Option<BoundStage>> = bound.into_iter().map(Some).collect();
-    let stages = order.iter().map(|&i| stage_plan(spec, i, levels[i], &dag, bound[i].take().expect("each stage once"))).collect();
+    let stages = order
+        .iter()
+        .map(|&i| {
+            stage_plan(
+                spec,
+                i,
+                levels[i],
+                &dag,
+                bound[i].take().expect("each stage once"),
+            )
+        })
+        .collect();
     let _ = rendered;
     Ok(Plan {
         pipeline: spec.name.value.clone(),
         description: spec.description.clone(),
-        vars: spec.vars.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
+        vars: spec
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
         tables: tables.values().map(table_plan).collect(),
         levels: level_names,
         stages,
@@ -74,10 +98,19 @@ fn dependencies(spec: &PipelineSpec, bound: &[BoundStage]) -> Result<Dag> {
         for after in &stage.after {
             let Some(i) = spec.stages.iter().position(|s| s.name.value == after.value) else {
                 let names = spec.stages.iter().map(|s| s.name.value.as_str());
-                return Err(Problem::invalid("unknown_stage", format!("stage `{}` runs after `{}`, which is not a stage", stage.name.value, after.value))
-                    .in_source(&spec.yaml)
-                    .label(after.span, "unknown stage")
-                    .help(did_you_mean(&after.value, names).unwrap_or_else(|| "`after:` lists stage names".into())));
+                return Err(Problem::invalid(
+                    "unknown_stage",
+                    format!(
+                        "stage `{}` runs after `{}`, which is not a stage",
+                        stage.name.value, after.value
+                    ),
+                )
+                .in_source(&spec.yaml)
+                .label(after.span, "unknown stage")
+                .help(
+                    did_you_mean(&after.value, names)
+                        .unwrap_or_else(|| "`after:` lists stage names".into()),
+                ));
             };
             dag.add_after(i, j);
         }
@@ -86,15 +119,40 @@ fn dependencies(spec: &PipelineSpec, bound: &[BoundStage]) -> Result<Dag> {
 }
 
 fn cycle_problem(spec: &PipelineSpec, dag: &Dag, cycle: &[usize]) -> Problem {
-    let names: Vec<&str> = cycle.iter().map(|&i| spec.stages[i].name.value.as_str()).collect();
-    let mut problem = Problem::invalid("cycle", format!("the stages depend on each other in a cycle: {}", names.join(" → "))).in_source(&spec.yaml);
+    let names: Vec<&str> = cycle
+        .iter()
+        .map(|&i| spec.stages[i].name.value.as_str())
+        .collect();
+    let mut problem = Problem::invalid(
+        "cycle",
+        format!(
+            "the stages depend on each other in a cycle: {}",
+            names.join(" → ")
+        ),
+    )
+    .in_source(&spec.yaml);
     for pair in cycle.windows(2) {
         let (from, to) = (pair[0], pair[1]);
         let to_stage = &spec.stages[to];
-        let why: Vec<String> = dag.edges.get(&(from, to)).map(|h| h.iter().map(|h| h.to_string()).collect()).unwrap_or_default();
-        let explicit = to_stage.after.iter().find(|a| a.value == spec.stages[from].name.value);
+        let why: Vec<String> = dag
+            .edges
+            .get(&(from, to))
+            .map(|h| h.iter().map(|h| h.to_string()).collect())
+            .unwrap_or_default();
+        let explicit = to_stage
+            .after
+            .iter()
+            .find(|a| a.value == spec.stages[from].name.value);
         let span = explicit.map_or(to_stage.name.span, |a| a.span);
-        problem = problem.label(span, format!("{} after {}: {}", to_stage.name.value, spec.stages[from].name.value, why.join("; ")));
+        problem = problem.label(
+            span,
+            format!(
+                "{} after {}: {}",
+                to_stage.name.value,
+                spec.stages[from].name.value,
+                why.join("; ")
+            ),
+        );
     }
     problem.help("every cycle goes through an `after:` entry (program order alone cannot make one); remove or reverse it")
 }
@@ -103,14 +161,21 @@ fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundSt
     let stage = &spec.stages[i];
     let depends_on = dag
         .predecessors(i)
-        .map(|(p, hazards)| Dependency { stage: spec.stages[p].name.value.clone(), reasons: hazards.iter().map(|h| h.to_string()).collect() })
+        .map(|(p, hazards)| Dependency {
+            stage: spec.stages[p].name.value.clone(),
+            reasons: hazards.iter().map(|h| h.to_string()).collect(),
+        })
         .collect();
     let output = match (&b.kind, &b.logical) {
         (StageKind::View | StageKind::Materialized, Some(lp)) => lp
             .schema()
             .fields()
             .iter()
-            .map(|f| ColumnPlan { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+            .map(|f| ColumnPlan {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -149,7 +214,11 @@ fn table_plan(t: &TableInfo) -> TablePlan {
             .schema
             .fields()
             .iter()
-            .map(|f| ColumnPlan { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+            .map(|f| ColumnPlan {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
             .collect(),
     }
 }
@@ -158,9 +227,19 @@ fn table_plan(t: &TableInfo) -> TablePlan {
 
 /// Every scan of a declared table, attributed to the stage that executes it: a
 /// view's scans belong to each of its readers (that is what a view costs).
-fn scans(spec: &PipelineSpec, tables: &BTreeMap<String, TableInfo>, bound: &[BoundStage]) -> Result<Vec<TableScans>> {
-    let views: BTreeSet<String> = bound.iter().enumerate().filter(|(_, b)| b.kind == StageKind::View).map(|(i, _)| spec.stages[i].name.value.clone()).collect();
-    let mut per_table: BTreeMap<String, Vec<ScanPlan>> = tables.keys().map(|t| (t.clone(), Vec::new())).collect();
+fn scans(
+    spec: &PipelineSpec,
+    tables: &BTreeMap<String, TableInfo>,
+    bound: &[BoundStage],
+) -> Result<Vec<TableScans>> {
+    let views: BTreeSet<String> = bound
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.kind == StageKind::View)
+        .map(|(i, _)| spec.stages[i].name.value.clone())
+        .collect();
+    let mut per_table: BTreeMap<String, Vec<ScanPlan>> =
+        tables.keys().map(|t| (t.clone(), Vec::new())).collect();
     for (i, b) in bound.iter().enumerate() {
         if b.kind == StageKind::View {
             continue;
@@ -170,14 +249,22 @@ fn scans(spec: &PipelineSpec, tables: &BTreeMap<String, TableInfo>, bound: &[Bou
         let mut found = Vec::new();
         collect_scans(lp, None, &views, &mut found);
         for (table, via, access, columns, filters) in found {
-            let Some(info) = tables.get(&table) else { continue };
+            let Some(info) = tables.get(&table) else {
+                continue;
+            };
             let access = match access {
                 Some(Access::KeyRange) => merge_target_access(&table, &filters, info),
                 Some(a) => a,
                 None => classify(&filters, info),
             };
-            let filters = filters.iter().map(|f| f.clone().unalias().human_display().to_string()).collect();
-            per_table.get_mut(&table).expect("declared").push(ScanPlan { stage: stage.clone(), via, access, columns, filters });
+            let filters = filters.iter().map(sql_text).collect();
+            per_table.get_mut(&table).expect("declared").push(ScanPlan {
+                stage: stage.clone(),
+                via,
+                access,
+                columns,
+                filters,
+            });
         }
     }
     let mut out = Vec::new();
@@ -186,33 +273,73 @@ fn scans(spec: &PipelineSpec, tables: &BTreeMap<String, TableInfo>, bound: &[Bou
         let budget = spec.tables[&table].max_full_scans.clone();
         if let Some(b) = &budget {
             if full as u64 > b.value {
-                let stages: Vec<&str> = scans.iter().filter(|s| s.access.is_full()).map(|s| s.stage.as_str()).collect();
+                let stages: Vec<&str> = scans
+                    .iter()
+                    .filter(|s| s.access.is_full())
+                    .map(|s| s.stage.as_str())
+                    .collect();
                 return Err(Problem::invalid("scan_budget", format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
                     .in_source(&spec.yaml)
                     .label(b.span, "budget")
                     .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));
             }
         }
-        out.push(TableScans { pruned: scans.len() - full, full, max_full_scans: budget.map(|b| b.value), table, scans });
+        out.push(TableScans {
+            pruned: scans.len() - full,
+            full,
+            max_full_scans: budget.map(|b| b.value),
+            table,
+            scans,
+        });
     }
     Ok(out)
 }
 
-type FoundScan = (String, Option<String>, Option<Access>, Vec<String>, Vec<Expr>);
+type FoundScan = (
+    String,
+    Option<String>,
+    Option<Access>,
+    Vec<String>,
+    Vec<Expr>,
+);
 
-fn collect_scans(plan: &LogicalPlan, via: Option<&str>, views: &BTreeSet<String>, out: &mut Vec<FoundScan>) {
+fn collect_scans(
+    plan: &LogicalPlan,
+    via: Option<&str>,
+    views: &BTreeSet<String>,
+    out: &mut Vec<FoundScan>,
+) {
     let mut via = via.map(str::to_string);
     match plan {
         LogicalPlan::TableScan(scan) => {
-            let columns = scan.projected_schema.fields().iter().map(|f| f.name().clone()).collect();
-            out.push((scan.table_name.table().to_string(), via.clone(), None, columns, scan.filters.clone()));
+            let columns = scan
+                .projected_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            out.push((
+                scan.table_name.table().to_string(),
+                via.clone(),
+                None,
+                columns,
+                scan.filters.clone(),
+            ));
         }
-        LogicalPlan::SubqueryAlias(alias) if views.contains(alias.alias.table()) => via = Some(alias.alias.table().to_string()),
+        LogicalPlan::SubqueryAlias(alias) if views.contains(alias.alias.table()) => {
+            via = Some(alias.alias.table().to_string())
+        }
         LogicalPlan::Dml(dml) => {
             if let WriteOp::MergeInto(op) = &dml.op {
                 // delta-rs scans the MERGE target itself: literal partition predicates
                 // in ON prune partitions; otherwise files outside the source key range.
-                out.push((dml.table_name.table().to_string(), None, Some(Access::KeyRange), Vec::new(), vec![op.on.clone()]));
+                out.push((
+                    dml.table_name.table().to_string(),
+                    None,
+                    Some(Access::KeyRange),
+                    Vec::new(),
+                    vec![op.on.clone()],
+                ));
             }
         }
         _ => {}
@@ -234,7 +361,10 @@ fn classify(filters: &[Expr], table: &TableInfo) -> Access {
     }
     let on_partitions = filters.iter().any(|f| {
         let cols = f.column_refs();
-        !cols.is_empty() && cols.iter().all(|c| table.partition_columns.contains(&c.name))
+        !cols.is_empty()
+            && cols
+                .iter()
+                .all(|c| table.partition_columns.contains(&c.name))
     });
     if on_partitions {
         Access::Partitions
@@ -248,12 +378,29 @@ fn classify(filters: &[Expr], table: &TableInfo) -> Access {
 fn merge_target_access(table: &str, on: &[Expr], info: &TableInfo) -> Access {
     let target_only: Vec<Expr> = on
         .iter()
-        .flat_map(|e| datafusion::logical_expr::utils::split_conjunction(e).into_iter().cloned())
-        .filter(|c| c.column_refs().iter().all(|col| col.relation.as_ref().is_some_and(|r| r.table() == table)))
+        .flat_map(|e| {
+            datafusion::logical_expr::utils::split_conjunction(e)
+                .into_iter()
+                .cloned()
+        })
+        .filter(|c| {
+            c.column_refs()
+                .iter()
+                .all(|col| col.relation.as_ref().is_some_and(|r| r.table() == table))
+        })
         .collect();
     match classify(&target_only, info) {
         Access::Partitions => Access::Partitions,
         _ => Access::KeyRange,
+    }
+}
+
+/// An expression as SQL (`orders.ds = '2024-01-02'`), as the analyst wrote it.
+fn sql_text(expr: &Expr) -> String {
+    let expr = expr.clone().unalias();
+    match datafusion::sql::unparser::expr_to_sql(&expr) {
+        Ok(sql) => sql.to_string(),
+        Err(_) => expr.to_string(),
     }
 }
 
@@ -263,7 +410,10 @@ fn lints(spec: &PipelineSpec, bound: &[BoundStage]) -> Vec<String> {
     let mut readers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (i, b) in bound.iter().enumerate() {
         for r in &b.reads_relations {
-            readers.entry(r.as_str()).or_default().push(spec.stages[i].name.value.as_str());
+            readers
+                .entry(r.as_str())
+                .or_default()
+                .push(spec.stages[i].name.value.as_str());
         }
     }
     let mut warnings = Vec::new();

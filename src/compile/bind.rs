@@ -49,14 +49,23 @@ pub async fn bind(
     for (index, stage) in spec.stages.iter().enumerate() {
         let r = &rendered.stages[index];
         let b = match (&stage.body, &parsed[index]) {
-            (StageBody::Optimize(o), _) => bind_optimize(spec, stage, o, r.text.as_deref(), tables, ctx).await?,
+            (StageBody::Optimize(o), _) => {
+                bind_optimize(spec, stage, o, r.text.as_deref(), tables, ctx).await?
+            }
             (StageBody::Vacuum(v), _) => BoundStage {
                 writes: Some(check_table(spec, &v.table, tables)?.name.clone()),
-                maintenance: Some(Maintenance::Vacuum { retain_hours: v.retain_hours.value }),
+                maintenance: Some(Maintenance::Vacuum {
+                    retain_hours: v.retain_hours.value,
+                }),
                 ..empty(StageKind::Vacuum)
             },
             (_, Some(_)) => {
-                let sql = StageSql { spec, stage, sql: r.text.as_deref().unwrap_or(""), lines: &r.lines };
+                let sql = StageSql {
+                    spec,
+                    stage,
+                    sql: r.text.as_deref().unwrap_or(""),
+                    lines: &r.lines,
+                };
                 bind_sql(&sql, index, parsed, tables, ctx).await?
             }
             (_, None) => unreachable!("SQL stages are parsed"),
@@ -67,10 +76,24 @@ pub async fn bind(
 }
 
 fn empty(kind: StageKind) -> BoundStage {
-    BoundStage { kind, reads_tables: Vec::new(), reads_relations: Vec::new(), writes: None, sql: None, logical: None, maintenance: None }
+    BoundStage {
+        kind,
+        reads_tables: Vec::new(),
+        reads_relations: Vec::new(),
+        writes: None,
+        sql: None,
+        logical: None,
+        maintenance: None,
+    }
 }
 
-async fn bind_sql(sql: &StageSql<'_>, index: usize, all: &[Option<ParsedStage>], tables: &BTreeMap<String, TableInfo>, ctx: &SessionContext) -> Result<BoundStage> {
+async fn bind_sql(
+    sql: &StageSql<'_>,
+    index: usize,
+    all: &[Option<ParsedStage>],
+    tables: &BTreeMap<String, TableInfo>,
+    ctx: &SessionContext,
+) -> Result<BoundStage> {
     let parsed = all[index].as_ref().expect("SQL stages are parsed");
     let mut reads_tables = Vec::new();
     let mut reads_relations = Vec::new();
@@ -89,7 +112,9 @@ async fn bind_sql(sql: &StageSql<'_>, index: usize, all: &[Option<ParsedStage>],
         .statement_to_plan(DfStatement::Statement(Box::new(parsed.statement.clone())))
         .await
         .map_err(|e| df_problem(sql, &e, "bind"))?;
-    let optimized = state.optimize(&plan).map_err(|e| df_problem(sql, &e, "types"))?;
+    let optimized = state
+        .optimize(&plan)
+        .map_err(|e| df_problem(sql, &e, "types"))?;
     let kind = match parsed.kind {
         StatementKind::Select if sql.stage.materialize => StageKind::Materialized,
         StatementKind::Select => StageKind::View,
@@ -102,13 +127,25 @@ async fn bind_sql(sql: &StageSql<'_>, index: usize, all: &[Option<ParsedStage>],
         // Later stages see this stage's output schema. A materialized relation is
         // computed once, so readers must not re-plan (and re-scan) its sources.
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if sql.stage.materialize {
-            Arc::new(DeclaredTable::new(Arc::new(plan.schema().as_arrow().clone())))
+            Arc::new(DeclaredTable::new(Arc::new(
+                plan.schema().as_arrow().clone(),
+            )))
         } else {
             Arc::new(ViewTable::new(plan.clone(), Some(sql.sql.to_string())))
         };
-        ctx.register_table(sql.name(), provider).map_err(|e| Problem::failed("internal", format!("registering `{}`: {e}", sql.name())))?;
+        ctx.register_table(sql.name(), provider).map_err(|e| {
+            Problem::failed("internal", format!("registering `{}`: {e}", sql.name()))
+        })?;
     }
-    Ok(BoundStage { kind, reads_tables, reads_relations, writes, sql: Some(sql.sql.to_string()), logical: Some(optimized), maintenance: None })
+    Ok(BoundStage {
+        kind,
+        reads_tables,
+        reads_relations,
+        writes,
+        sql: Some(sql.sql.to_string()),
+        logical: Some(optimized),
+        maintenance: None,
+    })
 }
 
 enum Resolved {
@@ -118,13 +155,32 @@ enum Resolved {
 
 /// A relation name is a declared table or an earlier SELECT stage: anything else
 /// is an error that says what the name is instead.
-fn resolve(sql: &StageSql<'_>, index: usize, read: &RelationRef, tables: &BTreeMap<String, TableInfo>, parsed: &[Option<ParsedStage>]) -> Result<Resolved> {
-    let defines_relation = |i: usize| parsed[i].as_ref().is_some_and(|p| p.kind == StatementKind::Select);
+fn resolve(
+    sql: &StageSql<'_>,
+    index: usize,
+    read: &RelationRef,
+    tables: &BTreeMap<String, TableInfo>,
+    parsed: &[Option<ParsedStage>],
+) -> Result<Resolved> {
+    let defines_relation = |i: usize| {
+        parsed[i]
+            .as_ref()
+            .is_some_and(|p| p.kind == StatementKind::Select)
+    };
     if tables.contains_key(&read.name) {
         return Ok(Resolved::Table(read.name.clone()));
     }
     let stages = &sql.spec.stages;
-    let at = |code, message: String, label: &str| sql.problem_at(code, message, read.line, read.column, Some(&read.written), label);
+    let at = |code, message: String, label: &str| {
+        sql.problem_at(
+            code,
+            message,
+            read.line,
+            read.column,
+            Some(&read.written),
+            label,
+        )
+    };
     match stages.iter().position(|s| s.name.value == read.name) {
         Some(i) if i < index && defines_relation(i) => Ok(Resolved::Relation(read.name.clone())),
         Some(i) if i < index => Err(at(
@@ -149,27 +205,58 @@ fn resolve(sql: &StageSql<'_>, index: usize, read: &RelationRef, tables: &BTreeM
     }
 }
 
-
-fn resolve_target(sql: &StageSql<'_>, index: usize, target: &RelationRef, tables: &BTreeMap<String, TableInfo>) -> Result<String> {
+fn resolve_target(
+    sql: &StageSql<'_>,
+    index: usize,
+    target: &RelationRef,
+    tables: &BTreeMap<String, TableInfo>,
+) -> Result<String> {
     if tables.contains_key(&target.name) {
         return Ok(target.name.clone());
     }
-    let is_stage = sql.spec.stages[..index].iter().any(|s| s.name.value == target.name);
+    let is_stage = sql.spec.stages[..index]
+        .iter()
+        .any(|s| s.name.value == target.name);
     let known: Vec<&str> = tables.keys().map(String::as_str).collect();
     let help = if is_stage {
         "stages write declared Delta tables; a SELECT stage's relation is read-only".to_string()
     } else {
-        did_you_mean(&target.name, known.iter().copied()).unwrap_or_else(|| "declare the table under `tables:` (with a schema, so the run creates it)".into())
+        did_you_mean(&target.name, known.iter().copied()).unwrap_or_else(|| {
+            "declare the table under `tables:` (with a schema, so the run creates it)".into()
+        })
     };
     Err(sql
-        .problem_at("unknown_table", format!("stage `{}` writes `{}`, which is not a declared table", sql.name(), target.name), target.line, target.column, Some(&target.written), "not a declared table")
+        .problem_at(
+            "unknown_table",
+            format!(
+                "stage `{}` writes `{}`, which is not a declared table",
+                sql.name(),
+                target.name
+            ),
+            target.line,
+            target.column,
+            Some(&target.written),
+            "not a declared table",
+        )
         .help(help))
 }
 
-fn check_table<'t>(spec: &PipelineSpec, table: &Spanned<String>, tables: &'t BTreeMap<String, TableInfo>) -> Result<&'t TableInfo> {
+fn check_table<'t>(
+    spec: &PipelineSpec,
+    table: &Spanned<String>,
+    tables: &'t BTreeMap<String, TableInfo>,
+) -> Result<&'t TableInfo> {
     tables.get(&table.value).ok_or_else(|| {
-        let mut p = Problem::invalid("unknown_table", format!("`{}` is not a declared table", table.value)).in_source(&spec.yaml).label(table.span, "unknown table");
-        p = p.help(did_you_mean(&table.value, tables.keys().map(String::as_str)).unwrap_or_else(|| "declare it under `tables:`".into()));
+        let mut p = Problem::invalid(
+            "unknown_table",
+            format!("`{}` is not a declared table", table.value),
+        )
+        .in_source(&spec.yaml)
+        .label(table.span, "unknown table");
+        p = p.help(
+            did_you_mean(&table.value, tables.keys().map(String::as_str))
+                .unwrap_or_else(|| "declare it under `tables:`".into()),
+        );
         p
     })
 }
@@ -183,12 +270,26 @@ async fn bind_optimize(
     ctx: &SessionContext,
 ) -> Result<BoundStage> {
     let table = check_table(spec, &o.table, tables)?;
-    let yaml_problem = |span, code, message: String, label: &str| Problem::invalid(code, message).in_source(&spec.yaml).label(span, label);
+    let yaml_problem = |span, code, message: String, label: &str| {
+        Problem::invalid(code, message)
+            .in_source(&spec.yaml)
+            .label(span, label)
+    };
     if let (Some(text), Some(spanned)) = (filter, &o.filter) {
         let expr = Parser::new(&GenericDialect {})
             .try_with_sql(text)
             .and_then(|mut p| p.parse_expr())
-            .map_err(|e| yaml_problem(spanned.span, "sql_syntax", format!("the `where` of stage `{}` is not a SQL predicate: {e}", stage.name.value), "here"))?;
+            .map_err(|e| {
+                yaml_problem(
+                    spanned.span,
+                    "sql_syntax",
+                    format!(
+                        "the `where` of stage `{}` is not a SQL predicate: {e}",
+                        stage.name.value
+                    ),
+                    "here",
+                )
+            })?;
         for column in identifiers(&expr) {
             if !table.partition_columns.contains(&column) {
                 return Err(yaml_problem(spanned.span, "not_a_partition_filter", format!("optimize filters name partition columns only; `{column}` is not a partition column of `{}`", table.name), "in this filter")
@@ -197,16 +298,47 @@ async fn bind_optimize(
         }
         ctx.sql(&format!("SELECT 1 FROM {} WHERE {text}", table.name))
             .await
-            .map_err(|e| yaml_problem(spanned.span, "bind", format!("the `where` of stage `{}`: {}", stage.name.value, e.strip_backtrace()), "here"))?;
+            .map_err(|e| {
+                yaml_problem(
+                    spanned.span,
+                    "bind",
+                    format!(
+                        "the `where` of stage `{}`: {}",
+                        stage.name.value,
+                        e.strip_backtrace()
+                    ),
+                    "here",
+                )
+            })?;
     }
     for column in &o.zorder_by {
-        let known: Vec<&str> = table.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let known: Vec<&str> = table
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         if !known.contains(&column.value.as_str()) {
-            let help = did_you_mean(&column.value, known.iter().copied()).unwrap_or_else(|| format!("columns of `{}`: {}", table.name, known.join(", ")));
-            return Err(yaml_problem(column.span, "unknown_column", format!("`{}` is not a column of `{}`", column.value, table.name), "unknown column").help(help));
+            let help = did_you_mean(&column.value, known.iter().copied())
+                .unwrap_or_else(|| format!("columns of `{}`: {}", table.name, known.join(", ")));
+            return Err(yaml_problem(
+                column.span,
+                "unknown_column",
+                format!("`{}` is not a column of `{}`", column.value, table.name),
+                "unknown column",
+            )
+            .help(help));
         }
         if table.partition_columns.contains(&column.value) {
-            return Err(yaml_problem(column.span, "zorder_partition_column", format!("`{}` is a partition column; z-order by data columns", column.value), "partition column"));
+            return Err(yaml_problem(
+                column.span,
+                "zorder_partition_column",
+                format!(
+                    "`{}` is a partition column; z-order by data columns",
+                    column.value
+                ),
+                "partition column",
+            ));
         }
     }
     Ok(BoundStage {
@@ -233,7 +365,9 @@ fn identifiers(expr: &SqlExpr) -> Vec<String> {
     let _ = visit_expressions(expr, |e| {
         match e {
             SqlExpr::Identifier(i) => out.push(i.value.to_lowercase()),
-            SqlExpr::CompoundIdentifier(parts) => out.extend(parts.last().map(|i| i.value.to_lowercase())),
+            SqlExpr::CompoundIdentifier(parts) => {
+                out.extend(parts.last().map(|i| i.value.to_lowercase()))
+            }
             _ => {}
         }
         std::ops::ControlFlow::<()>::Continue(())
@@ -245,7 +379,10 @@ fn identifiers(expr: &SqlExpr) -> Vec<String> {
 /// one, else the offending name found in the message, else the statement start.
 fn df_problem(sql: &StageSql<'_>, err: &DataFusionError, phase: &str) -> Problem {
     let message = err.strip_backtrace();
-    let message = message.trim_start_matches("Error during planning: ").trim_start_matches("Schema error: ").to_string();
+    let message = message
+        .trim_start_matches("Error during planning: ")
+        .trim_start_matches("Schema error: ")
+        .to_string();
     let code = if message.contains("No field named") || message.contains("not found") {
         "unknown_column"
     } else if message.contains("mbiguous") {
@@ -264,12 +401,23 @@ fn df_problem(sql: &StageSql<'_>, err: &DataFusionError, phase: &str) -> Problem
     let text = format!("stage `{}`: {message}", sql.name());
     if let Some(span) = err.diagnostic().and_then(|d| d.span) {
         if span.start.line > 0 {
-            return sql.problem_at(code, text, span.start.line as usize, span.start.column as usize, None, label);
+            return sql.problem_at(
+                code,
+                text,
+                span.start.line as usize,
+                span.start.column as usize,
+                None,
+                label,
+            );
         }
     }
-    let token = message
-        .split_once("No field named ")
-        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or("").trim_end_matches('.').replace('"', ""));
+    let token = message.split_once("No field named ").map(|(_, rest)| {
+        rest.split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('.')
+            .replace('"', "")
+    });
     // For a qualified `t.col` the last part is what the user wrote nearest the error.
     let token = token.map(|t| t.rsplit('.').next().unwrap_or(&t).to_string());
     match token {

@@ -37,19 +37,35 @@ impl TableInfo {
 }
 
 /// Opens every declared table and registers it in `ctx` under its pipeline name.
-pub async fn open(spec: &PipelineSpec, rendered: &Rendered, ctx: &SessionContext) -> Result<BTreeMap<String, TableInfo>> {
+pub async fn open(
+    spec: &PipelineSpec,
+    rendered: &Rendered,
+    ctx: &SessionContext,
+) -> Result<BTreeMap<String, TableInfo>> {
     let mut tables = BTreeMap::new();
     for (name, table) in &spec.tables {
         let location = rendered.locations[name].clone();
-        let url = crate::session::table_url(&location)
-            .map_err(|e| yaml_problem(spec, table, "bad_location", format!("table `{name}`: {e}")))?;
-        let info = match open_delta(&url).await.map_err(|e| yaml_problem(spec, table, "unreadable_table", format!("cannot read the Delta log of `{name}` at {location}: {e}")))? {
+        let url = crate::session::table_url(&location).map_err(|e| {
+            yaml_problem(spec, table, "bad_location", format!("table `{name}`: {e}"))
+        })?;
+        let info = match open_delta(&url).await.map_err(|e| {
+            yaml_problem(
+                spec,
+                table,
+                "unreadable_table",
+                format!("cannot read the Delta log of `{name}` at {location}: {e}"),
+            )
+        })? {
             Some(delta) => {
-                let provider = delta
-                    .table_provider()
-                    .await
-                    .map_err(|e| Problem::failed("unreadable_table", format!("table `{name}` at {location}: {e}")))?;
-                let snapshot = delta.snapshot().map_err(|e| Problem::failed("unreadable_table", format!("table `{name}`: {e}")))?;
+                let provider = delta.table_provider().await.map_err(|e| {
+                    Problem::failed(
+                        "unreadable_table",
+                        format!("table `{name}` at {location}: {e}"),
+                    )
+                })?;
+                let snapshot = delta.snapshot().map_err(|e| {
+                    Problem::failed("unreadable_table", format!("table `{name}`: {e}"))
+                })?;
                 let info = TableInfo {
                     name: name.clone(),
                     location,
@@ -83,14 +99,18 @@ pub async fn open(spec: &PipelineSpec, rendered: &Rendered, ctx: &SessionContext
 }
 
 fn register(ctx: &SessionContext, name: &str, provider: Arc<dyn TableProvider>) -> Result<()> {
-    ctx.register_table(name, provider).map(|_| ()).map_err(|e| Problem::failed("internal", format!("registering `{name}`: {e}")))
+    ctx.register_table(name, provider)
+        .map(|_| ())
+        .map_err(|e| Problem::failed("internal", format!("registering `{name}`: {e}")))
 }
 
 /// Opens the Delta table at `url`, or None when there is no table there yet.
 /// Checks for a local `_delta_log` first: opening must not create directories.
 async fn open_delta(url: &url::Url) -> std::result::Result<Option<deltalake::DeltaTable>, String> {
     if url.scheme() == "file" {
-        let path = url.to_file_path().map_err(|_| format!("invalid local path {url}"))?;
+        let path = url
+            .to_file_path()
+            .map_err(|_| format!("invalid local path {url}"))?;
         if !path.join("_delta_log").is_dir() {
             return Ok(None);
         }
@@ -104,7 +124,11 @@ async fn open_delta(url: &url::Url) -> std::result::Result<Option<deltalake::Del
 
 /// The declared schema, each type resolved by DataFusion itself (`CAST(NULL AS t)`),
 /// so every SQL type name DataFusion knows is accepted.
-async fn declared_schema(spec: &PipelineSpec, table: &TableSpec, ctx: &SessionContext) -> Result<SchemaRef> {
+async fn declared_schema(
+    spec: &PipelineSpec,
+    table: &TableSpec,
+    ctx: &SessionContext,
+) -> Result<SchemaRef> {
     let Some(columns) = &table.schema else {
         return Err(Problem::invalid("missing_table", format!("table `{}` does not exist and declares no schema", table.name.value))
             .in_source(&spec.yaml)
@@ -124,16 +148,29 @@ async fn declared_schema(spec: &PipelineSpec, table: &TableSpec, ctx: &SessionCo
     Ok(Arc::new(Schema::new(fields)))
 }
 
-async fn sql_type(ctx: &SessionContext, name: &str) -> std::result::Result<datafusion::arrow::datatypes::DataType, String> {
+async fn sql_type(
+    ctx: &SessionContext,
+    name: &str,
+) -> std::result::Result<datafusion::arrow::datatypes::DataType, String> {
     if name.contains(';') || name.contains("--") {
         return Err("not a type".into());
     }
-    let df = ctx.sql(&format!("SELECT CAST(NULL AS {name}) AS c")).await.map_err(|e| e.to_string())?;
+    let df = ctx
+        .sql(&format!("SELECT CAST(NULL AS {name}) AS c"))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(df.schema().field(0).data_type().clone())
 }
 
-fn yaml_problem(spec: &PipelineSpec, table: &TableSpec, code: &'static str, message: String) -> Problem {
-    Problem::invalid(code, message).in_source(&spec.yaml).label(table.location.span, "this location")
+fn yaml_problem(
+    spec: &PipelineSpec,
+    table: &TableSpec,
+    code: &'static str,
+    message: String,
+) -> Problem {
+    Problem::invalid(code, message)
+        .in_source(&spec.yaml)
+        .label(table.location.span, "this location")
 }
 
 /// Stand-in provider for a table the run will create: it has the declared schema
@@ -174,7 +211,10 @@ impl TableProvider for DeclaredTable {
         Ok(Arc::new(EmptyExec::new(schema)))
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 }

@@ -48,13 +48,31 @@ pub struct Dag {
 impl Dag {
     /// Hazard edges between every pair of stages in program order.
     pub fn from_accesses(accesses: &[StageAccess]) -> Self {
-        let mut dag = Dag { len: accesses.len(), edges: BTreeMap::new() };
+        let mut dag = Dag {
+            len: accesses.len(),
+            edges: BTreeMap::new(),
+        };
         for (j, later) in accesses.iter().enumerate() {
             for (i, earlier) in accesses[..j].iter().enumerate() {
                 let mut hazards = BTreeSet::new();
-                hazards.extend(later.reads.intersection(&earlier.writes).map(|x| Hazard::ReadAfterWrite(x.clone())));
-                hazards.extend(later.writes.intersection(&earlier.reads).map(|x| Hazard::WriteAfterRead(x.clone())));
-                hazards.extend(later.writes.intersection(&earlier.writes).map(|x| Hazard::WriteAfterWrite(x.clone())));
+                hazards.extend(
+                    later
+                        .reads
+                        .intersection(&earlier.writes)
+                        .map(|x| Hazard::ReadAfterWrite(x.clone())),
+                );
+                hazards.extend(
+                    later
+                        .writes
+                        .intersection(&earlier.reads)
+                        .map(|x| Hazard::WriteAfterRead(x.clone())),
+                );
+                hazards.extend(
+                    later
+                        .writes
+                        .intersection(&earlier.writes)
+                        .map(|x| Hazard::WriteAfterWrite(x.clone())),
+                );
                 if !hazards.is_empty() {
                     dag.edges.insert((i, j), hazards);
                 }
@@ -65,11 +83,20 @@ impl Dag {
 
     /// `to` runs after `from`, whatever their program order.
     pub fn add_after(&mut self, from: usize, to: usize) {
-        self.edges.entry((from, to)).or_default().insert(Hazard::Explicit);
+        self.edges
+            .entry((from, to))
+            .or_default()
+            .insert(Hazard::Explicit);
     }
 
-    pub fn predecessors(&self, node: usize) -> impl Iterator<Item = (usize, &BTreeSet<Hazard>)> + '_ {
-        self.edges.iter().filter(move |((_, to), _)| *to == node).map(|((from, _), h)| (*from, h))
+    pub fn predecessors(
+        &self,
+        node: usize,
+    ) -> impl Iterator<Item = (usize, &BTreeSet<Hazard>)> + '_ {
+        self.edges
+            .iter()
+            .filter(move |((_, to), _)| *to == node)
+            .map(|((from, _), h)| (*from, h))
     }
 
     /// The level of each stage (longest path from a source), or a cycle as the list
@@ -80,11 +107,16 @@ impl Dag {
         for &(from, to) in self.edges.keys() {
             graph.add_edge(nodes[from], nodes[to], ());
         }
-        let order = petgraph::algo::toposort(&graph, None).map_err(|cycle| self.cycle_through(cycle.node_id().index()))?;
+        let order = petgraph::algo::toposort(&graph, None)
+            .map_err(|cycle| self.cycle_through(cycle.node_id().index()))?;
         let mut level = vec![0; self.len];
         for n in order {
             let i = n.index();
-            level[i] = self.predecessors(i).map(|(p, _)| level[p] + 1).max().unwrap_or(0);
+            level[i] = self
+                .predecessors(i)
+                .map(|(p, _)| level[p] + 1)
+                .max()
+                .unwrap_or(0);
         }
         Ok(level)
     }
@@ -125,7 +157,11 @@ fn rotate_to_smallest(mut path: Vec<usize>) -> Vec<usize> {
     if path.len() > 1 && path.first() == path.last() {
         path.pop();
     }
-    let min_at = path.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
+    let min_at = path
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, n)| **n)
+        .map_or(0, |(i, _)| i);
     path.rotate_left(min_at);
     path.push(path[0]);
     path
@@ -136,31 +172,47 @@ mod tests {
     use super::*;
 
     fn access(reads: &[&str], writes: &[&str]) -> StageAccess {
-        StageAccess { reads: reads.iter().map(|s| s.to_string()).collect(), writes: writes.iter().map(|s| s.to_string()).collect() }
+        StageAccess {
+            reads: reads.iter().map(|s| s.to_string()).collect(),
+            writes: writes.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn read_after_write_orders_reader_after_writer() {
         let dag = Dag::from_accesses(&[access(&[], &["t"]), access(&["t"], &[])]);
-        assert_eq!(dag.edges[&(0, 1)], BTreeSet::from([Hazard::ReadAfterWrite("t".into())]));
+        assert_eq!(
+            dag.edges[&(0, 1)],
+            BTreeSet::from([Hazard::ReadAfterWrite("t".into())])
+        );
         assert_eq!(dag.levels().unwrap(), vec![0, 1]);
     }
 
     #[test]
     fn write_after_read_orders_writer_after_reader() {
         let dag = Dag::from_accesses(&[access(&["t"], &["r"]), access(&["s"], &["t"])]);
-        assert_eq!(dag.edges[&(0, 1)], BTreeSet::from([Hazard::WriteAfterRead("t".into())]));
+        assert_eq!(
+            dag.edges[&(0, 1)],
+            BTreeSet::from([Hazard::WriteAfterRead("t".into())])
+        );
     }
 
     #[test]
     fn write_after_write_keeps_commit_order() {
         let dag = Dag::from_accesses(&[access(&["a"], &["t"]), access(&["b"], &["t"])]);
-        assert_eq!(dag.edges[&(0, 1)], BTreeSet::from([Hazard::WriteAfterWrite("t".into())]));
+        assert_eq!(
+            dag.edges[&(0, 1)],
+            BTreeSet::from([Hazard::WriteAfterWrite("t".into())])
+        );
     }
 
     #[test]
     fn reads_alone_make_no_edge_and_share_a_level() {
-        let dag = Dag::from_accesses(&[access(&["t"], &["x"]), access(&["t"], &["y"]), access(&["x", "y"], &["z"])]);
+        let dag = Dag::from_accesses(&[
+            access(&["t"], &["x"]),
+            access(&["t"], &["y"]),
+            access(&["x", "y"], &["z"]),
+        ]);
         assert!(!dag.edges.contains_key(&(0, 1)));
         assert_eq!(dag.levels().unwrap(), vec![0, 0, 1]);
     }
@@ -168,13 +220,21 @@ mod tests {
     #[test]
     fn levels_are_longest_paths() {
         // 0 → 1 → 2 and 0 → 2: stage 2 sits at level 2, not 1.
-        let dag = Dag::from_accesses(&[access(&[], &["a"]), access(&["a"], &["b"]), access(&["a", "b"], &["c"])]);
+        let dag = Dag::from_accesses(&[
+            access(&[], &["a"]),
+            access(&["a"], &["b"]),
+            access(&["a", "b"], &["c"]),
+        ]);
         assert_eq!(dag.levels().unwrap(), vec![0, 1, 2]);
     }
 
     #[test]
     fn explicit_after_can_point_forward_and_close_a_cycle() {
-        let mut dag = Dag::from_accesses(&[access(&[], &["a"]), access(&["a"], &["b"]), access(&["b"], &["c"])]);
+        let mut dag = Dag::from_accesses(&[
+            access(&[], &["a"]),
+            access(&["a"], &["b"]),
+            access(&["b"], &["c"]),
+        ]);
         dag.add_after(2, 0); // stage 0 `after: [stage 2]`
         assert_eq!(dag.levels().unwrap_err(), vec![0, 1, 2, 0]);
     }

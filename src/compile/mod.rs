@@ -6,8 +6,8 @@
 
 pub mod analyze;
 pub mod bind;
-pub mod dag;
 pub mod catalog;
+pub mod dag;
 pub mod parse;
 
 use crate::diag::{Problem, Result, Source};
@@ -23,7 +23,12 @@ pub async fn compile(spec: &PipelineSpec, rendered: &Rendered) -> Result<Plan> {
     let mut parsed = Vec::with_capacity(spec.stages.len());
     for (stage, r) in spec.stages.iter().zip(&rendered.stages) {
         parsed.push(match (stage.template(), &r.text) {
-            (Some(_), Some(sql)) => Some(parse::parse(&StageSql { spec, stage, sql, lines: &r.lines })?),
+            (Some(_), Some(sql)) => Some(parse::parse(&StageSql {
+                spec,
+                stage,
+                sql,
+                lines: &r.lines,
+            })?),
             _ => None,
         });
     }
@@ -47,14 +52,31 @@ impl StageSql<'_> {
     /// A problem at 1-based `line`/`column` of the rendered SQL, labelled in the
     /// template. When the template line holds template syntax, the rendered SQL is
     /// attached as a related excerpt, since that is where the exact text is.
-    pub fn problem_at(&self, code: &'static str, message: String, line: usize, column: usize, token: Option<&str>, label: &str) -> Problem {
+    pub fn problem_at(
+        &self,
+        code: &'static str,
+        message: String,
+        line: usize,
+        column: usize,
+        token: Option<&str>,
+        label: &str,
+    ) -> Problem {
         let rendered = Source::new("rendered", self.sql.to_string());
         let template = self.stage.template().expect("SQL stages have templates");
         let rendered_line = rendered.line(line).unwrap_or("");
-        let token_len = token.map(str::len).filter(|n| *n > 0).unwrap_or_else(|| word_len(rendered_line, column));
+        let token_len = token
+            .map(str::len)
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| word_len(rendered_line, column));
         let template_line = self.lines.template_line(line);
         let (t_line, t_col, t_len) = find_token(template, template_line, token)
-            .or_else(|| (template.line(template_line) == Some(rendered_line)).then_some((template_line, column, token_len)))
+            .or_else(|| {
+                (template.line(template_line) == Some(rendered_line)).then_some((
+                    template_line,
+                    column,
+                    token_len,
+                ))
+            })
             .or_else(|| find_expression(template, template_line))
             .unwrap_or_else(|| {
                 let text = template.line(template_line).unwrap_or("");
@@ -62,10 +84,17 @@ impl StageSql<'_> {
                 (template_line, indent + 1, text.trim().len())
             });
         let (source, offset) = locate_in_template(self.spec, self.stage, t_line, t_col);
-        let mut problem = Problem::invalid(code, message).in_source(&source).label((offset, t_len), label);
-        let templated = template.line(template_line).is_some_and(|l| l.contains("{{") || l.contains("{%"));
+        let mut problem = Problem::invalid(code, message)
+            .in_source(&source)
+            .label((offset, t_len), label);
+        let templated = template
+            .line(template_line)
+            .is_some_and(|l| l.contains("{{") || l.contains("{%"));
         if templated {
-            let excerpt = Source::new(format!("{} (rendered)", template.name), self.sql.to_string());
+            let excerpt = Source::new(
+                format!("{} (rendered)", template.name),
+                self.sql.to_string(),
+            );
             problem = problem.with_related(vec![Problem::invalid(code, "in the rendered SQL")
                 .in_source(&excerpt)
                 .label((excerpt.offset_of(line, column), token_len), label)]);
@@ -81,12 +110,18 @@ impl StageSql<'_> {
 /// Length of the word starting at a 1-based column (at least 1).
 fn word_len(line: &str, column: usize) -> usize {
     let rest: String = line.chars().skip(column.saturating_sub(1)).collect();
-    rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len()).max(1)
+    rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len())
+        .max(1)
 }
 
 /// Finds `token` as a whole word near `line` of the template (the line itself
 /// first, then its neighbours), case-insensitively.
-fn find_token(template: &Source, line: usize, token: Option<&str>) -> Option<(usize, usize, usize)> {
+fn find_token(
+    template: &Source,
+    line: usize,
+    token: Option<&str>,
+) -> Option<(usize, usize, usize)> {
     let token = token?.trim_matches(|c| c == '"' || c == '`' || c == '\'');
     if token.is_empty() {
         return None;
@@ -97,14 +132,17 @@ fn find_token(template: &Source, line: usize, token: Option<&str>) -> Option<(us
         if l < 1 {
             continue;
         }
-        let Some(text) = template.line(l as usize) else { continue };
+        let Some(text) = template.line(l as usize) else {
+            continue;
+        };
         let lower = text.to_lowercase();
         let mut from = 0;
         while let Some(pos) = lower[from..].find(&needle) {
             let start = from + pos;
             let end = start + needle.len();
             let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-            if boundary(lower[..start].chars().next_back()) && boundary(lower[end..].chars().next()) {
+            if boundary(lower[..start].chars().next_back()) && boundary(lower[end..].chars().next())
+            {
                 let col = text[..start].chars().count() + 1;
                 return Some((l as usize, col, token.len()));
             }
@@ -119,9 +157,13 @@ fn find_token(template: &Source, line: usize, token: Option<&str>) -> Option<(us
 fn find_expression(template: &Source, line: usize) -> Option<(usize, usize, usize)> {
     for delta in [0isize, -1, 1, -2, 2, -3, 3] {
         let l = line as isize + delta;
-        let Some(text) = (l >= 1).then(|| template.line(l as usize)).flatten() else { continue };
+        let Some(text) = (l >= 1).then(|| template.line(l as usize)).flatten() else {
+            continue;
+        };
         if let Some(start) = text.find("{{") {
-            let end = text[start..].find("}}").map_or(text.len(), |e| start + e + 2);
+            let end = text[start..]
+                .find("}}")
+                .map_or(text.len(), |e| start + e + 2);
             return Some((l as usize, text[..start].chars().count() + 1, end - start));
         }
     }
@@ -130,7 +172,12 @@ fn find_expression(template: &Source, line: usize) -> Option<(usize, usize, usiz
 
 /// The source and byte offset of a 1-based template line and column: the template
 /// file, or the YAML for inline SQL.
-pub fn locate_in_template(spec: &PipelineSpec, stage: &StageSpec, line: usize, column: usize) -> (Source, usize) {
+pub fn locate_in_template(
+    spec: &PipelineSpec,
+    stage: &StageSpec,
+    line: usize,
+    column: usize,
+) -> (Source, usize) {
     match &stage.body {
         StageBody::InlineSql { origin, .. } => {
             let yaml_line = origin.first_line + line - 1;
@@ -142,7 +189,10 @@ pub fn locate_in_template(spec: &PipelineSpec, stage: &StageSpec, line: usize, c
                     indent + column
                 }
             };
-            (spec.yaml.clone(), spec.yaml.offset_of(yaml_line, yaml_column))
+            (
+                spec.yaml.clone(),
+                spec.yaml.offset_of(yaml_line, yaml_column),
+            )
         }
         _ => {
             let template = stage.template().expect("SQL stages have templates");

@@ -48,43 +48,98 @@ pub struct ParsedStage {
 }
 
 pub fn parse(stage: &StageSql<'_>) -> Result<ParsedStage> {
-    let statements = Parser::parse_sql(&GenericDialect {}, stage.sql).map_err(|e| parse_problem(stage, &e))?;
+    let statements =
+        Parser::parse_sql(&GenericDialect {}, stage.sql).map_err(|e| parse_problem(stage, &e))?;
     let statement = match statements.as_slice() {
-        [] => return Err(stage.problem_at_start("empty_stage", format!("stage `{}` renders to no SQL statement", stage.name()), "empty").help("a SQL stage holds exactly one statement")),
+        [] => {
+            return Err(stage
+                .problem_at_start(
+                    "empty_stage",
+                    format!("stage `{}` renders to no SQL statement", stage.name()),
+                    "empty",
+                )
+                .help("a SQL stage holds exactly one statement"))
+        }
         [one] => one.clone(),
         [_, second, ..] => {
             let loc = second.span().start;
             return Err(stage
-                .problem_at("several_statements", format!("stage `{}` holds {} statements; one is expected", stage.name(), statements.len()), loc.line as usize, loc.column as usize, None, "second statement starts here")
+                .problem_at(
+                    "several_statements",
+                    format!(
+                        "stage `{}` holds {} statements; one is expected",
+                        stage.name(),
+                        statements.len()
+                    ),
+                    loc.line as usize,
+                    loc.column as usize,
+                    None,
+                    "second statement starts here",
+                )
                 .help("split the statements into stages: each stage runs one statement"));
         }
     };
     let (kind, target) = classify(stage, &statement)?;
     let reads = relations_read(stage, &statement, target.as_ref())?;
-    Ok(ParsedStage { statement, kind, reads, target })
+    Ok(ParsedStage {
+        statement,
+        kind,
+        reads,
+        target,
+    })
 }
 
-fn classify(stage: &StageSql<'_>, statement: &Statement) -> Result<(StatementKind, Option<RelationRef>)> {
+fn classify(
+    stage: &StageSql<'_>,
+    statement: &Statement,
+) -> Result<(StatementKind, Option<RelationRef>)> {
     match statement {
         Statement::Query(_) => Ok((StatementKind::Select, None)),
         Statement::Insert(insert) => match &insert.table {
-            TableObject::TableName(name) => Ok((StatementKind::Insert { overwrite: insert.overwrite }, Some(relation(stage, name)?))),
-            _ => Err(not_allowed(stage, statement, "INSERT into a table function")),
+            TableObject::TableName(name) => Ok((
+                StatementKind::Insert {
+                    overwrite: insert.overwrite,
+                },
+                Some(relation(stage, name)?),
+            )),
+            _ => Err(not_allowed(
+                stage,
+                statement,
+                "INSERT into a table function",
+            )),
         },
         Statement::Merge(merge) => match &merge.table {
-            TableFactor::Table { name, .. } => Ok((StatementKind::Merge, Some(relation(stage, name)?))),
-            _ => Err(not_allowed(stage, statement, "MERGE into something other than a table")),
+            TableFactor::Table { name, .. } => {
+                Ok((StatementKind::Merge, Some(relation(stage, name)?)))
+            }
+            _ => Err(not_allowed(
+                stage,
+                statement,
+                "MERGE into something other than a table",
+            )),
         },
         Statement::Delete(delete) => {
             let from = match &delete.from {
                 FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
             };
             match (delete.tables.as_slice(), from.as_slice()) {
-                ([], [only]) if only.joins.is_empty() && delete.using.is_none() => match &only.relation {
-                    TableFactor::Table { name, .. } => Ok((StatementKind::Delete, Some(relation(stage, name)?))),
-                    _ => Err(not_allowed(stage, statement, "DELETE without a target table")),
-                },
-                _ => Err(not_allowed(stage, statement, "DELETE of several tables or with USING")),
+                ([], [only]) if only.joins.is_empty() && delete.using.is_none() => {
+                    match &only.relation {
+                        TableFactor::Table { name, .. } => {
+                            Ok((StatementKind::Delete, Some(relation(stage, name)?)))
+                        }
+                        _ => Err(not_allowed(
+                            stage,
+                            statement,
+                            "DELETE without a target table",
+                        )),
+                    }
+                }
+                _ => Err(not_allowed(
+                    stage,
+                    statement,
+                    "DELETE of several tables or with USING",
+                )),
             }
         }
         other => Err(not_allowed(stage, other, statement_name(other))),
@@ -105,7 +160,11 @@ fn statement_name(statement: &Statement) -> &'static str {
 
 fn not_allowed(stage: &StageSql<'_>, statement: &Statement, what: &str) -> Problem {
     let loc = statement.span().start;
-    let (line, col) = if loc.line == 0 { (1, 1) } else { (loc.line as usize, loc.column as usize) };
+    let (line, col) = if loc.line == 0 {
+        (1, 1)
+    } else {
+        (loc.line as usize, loc.column as usize)
+    };
     stage
         .problem_at("statement_not_allowed", format!("{what} is not allowed in stage `{}`", stage.name()), line, col, None, "not allowed here")
         .help("a SQL stage is one SELECT (defines a relation), INSERT [OVERWRITE] INTO, MERGE INTO or DELETE FROM a declared table; tables are created from their declared schema, and maintenance is a stage of its own (optimize, vacuum)")
@@ -119,15 +178,30 @@ fn relation(stage: &StageSql<'_>, name: &ObjectName) -> Result<RelationRef> {
             .problem_at("qualified_name", format!("`{written}`: qualified names are not supported"), loc.line as usize, loc.column as usize, Some(&written), "qualified name")
             .help("refer to a table by its name under `tables:` in the pipeline, and to an earlier SELECT stage by the stage name"));
     }
-    let ident = name.0[0].as_ident().expect("single-part names are identifiers");
+    let ident = name.0[0]
+        .as_ident()
+        .expect("single-part names are identifiers");
     // DataFusion folds unquoted identifiers to lower case; do the same.
-    let normalized = if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() };
-    Ok(RelationRef { name: normalized, line: loc.line as usize, column: loc.column as usize, written })
+    let normalized = if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    };
+    Ok(RelationRef {
+        name: normalized,
+        line: loc.line as usize,
+        column: loc.column as usize,
+        written,
+    })
 }
 
 /// Relations in FROM / JOIN / USING positions, without CTE names and without the
 /// write target's own occurrence.
-fn relations_read(stage: &StageSql<'_>, statement: &Statement, target: Option<&RelationRef>) -> Result<Vec<RelationRef>> {
+fn relations_read(
+    stage: &StageSql<'_>,
+    statement: &Statement,
+    target: Option<&RelationRef>,
+) -> Result<Vec<RelationRef>> {
     let mut collector = RelationCollector::default();
     let _ = statement.visit(&mut collector);
     let mut reads: Vec<RelationRef> = Vec::new();
@@ -155,7 +229,11 @@ impl Visitor for RelationCollector {
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {
                 let ident = &cte.alias.name;
-                self.ctes.insert(if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() });
+                self.ctes.insert(if ident.quote_style.is_some() {
+                    ident.value.clone()
+                } else {
+                    ident.value.to_lowercase()
+                });
             }
         }
         ControlFlow::Continue(())
@@ -163,7 +241,10 @@ impl Visitor for RelationCollector {
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         // Table functions (`generate_series(…)`, `unnest(…)`) carry args: not relations.
-        if let TableFactor::Table { name, args: None, .. } = factor {
+        if let TableFactor::Table {
+            name, args: None, ..
+        } = factor
+        {
             self.relations.push(name.clone());
         }
         ControlFlow::Continue(())
@@ -178,12 +259,20 @@ fn parse_problem(stage: &StageSql<'_>, err: &ParserError) -> Problem {
     };
     let (message, line, col) = match text.rsplit_once(" at Line: ") {
         Some((msg, pos)) => {
-            let mut nums = pos.split(", Column: ").map(|n| n.trim().parse::<usize>().unwrap_or(1));
-            (msg.to_string(), nums.next().unwrap_or(1), nums.next().unwrap_or(1))
+            let mut nums = pos
+                .split(", Column: ")
+                .map(|n| n.trim().parse::<usize>().unwrap_or(1));
+            (
+                msg.to_string(),
+                nums.next().unwrap_or(1),
+                nums.next().unwrap_or(1),
+            )
         }
         None => (text.clone(), 1, 1),
     };
-    let token = message.rsplit_once("found: ").map(|(_, t)| t.trim().to_string());
+    let token = message
+        .rsplit_once("found: ")
+        .map(|(_, t)| t.trim().to_string());
     stage
         .problem_at("sql_syntax", format!("SQL syntax error in stage `{}`: {message}", stage.name()), line, col, token.as_deref(), "syntax error here")
         .help("the SQL is parsed after rendering: positions are those of the rendered statement, mapped back to the template")

@@ -12,7 +12,10 @@ pub struct Project {
 
 impl Project {
     pub fn new(files: &[(&str, &str)]) -> Self {
-        let dir = tempfile::Builder::new().prefix("sqlplan-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("sqlplan-test")
+            .tempdir()
+            .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("sql")).unwrap();
         let p = Project { dir };
         for (path, text) in files {
@@ -91,7 +94,10 @@ pub fn settings(tmp: Option<&Path>) -> insta::Settings {
     s.set_prepend_module_to_snapshot(false);
     if let Some(tmp) = tmp {
         let real = std::fs::canonicalize(tmp).unwrap_or_else(|_| tmp.to_path_buf());
-        for p in [real.to_string_lossy().into_owned(), tmp.to_string_lossy().into_owned()] {
+        for p in [
+            real.to_string_lossy().into_owned(),
+            tmp.to_string_lossy().into_owned(),
+        ] {
             s.add_filter(&regex_escape(&p), "[TMP]");
         }
     }

@@ -10,7 +10,11 @@ fn plan_example(args: &[&str]) -> String {
     all.extend_from_slice(&args[1..]);
     let out = sqlplan_in(&repo(), &all);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(std::fs::read_dir(wh.path()).unwrap().count(), 0, "plan wrote into the warehouse");
+    assert_eq!(
+        std::fs::read_dir(wh.path()).unwrap().count(),
+        0,
+        "plan wrote into the warehouse"
+    );
     let mut s = settings(Some(wh.path()));
     s.set_description(all.join(" "));
     s.bind(|| out.stdout.clone())
@@ -20,7 +24,10 @@ fn plan_example(args: &[&str]) -> String {
 fn example_plan_text() {
     let wh = tempfile::tempdir().unwrap();
     let var = format!("warehouse={}", wh.path().display());
-    let out = sqlplan_in(&repo(), &["plan", "pipelines/examples/orders.yaml", "--var", &var]);
+    let out = sqlplan_in(
+        &repo(),
+        &["plan", "pipelines/examples/orders.yaml", "--var", &var],
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
     settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_example_text", out.stdout));
 }
@@ -29,7 +36,17 @@ fn example_plan_text() {
 fn example_plan_json() {
     let wh = tempfile::tempdir().unwrap();
     let var = format!("warehouse={}", wh.path().display());
-    let out = sqlplan_in(&repo(), &["plan", "pipelines/examples/orders.yaml", "--var", &var, "--format", "json"]);
+    let out = sqlplan_in(
+        &repo(),
+        &[
+            "plan",
+            "pipelines/examples/orders.yaml",
+            "--var",
+            &var,
+            "--format",
+            "json",
+        ],
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("valid JSON");
     assert_eq!(json["levels"][0][0], "day_orders");
@@ -48,7 +65,21 @@ fn plan_output_is_byte_identical_across_runs() {
     let wh = tempfile::tempdir().unwrap();
     let var = format!("warehouse={}", wh.path().display());
     let runs: Vec<String> = (0..3)
-        .map(|_| sqlplan_in(&repo(), &["plan", "pipelines/examples/orders.yaml", "--var", &var, "--format", "json", "--explain"]).stdout)
+        .map(|_| {
+            sqlplan_in(
+                &repo(),
+                &[
+                    "plan",
+                    "pipelines/examples/orders.yaml",
+                    "--var",
+                    &var,
+                    "--format",
+                    "json",
+                    "--explain",
+                ],
+            )
+            .stdout
+        })
         .collect();
     assert!(!runs[0].is_empty());
     assert_eq!(runs[0], runs[1]);

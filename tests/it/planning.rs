@@ -34,11 +34,20 @@ async fn create_orders(path: &std::path::Path) {
         vec![
             Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
             Arc::new(Float64Array::from(vec![10.0, 20.0, 30.0, 40.0])),
-            Arc::new(StringArray::from(vec!["2024-01-01", "2024-01-01", "2024-01-02", "2024-01-02"])),
+            Arc::new(StringArray::from(vec![
+                "2024-01-01",
+                "2024-01-01",
+                "2024-01-02",
+                "2024-01-02",
+            ])),
         ],
     )
     .unwrap();
-    table.write(vec![batch]).with_save_mode(SaveMode::Append).await.unwrap();
+    table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .await
+        .unwrap();
 }
 
 fn plan_json(project: &Project, extra: &[&str]) -> Value {
@@ -89,15 +98,33 @@ async fn schemas_come_from_the_delta_log_alone() {
         }
     }
     let plan = plan_json(&project, &[]);
-    let orders = plan["tables"].as_array().unwrap().iter().find(|t| t["name"] == "orders").unwrap();
+    let orders = plan["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "orders")
+        .unwrap();
     assert_eq!(orders["version"], 1);
     assert_eq!(orders["files"], 2);
     assert_eq!(orders["partition_by"], serde_json::json!(["ds"]));
-    let columns: Vec<&str> = orders["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let columns: Vec<&str> = orders["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(columns, ["id", "amount", "ds"]);
-    let daily = plan["tables"].as_array().unwrap().iter().find(|t| t["name"] == "daily").unwrap();
+    let daily = plan["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "daily")
+        .unwrap();
     assert_eq!(daily["version"], Value::Null, "daily is created by the run");
-    assert!(!project.warehouse().join("daily").exists(), "plan must not create tables");
+    assert!(
+        !project.warehouse().join("daily").exists(),
+        "plan must not create tables"
+    );
 }
 
 #[tokio::test]
@@ -105,12 +132,23 @@ async fn scans_are_counted_and_classified_per_table() {
     let project = Project::new(&[("pipeline.yaml", PIPELINE)]);
     create_orders(&project.warehouse().join("orders")).await;
     let plan = plan_json(&project, &[]);
-    let orders = plan["scans"].as_array().unwrap().iter().find(|t| t["table"] == "orders").unwrap();
+    let orders = plan["scans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "orders")
+        .unwrap();
     let scans: Vec<(String, String, String)> = orders["scans"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["stage"].as_str().unwrap().into(), s["access"].as_str().unwrap().into(), s["via"].as_str().unwrap_or("").into()))
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().into(),
+                s["access"].as_str().unwrap().into(),
+                s["via"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect();
     // The view is evaluated by each of its two readers; materialized relations once.
     assert_eq!(
@@ -124,9 +162,24 @@ async fn scans_are_counted_and_classified_per_table() {
     );
     assert_eq!(orders["full"], 2);
     assert_eq!(orders["pruned"], 2);
-    let warnings: Vec<&str> = plan["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
-    assert!(warnings.iter().any(|w| w.contains("`all_orders` is a view read by 2 stages")), "{warnings:?}");
-    assert!(warnings.iter().any(|w| w.contains("`joined` defines a relation that no stage reads")), "{warnings:?}");
+    let warnings: Vec<&str> = plan["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("`all_orders` is a view read by 2 stages")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("`joined` defines a relation that no stage reads")),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test]
@@ -134,22 +187,59 @@ async fn levels_follow_hazards() {
     let project = Project::new(&[("pipeline.yaml", PIPELINE)]);
     create_orders(&project.warehouse().join("orders")).await;
     let plan = plan_json(&project, &[]);
-    let levels: Vec<Vec<&str>> = plan["levels"].as_array().unwrap().iter().map(|l| l.as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect()).collect();
+    let levels: Vec<Vec<&str>> = plan["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect()
+        })
+        .collect();
     // Two writers of `daily` keep program order (write after write); the rest is free.
-    assert_eq!(levels, vec![vec!["all_orders", "one_day", "big"], vec!["daily_totals", "joined"], vec!["daily_max"]]);
-    let daily_max = plan["stages"].as_array().unwrap().iter().find(|s| s["name"] == "daily_max").unwrap();
+    assert_eq!(
+        levels,
+        vec![
+            vec!["all_orders", "one_day", "big"],
+            vec!["daily_totals", "joined"],
+            vec!["daily_max"]
+        ]
+    );
+    let daily_max = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "daily_max")
+        .unwrap();
     let reasons = daily_max["depends_on"].as_array().unwrap();
-    assert!(reasons.iter().any(|d| d["stage"] == "daily_totals" && d["reasons"][0] == "writes daily after an earlier write"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|d| d["stage"] == "daily_totals"
+            && d["reasons"][0] == "writes daily after an earlier write"),
+        "{reasons:?}"
+    );
 }
 
 #[tokio::test]
 async fn unknown_column_is_found_against_the_log_schema() {
-    let project = Project::new(&[("pipeline.yaml", &PIPELINE.replace("SELECT id, amount, ds FROM orders", "SELECT id, price FROM orders"))]);
+    let project = Project::new(&[(
+        "pipeline.yaml",
+        &PIPELINE.replace(
+            "SELECT id, amount, ds FROM orders",
+            "SELECT id, price FROM orders",
+        ),
+    )]);
     create_orders(&project.warehouse().join("orders")).await;
     let out = project.sqlplan(&["plan", "pipeline.yaml"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("price"), "{}", out.stderr);
-    assert!(out.stderr.contains("pipeline.yaml:"), "points into the YAML for inline SQL: {}", out.stderr);
+    assert!(
+        out.stderr.contains("pipeline.yaml:"),
+        "points into the YAML for inline SQL: {}",
+        out.stderr
+    );
 }
 
 #[tokio::test]
