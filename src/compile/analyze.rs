@@ -167,16 +167,7 @@ fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundSt
         })
         .collect();
     let output = match (&b.kind, &b.logical) {
-        (StageKind::View | StageKind::Materialized, Some(lp)) => lp
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| ColumnPlan {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                nullable: f.is_nullable(),
-            })
-            .collect(),
+        (StageKind::View | StageKind::Materialized, Some(lp)) => column_plans(lp.schema().fields()),
         _ => Vec::new(),
     };
     let template = match &stage.body {
@@ -210,17 +201,19 @@ fn table_plan(t: &TableInfo) -> TablePlan {
         version: t.version,
         files: t.num_files,
         partition_by: t.partition_columns.clone(),
-        columns: t
-            .schema
-            .fields()
-            .iter()
-            .map(|f| ColumnPlan {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                nullable: f.is_nullable(),
-            })
-            .collect(),
+        columns: column_plans(t.schema.fields()),
     }
+}
+
+fn column_plans(fields: &datafusion::arrow::datatypes::Fields) -> Vec<ColumnPlan> {
+    fields
+        .iter()
+        .map(|f| ColumnPlan {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
+        .collect()
 }
 
 // ---- scans ------------------------------------------------------------------------
