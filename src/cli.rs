@@ -47,6 +47,27 @@ pub enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Run the pipeline: build the same plan as `plan`, then execute exactly it.
+    ///
+    /// Creates declared tables that do not exist, runs stages in parallel where the
+    /// plan allows (at most --jobs at a time), commits each write to Delta, and prints
+    /// a per-stage report (JSON too with --report). Progress goes to standard error.
+    ///
+    /// Exit codes: 0 success, 1 a stage failed (named, with its template; stages that
+    /// had not started were skipped), 2 the pipeline is invalid (nothing written).
+    #[command(
+        after_help = "Examples:\n  sqlplan run pipelines/examples/orders.yaml --var warehouse=/tmp/wh\n  sqlplan run pipelines/summary.yaml --jobs 4 --report run.json"
+    )]
+    Run {
+        #[command(flatten)]
+        input: PipelineArgs,
+        /// Stages running at the same time, at most [default: the number of cores].
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE.json")]
+        report: Option<PathBuf>,
+    },
     /// Draw the stage dependency graph (edges labelled with their hazards).
     #[command(
         after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg"
@@ -131,6 +152,53 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             Ok(match format {
                 PlanFormat::Text => plan.to_text(explain),
                 PlanFormat::Json => plan.to_json(explain),
+            })
+        }
+        Command::Run {
+            input,
+            jobs,
+            report,
+        } => {
+            let plan =
+                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            let mut options = crate::exec::RunOptions::default();
+            if let Some(j) = jobs {
+                options.jobs = j.max(1);
+            }
+            let run = crate::exec::run(plan, &options).await?;
+            if let Some(path) = report {
+                std::fs::write(&path, run.to_json()).map_err(|e| {
+                    Problem::failed(
+                        "report_unwritable",
+                        format!("cannot write {}: {e}", path.display()),
+                    )
+                })?;
+            }
+            if run.succeeded() {
+                return Ok(run.to_text());
+            }
+            print!("{}", run.to_text());
+            Err(match run.failed_stage() {
+                Some(s) => Problem::failed(
+                    "stage_failed",
+                    format!(
+                        "stage `{}` failed: {}",
+                        s.name,
+                        s.error.as_deref().unwrap_or("")
+                    ),
+                )
+                .help(format!(
+                    "{}; stages that had not started were skipped",
+                    s.template
+                        .as_deref()
+                        .map_or("see the report".to_string(), |t| format!(
+                            "its SQL is in {t}"
+                        ))
+                )),
+                None => Problem::failed(
+                    "interrupted",
+                    "the run was interrupted; running stages were cancelled before committing",
+                ),
             })
         }
         Command::Graph { input, format } => {

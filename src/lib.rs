@@ -11,8 +11,10 @@
 pub mod cli;
 pub mod compile;
 pub mod diag;
+pub mod exec;
 pub mod plan;
 pub mod render;
+pub mod report;
 pub mod session;
 pub mod spec;
 

@@ -1,0 +1,203 @@
+//! Execute: run exactly the Plan. Stages whose dependencies are done run
+//! concurrently as tokio tasks, at most `jobs` at a time; the DAG guarantees that two
+//! writers of one table, or a writer and a reader, never overlap. After a failure
+//! no new stage starts and running ones finish; Ctrl-C aborts running stages before
+//! they commit (a Delta commit is atomic, so nothing is half-written).
+
+pub mod delta;
+pub mod stages;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::task::JoinSet;
+
+use crate::diag::Problem;
+use crate::plan::{Plan, StagePlan};
+use crate::report::{RunReport, StageReport, StageStatus};
+use stages::{Executor, StageMetrics};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Stages running at the same time, at most.
+    pub jobs: usize,
+    /// Live progress bars (on a terminal) instead of log lines.
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+struct Finished {
+    name: String,
+    result: Result<StageMetrics, String>,
+    started: Duration,
+    finished: Duration,
+}
+
+/// Runs the plan; the report says what every stage did. A failed stage yields a
+/// report with `failed` status (the caller exits 1), not an `Err`.
+pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem> {
+    let executor = Arc::new(
+        Executor::new(plan)
+            .await
+            .map_err(|e| Problem::failed("run_setup", e).help("nothing was written"))?,
+    );
+    let plan = &executor.plan;
+    let start = Instant::now();
+    let progress = Progress::new(options.progress);
+    let preds: BTreeMap<&str, BTreeSet<&str>> = plan
+        .stages
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.depends_on.iter().map(|d| d.stage.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut started: BTreeSet<String> = BTreeSet::new();
+    let mut reports: BTreeMap<String, StageReport> = BTreeMap::new();
+    let mut running: JoinSet<Finished> = JoinSet::new();
+    let mut stop: Option<StageStatus> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        if stop.is_none() {
+            for stage in &plan.stages {
+                if running.len() >= options.jobs.max(1) {
+                    break;
+                }
+                let ready = !started.contains(&stage.name)
+                    && preds[stage.name.as_str()].iter().all(|p| done.contains(*p));
+                if ready {
+                    started.insert(stage.name.clone());
+                    let bar = progress.start(stage);
+                    let executor = executor.clone();
+                    let stage = stage.clone();
+                    running.spawn(async move {
+                        let started = start.elapsed();
+                        let result = executor.run_stage(&stage).await;
+                        bar.finish_and_clear();
+                        Finished {
+                            name: stage.name.clone(),
+                            result,
+                            started,
+                            finished: start.elapsed(),
+                        }
+                    });
+                }
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { continue };
+                let f = match joined {
+                    Ok(f) => f,
+                    Err(e) if e.is_cancelled() => continue,
+                    Err(e) => return Err(Problem::failed("internal", format!("a stage task panicked: {e}"))),
+                };
+                let stage = plan.stages.iter().find(|s| s.name == f.name).expect("planned stage");
+                let ok = f.result.is_ok();
+                progress.log(stage, &f.result, f.finished - f.started);
+                reports.insert(f.name.clone(), StageReport::new(stage, f.result, f.started, f.finished));
+                if ok {
+                    done.insert(f.name);
+                } else if stop.is_none() {
+                    stop = Some(StageStatus::Failed);
+                }
+            }
+            _ = &mut ctrl_c, if stop != Some(StageStatus::Cancelled) => {
+                progress.note("interrupted: cancelling running stages; nothing they were writing is committed");
+                running.abort_all();
+                stop = Some(StageStatus::Cancelled);
+            }
+        }
+    }
+    let stages = plan
+        .stages
+        .iter()
+        .map(|s| {
+            reports.remove(&s.name).unwrap_or_else(|| {
+                let status = if started.contains(&s.name) {
+                    StageStatus::Cancelled
+                } else {
+                    StageStatus::Skipped
+                };
+                StageReport::not_run(s, status)
+            })
+        })
+        .collect();
+    Ok(RunReport::new(plan, stages, start.elapsed()))
+}
+
+/// Per-stage progress: spinners on a terminal, one log line per event otherwise.
+struct Progress {
+    bars: Option<MultiProgress>,
+}
+
+impl Progress {
+    fn new(live: bool) -> Self {
+        Progress {
+            bars: live.then(MultiProgress::new),
+        }
+    }
+
+    fn start(&self, stage: &StagePlan) -> ProgressBar {
+        match &self.bars {
+            Some(m) => {
+                let bar = m.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                        .expect("valid template"),
+                );
+                bar.set_message(format!("{} ({})", stage.name, stage.kind.label()));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            }
+            None => {
+                eprintln!("sqlplan: start  {} ({})", stage.name, stage.kind.label());
+                ProgressBar::hidden()
+            }
+        }
+    }
+
+    fn log(&self, stage: &StagePlan, result: &Result<StageMetrics, String>, took: Duration) {
+        let line = match result {
+            Ok(_) => format!(
+                "sqlplan: done   {} in {:.3}s",
+                stage.name,
+                took.as_secs_f64()
+            ),
+            Err(e) => format!(
+                "sqlplan: FAILED {} after {:.3}s: {e}",
+                stage.name,
+                took.as_secs_f64()
+            ),
+        };
+        self.note(&line);
+    }
+
+    fn note(&self, line: &str) {
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! Running one stage: a view, a materialized relation, an INSERT, a MERGE (planned
+//! by DataFusion, executed by delta-rs), a DELETE, or maintenance.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::datasource::MemTable;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClauseKind};
+use datafusion::logical_expr::{cast, col, lit, Expr, LogicalPlan, WriteOp};
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, FilterOp, FilterValue};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use super::delta;
+use crate::plan::{Maintenance, Plan, StageKind, StagePlan};
+
+/// What a stage did, as far as DataFusion and delta-rs tell.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageMetrics {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_inserted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_updated: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_added: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_removed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_scanned: Option<u64>,
+    /// The Delta version this stage committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
+/// The run's shared state: one DataFusion session where every table and relation
+/// is registered, and the latest handle of every Delta table.
+pub struct Executor {
+    pub plan: Plan,
+    pub ctx: SessionContext,
+    tables: Mutex<BTreeMap<String, DeltaTable>>,
+}
+
+type StageResult<T> = Result<T, String>;
+
+fn df_err(e: impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or(&s).to_string()
+}
+
+impl Executor {
+    pub async fn new(plan: Plan) -> StageResult<Self> {
+        let tables = delta::open_tables(&plan).await?;
+        let ctx = crate::session::new_context();
+        for (name, table) in &tables {
+            ctx.register_table(name.as_str(), table.table_provider().await.map_err(df_err)?)
+                .map_err(df_err)?;
+        }
+        Ok(Executor {
+            plan,
+            ctx,
+            tables: Mutex::new(tables),
+        })
+    }
+
+    async fn table(&self, name: &str) -> StageResult<DeltaTable> {
+        self.tables
+            .lock()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("unknown table `{name}`"))
+    }
+
+    /// After a commit, later stages read the new version.
+    async fn committed(&self, name: &str, table: DeltaTable) -> StageResult<Option<i64>> {
+        let version = table.version().map(|v| v as i64);
+        let provider = table.table_provider().await.map_err(df_err)?;
+        self.ctx.deregister_table(name).map_err(df_err)?;
+        self.ctx.register_table(name, provider).map_err(df_err)?;
+        self.tables.lock().await.insert(name.to_string(), table);
+        Ok(version)
+    }
+
+    pub async fn run_stage(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        let sql = stage.sql.as_deref().unwrap_or("");
+        match stage.kind {
+            StageKind::View => {
+                let df = self.ctx.sql(sql).await.map_err(df_err)?;
+                self.ctx
+                    .register_table(stage.name.as_str(), df.into_view())
+                    .map_err(df_err)?;
+                Ok(StageMetrics::default())
+            }
+            StageKind::Materialized => self.materialize(stage, sql).await,
+            StageKind::Insert | StageKind::InsertOverwrite => self.insert(stage, sql).await,
+            StageKind::Merge => self.merge(stage, sql).await,
+            StageKind::Delete => self.delete(stage, sql).await,
+            StageKind::Optimize | StageKind::Vacuum => self.maintain(stage).await,
+        }
+    }
+
+    /// Computed once, held in memory; every reader scans the result.
+    async fn materialize(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        let df = self.ctx.sql(sql).await.map_err(df_err)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(df_err)?;
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let table = MemTable::try_new(schema, vec![batches]).map_err(df_err)?;
+        self.ctx
+            .register_table(stage.name.as_str(), Arc::new(table))
+            .map_err(df_err)?;
+        Ok(StageMetrics {
+            rows_out: Some(rows),
+            ..Default::default()
+        })
+    }
+
+    async fn insert(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        let Statement::Insert(insert) = parse_one(sql)? else {
+            return Err("not an INSERT".into());
+        };
+        let target = stage.writes.clone().ok_or("INSERT without a target")?;
+        let source = insert
+            .source
+            .as_ref()
+            .ok_or("INSERT without a query")?
+            .to_string();
+        let columns: Vec<String> = insert
+            .columns
+            .iter()
+            .map(|c| c.to_string().to_lowercase())
+            .collect();
+        let table = self.table(&target).await?;
+        let df = self.ctx.sql(&source).await.map_err(df_err)?;
+        let df = conform(df, &table, &columns)?;
+        let batches = df.collect().await.map_err(df_err)?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let partitions = table
+            .snapshot()
+            .map_err(df_err)?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        let mut write = table
+            .write(batches.clone())
+            .with_commit_properties(delta::commit_properties(&self.plan.pipeline, &stage.name));
+        if stage.kind == StageKind::InsertOverwrite {
+            write = write.with_save_mode(SaveMode::Overwrite);
+            if !partitions.is_empty() {
+                // Replace exactly the partitions this stage produced.
+                match partition_predicate(&batches, &partitions) {
+                    Some(predicate) => write = write.with_replace_where(predicate),
+                    None => {
+                        return Ok(StageMetrics {
+                            rows_out: Some(0),
+                            ..Default::default()
+                        })
+                    }
+                }
+            }
+        } else {
+            write = write.with_save_mode(SaveMode::Append);
+        }
+        let table = write.await.map_err(df_err)?;
+        let m = delta::last_commit_metrics(&table).await;
+        let version = self.committed(&target, table).await?;
+        Ok(StageMetrics {
+            rows_out: Some(rows),
+            rows_inserted: Some(rows),
+            files_added: metric(&m, "num_added_files"),
+            files_removed: metric(&m, "num_removed_files"),
+            bytes_written: metric(&m, "num_added_bytes"),
+            version,
+            ..Default::default()
+        })
+    }
+
+    async fn merge(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        let state = self.ctx.state();
+        let LogicalPlan::Dml(dml) = state.create_logical_plan(sql).await.map_err(df_err)? else {
+            return Err("not a MERGE".into());
+        };
+        let WriteOp::MergeInto(op) = dml.op else {
+            return Err("not a MERGE".into());
+        };
+        let target = dml.table_name.table().to_string();
+        let source_alias = dml
+            .input
+            .schema()
+            .iter()
+            .next()
+            .and_then(|(q, _)| q.cloned())
+            .map(|q| q.table().to_string())
+            .ok_or("MERGE source without a name")?;
+        // The source is computed once: checked for duplicate keys, then merged.
+        let source = DataFrame::new(state.clone(), (*dml.input).clone());
+        let schema = Arc::new(source.schema().as_arrow().clone());
+        let batches = source.collect().await.map_err(df_err)?;
+        let source_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let mem = MemTable::try_new(schema, vec![batches]).map_err(df_err)?;
+        let source = self
+            .ctx
+            .read_table(Arc::new(mem))
+            .map_err(df_err)?
+            .alias(&source_alias)
+            .map_err(df_err)?;
+        let keys = source_keys(&op.on, &target);
+        check_unique_keys(&source, &keys).await?;
+
+        let table = self.table(&target).await?;
+        let all_columns: Vec<String> = dml
+            .target
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut mb = table
+            .merge(source, op.on.clone())
+            .with_target_alias(&target)
+            .with_source_alias(&source_alias)
+            .with_session_state(Arc::new(state))
+            .with_commit_properties(delta::commit_properties(&self.plan.pipeline, &stage.name));
+        for clause in op.clauses {
+            let pred = clause.predicate;
+            mb = match (clause.kind.canonical(), clause.action) {
+                (MergeIntoClauseKind::Matched, MergeIntoAction::Update(sets)) => mb
+                    .when_matched_update(|mut b| {
+                        if let Some(p) = pred {
+                            b = b.predicate(p);
+                        }
+                        for (c, e) in sets {
+                            b = b.update(c.as_str(), e);
+                        }
+                        b
+                    }),
+                (MergeIntoClauseKind::Matched, MergeIntoAction::Delete) => {
+                    mb.when_matched_delete(|mut b| {
+                        if let Some(p) = pred {
+                            b = b.predicate(p);
+                        }
+                        b
+                    })
+                }
+                (MergeIntoClauseKind::NotMatchedBySource, MergeIntoAction::Update(sets)) => mb
+                    .when_not_matched_by_source_update(|mut b| {
+                        if let Some(p) = pred {
+                            b = b.predicate(p);
+                        }
+                        for (c, e) in sets {
+                            b = b.update(c.as_str(), e);
+                        }
+                        b
+                    }),
+                (MergeIntoClauseKind::NotMatchedBySource, MergeIntoAction::Delete) => mb
+                    .when_not_matched_by_source_delete(|mut b| {
+                        if let Some(p) = pred {
+                            b = b.predicate(p);
+                        }
+                        b
+                    }),
+                (_, MergeIntoAction::Insert { columns, values }) => {
+                    mb.when_not_matched_insert(|mut b| {
+                        if let Some(p) = pred {
+                            b = b.predicate(p);
+                        }
+                        let columns = if columns.is_empty() {
+                            all_columns.clone()
+                        } else {
+                            columns
+                        };
+                        for (c, e) in columns.into_iter().zip(values) {
+                            b = b.set(c.as_str(), e);
+                        }
+                        b
+                    })
+                }
+                (kind, action) => {
+                    return Err(format!("unsupported MERGE clause {kind:?} {action:?}"))
+                }
+            }
+            .map_err(df_err)?;
+        }
+        let (table, m) = mb.await.map_err(df_err)?;
+        let version = self.committed(&target, table).await?;
+        Ok(StageMetrics {
+            rows_out: Some(source_rows),
+            rows_inserted: Some(m.num_target_rows_inserted as u64),
+            rows_updated: Some(m.num_target_rows_updated as u64),
+            rows_deleted: Some(m.num_target_rows_deleted as u64),
+            files_added: Some(m.num_target_files_added as u64),
+            files_removed: Some(m.num_target_files_removed as u64),
+            files_scanned: Some(m.num_target_files_scanned as u64),
+            version,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        let Statement::Delete(delete) = parse_one(sql)? else {
+            return Err("not a DELETE".into());
+        };
+        let target = stage.writes.clone().ok_or("DELETE without a target")?;
+        let table = self.table(&target).await?;
+        let mut op = table
+            .delete()
+            .with_session_state(Arc::new(self.ctx.state()))
+            .with_commit_properties(delta::commit_properties(&self.plan.pipeline, &stage.name));
+        if let Some(selection) = &delete.selection {
+            op = op.with_predicate(selection.to_string());
+        }
+        let (table, m) = op.await.map_err(df_err)?;
+        let version = self.committed(&target, table).await?;
+        Ok(StageMetrics {
+            rows_deleted: m.num_deleted_rows.map(|n| n as u64),
+            files_added: Some(m.num_added_files as u64),
+            files_removed: Some(m.num_removed_files as u64),
+            version,
+            ..Default::default()
+        })
+    }
+
+    async fn maintain(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        let target = stage.writes.clone().ok_or("maintenance without a table")?;
+        let table = self.table(&target).await?;
+        let props = delta::commit_properties(&self.plan.pipeline, &stage.name);
+        match stage
+            .maintenance
+            .as_ref()
+            .ok_or("maintenance stage without settings")?
+        {
+            Maintenance::Optimize {
+                filter,
+                zorder_by,
+                target_size,
+            } => {
+                let owned = match filter {
+                    Some(f) => partition_filters(f)?,
+                    None => Vec::new(),
+                };
+                let filters: Vec<(&str, FilterOp, FilterValue<'_>)> = owned
+                    .iter()
+                    .map(|(c, op, vals)| {
+                        let v = if matches!(op, FilterOp::In | FilterOp::NotIn) {
+                            FilterValue::Set(vals.iter().map(String::as_str).collect())
+                        } else {
+                            FilterValue::Scalar(vals[0].as_str())
+                        };
+                        (c.as_str(), *op, v)
+                    })
+                    .collect();
+                let kind = if zorder_by.is_empty() {
+                    deltalake::operations::optimize::OptimizeType::Compact
+                } else {
+                    deltalake::operations::optimize::OptimizeType::ZOrder(zorder_by.clone())
+                };
+                let mut op = table
+                    .optimize()
+                    .with_type(kind)
+                    .with_filters(&filters)
+                    .with_commit_properties(props);
+                if let Some(size) = target_size.and_then(std::num::NonZeroU64::new) {
+                    op = op.with_target_size(size);
+                }
+                let (table, m) = op.await.map_err(df_err)?;
+                let version = self.committed(&target, table).await?;
+                Ok(StageMetrics {
+                    files_added: Some(m.num_files_added),
+                    files_removed: Some(m.num_files_removed),
+                    bytes_written: Some(m.files_added.total_size.max(0) as u64),
+                    version,
+                    ..Default::default()
+                })
+            }
+            Maintenance::Vacuum { retain_hours } => {
+                let (table, m) = table
+                    .vacuum()
+                    .with_retention_period(chrono::Duration::hours(*retain_hours as i64))
+                    // The retention is explicit in the pipeline; Delta's 7-day floor
+                    // would otherwise reject shorter ones.
+                    .with_enforce_retention_duration(false)
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(df_err)?;
+                let mut deleted: Vec<String> = m
+                    .files_deleted
+                    .iter()
+                    .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+                    .collect();
+                deleted.sort();
+                deleted.dedup();
+                let version = self.committed(&target, table).await?;
+                Ok(StageMetrics {
+                    files_removed: Some(deleted.len() as u64),
+                    version,
+                    ..Default::default()
+                })
+            }
+        }
+    }
+}
+
+fn parse_one(sql: &str) -> StageResult<Statement> {
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(df_err)?;
+    statements
+        .pop()
+        .ok_or_else(|| "empty statement".to_string())
+}
+
+fn metric(m: &BTreeMap<String, serde_json::Value>, key: &str) -> Option<u64> {
+    m.get(key).and_then(|v| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    })
+}
+
+/// The query's columns, by position (or by the INSERT's column list), cast to the
+/// table's columns and named like them.
+fn conform(df: DataFrame, table: &DeltaTable, columns: &[String]) -> StageResult<DataFrame> {
+    let target = table.snapshot().map_err(df_err)?.snapshot().arrow_schema();
+    let source: Vec<Expr> = df
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    if columns.is_empty() && source.len() != target.fields().len() {
+        return Err(format!(
+            "the query has {} columns, the table {}",
+            source.len(),
+            target.fields().len()
+        ));
+    }
+    let exprs = target
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let e = if columns.is_empty() {
+                source[i].clone()
+            } else {
+                match columns.iter().position(|c| c == f.name()) {
+                    Some(p) => source[p].clone(),
+                    None => lit(datafusion::scalar::ScalarValue::Null),
+                }
+            };
+            cast(e, f.data_type().clone()).alias(f.name())
+        })
+        .collect::<Vec<_>>();
+    df.select(exprs).map_err(df_err)
+}
+
+/// `ds IN ('a', 'b') AND …` for the partition values present in the batches.
+fn partition_predicate(batches: &[RecordBatch], partitions: &[String]) -> Option<String> {
+    let mut parts = Vec::new();
+    for p in partitions {
+        let mut values = std::collections::BTreeSet::new();
+        for b in batches {
+            let array = b.column_by_name(p)?;
+            for i in 0..array.len() {
+                if array.is_null(i) {
+                    values.insert("NULL".to_string());
+                } else {
+                    values.insert(format!(
+                        "'{}'",
+                        array_value_to_string(array, i).ok()?.replace('\'', "''")
+                    ));
+                }
+            }
+        }
+        if values.is_empty() {
+            return None;
+        }
+        let (nulls, literals): (Vec<String>, Vec<String>) =
+            values.into_iter().partition(|v| v == "NULL");
+        let mut alternatives = Vec::new();
+        if !literals.is_empty() {
+            alternatives.push(format!("{p} IN ({})", literals.join(", ")));
+        }
+        if !nulls.is_empty() {
+            alternatives.push(format!("{p} IS NULL"));
+        }
+        parts.push(format!("({})", alternatives.join(" OR ")));
+    }
+    Some(parts.join(" AND "))
+}
+
+/// Source columns equated with target columns in ON: the MERGE key.
+fn source_keys(on: &Expr, target: &str) -> Vec<Expr> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let mut keys = Vec::new();
+    for conjunct in datafusion::logical_expr::utils::split_conjunction(on) {
+        if let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = conjunct
+        {
+            let is_target = |e: &Expr| matches!(e, Expr::Column(c) if c.relation.as_ref().is_some_and(|r| r.table() == target));
+            match (is_target(left), is_target(right)) {
+                (true, false) if right.column_refs().len() == 1 => keys.push((**right).clone()),
+                (false, true) if left.column_refs().len() == 1 => keys.push((**left).clone()),
+                _ => {}
+            }
+        }
+    }
+    keys
+}
+
+/// Two source rows for one target key would make the result depend on which one
+/// delta-rs happens to apply: an error that names the key, never a silent pick.
+async fn check_unique_keys(source: &DataFrame, keys: &[Expr]) -> StageResult<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let dup = source
+        .clone()
+        .aggregate(keys.to_vec(), vec![count(lit(1)).alias("sqlplan_rows")])
+        .and_then(|d| d.filter(col("sqlplan_rows").gt(lit(1))))
+        .and_then(|d| d.limit(0, Some(1)))
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)?;
+    let Some(batch) = dup.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(());
+    };
+    let key: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "{} = {}",
+                k,
+                array_value_to_string(batch.column(i), 0).unwrap_or_default()
+            )
+        })
+        .collect();
+    let n = array_value_to_string(batch.column(keys.len()), 0).unwrap_or_default();
+    Err(format!(
+        "the MERGE source has {n} rows for one target key ({}); deduplicate the source",
+        key.join(", ")
+    ))
+}
+
+/// An optimize filter (`ds = 'a' AND ds IN ('b')`) as delta-rs partition filters.
+fn partition_filters(filter: &str) -> StageResult<Vec<(String, FilterOp, Vec<String>)>> {
+    let expr = Parser::new(&GenericDialect {})
+        .try_with_sql(filter)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(df_err)?;
+    let mut out = Vec::new();
+    collect_filters(&expr, &mut out)?;
+    Ok(out)
+}
+
+fn collect_filters(
+    expr: &SqlExpr,
+    out: &mut Vec<(String, FilterOp, Vec<String>)>,
+) -> StageResult<()> {
+    use datafusion::sql::sqlparser::ast::BinaryOperator as B;
+    let unsupported = || {
+        format!(
+            "optimize filter `{expr}`: use `col = 'v'`, comparisons, `col IN (…)` joined by AND"
+        )
+    };
+    match expr {
+        SqlExpr::Nested(e) => collect_filters(e, out),
+        SqlExpr::BinaryOp {
+            left,
+            op: B::And,
+            right,
+        } => {
+            collect_filters(left, out)?;
+            collect_filters(right, out)
+        }
+        SqlExpr::BinaryOp { left, op, right } => {
+            let op = match op {
+                B::Eq => FilterOp::Eq,
+                B::NotEq => FilterOp::Ne,
+                B::Lt => FilterOp::Lt,
+                B::LtEq => FilterOp::Le,
+                B::Gt => FilterOp::Gt,
+                B::GtEq => FilterOp::Ge,
+                _ => return Err(unsupported()),
+            };
+            out.push((
+                column_name(left).ok_or_else(unsupported)?,
+                op,
+                vec![literal(right).ok_or_else(unsupported)?],
+            ));
+            Ok(())
+        }
+        SqlExpr::InList {
+            expr: e,
+            list,
+            negated,
+        } => {
+            let values = list
+                .iter()
+                .map(literal)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(unsupported)?;
+            out.push((
+                column_name(e).ok_or_else(unsupported)?,
+                if *negated {
+                    FilterOp::NotIn
+                } else {
+                    FilterOp::In
+                },
+                values,
+            ));
+            Ok(())
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+fn column_name(e: &SqlExpr) -> Option<String> {
+    match e {
+        SqlExpr::Identifier(i) => Some(i.value.to_lowercase()),
+        SqlExpr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_lowercase()),
+        _ => None,
+    }
+}
+
+fn literal(e: &SqlExpr) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::Value;
+    match e {
+        SqlExpr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+            Value::Number(n, _) => Some(n.clone()),
+            Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}

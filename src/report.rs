@@ -1,0 +1,181 @@
+//! Report: what a run did, per stage — for people (a table) and machines (JSON).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::exec::stages::StageMetrics;
+use crate::plan::{Plan, StageKind, StagePlan};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Succeeded,
+    Failed,
+    /// Running when the run was interrupted; aborted before committing.
+    Cancelled,
+    /// Never started because an earlier stage failed or the run was interrupted.
+    Skipped,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageReport {
+    pub name: String,
+    pub kind: StageKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    pub status: StageStatus,
+    /// Offsets from the start of the run, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wall_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<String>,
+    pub metrics: StageMetrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl StageReport {
+    pub fn new(
+        stage: &StagePlan,
+        result: Result<StageMetrics, String>,
+        started: Duration,
+        finished: Duration,
+    ) -> Self {
+        let (status, metrics, error) = match result {
+            Ok(m) => (StageStatus::Succeeded, m, None),
+            Err(e) => (StageStatus::Failed, StageMetrics::default(), Some(e)),
+        };
+        StageReport {
+            name: stage.name.clone(),
+            kind: stage.kind,
+            template: stage.template.clone(),
+            status,
+            started_ms: Some(ms(started)),
+            finished_ms: Some(ms(finished)),
+            wall_ms: Some(ms(finished.saturating_sub(started))),
+            writes: stage.writes.clone(),
+            metrics,
+            error,
+        }
+    }
+
+    pub fn not_run(stage: &StagePlan, status: StageStatus) -> Self {
+        StageReport {
+            name: stage.name.clone(),
+            kind: stage.kind,
+            template: stage.template.clone(),
+            status,
+            started_ms: None,
+            finished_ms: None,
+            wall_ms: None,
+            writes: stage.writes.clone(),
+            metrics: StageMetrics::default(),
+            error: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub status: StageStatus,
+    pub wall_ms: f64,
+    /// In execution order.
+    pub stages: Vec<StageReport>,
+}
+
+impl RunReport {
+    pub fn new(plan: &Plan, stages: Vec<StageReport>, wall: Duration) -> Self {
+        let status = if stages.iter().any(|s| s.status == StageStatus::Failed) {
+            StageStatus::Failed
+        } else if stages
+            .iter()
+            .any(|s| matches!(s.status, StageStatus::Cancelled | StageStatus::Skipped))
+        {
+            StageStatus::Cancelled
+        } else {
+            StageStatus::Succeeded
+        };
+        RunReport {
+            pipeline: plan.pipeline.clone(),
+            status,
+            wall_ms: ms(wall),
+            stages,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == StageStatus::Succeeded
+    }
+
+    pub fn failed_stage(&self) -> Option<&StageReport> {
+        self.stages.iter().find(|s| s.status == StageStatus::Failed)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("reports serialise") + "\n"
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "run of {}: {:?} in {:.3}s\n\n",
+            self.pipeline,
+            self.status,
+            self.wall_ms / 1e3
+        )
+        .to_lowercase();
+        let _ = writeln!(
+            out,
+            "{:<24} {:<22} {:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
+            "stage",
+            "kind",
+            "status",
+            "time s",
+            "rows out",
+            "inserted",
+            "updated",
+            "deleted",
+            "+files",
+            "-files",
+            "version"
+        );
+        let num = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+        for s in &self.stages {
+            let m = &s.metrics;
+            let _ = writeln!(
+                out,
+                "{:<24} {:<22} {:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
+                s.name,
+                s.kind.label(),
+                format!("{:?}", s.status).to_lowercase(),
+                s.wall_ms.map_or("-".into(), |w| format!("{:.3}", w / 1e3)),
+                num(m.rows_out),
+                num(m.rows_inserted),
+                num(m.rows_updated),
+                num(m.rows_deleted),
+                num(m.files_added),
+                num(m.files_removed),
+                m.version.map_or("-".into(), |v| v.to_string()),
+            );
+        }
+        for s in self.stages.iter().filter(|s| s.error.is_some()) {
+            let _ = writeln!(
+                out,
+                "\nstage {} failed: {}",
+                s.name,
+                s.error.as_deref().unwrap_or("")
+            );
+        }
+        out
+    }
+}
