@@ -114,3 +114,57 @@ fn regex_escape(s: &str) -> String {
     }
     out
 }
+
+/// Creates a Delta table at `path` holding `batch` (all of one schema).
+pub async fn create_table(
+    path: &Path,
+    batch: datafusion::arrow::array::RecordBatch,
+    partitions: &[&str],
+) -> deltalake::DeltaTable {
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    std::fs::create_dir_all(path).unwrap();
+    let kernel: deltalake::kernel::StructType = batch.schema().as_ref().try_into_kernel().unwrap();
+    let table = deltalake::operations::create::CreateBuilder::new()
+        .with_location(path.to_str().unwrap())
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(partitions.iter().map(|s| s.to_string()))
+        .await
+        .unwrap();
+    table
+        .write(vec![batch])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap()
+}
+
+/// Reads a table back through a fresh delta-rs load (not the write path) and
+/// renders `SELECT … FROM t ORDER BY …` as sorted text lines.
+pub async fn read_table(path: &Path, query: &str) -> Vec<String> {
+    let url = url::Url::from_directory_path(std::fs::canonicalize(path).unwrap()).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    text.lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+/// Number of data files in the table's current version.
+pub async fn file_count(path: &Path) -> usize {
+    let url = url::Url::from_directory_path(std::fs::canonicalize(path).unwrap()).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    table.snapshot().unwrap().log_data().num_files()
+}

@@ -5,3 +5,4 @@ mod common;
 mod diagnostics;
 mod plan_cli;
 mod planning;
+mod run;

@@ -1,0 +1,403 @@
+//! `sqlplan run` on temporary warehouses: writes read back through a fresh
+//! delta-rs load, concurrency, failures and drift.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use serde_json::Value;
+
+use crate::common::{create_table, file_count, read_table, Project};
+
+fn batch(ids: &[i64], values: &[&str], ds: &[&str]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, true),
+        Field::new("ds", DataType::Utf8, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(StringArray::from(values.to_vec())),
+            Arc::new(StringArray::from(ds.to_vec())),
+        ],
+    )
+    .unwrap()
+}
+
+fn report(project: &Project) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(project.path().join("report.json")).unwrap())
+        .unwrap()
+}
+
+fn stage<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+}
+
+const TABLES: &str = r#"tables:
+  target:
+    location: warehouse/target
+  changes:
+    location: warehouse/changes
+"#;
+
+#[tokio::test]
+async fn merge_updates_deletes_and_inserts() {
+    let pipeline = format!(
+        "name: m\n{TABLES}stages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id\n      WHEN MATCHED AND c.v = 'delete' THEN DELETE\n      WHEN MATCHED THEN UPDATE SET v = c.v\n      WHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)\n"
+    );
+    let project = Project::new(&[("pipeline.yaml", &pipeline)]);
+    create_table(
+        &project.warehouse().join("target"),
+        batch(&[1, 2, 3], &["a", "b", "c"], &["x", "x", "x"]),
+        &[],
+    )
+    .await;
+    create_table(
+        &project.warehouse().join("changes"),
+        batch(&[2, 3, 4], &["B", "delete", "D"], &["x", "x", "y"]),
+        &[],
+    )
+    .await;
+    let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        read_table(
+            &project.warehouse().join("target"),
+            "SELECT id, v FROM t ORDER BY id"
+        )
+        .await,
+        ["1,a", "2,B", "4,D"]
+    );
+    let r = report(&project);
+    let m = &stage(&r, "apply")["metrics"];
+    assert_eq!(
+        (
+            m["rows_inserted"].as_u64(),
+            m["rows_updated"].as_u64(),
+            m["rows_deleted"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(m["version"], 2);
+}
+
+#[tokio::test]
+async fn a_source_with_two_rows_for_one_key_fails_the_merge_and_names_the_key() {
+    let pipeline = format!(
+        "name: m\n{TABLES}stages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id\n      WHEN MATCHED THEN UPDATE SET v = c.v\n"
+    );
+    let project = Project::new(&[("pipeline.yaml", &pipeline)]);
+    create_table(
+        &project.warehouse().join("target"),
+        batch(&[1, 2], &["a", "b"], &["x", "x"]),
+        &[],
+    )
+    .await;
+    create_table(
+        &project.warehouse().join("changes"),
+        batch(&[2, 2], &["B1", "B2"], &["x", "x"]),
+        &[],
+    )
+    .await;
+    let out = project.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("stage `apply` failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("c.id = 2"),
+        "names the key: {}",
+        out.stderr
+    );
+    assert_eq!(
+        read_table(
+            &project.warehouse().join("target"),
+            "SELECT id, v FROM t ORDER BY id"
+        )
+        .await,
+        ["1,a", "2,b"],
+        "nothing written"
+    );
+}
+
+/// A materialized relation feeds two writers with the same rows: computed once.
+/// (`random()` would differ between two computations; as a view it does.)
+#[tokio::test]
+async fn a_materialized_relation_is_computed_once_for_all_readers() {
+    for (materialize, same) in [(true, true), (false, false)] {
+        let pipeline = format!(
+            r#"name: once
+tables:
+  src:
+    location: warehouse/src
+  a:
+    location: warehouse/a
+    schema: [{{name: id, type: BIGINT}}, {{name: r, type: DOUBLE}}]
+  b:
+    location: warehouse/b
+    schema: [{{name: id, type: BIGINT}}, {{name: r, type: DOUBLE}}]
+stages:
+  - name: rolled
+    query: SELECT id, random() AS r FROM src
+    materialize: {materialize}
+  - name: to_a
+    query: INSERT INTO a SELECT id, r FROM rolled
+  - name: to_b
+    query: INSERT INTO b SELECT id, r FROM rolled
+"#
+        );
+        let project = Project::new(&[("pipeline.yaml", &pipeline)]);
+        create_table(
+            &project.warehouse().join("src"),
+            batch(&[1, 2, 3], &["a", "b", "c"], &["x", "x", "x"]),
+            &[],
+        )
+        .await;
+        let out = project.sqlplan(&["run", "pipeline.yaml"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let a = read_table(
+            &project.warehouse().join("a"),
+            "SELECT id, r FROM t ORDER BY id",
+        )
+        .await;
+        let b = read_table(
+            &project.warehouse().join("b"),
+            "SELECT id, r FROM t ORDER BY id",
+        )
+        .await;
+        assert_eq!(a.len(), 3);
+        assert_eq!(a == b, same, "materialize={materialize}: {a:?} vs {b:?}");
+    }
+}
+
+#[tokio::test]
+async fn independent_stages_run_concurrently() {
+    let heavy = "SELECT sum(value % 7) AS s FROM generate_series(1, 30000000)";
+    let pipeline = format!(
+        "name: par\nstages:\n  - name: left\n    query: {heavy}\n    materialize: true\n  - name: right\n    query: {heavy}\n    materialize: true\n  - name: both\n    query: SELECT * FROM left JOIN right ON true\n    materialize: true\n"
+    );
+    let project = Project::new(&[("pipeline.yaml", &pipeline)]);
+    let interval = |r: &Value, s: &str| {
+        (
+            stage(r, s)["started_ms"].as_f64().unwrap(),
+            stage(r, s)["finished_ms"].as_f64().unwrap(),
+        )
+    };
+    let out = project.sqlplan(&[
+        "run",
+        "pipeline.yaml",
+        "--jobs",
+        "2",
+        "--report",
+        "report.json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = report(&project);
+    let (l, rt) = (interval(&r, "left"), interval(&r, "right"));
+    assert!(
+        l.0 < rt.1 && rt.0 < l.1,
+        "executions overlap: left {l:?} right {rt:?}"
+    );
+    assert!(
+        interval(&r, "both").0 >= l.1.max(rt.1),
+        "the reader starts after both"
+    );
+    let out = project.sqlplan(&[
+        "run",
+        "pipeline.yaml",
+        "--jobs",
+        "1",
+        "--report",
+        "report.json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = report(&project);
+    let (l, rt) = (interval(&r, "left"), interval(&r, "right"));
+    assert!(
+        l.1 <= rt.0 || rt.1 <= l.0,
+        "with --jobs 1 they do not overlap: {l:?} {rt:?}"
+    );
+}
+
+#[tokio::test]
+async fn append_and_partition_overwrite() {
+    let pipeline = r#"name: writes
+tables:
+  src:
+    location: warehouse/src
+  daily:
+    location: warehouse/daily
+stages:
+  - name: add
+    query: INSERT INTO daily SELECT id, v, ds FROM src WHERE ds = 'c'
+  - name: replace_b
+    query: INSERT OVERWRITE daily SELECT id, upper(v), ds FROM src WHERE ds = 'b'
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    create_table(
+        &project.warehouse().join("src"),
+        batch(&[10, 11, 12], &["n", "m", "k"], &["b", "b", "c"]),
+        &[],
+    )
+    .await;
+    create_table(
+        &project.warehouse().join("daily"),
+        batch(&[1, 2, 3], &["a", "b", "b2"], &["a", "b", "b"]),
+        &["ds"],
+    )
+    .await;
+    let out = project.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        read_table(
+            &project.warehouse().join("daily"),
+            "SELECT id, v, ds FROM t ORDER BY id"
+        )
+        .await,
+        ["1,a,a", "10,N,b", "11,M,b", "12,k,c"],
+        "partition a untouched, b replaced, c appended"
+    );
+}
+
+#[tokio::test]
+async fn optimize_compacts_a_partition() {
+    let pipeline = r#"name: opt
+tables:
+  src:
+    location: warehouse/src
+  daily:
+    location: warehouse/daily
+stages:
+  - name: add1
+    query: INSERT INTO daily SELECT id, v, ds FROM src
+  - name: add2
+    query: INSERT INTO daily SELECT id + 100, v, ds FROM src
+  - name: compact
+    optimize: {table: daily, where: "ds = 'a'"}
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    create_table(
+        &project.warehouse().join("src"),
+        batch(&[1, 2], &["x", "y"], &["a", "b"]),
+        &[],
+    )
+    .await;
+    create_table(
+        &project.warehouse().join("daily"),
+        batch(&[0], &["z"], &["a"]),
+        &["ds"],
+    )
+    .await;
+    assert_eq!(file_count(&project.warehouse().join("daily")).await, 1);
+    let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // ds=a had 3 files (initial + two appends) → 1; ds=b keeps its 2.
+    let r = report(&project);
+    let m = &stage(&r, "compact")["metrics"];
+    assert_eq!(
+        (m["files_removed"].as_u64(), m["files_added"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(file_count(&project.warehouse().join("daily")).await, 3);
+    assert_eq!(
+        read_table(&project.warehouse().join("daily"), "SELECT count(*) FROM t").await,
+        ["5"]
+    );
+}
+
+/// The plan binds to a schema; a table changed before the run starts is refused
+/// before anything is written.
+#[tokio::test]
+async fn schema_drift_and_missing_sources_stop_the_run_before_any_write() {
+    let pipeline = r#"name: drift
+vars:
+  warehouse: ./warehouse
+tables:
+  src:
+    location: "{{ warehouse }}/src"
+  out:
+    location: "{{ warehouse }}/out"
+    schema: [{name: id, type: BIGINT}]
+stages:
+  - name: copy
+    query: INSERT INTO out SELECT id FROM src
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    let src = project.warehouse().join("src");
+    create_table(&src, batch(&[1], &["x"], &["a"]), &[]).await;
+    let vars = [(
+        "warehouse".to_string(),
+        project.warehouse().display().to_string(),
+    )];
+    let plan = sqlplan::build_plan(
+        &project.path().join("pipeline.yaml"),
+        Some(project.path()),
+        &vars,
+    )
+    .await
+    .unwrap();
+    // The table is replaced by one with another schema.
+    std::fs::remove_dir_all(&src).unwrap();
+    let other = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)])),
+        vec![Arc::new(StringArray::from(vec!["1"]))],
+    )
+    .unwrap();
+    create_table(&src, other, &[]).await;
+    let err = sqlplan::exec::run(plan.clone(), &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains("schema drift in `src`"),
+        "{}",
+        err.message
+    );
+    assert_eq!(err.exit_code(), 1);
+    assert!(!project.warehouse().join("out").exists(), "nothing created");
+    std::fs::remove_dir_all(&src).unwrap();
+    let err = sqlplan::exec::run(plan, &Default::default())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("`src`"), "{}", err.message);
+    assert!(!project.warehouse().join("out").exists(), "nothing created");
+}
+
+#[tokio::test]
+async fn a_failing_stage_names_itself_and_skips_the_rest() {
+    let pipeline = r#"name: fail
+tables:
+  src:
+    location: warehouse/src
+  out:
+    location: warehouse/out
+    schema: [{name: id, type: BIGINT}]
+stages:
+  - name: boom
+    query: SELECT CAST(v AS BIGINT) AS id FROM src
+    materialize: true
+  - name: write
+    query: INSERT INTO out SELECT id FROM boom
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    create_table(
+        &project.warehouse().join("src"),
+        batch(&[1], &["not a number"], &["a"]),
+        &[],
+    )
+    .await;
+    let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("stage `boom` failed"), "{}", out.stderr);
+    let r = report(&project);
+    assert_eq!(stage(&r, "boom")["status"], "failed");
+    assert_eq!(stage(&r, "write")["status"], "skipped");
+}
