@@ -88,6 +88,8 @@ impl StageReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub pipeline: String,
+    /// The run number carried by this run's Delta commits (application transactions).
+    pub run_number: i64,
     pub status: StageStatus,
     pub wall_ms: f64,
     /// In execution order.
@@ -95,7 +97,7 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn new(plan: &Plan, stages: Vec<StageReport>, wall: Duration) -> Self {
+    pub fn new(plan: &Plan, run_number: i64, stages: Vec<StageReport>, wall: Duration) -> Self {
         let status = if stages.iter().any(|s| s.status == StageStatus::Failed) {
             StageStatus::Failed
         } else if stages
@@ -108,6 +110,7 @@ impl RunReport {
         };
         RunReport {
             pipeline: plan.pipeline.clone(),
+            run_number,
             status,
             wall_ms: ms(wall),
             stages,

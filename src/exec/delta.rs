@@ -159,12 +159,39 @@ fn normalize_for_delta(schema: &Schema) -> Schema {
     )
 }
 
-/// Every commit names the pipeline and stage that made it.
-pub fn commit_properties(pipeline: &str, stage: &str) -> CommitProperties {
-    CommitProperties::default().with_metadata([
-        ("sqlplan.pipeline".to_string(), serde_json::json!(pipeline)),
-        ("sqlplan.stage".to_string(), serde_json::json!(stage)),
-    ])
+/// The Delta application id of a stage's commits.
+pub fn app_id(pipeline: &str, stage: &str) -> String {
+    format!("sqlplan:{pipeline}:{stage}")
+}
+
+/// Every commit names the pipeline and stage that made it and carries an
+/// application transaction (app id, run number), so a later run can prove which
+/// writes of an interrupted run committed.
+pub fn commit_properties(pipeline: &str, stage: &str, run_number: i64) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transaction(deltalake::kernel::Transaction::new(
+            app_id(pipeline, stage),
+            run_number,
+        ))
+        .with_metadata([
+            ("sqlplan.pipeline".to_string(), serde_json::json!(pipeline)),
+            ("sqlplan.stage".to_string(), serde_json::json!(stage)),
+            ("sqlplan.run".to_string(), serde_json::json!(run_number)),
+        ])
+}
+
+/// The greatest run number any stage of the pipeline committed to `table`.
+pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i64>, String> {
+    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+    let mut last = None;
+    for id in app_ids {
+        let v = snapshot
+            .transaction_version(table.log_store().as_ref(), id)
+            .await
+            .map_err(|e| e.to_string())?;
+        last = last.max(v);
+    }
+    Ok(last)
 }
 
 /// `operationMetrics` of the table's latest commit (writes report no metrics value).

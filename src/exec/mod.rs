@@ -142,7 +142,12 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
             })
         })
         .collect();
-    Ok(RunReport::new(plan, stages, start.elapsed()))
+    Ok(RunReport::new(
+        plan,
+        executor.run_number,
+        stages,
+        start.elapsed(),
+    ))
 }
 
 /// Per-stage progress: spinners on a terminal, one log line per event otherwise.

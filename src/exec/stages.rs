@@ -39,8 +39,12 @@ pub struct StageMetrics {
     pub files_removed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_written: Option<u64>,
+    /// Delta files the stage's scans planned to read (MERGE: target files scanned).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files_scanned: Option<u64>,
+    /// Parquet bytes the stage's scans read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_scanned: Option<u64>,
     /// The Delta version this stage committed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
@@ -50,6 +54,8 @@ pub struct StageMetrics {
 /// is registered, and the latest handle of every Delta table.
 pub struct Executor {
     pub plan: Plan,
+    /// One more than the greatest run number this pipeline committed to its tables.
+    pub run_number: i64,
     pub ctx: SessionContext,
     tables: Mutex<BTreeMap<String, DeltaTable>>,
 }
@@ -65,12 +71,20 @@ impl Executor {
     pub async fn new(plan: Plan) -> StageResult<Self> {
         let tables = delta::open_tables(&plan).await?;
         let ctx = crate::session::new_context();
+        let app_ids: Vec<String> = plan
+            .stages
+            .iter()
+            .map(|s| delta::app_id(&plan.pipeline, &s.name))
+            .collect();
+        let mut last = None;
         for (name, table) in &tables {
             ctx.register_table(name.as_str(), table.table_provider().await.map_err(df_err)?)
                 .map_err(df_err)?;
+            last = last.max(delta::last_run(table, &app_ids).await?);
         }
         Ok(Executor {
             plan,
+            run_number: last.unwrap_or(0) + 1,
             ctx,
             tables: Mutex::new(tables),
         })
@@ -117,7 +131,7 @@ impl Executor {
     async fn materialize(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
         let df = self.ctx.sql(sql).await.map_err(df_err)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(df_err)?;
+        let (batches, scan) = collect_with_scan_metrics(df).await?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let table = MemTable::try_new(schema, vec![batches]).map_err(df_err)?;
         self.ctx
@@ -125,6 +139,8 @@ impl Executor {
             .map_err(df_err)?;
         Ok(StageMetrics {
             rows_out: Some(rows),
+            files_scanned: scan.files,
+            bytes_scanned: scan.bytes,
             ..Default::default()
         })
     }
@@ -147,7 +163,7 @@ impl Executor {
         let table = self.table(&target).await?;
         let df = self.ctx.sql(&source).await.map_err(df_err)?;
         let df = conform(df, &table, &columns)?;
-        let batches = df.collect().await.map_err(df_err)?;
+        let (batches, scan) = collect_with_scan_metrics(df).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let partitions = table
             .snapshot()
@@ -155,9 +171,14 @@ impl Executor {
             .metadata()
             .partition_columns()
             .to_vec();
-        let mut write = table
-            .write(batches.clone())
-            .with_commit_properties(delta::commit_properties(&self.plan.pipeline, &stage.name));
+        let mut write =
+            table
+                .write(batches.clone())
+                .with_commit_properties(delta::commit_properties(
+                    &self.plan.pipeline,
+                    &stage.name,
+                    self.run_number,
+                ));
         if stage.kind == StageKind::InsertOverwrite {
             write = write.with_save_mode(SaveMode::Overwrite);
             if !partitions.is_empty() {
@@ -184,6 +205,8 @@ impl Executor {
             files_added: metric(&m, "num_added_files"),
             files_removed: metric(&m, "num_removed_files"),
             bytes_written: metric(&m, "num_added_bytes"),
+            files_scanned: scan.files,
+            bytes_scanned: scan.bytes,
             version,
             ..Default::default()
         })
@@ -234,7 +257,11 @@ impl Executor {
             .with_target_alias(&target)
             .with_source_alias(&source_alias)
             .with_session_state(Arc::new(state))
-            .with_commit_properties(delta::commit_properties(&self.plan.pipeline, &stage.name));
+            .with_commit_properties(delta::commit_properties(
+                &self.plan.pipeline,
+                &stage.name,
+                self.run_number,
+            ));
         for clause in op.clauses {
             let pred = clause.predicate;
             mb = match (clause.kind.canonical(), clause.action) {
@@ -319,7 +346,11 @@ impl Executor {
         let mut op = table
             .delete()
             .with_session_state(Arc::new(self.ctx.state()))
-            .with_commit_properties(delta::commit_properties(&self.plan.pipeline, &stage.name));
+            .with_commit_properties(delta::commit_properties(
+                &self.plan.pipeline,
+                &stage.name,
+                self.run_number,
+            ));
         if let Some(selection) = &delete.selection {
             op = op.with_predicate(selection.to_string());
         }
@@ -337,7 +368,7 @@ impl Executor {
     async fn maintain(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
         let target = stage.writes.clone().ok_or("maintenance without a table")?;
         let table = self.table(&target).await?;
-        let props = delta::commit_properties(&self.plan.pipeline, &stage.name);
+        let props = delta::commit_properties(&self.plan.pipeline, &stage.name, self.run_number);
         match stage
             .maintenance
             .as_ref()
@@ -412,6 +443,38 @@ impl Executor {
             }
         }
     }
+}
+
+#[derive(Default)]
+struct ScanStats {
+    files: Option<u64>,
+    bytes: Option<u64>,
+}
+
+/// Executes a query keeping its physical plan, whose scan nodes carry the metrics:
+/// files chosen from the Delta log (`count_files_scanned`) and Parquet bytes read.
+async fn collect_with_scan_metrics(df: DataFrame) -> StageResult<(Vec<RecordBatch>, ScanStats)> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await.map_err(df_err)?;
+    let batches = datafusion::physical_plan::collect(plan.clone(), task)
+        .await
+        .map_err(df_err)?;
+    let mut stats = ScanStats::default();
+    let _ = plan.apply(|node| {
+        if let Some(m) = node.metrics() {
+            if let Some(files) = m.sum_by_name("count_files_scanned") {
+                *stats.files.get_or_insert(0) += files.as_usize() as u64;
+            }
+            if node.name() == "DataSourceExec" {
+                if let Some(bytes) = m.sum_by_name("bytes_scanned") {
+                    *stats.bytes.get_or_insert(0) += bytes.as_usize() as u64;
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    Ok((batches, stats))
 }
 
 fn parse_one(sql: &str) -> StageResult<Statement> {

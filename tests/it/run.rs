@@ -401,3 +401,50 @@ stages:
     assert_eq!(stage(&r, "boom")["status"], "failed");
     assert_eq!(stage(&r, "write")["status"], "skipped");
 }
+
+/// Each commit carries an application transaction; the run number grows per run.
+#[tokio::test]
+async fn commits_carry_the_run_number_and_scans_are_measured() {
+    let pipeline = r#"name: txn
+tables:
+  src:
+    location: warehouse/src
+  out:
+    location: warehouse/out
+    schema: [{name: id, type: BIGINT}]
+stages:
+  - name: picked
+    query: SELECT id FROM src WHERE id > 1
+    materialize: true
+  - name: copy
+    query: INSERT INTO out SELECT id FROM picked
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    create_table(
+        &project.warehouse().join("src"),
+        batch(&[1, 2, 3], &["a", "b", "c"], &["x", "x", "x"]),
+        &[],
+    )
+    .await;
+    for expected in [1, 2] {
+        let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let r = report(&project);
+        assert_eq!(r["run_number"], expected);
+        let picked = &stage(&r, "picked")["metrics"];
+        assert_eq!(picked["files_scanned"], 1);
+        assert!(picked["bytes_scanned"].as_u64().unwrap() > 0);
+    }
+    let url = url::Url::from_directory_path(
+        std::fs::canonicalize(project.warehouse().join("out")).unwrap(),
+    )
+    .unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let v = table
+        .snapshot()
+        .unwrap()
+        .transaction_version(table.log_store().as_ref(), "sqlplan:txn:copy")
+        .await
+        .unwrap();
+    assert_eq!(v, Some(2));
+}
