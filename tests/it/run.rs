@@ -448,3 +448,51 @@ stages:
         .unwrap();
     assert_eq!(v, Some(2));
 }
+
+/// Ctrl-C while a stage computes: the run stops, exit 1, and nothing is committed.
+#[tokio::test]
+async fn an_interrupt_cancels_running_stages_without_committing() {
+    let pipeline = r#"name: long
+tables:
+  out:
+    location: warehouse/out
+    schema: [{name: s, type: BIGINT}]
+stages:
+  - name: slow
+    query: INSERT INTO out SELECT sum(value % 7) FROM generate_series(1, 20000000000)
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        .args(["run", "pipeline.yaml", "--report", "report.json"])
+        .current_dir(project.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the table exists (created before any stage starts), then interrupt.
+    let log = project.warehouse().join("out/_delta_log");
+    for _ in 0..200 {
+        if log.is_dir() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let r = report(&project);
+    assert_eq!(stage(&r, "slow")["status"], "cancelled");
+    // Version 0 is the creation; no data commit followed.
+    let url = url::Url::from_directory_path(
+        std::fs::canonicalize(project.warehouse().join("out")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(deltalake::open_table(url).await.unwrap().version(), Some(0));
+}
