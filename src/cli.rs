@@ -67,6 +67,10 @@ pub enum Command {
         /// Also write the report as JSON to this file.
         #[arg(long, value_name = "FILE.json")]
         report: Option<PathBuf>,
+        /// Materialized relations larger than this many bytes in memory are spilled
+        /// to local Parquet files (removed after the run).
+        #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
+        spill_threshold: u64,
     },
     /// Draw the stage dependency graph (edges labelled with their hazards).
     #[command(
@@ -158,10 +162,14 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             input,
             jobs,
             report,
+            spill_threshold,
         } => {
             let plan =
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
-            let mut options = crate::exec::RunOptions::default();
+            let mut options = crate::exec::RunOptions {
+                spill_threshold,
+                ..Default::default()
+            };
             if let Some(j) = jobs {
                 options.jobs = j.max(1);
             }

@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Live progress bars (on a terminal) instead of log lines.
     pub progress: bool,
+    /// Materialized relations larger than this (bytes in memory) spill to local Parquet.
+    pub spill_threshold: u64,
 }
 
 impl Default for RunOptions {
@@ -33,6 +35,7 @@ impl Default for RunOptions {
         RunOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: std::io::stderr().is_terminal(),
+            spill_threshold: 2 << 30,
         }
     }
 }
@@ -48,7 +51,7 @@ struct Finished {
 /// report with `failed` status (the caller exits 1), not an `Err`.
 pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem> {
     let executor = Arc::new(
-        Executor::new(plan)
+        Executor::new(plan, options.spill_threshold)
             .await
             .map_err(|e| Problem::failed("run_setup", e).help("nothing was written"))?,
     );

@@ -45,6 +45,9 @@ pub struct StageMetrics {
     /// Parquet bytes the stage's scans read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_scanned: Option<u64>,
+    /// Size of the local Parquet file a large materialized relation was spilled to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spilled_bytes: Option<u64>,
     /// The Delta version this stage committed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
@@ -57,6 +60,10 @@ pub struct Executor {
     /// One more than the greatest run number this pipeline committed to its tables.
     pub run_number: i64,
     pub ctx: SessionContext,
+    /// Materialized relations larger than this many bytes are spilled to disk.
+    spill_threshold: u64,
+    /// Where they go; removed with the executor.
+    spill_dir: tempfile::TempDir,
     tables: Mutex<BTreeMap<String, DeltaTable>>,
 }
 
@@ -68,7 +75,7 @@ fn df_err(e: impl std::fmt::Display) -> String {
 }
 
 impl Executor {
-    pub async fn new(plan: Plan) -> StageResult<Self> {
+    pub async fn new(plan: Plan, spill_threshold: u64) -> StageResult<Self> {
         let tables = delta::open_tables(&plan).await?;
         let ctx = crate::session::new_context();
         let app_ids: Vec<String> = plan
@@ -85,6 +92,11 @@ impl Executor {
         Ok(Executor {
             plan,
             run_number: last.unwrap_or(0) + 1,
+            spill_threshold,
+            spill_dir: tempfile::Builder::new()
+                .prefix("sqlplan-spill")
+                .tempdir()
+                .map_err(|e| format!("cannot create a spill directory: {e}"))?,
             ctx,
             tables: Mutex::new(tables),
         })
@@ -127,22 +139,82 @@ impl Executor {
         }
     }
 
-    /// Computed once, held in memory; every reader scans the result.
+    /// Computed once; every reader scans the result: held in memory, or spilled to
+    /// local Parquet once it grows past the spill threshold.
     async fn materialize(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        use futures::StreamExt;
         let df = self.ctx.sql(sql).await.map_err(df_err)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let (batches, scan) = collect_with_scan_metrics(df).await?;
-        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let table = MemTable::try_new(schema, vec![batches]).map_err(df_err)?;
-        self.ctx
-            .register_table(stage.name.as_str(), Arc::new(table))
-            .map_err(df_err)?;
+        let task = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.map_err(df_err)?;
+        let mut stream =
+            datafusion::physical_plan::execute_stream(plan.clone(), task).map_err(df_err)?;
+        let (mut held, mut held_bytes, mut rows) = (Vec::new(), 0usize, 0u64);
+        let mut spill: Option<(
+            std::path::PathBuf,
+            datafusion::parquet::arrow::ArrowWriter<std::fs::File>,
+        )> = None;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(df_err)?;
+            rows += batch.num_rows() as u64;
+            match &mut spill {
+                Some((_, writer)) => writer.write(&batch).map_err(df_err)?,
+                None => {
+                    held_bytes += batch.get_array_memory_size();
+                    held.push(batch);
+                    if held_bytes as u64 > self.spill_threshold {
+                        let (path, mut writer) = self.spill_writer(&stage.name, schema.clone())?;
+                        for b in held.drain(..) {
+                            writer.write(&b).map_err(df_err)?;
+                        }
+                        spill = Some((path, writer));
+                    }
+                }
+            }
+        }
+        let scan = scan_stats(&plan);
+        let spilled_bytes = match spill {
+            Some((path, writer)) => {
+                writer.close().map_err(df_err)?;
+                let bytes = std::fs::metadata(&path).map_err(df_err)?.len();
+                let options = datafusion::prelude::ParquetReadOptions::default();
+                self.ctx
+                    .register_parquet(stage.name.as_str(), path.to_string_lossy(), options)
+                    .await
+                    .map_err(df_err)?;
+                Some(bytes)
+            }
+            None => {
+                let table = MemTable::try_new(schema, vec![held]).map_err(df_err)?;
+                self.ctx
+                    .register_table(stage.name.as_str(), Arc::new(table))
+                    .map_err(df_err)?;
+                None
+            }
+        };
         Ok(StageMetrics {
             rows_out: Some(rows),
             files_scanned: scan.files,
             bytes_scanned: scan.bytes,
+            spilled_bytes,
             ..Default::default()
         })
+    }
+
+    fn spill_writer(
+        &self,
+        name: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+    ) -> StageResult<(
+        std::path::PathBuf,
+        datafusion::parquet::arrow::ArrowWriter<std::fs::File>,
+    )> {
+        let path = self.spill_dir.path().join(format!("{name}.parquet"));
+        let file = std::fs::File::create(&path)
+            .map_err(|e| format!("cannot spill to {}: {e}", path.display()))?;
+        let writer =
+            datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(df_err)?;
+        Ok((path, writer))
     }
 
     async fn insert(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
@@ -454,12 +526,18 @@ struct ScanStats {
 /// Executes a query keeping its physical plan, whose scan nodes carry the metrics:
 /// files chosen from the Delta log (`count_files_scanned`) and Parquet bytes read.
 async fn collect_with_scan_metrics(df: DataFrame) -> StageResult<(Vec<RecordBatch>, ScanStats)> {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let task = Arc::new(df.task_ctx());
     let plan = df.create_physical_plan().await.map_err(df_err)?;
     let batches = datafusion::physical_plan::collect(plan.clone(), task)
         .await
         .map_err(df_err)?;
+    Ok((batches, scan_stats(&plan)))
+}
+
+/// Scan metrics of an executed physical plan: files chosen from the Delta log
+/// (`count_files_scanned`) and Parquet bytes read.
+fn scan_stats(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> ScanStats {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut stats = ScanStats::default();
     let _ = plan.apply(|node| {
         if let Some(m) = node.metrics() {
@@ -474,7 +552,7 @@ async fn collect_with_scan_metrics(df: DataFrame) -> StageResult<(Vec<RecordBatc
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    Ok((batches, stats))
+    stats
 }
 
 fn parse_one(sql: &str) -> StageResult<Statement> {

@@ -133,7 +133,12 @@ async fn a_source_with_two_rows_for_one_key_fails_the_merge_and_names_the_key() 
 /// (`random()` would differ between two computations; as a view it does.)
 #[tokio::test]
 async fn a_materialized_relation_is_computed_once_for_all_readers() {
-    for (materialize, same) in [(true, true), (false, false)] {
+    // (materialize, spill threshold, the readers see the same rows, spilled)
+    for (materialize, threshold, same, spilled) in [
+        (true, "1000000", true, false),
+        (true, "0", true, true),
+        (false, "0", false, false),
+    ] {
         let pipeline = format!(
             r#"name: once
 tables:
@@ -162,8 +167,21 @@ stages:
             &[],
         )
         .await;
-        let out = project.sqlplan(&["run", "pipeline.yaml"]);
+        let out = project.sqlplan(&[
+            "run",
+            "pipeline.yaml",
+            "--spill-threshold",
+            threshold,
+            "--report",
+            "report.json",
+        ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
+        let r = report(&project);
+        assert_eq!(
+            stage(&r, "rolled")["metrics"]["spilled_bytes"].is_u64(),
+            spilled,
+            "{r}"
+        );
         let a = read_table(
             &project.warehouse().join("a"),
             "SELECT id, r FROM t ORDER BY id",
