@@ -65,6 +65,8 @@ pub struct Executor {
     /// Where they go; removed with the executor.
     spill_dir: tempfile::TempDir,
     tables: Mutex<BTreeMap<String, DeltaTable>>,
+    /// Views registered so far (re-planned after commits to what they read).
+    views: Mutex<Vec<String>>,
 }
 
 type StageResult<T> = Result<T, String>;
@@ -99,6 +101,7 @@ impl Executor {
                 .map_err(|e| format!("cannot create a spill directory: {e}"))?,
             ctx,
             tables: Mutex::new(tables),
+            views: Mutex::new(Vec::new()),
         })
     }
 
@@ -118,7 +121,52 @@ impl Executor {
         self.ctx.deregister_table(name).map_err(df_err)?;
         self.ctx.register_table(name, provider).map_err(df_err)?;
         self.tables.lock().await.insert(name.to_string(), table);
+        self.refresh_views(name).await?;
         Ok(version)
+    }
+
+    /// A view is evaluated by its readers, so after a commit to a table it reads
+    /// (directly or through other views) it is planned again on the new version.
+    /// No stage can be reading it meanwhile: such a reader would have a hazard with
+    /// the writer that just committed.
+    async fn refresh_views(&self, table: &str) -> StageResult<()> {
+        let mut views: Vec<&StagePlan> = {
+            let registered = self.views.lock().await;
+            self.plan
+                .stages
+                .iter()
+                .filter(|s| registered.contains(&s.name))
+                .collect()
+        };
+        views.sort_by_key(|s| s.index);
+        for view in views {
+            if self.reads_through_views(view, table) {
+                let df = self
+                    .ctx
+                    .sql(view.sql.as_deref().unwrap_or(""))
+                    .await
+                    .map_err(df_err)?;
+                self.ctx
+                    .deregister_table(view.name.as_str())
+                    .map_err(df_err)?;
+                self.ctx
+                    .register_table(view.name.as_str(), df.into_view())
+                    .map_err(df_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reads_through_views(&self, stage: &StagePlan, table: &str) -> bool {
+        stage.reads.iter().any(|r| {
+            r == table
+                || self
+                    .plan
+                    .stages
+                    .iter()
+                    .find(|s| &s.name == r && s.kind == StageKind::View)
+                    .is_some_and(|v| self.reads_through_views(v, table))
+        })
     }
 
     pub async fn run_stage(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
@@ -129,6 +177,7 @@ impl Executor {
                 self.ctx
                     .register_table(stage.name.as_str(), df.into_view())
                     .map_err(df_err)?;
+                self.views.lock().await.push(stage.name.clone());
                 Ok(StageMetrics::default())
             }
             StageKind::Materialized => self.materialize(stage, sql).await,

@@ -514,3 +514,41 @@ stages:
     .unwrap();
     assert_eq!(deltalake::open_table(url).await.unwrap().version(), Some(0));
 }
+
+/// Program order: a view read after a write to its table sees the write, as if the
+/// stages ran one by one.
+#[tokio::test]
+async fn a_view_read_after_a_write_sees_the_write() {
+    let pipeline = r#"name: order
+tables:
+  src:
+    location: warehouse/src
+  out:
+    location: warehouse/out
+    schema: [{name: id, type: BIGINT}]
+stages:
+  - name: ids
+    query: SELECT id FROM src
+  - name: grow
+    query: INSERT INTO src SELECT id + 10, v, ds FROM src
+  - name: copy
+    query: INSERT INTO out SELECT id FROM ids
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    create_table(
+        &project.warehouse().join("src"),
+        batch(&[1, 2], &["a", "b"], &["x", "x"]),
+        &[],
+    )
+    .await;
+    let out = project.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        read_table(
+            &project.warehouse().join("out"),
+            "SELECT id FROM t ORDER BY id"
+        )
+        .await,
+        ["1", "2", "11", "12"]
+    );
+}
