@@ -852,6 +852,18 @@ pub fn known_relations(spec: &PipelineSpec) -> BTreeSet<String> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Whatever the file holds, loading it gives a value or a diagnostic.
+        #[test]
+        fn loading_never_panics(text in "(name|stages|vars|tables|sql|query|after|materialize|optimize|location|: |- |\\[|\\]|\\{|\\}|\\n|  |'|\"|x|1|é|#|\\|)*") {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.yaml");
+            std::fs::write(&path, &text).unwrap();
+            let _ = load(&path, Some(dir.path()), &[("x".into(), "1".into())]);
+        }
+    }
+
     #[test]
     fn plain_scalars_are_coerced_quoted_are_not() {
         let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);

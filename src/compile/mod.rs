@@ -126,7 +126,8 @@ fn find_token(
     if token.is_empty() {
         return None;
     }
-    let needle = token.to_lowercase();
+    // ASCII case folding keeps byte offsets valid in `text`.
+    let needle = token.to_ascii_lowercase();
     for delta in [0isize, -1, 1, -2, 2, -3, 3] {
         let l = line as isize + delta;
         if l < 1 {
@@ -135,7 +136,7 @@ fn find_token(
         let Some(text) = template.line(l as usize) else {
             continue;
         };
-        let lower = text.to_lowercase();
+        let lower = text.to_ascii_lowercase();
         let mut from = 0;
         while let Some(pos) = lower[from..].find(&needle) {
             let start = from + pos;

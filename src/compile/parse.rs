@@ -178,9 +178,11 @@ fn relation(stage: &StageSql<'_>, name: &ObjectName) -> Result<RelationRef> {
             .problem_at("qualified_name", format!("`{written}`: qualified names are not supported"), loc.line as usize, loc.column as usize, Some(&written), "qualified name")
             .help("refer to a table by its name under `tables:` in the pipeline, and to an earlier SELECT stage by the stage name"));
     }
-    let ident = name.0[0]
-        .as_ident()
-        .expect("single-part names are identifiers");
+    let Some(ident) = name.0[0].as_ident() else {
+        return Err(stage
+            .problem_at("bad_relation", format!("`{written}` is not a relation name"), loc.line as usize, loc.column as usize, Some(&written), "not a name")
+            .help("refer to a table by its name under `tables:`, or to an earlier SELECT stage by its name"));
+    };
     // DataFusion folds unquoted identifiers to lower case; do the same.
     let normalized = if ident.quote_style.is_some() {
         ident.value.clone()
