@@ -3,7 +3,9 @@
 
 use crate::common::{repo, settings, sqlplan_in};
 
-fn plan_example(args: &[&str]) -> String {
+/// Runs `sqlplan ARGS[0] pipelines/examples/orders.yaml --var warehouse=TMP ARGS[1..]`
+/// and checks it wrote nothing; returns stdout and the warehouse (for masking).
+fn plan_example(args: &[&str]) -> (String, tempfile::TempDir) {
     let wh = tempfile::tempdir().unwrap();
     let var = format!("warehouse={}", wh.path().display());
     let mut all = vec![args[0], "pipelines/examples/orders.yaml", "--var", &var];
@@ -15,47 +17,26 @@ fn plan_example(args: &[&str]) -> String {
         0,
         "plan wrote into the warehouse"
     );
-    let mut s = settings(Some(wh.path()));
-    s.set_description(all.join(" "));
-    s.bind(|| out.stdout.clone())
+    (out.stdout, wh)
 }
 
 #[test]
 fn example_plan_text() {
-    let wh = tempfile::tempdir().unwrap();
-    let var = format!("warehouse={}", wh.path().display());
-    let out = sqlplan_in(
-        &repo(),
-        &["plan", "pipelines/examples/orders.yaml", "--var", &var],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_example_text", out.stdout));
+    let (out, wh) = plan_example(&["plan"]);
+    settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_example_text", out));
 }
 
 #[test]
 fn example_plan_json() {
-    let wh = tempfile::tempdir().unwrap();
-    let var = format!("warehouse={}", wh.path().display());
-    let out = sqlplan_in(
-        &repo(),
-        &[
-            "plan",
-            "pipelines/examples/orders.yaml",
-            "--var",
-            &var,
-            "--format",
-            "json",
-        ],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("valid JSON");
+    let (out, wh) = plan_example(&["plan", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
     assert_eq!(json["levels"][0][0], "day_orders");
-    settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_example_json", out.stdout));
+    settings(Some(wh.path())).bind(|| insta::assert_snapshot!("plan_example_json", out));
 }
 
 #[test]
 fn example_plan_explain_shows_logical_plans() {
-    let out = plan_example(&["plan", "--explain"]);
+    let (out, _wh) = plan_example(&["plan", "--explain"]);
     assert!(out.contains("logical plan:"), "{out}");
     assert!(out.contains("TableScan: orders"), "{out}");
 }
@@ -88,8 +69,8 @@ fn plan_output_is_byte_identical_across_runs() {
 
 #[test]
 fn example_graphs() {
-    let mermaid = plan_example(&["graph"]);
-    let dot = plan_example(&["graph", "--format", "dot"]);
+    let (mermaid, _) = plan_example(&["graph"]);
+    let (dot, _) = plan_example(&["graph", "--format", "dot"]);
     assert!(mermaid.starts_with("flowchart TD"));
     assert!(dot.starts_with("digraph"));
     settings(None).bind(|| {
