@@ -142,6 +142,9 @@ pub enum Access {
     Statistics,
     /// MERGE target: delta-rs skips files outside the source's key range.
     KeyRange,
+    /// Joined with a materialized relation: its key bounds become literal
+    /// predicates on this scan at run time, so Delta skips files and partitions.
+    Bounds,
 }
 
 impl Access {
@@ -155,6 +158,7 @@ impl Access {
             Access::Partitions => "pruned by partition",
             Access::Statistics => "pruned by file statistics",
             Access::KeyRange => "merge target, pruned by source key range",
+            Access::Bounds => "pruned by key bounds of a materialized relation",
         }
     }
 }

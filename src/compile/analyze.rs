@@ -9,6 +9,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, WriteOp};
 use super::bind::BoundStage;
 use super::catalog::TableInfo;
 use super::dag::{Dag, StageAccess};
+use super::drivers::{self, Catalog};
 use crate::diag::{did_you_mean, Problem, Result};
 use crate::plan::{
     Access, ColumnPlan, Dependency, Plan, ScanPlan, StageKind, StagePlan, TablePlan, TableScans,
@@ -231,6 +232,23 @@ fn scans(
         .filter(|(_, b)| b.kind == StageKind::View)
         .map(|(i, _)| spec.stages[i].name.value.clone())
         .collect();
+    let partitions: BTreeMap<String, Vec<String>> = tables
+        .iter()
+        .map(|(n, t)| (n.clone(), t.partition_columns.clone()))
+        .collect();
+    let materialized: BTreeSet<String> = bound
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.kind == StageKind::Materialized)
+        .map(|(i, _)| spec.stages[i].name.value.clone())
+        .collect();
+    let walk = ScanWalk {
+        views: &views,
+        catalog: Catalog {
+            tables: &partitions,
+            materialized: &materialized,
+        },
+    };
     let mut per_table: BTreeMap<String, Vec<ScanPlan>> =
         tables.keys().map(|t| (t.clone(), Vec::new())).collect();
     for (i, b) in bound.iter().enumerate() {
@@ -240,24 +258,33 @@ fn scans(
         let Some(lp) = &b.logical else { continue };
         let stage = &spec.stages[i].name.value;
         let mut found = Vec::new();
-        collect_scans(lp, None, &views, &mut found);
-        for (table, via, access, columns, filters) in found {
-            let Some(info) = tables.get(&table) else {
+        walk.collect(lp, None, None, &mut found);
+        for f in found {
+            let Some(info) = tables.get(&f.table) else {
                 continue;
             };
-            let access = match access {
-                Some(Access::KeyRange) => merge_target_access(&table, &filters, info),
+            let mut access = match f.access {
+                Some(Access::KeyRange) => merge_target_access(&f.table, &f.filters, info),
                 Some(a) => a,
-                None => classify(&filters, info),
+                None => classify(&f.filters, info),
             };
-            let filters = filters.iter().map(sql_text).collect();
-            per_table.get_mut(&table).expect("declared").push(ScanPlan {
-                stage: stage.clone(),
-                via,
-                access,
-                columns,
-                filters,
-            });
+            let mut filters: Vec<String> = f.filters.iter().map(sql_text).collect();
+            if let Some(bound) = f.driven_by {
+                if access != Access::Partitions {
+                    access = Access::Bounds;
+                }
+                filters.push(format!("{bound} (literal at run time)"));
+            }
+            per_table
+                .get_mut(&f.table)
+                .expect("declared")
+                .push(ScanPlan {
+                    stage: stage.clone(),
+                    via: f.via,
+                    access,
+                    columns: f.columns,
+                    filters,
+                });
         }
     }
     let mut out = Vec::new();
@@ -288,62 +315,102 @@ fn scans(
     Ok(out)
 }
 
-type FoundScan = (
-    String,
-    Option<String>,
-    Option<Access>,
-    Vec<String>,
-    Vec<Expr>,
-);
+/// A scan found in a stage's plan, before classification.
+struct FoundScan {
+    table: String,
+    via: Option<String>,
+    access: Option<Access>,
+    columns: Vec<String>,
+    filters: Vec<Expr>,
+    /// At run time, literal bounds from this relation column (see `drivers`).
+    driven_by: Option<String>,
+}
 
-fn collect_scans(
-    plan: &LogicalPlan,
-    via: Option<&str>,
-    views: &BTreeSet<String>,
-    out: &mut Vec<FoundScan>,
-) {
-    let mut via = via.map(str::to_string);
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            let columns = scan
-                .projected_schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
-            out.push((
-                scan.table_name.table().to_string(),
-                via.clone(),
-                None,
-                columns,
-                scan.filters.clone(),
-            ));
-        }
-        LogicalPlan::SubqueryAlias(alias) if views.contains(alias.alias.table()) => {
-            via = Some(alias.alias.table().to_string())
-        }
-        LogicalPlan::Dml(dml) => {
-            if let WriteOp::MergeInto(op) = &dml.op {
-                // delta-rs scans the MERGE target itself: literal partition predicates
-                // in ON prune partitions; otherwise files outside the source key range.
-                out.push((
-                    dml.table_name.table().to_string(),
-                    None,
-                    Some(Access::KeyRange),
-                    Vec::new(),
-                    vec![op.on.clone()],
-                ));
+struct ScanWalk<'a> {
+    views: &'a BTreeSet<String>,
+    catalog: Catalog<'a>,
+}
+
+impl ScanWalk<'_> {
+    fn collect(
+        &self,
+        plan: &LogicalPlan,
+        via: Option<&str>,
+        driven_by: Option<&str>,
+        out: &mut Vec<FoundScan>,
+    ) {
+        let mut via = via.map(str::to_string);
+        match plan {
+            LogicalPlan::TableScan(scan) => out.push(FoundScan {
+                table: scan.table_name.table().to_string(),
+                via: via.clone(),
+                access: None,
+                columns: scan
+                    .projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+                filters: scan.filters.clone(),
+                driven_by: driven_by.map(str::to_string),
+            }),
+            LogicalPlan::SubqueryAlias(alias) if self.views.contains(alias.alias.table()) => {
+                via = Some(alias.alias.table().to_string())
             }
+            LogicalPlan::Dml(dml) => {
+                if let WriteOp::MergeInto(op) = &dml.op {
+                    // delta-rs scans the MERGE target itself: literal partition predicates
+                    // in ON prune partitions; otherwise files outside the source key range.
+                    out.push(FoundScan {
+                        table: dml.table_name.table().to_string(),
+                        via: None,
+                        access: Some(Access::KeyRange),
+                        columns: Vec::new(),
+                        filters: vec![op.on.clone()],
+                        driven_by: None,
+                    });
+                }
+            }
+            LogicalPlan::Join(join) => {
+                let (mut left, mut right): (Vec<String>, Vec<String>) = (
+                    driven_by.into_iter().map(str::to_string).collect(),
+                    driven_by.into_iter().map(str::to_string).collect(),
+                );
+                for d in drivers::eligible(join, &self.catalog) {
+                    let how = if d.partition {
+                        "IN (values of"
+                    } else {
+                        "BETWEEN min and max of"
+                    };
+                    let close = if d.partition { ")" } else { "" };
+                    let text = |key: &Expr| {
+                        format!(
+                            "{} {how} {}.{}{close}",
+                            sql_text(key),
+                            d.driver.relation,
+                            d.driver.column
+                        )
+                    };
+                    match &d.side {
+                        drivers::Side::Left(key) => left.push(text(key)),
+                        drivers::Side::Right(key) => right.push(text(key)),
+                    }
+                }
+                let joined = |v: Vec<String>| (!v.is_empty()).then(|| v.join(" AND "));
+                self.collect(&join.left, via.as_deref(), joined(left).as_deref(), out);
+                self.collect(&join.right, via.as_deref(), joined(right).as_deref(), out);
+                return;
+            }
+            _ => {}
         }
-        _ => {}
+        for input in plan.inputs() {
+            self.collect(input, via.as_deref(), driven_by, out);
+        }
+        let _ = plan.apply_subqueries(|sub| {
+            self.collect(sub, via.as_deref(), driven_by, out);
+            Ok(TreeNodeRecursion::Continue)
+        });
     }
-    for input in plan.inputs() {
-        collect_scans(input, via.as_deref(), views, out);
-    }
-    let _ = plan.apply_subqueries(|sub| {
-        collect_scans(sub, via.as_deref(), views, out);
-        Ok(TreeNodeRecursion::Continue)
-    });
 }
 
 /// Full unless a filter can prune: partition predicates prune from the log; other
@@ -389,7 +456,7 @@ fn merge_target_access(table: &str, on: &[Expr], info: &TableInfo) -> Access {
 }
 
 /// An expression as SQL (`orders.ds = '2024-01-02'`), as the analyst wrote it.
-fn sql_text(expr: &Expr) -> String {
+pub fn sql_text(expr: &Expr) -> String {
     let expr = expr.clone().unalias();
     match datafusion::sql::unparser::expr_to_sql(&expr) {
         Ok(sql) => sql.to_string(),

@@ -8,6 +8,7 @@ pub mod analyze;
 pub mod bind;
 pub mod catalog;
 pub mod dag;
+pub mod drivers;
 pub mod parse;
 
 use crate::diag::{Problem, Result, Source};

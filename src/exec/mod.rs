@@ -4,6 +4,7 @@
 //! no new stage starts and running ones finish; Ctrl-C aborts running stages before
 //! they commit (a Delta commit is atomic, so nothing is half-written).
 
+pub mod bounds;
 pub mod delta;
 pub mod stages;
 

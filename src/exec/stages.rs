@@ -45,6 +45,9 @@ pub struct StageMetrics {
     /// Parquet bytes the stage's scans read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_scanned: Option<u64>,
+    /// Literal predicates added to Delta scans from materialized relations' keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub literal_bounds: Vec<String>,
     /// Size of the local Parquet file a large materialized relation was spilled to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spilled_bytes: Option<u64>,
@@ -67,6 +70,10 @@ pub struct Executor {
     tables: Mutex<BTreeMap<String, DeltaTable>>,
     /// Views registered so far (re-planned after commits to what they read).
     views: Mutex<Vec<String>>,
+    /// Materialized relations computed so far (their key bounds drive pruning).
+    materialized: Mutex<std::collections::BTreeSet<String>>,
+    /// Partition columns per table.
+    partitions: BTreeMap<String, Vec<String>>,
 }
 
 type StageResult<T> = Result<T, String>;
@@ -91,7 +98,13 @@ impl Executor {
                 .map_err(df_err)?;
             last = last.max(delta::last_run(table, &app_ids).await?);
         }
+        let partitions = plan
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), t.partition_by.clone()))
+            .collect();
         Ok(Executor {
+            partitions,
             plan,
             run_number: last.unwrap_or(0) + 1,
             spill_threshold,
@@ -102,6 +115,7 @@ impl Executor {
             ctx,
             tables: Mutex::new(tables),
             views: Mutex::new(Vec::new()),
+            materialized: Mutex::new(Default::default()),
         })
     }
 
@@ -123,6 +137,17 @@ impl Executor {
         self.tables.lock().await.insert(name.to_string(), table);
         self.refresh_views(name).await?;
         Ok(version)
+    }
+
+    /// Adds literal key bounds from materialized relations to the Delta scans they
+    /// drive (see `bounds`).
+    async fn bounded(&self, df: DataFrame) -> StageResult<(DataFrame, Vec<String>)> {
+        let materialized = self.materialized.lock().await.clone();
+        let catalog = super::bounds::Catalog {
+            tables: &self.partitions,
+            materialized: &materialized,
+        };
+        super::bounds::apply(&self.ctx, &catalog, df).await
     }
 
     /// A view is evaluated by its readers, so after a commit to a table it reads
@@ -193,6 +218,7 @@ impl Executor {
     async fn materialize(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
         use futures::StreamExt;
         let df = self.ctx.sql(sql).await.map_err(df_err)?;
+        let (df, literal_bounds) = self.bounded(df).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let task = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await.map_err(df_err)?;
@@ -241,11 +267,13 @@ impl Executor {
                 None
             }
         };
+        self.materialized.lock().await.insert(stage.name.clone());
         Ok(StageMetrics {
             rows_out: Some(rows),
             files_scanned: scan.files,
             bytes_scanned: scan.bytes,
             spilled_bytes,
+            literal_bounds,
             ..Default::default()
         })
     }
@@ -283,6 +311,7 @@ impl Executor {
             .collect();
         let table = self.table(&target).await?;
         let df = self.ctx.sql(&source).await.map_err(df_err)?;
+        let (df, literal_bounds) = self.bounded(df).await?;
         let df = conform(df, &table, &columns)?;
         let (batches, scan) = collect_with_scan_metrics(df).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -328,6 +357,7 @@ impl Executor {
             bytes_written: metric(&m, "num_added_bytes"),
             files_scanned: scan.files,
             bytes_scanned: scan.bytes,
+            literal_bounds,
             version,
             ..Default::default()
         })
@@ -352,6 +382,7 @@ impl Executor {
             .ok_or("MERGE source without a name")?;
         // The source is computed once: checked for duplicate keys, then merged.
         let source = DataFrame::new(state.clone(), (*dml.input).clone());
+        let (source, literal_bounds) = self.bounded(source).await?;
         let schema = Arc::new(source.schema().as_arrow().clone());
         let batches = source.collect().await.map_err(df_err)?;
         let source_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -446,6 +477,7 @@ impl Executor {
         let (table, m) = mb.await.map_err(df_err)?;
         let version = self.committed(&target, table).await?;
         Ok(StageMetrics {
+            literal_bounds,
             rows_out: Some(source_rows),
             rows_inserted: Some(m.num_target_rows_inserted as u64),
             rows_updated: Some(m.num_target_rows_updated as u64),

@@ -280,3 +280,39 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn plan_shows_scans_bounded_by_a_materialized_relation() {
+    let pipeline = r#"name: bounded
+tables:
+  orders:
+    location: ./warehouse/orders
+stages:
+  - name: wanted
+    query: SELECT * FROM (VALUES (1, '2024-01-01')) AS v(id, ds)
+    materialize: true
+  - name: hits
+    query: SELECT o.amount FROM orders o JOIN wanted w ON o.id = w.id AND o.ds = w.ds
+    materialize: true
+  - name: everything
+    query: SELECT o.amount FROM orders o LEFT JOIN wanted w ON o.id = w.id
+    materialize: true
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    create_orders(&project.warehouse().join("orders")).await;
+    let plan = plan_json(&project, &[]);
+    let scans = &plan["scans"][0]["scans"];
+    assert_eq!(scans[0]["stage"], "hits");
+    assert_eq!(scans[0]["access"], "bounds", "{scans}");
+    let filters = scans[0]["filters"].to_string();
+    assert!(
+        filters.contains("BETWEEN min and max of wanted.id"),
+        "{filters}"
+    );
+    assert!(filters.contains("IN (values of wanted.ds)"), "{filters}");
+    assert_eq!(scans[1]["stage"], "everything");
+    assert_eq!(
+        scans[1]["access"], "full",
+        "the preserved side of a LEFT JOIN is not bounded"
+    );
+}

@@ -552,3 +552,63 @@ stages:
         ["1", "2", "11", "12"]
     );
 }
+
+/// A materialized relation's key range and partition values become literal
+/// predicates on the Delta table it is joined with, so Delta skips files; never on
+/// the preserved side of an outer join.
+#[tokio::test]
+async fn materialized_keys_prune_the_delta_tables_they_join() {
+    let pipeline = r#"name: prune
+tables:
+  big:
+    location: warehouse/big
+stages:
+  - name: keys
+    query: SELECT * FROM (VALUES (150, 'p1'), (160, 'p1')) AS v(id, ds)
+    materialize: true
+  - name: by_partition
+    query: SELECT b.id FROM keys k JOIN big b ON b.ds = k.ds AND b.id = k.id
+    materialize: true
+  - name: by_key
+    query: SELECT b.id FROM big b JOIN keys k ON b.id = k.id
+    materialize: true
+  - name: preserved
+    query: SELECT b.id FROM big b LEFT JOIN keys k ON b.id = k.id
+    materialize: true
+"#;
+    let project = Project::new(&[("pipeline.yaml", pipeline)]);
+    let ids: Vec<i64> = (0..400).collect();
+    let parts: Vec<String> = ids.iter().map(|i| format!("p{}", i / 100)).collect();
+    let values: Vec<&str> = ids.iter().map(|_| "v").collect();
+    let part_refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    create_table(
+        &project.warehouse().join("big"),
+        batch(&ids, &values, &part_refs),
+        &["ds"],
+    )
+    .await;
+    assert_eq!(file_count(&project.warehouse().join("big")).await, 4);
+    let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = report(&project);
+    let m = |s: &str| stage(&r, s)["metrics"].clone();
+    assert_eq!(m("by_partition")["rows_out"], 2);
+    assert_eq!(
+        m("by_partition")["files_scanned"],
+        1,
+        "{}",
+        m("by_partition")
+    );
+    assert!(
+        m("by_partition")["literal_bounds"]
+            .to_string()
+            .contains("IN"),
+        "{}",
+        m("by_partition")
+    );
+    assert_eq!(m("by_key")["rows_out"], 2);
+    assert_eq!(m("by_key")["files_scanned"], 1, "{}", m("by_key"));
+    assert_eq!(m("preserved")["rows_out"], 400);
+    assert_eq!(m("preserved")["files_scanned"], 4);
+    assert!(m("preserved")["literal_bounds"].is_null());
+}

@@ -1,0 +1,112 @@
+//! Which Delta scans a materialized relation drives through a join (DESIGN.md §5):
+//! the executor turns the relation's key range into literal predicates on those
+//! scans (`exec::bounds`), and `plan` shows them. Pure plan analysis, shared by both.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::common::JoinType;
+use datafusion::logical_expr::{Expr, Join, LogicalPlan};
+
+/// A Delta-side join key driven by a materialized relation's column.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Driver {
+    pub relation: String,
+    pub column: String,
+}
+
+/// What the rule knows about the pipeline's objects.
+pub struct Catalog<'a> {
+    /// Delta table name → its partition columns.
+    pub tables: &'a BTreeMap<String, Vec<String>>,
+    /// Names of materialized relations computed so far.
+    pub materialized: &'a BTreeSet<String>,
+}
+
+/// Which input of the join is the driven Delta scan, with its key expression.
+pub enum Side {
+    Left(Expr),
+    Right(Expr),
+}
+
+/// One driven key: the Delta table's side and key, and the relation column that
+/// drives it.
+pub struct Driven {
+    pub side: Side,
+    pub table: String,
+    pub driver: Driver,
+    /// The key is a partition column of the table.
+    pub partition: bool,
+}
+
+/// Join keys whose one side scans a Delta table and whose other side scans a
+/// materialized relation, on a side that may be filtered without changing the
+/// join's result (not the preserved side of an outer or anti join).
+pub fn eligible(join: &Join, catalog: &Catalog<'_>) -> Vec<Driven> {
+    let (left_ok, right_ok) = match join.join_type {
+        JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi => (true, true),
+        JoinType::Left | JoinType::LeftMark => (false, true),
+        JoinType::Right | JoinType::RightMark => (true, false),
+        JoinType::RightAnti => (false, false),
+        JoinType::LeftAnti | JoinType::Full => (false, false),
+    };
+    let left_scan = scanned(&join.left);
+    let right_scan = scanned(&join.right);
+    let mut out = Vec::new();
+    for (l, r) in &join.on {
+        let (Some(l), Some(r)) = (key_column(l), key_column(r)) else {
+            continue;
+        };
+        let (Some(lc), Some(rc)) = (l.try_as_col(), r.try_as_col()) else {
+            continue;
+        };
+        if let (Some(t), Some(m)) = (&left_scan, &right_scan) {
+            if left_ok && catalog.tables.contains_key(t) && catalog.materialized.contains(m) {
+                let partition = catalog.tables[t].contains(&lc.name);
+                out.push(Driven {
+                    side: Side::Left(l.clone()),
+                    table: t.clone(),
+                    driver: Driver {
+                        relation: m.clone(),
+                        column: rc.name.clone(),
+                    },
+                    partition,
+                });
+            }
+            if right_ok && catalog.tables.contains_key(m) && catalog.materialized.contains(t) {
+                let partition = catalog.tables[m].contains(&rc.name);
+                out.push(Driven {
+                    side: Side::Right(r.clone()),
+                    table: m.clone(),
+                    driver: Driver {
+                        relation: t.clone(),
+                        column: lc.name.clone(),
+                    },
+                    partition,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A join key that is a column, possibly under a cast (dictionary-encoded partition
+/// columns are compared through one): the bare column, so the bound prunes.
+fn key_column(e: &Expr) -> Option<&Expr> {
+    match e {
+        Expr::Column(_) => Some(e),
+        Expr::Cast(c) => key_column(&c.expr),
+        Expr::TryCast(c) => key_column(&c.expr),
+        _ => None,
+    }
+}
+
+/// The one table a join input reads, through projections, filters and aliases.
+fn scanned(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::TableScan(scan) => Some(scan.table_name.table().to_string()),
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            scanned(plan.inputs().first()?)
+        }
+        _ => None,
+    }
+}
