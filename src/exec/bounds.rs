@@ -98,17 +98,19 @@ pub async fn apply(
     Ok((DataFrame::new(state, rewritten), applied))
 }
 
+async fn query(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>, String> {
+    let df = ctx.sql(sql).await.map_err(|e| e.to_string())?;
+    df.collect().await.map_err(|e| e.to_string())
+}
+
 async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bounds, String> {
     let col = format!("\"{}\"", d.column.replace('"', "\"\""));
     let rel = format!("\"{}\"", d.relation.replace('"', "\"\""));
     let sql = format!("SELECT min({col}), max({col}), count(DISTINCT {col}) FROM {rel}");
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| e.to_string())?
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let batches = query(ctx, &sql).await?;
     let batch = batches.first().ok_or("no bounds")?;
     let min = ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| e.to_string())?;
     let max = ScalarValue::try_from_array(batch.column(1), 0).map_err(|e| e.to_string())?;
@@ -116,13 +118,7 @@ async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bo
     let small = matches!(distinct, ScalarValue::Int64(Some(n)) if (n as usize) <= MAX_IN_LIST);
     let values = if partition && small {
         let sql = format!("SELECT DISTINCT {col} FROM {rel} WHERE {col} IS NOT NULL ORDER BY 1");
-        let batches = ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| e.to_string())?
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
+        let batches = query(ctx, &sql).await?;
         let mut values = Vec::new();
         for b in &batches {
             for i in 0..b.num_rows() {
