@@ -174,6 +174,22 @@ pub struct ScanPlan {
     pub filters: Vec<String>,
 }
 
+/// A variable's value as compact JSON; a long list gets one element per line so
+/// that reviewers can read (and diff) it.
+fn var_text(v: &Value) -> String {
+    let compact = serde_json::to_string(v).unwrap_or_default();
+    match v {
+        Value::Array(items) if compact.len() > 100 => {
+            let lines: Vec<String> = items
+                .iter()
+                .map(|i| format!("    {}", serde_json::to_string(i).unwrap_or_default()))
+                .collect();
+            format!("[\n{}\n  ]", lines.join(",\n"))
+        }
+        _ => compact,
+    }
+}
+
 impl Plan {
     /// The JSON form; `explain` keeps the logical plans.
     pub fn to_json(&self, explain: bool) -> String {
@@ -197,11 +213,7 @@ impl Plan {
         if !self.vars.is_empty() {
             let _ = writeln!(out, "\nvars");
             for (k, v) in &self.vars {
-                let _ = writeln!(
-                    out,
-                    "  {k} = {}",
-                    serde_json::to_string(v).unwrap_or_default()
-                );
+                let _ = writeln!(out, "  {k} = {}", var_text(v));
             }
         }
         let _ = writeln!(out, "\ntables");
