@@ -72,6 +72,27 @@ pub enum Command {
         #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
         spill_threshold: u64,
     },
+    /// Run data fixtures: rows in, pipeline runs, rows expected out.
+    ///
+    /// Each case of the fixture file runs on its own temporary warehouse (`warehouse`
+    /// is set for you): the rows under `given` are appended to their tables (created
+    /// from their declared schemas), the pipeline runs, and each table under `expect`
+    /// must hold exactly the rows listed (compared on the columns listed, in any
+    /// order). Several `steps` make several runs. Prints PASS/FAIL per case with the
+    /// missing and unexpected rows; exit 1 if any case fails.
+    #[command(
+        after_help = "Example:\n  sqlplan test pipelines/examples/orders.yaml   # reads pipelines/examples/orders.tests.yaml"
+    )]
+    Test {
+        /// The pipeline YAML file.
+        pipeline: PathBuf,
+        /// The fixture file [default: PIPELINE with `.tests.yaml` instead of `.yaml`].
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+        /// Project root (as for `plan`).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
     /// Draw the stage dependency graph (edges labelled with their hazards).
     #[command(
         after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg"
@@ -208,6 +229,22 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
                     "the run was interrupted; running stages were cancelled before committing",
                 ),
             })
+        }
+        Command::Test {
+            pipeline,
+            fixtures,
+            root,
+        } => {
+            let fixtures = fixtures.unwrap_or_else(|| crate::fixtures::default_fixtures(&pipeline));
+            let (report, ok) = crate::fixtures::run(&pipeline, root.as_deref(), &fixtures).await?;
+            if ok {
+                return Ok(report);
+            }
+            print!("{report}");
+            Err(Problem::failed(
+                "fixtures_failed",
+                "some fixture cases failed (see above)",
+            ))
         }
         Command::Graph { input, format } => {
             let plan =

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod compile;
 pub mod diag;
 pub mod exec;
+pub mod fixtures;
 pub mod plan;
 pub mod render;
 pub mod report;

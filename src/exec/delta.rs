@@ -121,8 +121,27 @@ pub fn arrow_schema(t: &TablePlan) -> Result<Schema, String> {
     Ok(Schema::new(fields))
 }
 
+/// The schema a table is created with in Delta.
+pub fn delta_schema(t: &TablePlan) -> Result<Schema, String> {
+    Ok(normalize_for_delta(&arrow_schema(t)?))
+}
+
+/// The table at the plan's location, created from its declared schema if absent.
+pub async fn open_or_create(t: &TablePlan) -> Result<DeltaTable, String> {
+    let url = crate::session::table_url(&t.location)?;
+    if url
+        .to_file_path()
+        .is_ok_and(|p| p.join("_delta_log").is_dir())
+    {
+        return deltalake::open_table(url)
+            .await
+            .map_err(|e| format!("table `{}`: {e}", t.name));
+    }
+    create(t).await
+}
+
 async fn create(t: &TablePlan) -> Result<DeltaTable, String> {
-    let schema = normalize_for_delta(&arrow_schema(t)?);
+    let schema = delta_schema(t)?;
     let kernel: StructType = (&schema)
         .try_into_kernel()
         .map_err(|e| format!("table `{}`: {e}", t.name))?;

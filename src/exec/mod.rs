@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Materialized relations larger than this (bytes in memory) spill to local Parquet.
     pub spill_threshold: u64,
+    /// No progress output at all (e.g. under `sqlplan test`).
+    pub quiet: bool,
 }
 
 impl Default for RunOptions {
@@ -37,6 +39,7 @@ impl Default for RunOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: std::io::stderr().is_terminal(),
             spill_threshold: 2 << 30,
+            quiet: false,
         }
     }
 }
@@ -58,7 +61,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
     );
     let plan = &executor.plan;
     let start = Instant::now();
-    let progress = Progress::new(options.progress);
+    let progress = Progress::new(options.progress, options.quiet);
     let preds: BTreeMap<&str, BTreeSet<&str>> = plan
         .stages
         .iter()
@@ -157,12 +160,14 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
 /// Per-stage progress: spinners on a terminal, one log line per event otherwise.
 struct Progress {
     bars: Option<MultiProgress>,
+    quiet: bool,
 }
 
 impl Progress {
-    fn new(live: bool) -> Self {
+    fn new(live: bool, quiet: bool) -> Self {
         Progress {
-            bars: live.then(MultiProgress::new),
+            bars: (live && !quiet).then(MultiProgress::new),
+            quiet,
         }
     }
 
@@ -179,7 +184,9 @@ impl Progress {
                 bar
             }
             None => {
-                eprintln!("sqlplan: start  {} ({})", stage.name, stage.kind.label());
+                if !self.quiet {
+                    eprintln!("sqlplan: start  {} ({})", stage.name, stage.kind.label());
+                }
                 ProgressBar::hidden()
             }
         }
@@ -206,6 +213,7 @@ impl Progress {
             Some(m) => {
                 let _ = m.println(line);
             }
+            None if self.quiet => {}
             None => eprintln!("{line}"),
         }
     }

@@ -3,6 +3,7 @@
 
 mod common;
 mod diagnostics;
+mod fixtures;
 mod macros;
 mod plan_cli;
 mod planning;

@@ -1,0 +1,272 @@
+//! `sqlplan test`: data fixtures for analysts. A fixture file lists cases; each
+//! case gives rows of input tables, runs the pipeline once or more on a temporary
+//! warehouse, and compares the tables with the rows expected, with a readable diff.
+//!
+//! ```yaml
+//! cases:
+//!   - name: a new customer
+//!     vars: {day: "2024-01-02"}          # optional; `warehouse` is set by the runner
+//!     steps:                              # one run per step
+//!       - given:                          # rows appended before the run
+//!           orders: [{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}]
+//!         expect:                         # the whole table after the run (listed columns only)
+//!           customer_totals: [{customer_id: 7, orders: 1}]
+//! ```
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use serde_json::{Map, Value};
+
+use crate::diag::{Problem, Result};
+use crate::exec::{self, RunOptions};
+use crate::plan::Plan;
+
+/// The default fixture file of a pipeline: `NAME.tests.yaml` beside it.
+pub fn default_fixtures(pipeline: &Path) -> PathBuf {
+    let stem = pipeline
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    pipeline.with_file_name(format!("{stem}.tests.yaml"))
+}
+
+/// Runs every case; returns the printed report and whether all passed.
+pub async fn run(pipeline: &Path, root: Option<&Path>, fixtures: &Path) -> Result<(String, bool)> {
+    let text = std::fs::read_to_string(fixtures).map_err(|e| {
+        Problem::invalid(
+            "fixtures_unreadable",
+            format!("cannot read fixtures {}: {e}", fixtures.display()),
+        )
+    })?;
+    let doc = crate::spec::yaml_value(&text).map_err(|e| {
+        Problem::invalid("malformed_fixtures", format!("{}: {e}", fixtures.display()))
+    })?;
+    let cases = doc.get("cases").and_then(Value::as_array).ok_or_else(|| {
+        Problem::invalid(
+            "malformed_fixtures",
+            format!("{}: expected a list under `cases:`", fixtures.display()),
+        )
+    })?;
+    let mut out = String::new();
+    let (mut passed, mut failed) = (0, 0);
+    for (i, case) in cases.iter().enumerate() {
+        let name = case
+            .get("name")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("case {}", i + 1), str::to_string);
+        match run_case(pipeline, root, case).await {
+            Ok(diffs) if diffs.is_empty() => {
+                passed += 1;
+                let _ = writeln!(out, "PASS {name}");
+            }
+            Ok(diffs) => {
+                failed += 1;
+                let _ = writeln!(out, "FAIL {name}");
+                for d in diffs {
+                    let _ = writeln!(out, "{d}");
+                }
+            }
+            Err(p) => {
+                failed += 1;
+                let _ = writeln!(out, "FAIL {name}: {}", p.message);
+            }
+        }
+    }
+    let _ = writeln!(out, "\n{passed} passed, {failed} failed");
+    Ok((out, failed == 0))
+}
+
+async fn run_case(pipeline: &Path, root: Option<&Path>, case: &Value) -> Result<Vec<String>> {
+    let warehouse = tempfile::Builder::new()
+        .prefix("sqlplan-fixture")
+        .tempdir()
+        .map_err(|e| Problem::failed("tempdir", e.to_string()))?;
+    let mut vars = vec![(
+        "warehouse".to_string(),
+        warehouse.path().display().to_string(),
+    )];
+    if let Some(map) = case.get("vars").and_then(Value::as_object) {
+        for (k, v) in map {
+            vars.push((
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            ));
+        }
+    }
+    let empty = Vec::new();
+    let steps = case
+        .get("steps")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let mut diffs = Vec::new();
+    for (n, step) in steps.iter().enumerate() {
+        // Planned before and after the inputs exist: the first plan knows every
+        // declared schema, the second binds to the tables as written.
+        let declared = crate::build_plan(pipeline, root, &vars).await?;
+        if let Some(given) = step.get("given").and_then(Value::as_object) {
+            for (table, rows) in given {
+                append_rows(&declared, table, rows).await?;
+            }
+        }
+        let plan = crate::build_plan(pipeline, root, &vars).await?;
+        let options = RunOptions {
+            progress: false,
+            quiet: true,
+            ..Default::default()
+        };
+        let report = exec::run(plan.clone(), &options).await?;
+        if !report.succeeded() {
+            let why = report
+                .failed_stage()
+                .and_then(|s| s.error.clone())
+                .unwrap_or_else(|| "interrupted".into());
+            diffs.push(format!("  step {}: the run failed: {why}", n + 1));
+            break;
+        }
+        if let Some(expect) = step.get("expect").and_then(Value::as_object) {
+            for (table, rows) in expect {
+                diffs.extend(
+                    compare(&plan, table, rows)
+                        .await?
+                        .into_iter()
+                        .map(|d| format!("  step {}, {table}: {d}", n + 1)),
+                );
+            }
+        }
+    }
+    Ok(diffs)
+}
+
+fn table_plan<'p>(plan: &'p Plan, table: &str) -> Result<&'p crate::plan::TablePlan> {
+    plan.tables.iter().find(|t| t.name == table).ok_or_else(|| {
+        Problem::invalid(
+            "unknown_table",
+            format!("`{table}` is not a table of the pipeline"),
+        )
+    })
+}
+
+/// Appends fixture rows to a table, creating it from its declared schema if needed.
+async fn append_rows(plan: &Plan, table: &str, rows: &Value) -> Result<()> {
+    let t = table_plan(plan, table)?;
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    let schema =
+        Arc::new(exec::delta::delta_schema(t).map_err(|e| Problem::invalid("bad_fixture", e))?);
+    let mut decoder = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+        .build_decoder()
+        .map_err(|e| Problem::invalid("bad_fixture", e.to_string()))?;
+    decoder
+        .serialize(&rows)
+        .map_err(|e| Problem::invalid("bad_fixture", format!("rows of `{table}`: {e}")))?;
+    let batch = decoder
+        .flush()
+        .map_err(|e| Problem::invalid("bad_fixture", e.to_string()))?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema));
+    let delta = exec::delta::open_or_create(t)
+        .await
+        .map_err(|e| Problem::failed("fixture_write", e))?;
+    delta
+        .write(vec![batch])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .map_err(|e| Problem::failed("fixture_write", format!("`{table}`: {e}")))?;
+    Ok(())
+}
+
+/// The table's rows against the expected ones, compared as multisets on the
+/// expected rows' columns. Returns one line per missing or unexpected row.
+async fn compare(plan: &Plan, table: &str, expected: &Value) -> Result<Vec<String>> {
+    let t = table_plan(plan, table)?;
+    let expected: Vec<Map<String, Value>> = expected
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| r.as_object().cloned())
+        .collect();
+    let columns: Vec<String> = {
+        let mut c: Vec<String> = expected.iter().flat_map(|r| r.keys().cloned()).collect();
+        c.sort();
+        c.dedup();
+        c
+    };
+    let actual = read_rows(t).await?;
+    let project = |r: &Map<String, Value>| -> String {
+        let m: Map<String, Value> = columns
+            .iter()
+            .map(|c| {
+                (
+                    c.clone(),
+                    normalize(r.get(c).cloned().unwrap_or(Value::Null)),
+                )
+            })
+            .collect();
+        Value::Object(m).to_string()
+    };
+    let mut want: Vec<String> = expected.iter().map(project).collect();
+    let mut have: Vec<String> = actual.iter().map(project).collect();
+    want.sort();
+    have.sort();
+    let mut diffs = Vec::new();
+    for w in &want {
+        match have.iter().position(|h| h == w) {
+            Some(i) => {
+                have.remove(i);
+            }
+            None => diffs.push(format!("missing    {w}")),
+        }
+    }
+    diffs.extend(have.into_iter().map(|h| format!("unexpected {h}")));
+    Ok(diffs)
+}
+
+/// Numbers compare by value (10 = 10.0); everything else as written.
+fn normalize(v: Value) -> Value {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .map_or(Value::Number(n), |f| serde_json::json!(f)),
+        Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
+        other => other,
+    }
+}
+
+async fn read_rows(t: &crate::plan::TablePlan) -> Result<Vec<Map<String, Value>>> {
+    let url =
+        crate::session::table_url(&t.location).map_err(|e| Problem::failed("fixture_read", e))?;
+    let table = deltalake::open_table(url)
+        .await
+        .map_err(|e| Problem::failed("fixture_read", format!("`{}`: {e}", t.name)))?;
+    let ctx = crate::session::new_context();
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
+    ctx.register_table("t", provider)
+        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
+    let df = ctx
+        .sql("SELECT * FROM t")
+        .await
+        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    writer
+        .write_batches(&batches.iter().collect::<Vec<_>>())
+        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
+    writer
+        .finish()
+        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Map<String, Value>> = serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
+    Ok(rows)
+}
