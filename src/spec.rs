@@ -4,7 +4,7 @@
 //! serde, so that every complaint — an unknown key with a suggestion, a missing SQL
 //! file, a duplicate stage — can point at the exact key or value in the file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use marked_yaml::{types::MarkedMappingNode, types::MarkedScalarNode, Node};
@@ -845,15 +845,6 @@ fn parse_override(key: &str, raw: &str, default: &Value) -> Result<Value> {
             }
         }
     }
-}
-
-/// Every name a stage can refer to, for suggestions.
-pub fn known_relations(spec: &PipelineSpec) -> BTreeSet<String> {
-    spec.tables
-        .keys()
-        .cloned()
-        .chain(spec.stages.iter().map(|s| s.name.value.clone()))
-        .collect()
 }
 
 #[cfg(test)]
