@@ -131,7 +131,8 @@ impl RunReport {
 
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "run of {}: {:?} in {:.3}s\n\n",
+            "run {} of {}: {:?} in {:.3}s\n\n",
+            self.run_number,
             self.pipeline,
             self.status,
             self.wall_ms / 1e3

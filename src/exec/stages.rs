@@ -129,8 +129,20 @@ impl Executor {
     }
 
     /// After a commit, later stages read the new version.
+    /// Returns the version the stage committed, or None when the operation had
+    /// nothing to commit (e.g. an optimize with nothing to compact).
     async fn committed(&self, name: &str, table: DeltaTable) -> StageResult<Option<i64>> {
         let version = table.version().map(|v| v as i64);
+        let before = self
+            .tables
+            .lock()
+            .await
+            .get(name)
+            .and_then(|t| t.version())
+            .map(|v| v as i64);
+        if version == before {
+            return Ok(None);
+        }
         let provider = table.table_provider().await.map_err(df_err)?;
         self.ctx.deregister_table(name).map_err(df_err)?;
         self.ctx.register_table(name, provider).map_err(df_err)?;
