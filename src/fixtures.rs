@@ -9,7 +9,8 @@
 //!     steps:                              # one run per step
 //!       - given:                          # rows appended before the run
 //!           orders: [{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}]
-//!         expect:                         # the whole table after the run (listed columns only)
+//!         expect:                         # the whole table after the run (listed columns
+//!                                         # only; arrays up to their last non-NULL value)
 //!           customer_totals: [{customer_id: 7, orders: 1}]
 //! ```
 
@@ -223,13 +224,20 @@ async fn compare(plan: &Plan, table: &str, expected: &Value) -> Result<Vec<Strin
     Ok(diffs)
 }
 
-/// Numbers compare by value (10 = 10.0); everything else as written.
+/// Numbers compare by value (10 = 10.0); arrays up to their last non-NULL element
+/// (so `[400, null, 200]` matches a 36-element history); the rest as written.
 fn normalize(v: Value) -> Value {
     match v {
         Value::Number(n) => n
             .as_f64()
             .map_or(Value::Number(n), |f| serde_json::json!(f)),
-        Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.into_iter().map(normalize).collect();
+            while items.last().is_some_and(Value::is_null) {
+                items.pop();
+            }
+            Value::Array(items)
+        }
         other => other,
     }
 }
@@ -269,4 +277,23 @@ async fn read_rows(t: &crate::plan::TablePlan) -> Result<Vec<Map<String, Value>>
     let rows: Vec<Map<String, Value>> = serde_json::from_slice(&bytes)
         .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+    use serde_json::json;
+
+    #[test]
+    fn arrays_compare_up_to_their_last_value_and_numbers_by_value() {
+        assert_eq!(
+            normalize(json!([400, null, 200, null, null])),
+            normalize(json!([400.0, null, 200]))
+        );
+        assert_ne!(
+            normalize(json!([400, null, 200])),
+            normalize(json!([400, 200]))
+        );
+        assert_eq!(normalize(json!([null, null])), json!([]));
+    }
 }
