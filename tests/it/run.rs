@@ -612,3 +612,57 @@ stages:
     assert_eq!(m("preserved")["files_scanned"], 4);
     assert!(m("preserved")["literal_bounds"].is_null());
 }
+
+/// Tables sqlplan writes are ordinary Delta tables: Python's `deltalake` (another
+/// implementation's reader, pinned in .ci/run) reads the result of a MERGE. Skipped
+/// only where the module is missing and SQLPLAN_REQUIRE_PYTHON_DELTALAKE is unset.
+#[tokio::test]
+async fn python_deltalake_reads_what_sqlplan_wrote() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import deltalake"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("SQLPLAN_REQUIRE_PYTHON_DELTALAKE").is_none(),
+            "python3 with the deltalake package is required here (pip install deltalake pyarrow)"
+        );
+        eprintln!("skipped: python3 -c 'import deltalake' failed");
+        return;
+    }
+    let pipeline = format!(
+        "name: m\n{TABLES}stages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id\n      WHEN MATCHED THEN UPDATE SET v = c.v\n      WHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)\n"
+    );
+    let project = Project::new(&[("pipeline.yaml", &pipeline)]);
+    create_table(
+        &project.warehouse().join("target"),
+        batch(&[1, 2], &["a", "b"], &["x", "x"]),
+        &[],
+    )
+    .await;
+    create_table(
+        &project.warehouse().join("changes"),
+        batch(&[2, 3], &["B", "C"], &["x", "y"]),
+        &[],
+    )
+    .await;
+    let out = project.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let script = "import sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1])\nrows = sorted((r['id'], r['v'], r['ds']) for r in t.to_pyarrow_table().to_pylist())\nprint(t.version(), rows)\n";
+    let read = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            project.warehouse().join("target").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout).trim(),
+        "2 [(1, 'a', 'x'), (2, 'B', 'x'), (3, 'C', 'y')]"
+    );
+}
