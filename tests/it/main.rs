@@ -8,3 +8,4 @@ mod macros;
 mod plan_cli;
 mod planning;
 mod run;
+mod summary_model;
