@@ -258,7 +258,7 @@ fn scans(
         let Some(lp) = &b.logical else { continue };
         let stage = &spec.stages[i].name.value;
         let mut found = Vec::new();
-        walk.collect(lp, None, None, &mut found);
+        walk.collect(lp, None, &[], &mut found);
         for f in found {
             let Some(info) = tables.get(&f.table) else {
                 continue;
@@ -332,28 +332,37 @@ struct ScanWalk<'a> {
 }
 
 impl ScanWalk<'_> {
+    /// `driven` lists (table, bound) pairs: scans of that table below get the bound.
     fn collect(
         &self,
         plan: &LogicalPlan,
         via: Option<&str>,
-        driven_by: Option<&str>,
+        driven: &[(String, String)],
         out: &mut Vec<FoundScan>,
     ) {
         let mut via = via.map(str::to_string);
         match plan {
-            LogicalPlan::TableScan(scan) => out.push(FoundScan {
-                table: scan.table_name.table().to_string(),
-                via: via.clone(),
-                access: None,
-                columns: scan
-                    .projected_schema
-                    .fields()
+            LogicalPlan::TableScan(scan) => {
+                let table = scan.table_name.table().to_string();
+                let bounds: Vec<&str> = driven
                     .iter()
-                    .map(|f| f.name().clone())
-                    .collect(),
-                filters: scan.filters.clone(),
-                driven_by: driven_by.map(str::to_string),
-            }),
+                    .filter(|(t, _)| *t == table)
+                    .map(|(_, b)| b.as_str())
+                    .collect();
+                out.push(FoundScan {
+                    table,
+                    via: via.clone(),
+                    access: None,
+                    columns: scan
+                        .projected_schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect(),
+                    filters: scan.filters.clone(),
+                    driven_by: (!bounds.is_empty()).then(|| bounds.join(" AND ")),
+                })
+            }
             LogicalPlan::SubqueryAlias(alias) if self.views.contains(alias.alias.table()) => {
                 via = Some(alias.alias.table().to_string())
             }
@@ -372,10 +381,7 @@ impl ScanWalk<'_> {
                 }
             }
             LogicalPlan::Join(join) => {
-                let (mut left, mut right): (Vec<String>, Vec<String>) = (
-                    driven_by.into_iter().map(str::to_string).collect(),
-                    driven_by.into_iter().map(str::to_string).collect(),
-                );
+                let (mut left, mut right) = (driven.to_vec(), driven.to_vec());
                 for d in drivers::eligible(join, &self.catalog) {
                     let how = if d.partition {
                         "IN (values of"
@@ -392,22 +398,21 @@ impl ScanWalk<'_> {
                         )
                     };
                     match &d.side {
-                        drivers::Side::Left(key) => left.push(text(key)),
-                        drivers::Side::Right(key) => right.push(text(key)),
+                        drivers::Side::Left(key) => left.push((d.table.clone(), text(key))),
+                        drivers::Side::Right(key) => right.push((d.table.clone(), text(key))),
                     }
                 }
-                let joined = |v: Vec<String>| (!v.is_empty()).then(|| v.join(" AND "));
-                self.collect(&join.left, via.as_deref(), joined(left).as_deref(), out);
-                self.collect(&join.right, via.as_deref(), joined(right).as_deref(), out);
+                self.collect(&join.left, via.as_deref(), &left, out);
+                self.collect(&join.right, via.as_deref(), &right, out);
                 return;
             }
             _ => {}
         }
         for input in plan.inputs() {
-            self.collect(input, via.as_deref(), driven_by, out);
+            self.collect(input, via.as_deref(), driven, out);
         }
         let _ = plan.apply_subqueries(|sub| {
-            self.collect(sub, via.as_deref(), driven_by, out);
+            self.collect(sub, via.as_deref(), driven, out);
             Ok(TreeNodeRecursion::Continue)
         });
     }

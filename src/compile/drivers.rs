@@ -49,8 +49,6 @@ pub fn eligible(join: &Join, catalog: &Catalog<'_>) -> Vec<Driven> {
         JoinType::RightAnti => (false, false),
         JoinType::LeftAnti | JoinType::Full => (false, false),
     };
-    let left_scan = scanned(&join.left);
-    let right_scan = scanned(&join.right);
     let mut out = Vec::new();
     for (l, r) in &join.on {
         let (Some(l), Some(r)) = (key_column(l), key_column(r)) else {
@@ -59,31 +57,34 @@ pub fn eligible(join: &Join, catalog: &Catalog<'_>) -> Vec<Driven> {
         let (Some(lc), Some(rc)) = (l.try_as_col(), r.try_as_col()) else {
             continue;
         };
-        if let (Some(t), Some(m)) = (&left_scan, &right_scan) {
-            if left_ok && catalog.tables.contains_key(t) && catalog.materialized.contains(m) {
-                let partition = catalog.tables[t].contains(&lc.name);
-                out.push(Driven {
-                    side: Side::Left(l.clone()),
-                    table: t.clone(),
-                    driver: Driver {
-                        relation: m.clone(),
-                        column: rc.name.clone(),
-                    },
-                    partition,
-                });
-            }
-            if right_ok && catalog.tables.contains_key(m) && catalog.materialized.contains(t) {
-                let partition = catalog.tables[m].contains(&rc.name);
-                out.push(Driven {
-                    side: Side::Right(r.clone()),
-                    table: m.clone(),
-                    driver: Driver {
-                        relation: t.clone(),
-                        column: lc.name.clone(),
-                    },
-                    partition,
-                });
-            }
+        let (Some(ls), Some(rs)) = (source_of(&join.left, lc), source_of(&join.right, rc)) else {
+            continue;
+        };
+        if left_ok && catalog.tables.contains_key(&ls) && catalog.materialized.contains(&rs) {
+            let partition = catalog.tables[&ls].contains(&lc.name);
+            let driver = Driver {
+                relation: rs.clone(),
+                column: rc.name.clone(),
+            };
+            out.push(Driven {
+                side: Side::Left(l.clone()),
+                table: ls.clone(),
+                driver,
+                partition,
+            });
+        }
+        if right_ok && catalog.tables.contains_key(&rs) && catalog.materialized.contains(&ls) {
+            let partition = catalog.tables[&rs].contains(&rc.name);
+            let driver = Driver {
+                relation: ls.clone(),
+                column: lc.name.clone(),
+            };
+            out.push(Driven {
+                side: Side::Right(r.clone()),
+                table: rs,
+                driver,
+                partition,
+            });
         }
     }
     out
@@ -100,12 +101,41 @@ fn key_column(e: &Expr) -> Option<&Expr> {
     }
 }
 
-/// The one table a join input reads, through projections, filters and aliases.
-fn scanned(plan: &LogicalPlan) -> Option<String> {
+/// The table or relation a join input takes `column` from: through projections,
+/// filters and aliases, and through inner joins (a filter on one input's column
+/// commutes with them), matched by the column's qualifier.
+fn source_of(plan: &LogicalPlan, column: &datafusion::common::Column) -> Option<String> {
+    let qualifier = column.relation.as_ref().map(|r| r.table());
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let name = scan.table_name.table();
+            qualifier
+                .is_none_or(|q| q == name)
+                .then(|| name.to_string())
+        }
+        LogicalPlan::SubqueryAlias(alias) => {
+            if qualifier == Some(alias.alias.table()) {
+                single_scan(&alias.input)
+            } else {
+                None
+            }
+        }
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) => {
+            source_of(plan.inputs().first()?, column)
+        }
+        LogicalPlan::Join(join) if join.join_type == JoinType::Inner => {
+            source_of(&join.left, column).or_else(|| source_of(&join.right, column))
+        }
+        _ => None,
+    }
+}
+
+/// The one table an aliased input reads, through projections and filters.
+fn single_scan(plan: &LogicalPlan) -> Option<String> {
     match plan {
         LogicalPlan::TableScan(scan) => Some(scan.table_name.table().to_string()),
         LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
-            scanned(plan.inputs().first()?)
+            single_scan(plan.inputs().first()?)
         }
         _ => None,
     }

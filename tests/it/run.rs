@@ -575,6 +575,12 @@ stages:
   - name: preserved
     query: SELECT b.id FROM big b LEFT JOIN keys k ON b.id = k.id
     materialize: true
+  - name: days
+    query: SELECT DISTINCT ds FROM keys
+    materialize: true
+  - name: chained
+    query: SELECT b.id FROM big b JOIN days d ON b.ds = d.ds JOIN keys k ON b.id = k.id
+    materialize: true
 "#;
     let project = Project::new(&[("pipeline.yaml", pipeline)]);
     let ids: Vec<i64> = (0..400).collect();
@@ -611,6 +617,14 @@ stages:
     assert_eq!(m("preserved")["rows_out"], 400);
     assert_eq!(m("preserved")["files_scanned"], 4);
     assert!(m("preserved")["literal_bounds"].is_null());
+    // Through a chain of inner joins, each materialized relation bounds `big`.
+    assert_eq!(m("chained")["rows_out"], 2);
+    assert_eq!(m("chained")["files_scanned"], 1, "{}", m("chained"));
+    let bounds = m("chained")["literal_bounds"].to_string();
+    assert!(
+        bounds.contains("from days.ds") && bounds.contains("from keys.id"),
+        "{bounds}"
+    );
 }
 
 /// Tables sqlplan writes are ordinary Delta tables: Python's `deltalake` (another
