@@ -661,7 +661,7 @@ async fn python_deltalake_reads_what_sqlplan_wrote() {
     .await;
     let out = project.sqlplan(&["run", "pipeline.yaml"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let script = "import sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1])\nrows = sorted((r['id'], r['v'], r['ds']) for r in t.to_pyarrow_table().to_pylist())\nprint(t.version(), rows)\n";
+    let script = "import sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1])\nrows = sorted((r['id'], r['v'], r['ds']) for r in t.to_pyarrow_table().to_pylist())\nprint(t.version(), rows, flush=True)\n# deltalake's runtime threads can abort at interpreter teardown; skip it.\nimport os\nos._exit(0)\n";
     let read = std::process::Command::new("python3")
         .args([
             "-c",
