@@ -9,8 +9,9 @@
 //!     steps:                              # one run per step
 //!       - given:                          # rows appended before the run
 //!           orders: [{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}]
-//!         expect:                         # the whole table after the run (listed columns
-//!                                         # only; arrays up to their last non-NULL value)
+//!         expect:                         # the whole table after the run (the columns
+//!                                         # listed; list the same columns in every row
+//!                                         # of a table; arrays up to their last value)
 //!           customer_totals: [{customer_id: 7, orders: 1}]
 //! ```
 

@@ -1,4 +1,5 @@
 {% import "sql/macros/cleaning.sql" as clean -%}
+{% import "sql/macros/months.sql" as months -%}
 -- Spec §2 steps 1–3: records after the watermark, prepared, deduplicated.
 WITH prepared AS (
   SELECT
@@ -44,6 +45,7 @@ SELECT
     WHEN asset_class_cd IN ('0', '6', 'G', 'L', 'C') THEN asset_class_cd
     ELSE NULL
   END AS payment_rating_cd,
-  COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS is_delete
+  COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS is_delete,
+  {{ months.index("rpt_as_of_mo") }} AS month_idx
 FROM ranked
 WHERE record_rank = 1

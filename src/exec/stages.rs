@@ -231,9 +231,11 @@ impl Executor {
         use futures::StreamExt;
         let df = self.ctx.sql(sql).await.map_err(df_err)?;
         let (df, literal_bounds) = self.bounded(df).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
         let task = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await.map_err(df_err)?;
+        // The physical schema: batches may differ from the logical one (view types,
+        // nullability), and a MemTable must match its batches.
+        let schema = plan.schema();
         let mut stream =
             datafusion::physical_plan::execute_stream(plan.clone(), task).map_err(df_err)?;
         let (mut held, mut held_bytes, mut rows) = (Vec::new(), 0usize, 0u64);
@@ -395,8 +397,12 @@ impl Executor {
         // The source is computed once: checked for duplicate keys, then merged.
         let source = DataFrame::new(state.clone(), (*dml.input).clone());
         let (source, literal_bounds) = self.bounded(source).await?;
-        let schema = Arc::new(source.schema().as_arrow().clone());
-        let batches = source.collect().await.map_err(df_err)?;
+        let task = Arc::new(source.task_ctx());
+        let physical = source.create_physical_plan().await.map_err(df_err)?;
+        let schema = physical.schema();
+        let batches = datafusion::physical_plan::collect(physical, task)
+            .await
+            .map_err(df_err)?;
         let source_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mem = MemTable::try_new(schema, vec![batches]).map_err(df_err)?;
         let source = self

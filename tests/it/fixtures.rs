@@ -50,3 +50,12 @@ fn a_wrong_expectation_fails_with_a_diff() {
     );
     assert!(out.stdout.contains("0 passed, 1 failed"), "{}", out.stdout);
 }
+
+/// The spec's worked examples (shared/spec/summary-pipeline.md §4) as fixtures of
+/// the summary pipeline.
+#[test]
+fn the_summary_worked_examples_pass() {
+    let out = sqlplan_in(&repo(), &["test", "pipelines/summary.yaml"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("8 passed, 0 failed"), "{}", out.stdout);
+}

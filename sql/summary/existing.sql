@@ -1,0 +1,13 @@
+{% import "sql/macros/months.sql" as months -%}
+-- The rows the run reads: summary rows in the windows, and for accounts with only
+-- forward months, their latest row (spec §3: the prior row of a forward month).
+SELECT s.*, {{ months.index("s.rpt_as_of_mo") }} AS month_idx, COALESCE(s.soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS was_deleted
+FROM summary s
+JOIN window_months wm ON s.rpt_as_of_mo = wm.rpt_as_of_mo
+JOIN windows w ON s.cons_acct_key = w.cons_acct_key
+WHERE {{ months.index("s.rpt_as_of_mo") }} BETWEEN w.lo AND w.hi
+UNION ALL
+SELECT l.*, {{ months.index("l.rpt_as_of_mo") }} AS month_idx, COALESCE(l.soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS was_deleted
+FROM latest_summary l
+JOIN touched t ON l.cons_acct_key = t.cons_acct_key
+WHERE NOT (t.min_idx <= t.latest_idx OR t.latest_deleted)

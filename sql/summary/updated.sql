@@ -1,0 +1,64 @@
+{% import "sql/macros/months.sql" as months -%}
+{% import "sql/macros/history.sql" as history -%}
+-- The rows the run writes, by the set-based rule of spec §3.0: element p of the row
+-- at month S comes from (1) an applied record at S − p (a delete gives NULL, except
+-- at p = 0), else (2) the stored row at S, else (3) Q's stored element.
+WITH elements AS (
+  SELECT
+    t.cons_acct_key,
+    t.month_idx,
+    ps.p,
+{%- for r in rolling %}
+    CASE
+      WHEN a.cons_acct_key IS NOT NULL AND (ps.p > 0 OR NOT a.is_delete)
+        THEN CASE WHEN a.is_delete THEN NULL ELSE a.{{ r.from }} END
+      WHEN t.existed THEN array_element(e.{{ r.array }}, ps.p + 1)
+      WHEN np.q_idx IS NOT NULL AND t.month_idx - ps.p <= np.q_idx
+        THEN array_element(q.{{ r.array }}, np.q_idx - (t.month_idx - ps.p) + 1)
+    END AS {{ r.array }},
+{%- endfor %}
+    a.base_ts AS record_ts
+  FROM targets t
+  CROSS JOIN (SELECT unnest(range(0, {{ history_length }})) AS p) ps
+  LEFT JOIN effective a
+    ON a.cons_acct_key = t.cons_acct_key AND a.month_idx = t.month_idx - ps.p AND a.outcome = 'applied'
+  LEFT JOIN existing e ON e.cons_acct_key = t.cons_acct_key AND e.month_idx = t.month_idx
+  LEFT JOIN priors np ON np.cons_acct_key = t.cons_acct_key AND np.month_idx = t.month_idx
+  LEFT JOIN existing q ON q.cons_acct_key = np.cons_acct_key AND q.month_idx = np.q_idx
+),
+arrays AS (
+  SELECT
+    cons_acct_key,
+    month_idx,
+{%- for r in rolling %}
+    array_agg({{ r.array }} ORDER BY p) AS {{ r.array }},
+{%- endfor %}
+    max(record_ts) AS record_ts
+  FROM elements
+  GROUP BY cons_acct_key, month_idx
+)
+SELECT
+{%- for c in columns %}
+{%- if c.to == "cons_acct_key" %}
+  x.cons_acct_key,
+{%- elif c.to == "rpt_as_of_mo" %}
+  {{ months.from_index("x.month_idx") }} AS rpt_as_of_mo,
+{%- elif c.to == "base_ts" %}
+  CASE WHEN e.cons_acct_key IS NULL THEN a.base_ts ELSE greatest(e.base_ts, x.record_ts) END AS base_ts,
+{%- elif c.to == "soft_del_cd" %}
+  CASE WHEN a.cons_acct_key IS NOT NULL THEN a.soft_del_cd ELSE e.soft_del_cd END AS soft_del_cd,
+{%- else %}
+  CASE WHEN a.cons_acct_key IS NOT NULL AND NOT a.is_delete THEN a.{{ c.to }} ELSE e.{{ c.to }} END AS {{ c.to }},
+{%- endif %}
+{%- endfor %}
+{%- for c in ["orig_loan_am", "payment_rating_cd"] %}
+  CASE WHEN a.cons_acct_key IS NOT NULL AND NOT a.is_delete THEN a.{{ c }} ELSE e.{{ c }} END AS {{ c }},
+{%- endfor %}
+{%- for r in rolling %}
+  x.{{ r.array }},
+{%- endfor %}
+  {{ history.grid("x.payment_rating_cd_history") }} AS payment_history_grid
+FROM arrays x
+LEFT JOIN effective a
+  ON a.cons_acct_key = x.cons_acct_key AND a.month_idx = x.month_idx AND a.outcome = 'applied'
+LEFT JOIN existing e ON e.cons_acct_key = x.cons_acct_key AND e.month_idx = x.month_idx
