@@ -9,3 +9,4 @@ mod plan_cli;
 mod planning;
 mod run;
 mod summary_model;
+mod summary_property;
