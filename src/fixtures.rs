@@ -152,7 +152,7 @@ fn table_plan<'p>(plan: &'p Plan, table: &str) -> Result<&'p crate::plan::TableP
 }
 
 /// Appends fixture rows to a table, creating it from its declared schema if needed.
-async fn append_rows(plan: &Plan, table: &str, rows: &Value) -> Result<()> {
+pub async fn append_rows(plan: &Plan, table: &str, rows: &Value) -> Result<()> {
     let t = table_plan(plan, table)?;
     let rows = rows.as_array().cloned().unwrap_or_default();
     let schema =

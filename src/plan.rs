@@ -110,6 +110,9 @@ pub struct StagePlan {
     pub output: Vec<ColumnPlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// The relation's rows are included in the run report.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub report: bool,
     /// DataFusion's optimized logical plan (shown with `--explain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logical_plan: Option<String>,

@@ -172,6 +172,17 @@ impl RunReport {
                 m.version.map_or("-".into(), |v| v.to_string()),
             );
         }
+        for s in self
+            .stages
+            .iter()
+            .filter(|s| !s.metrics.reported.is_empty())
+        {
+            let _ = writeln!(out, "\n{}:", s.name);
+            for row in &s.metrics.reported {
+                let cells: Vec<String> = row.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(out, "  {}", cells.join("  "));
+            }
+        }
         for s in self.stages.iter().filter(|s| s.error.is_some()) {
             let _ = writeln!(
                 out,

@@ -68,6 +68,8 @@ pub struct StageSpec {
     pub description: Option<String>,
     pub body: StageBody,
     pub materialize: bool,
+    /// The relation's rows go into the run report (for small summaries, e.g. counts).
+    pub report: bool,
     pub after: Vec<Spanned<String>>,
 }
 
@@ -141,6 +143,7 @@ const STAGE_KEYS: &[&str] = &[
     "sql",
     "query",
     "materialize",
+    "report",
     "after",
     "optimize",
     "vacuum",
@@ -449,17 +452,8 @@ impl Loader<'_> {
                     .help("a stage does one thing: split it into two stages"))
             }
         };
-        let materialize = match map.get_scalar("materialize") {
-            None => false,
-            Some(s) => s.as_bool().ok_or_else(|| {
-                self.error(
-                    self.scalar_span(s),
-                    "bad_value",
-                    "`materialize` must be true or false",
-                    "not a boolean",
-                )
-            })?,
-        };
+        let materialize = self.flag(map, "materialize")?;
+        let report = self.flag(map, "report")?;
         let after = self.string_list(map.get_node("after"), "after")?;
         let description = self.optional_string(map, "description")?.map(|s| s.value);
         Ok(StageSpec {
@@ -467,8 +461,24 @@ impl Loader<'_> {
             description,
             body,
             materialize,
+            report,
             after,
         })
+    }
+
+    /// An optional boolean key, false when absent.
+    fn flag(&self, map: &MarkedMappingNode, key: &str) -> Result<bool> {
+        match map.get_scalar(key) {
+            None => Ok(false),
+            Some(s) => s.as_bool().ok_or_else(|| {
+                self.error(
+                    self.scalar_span(s),
+                    "bad_value",
+                    format!("`{key}` must be true or false"),
+                    "not a boolean",
+                )
+            }),
+        }
     }
 
     fn stage_body(&self, key: &str, map: &MarkedMappingNode) -> Result<StageBody> {

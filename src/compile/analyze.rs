@@ -191,6 +191,7 @@ fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundSt
         sql: b.sql,
         output,
         maintenance: b.maintenance,
+        report: stage.report,
         logical_plan: b.logical.map(|lp| lp.display_indent().to_string()),
     }
 }

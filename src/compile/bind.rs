@@ -123,6 +123,13 @@ async fn bind_sql(
         StatementKind::Merge => StageKind::Merge,
         StatementKind::Delete => StageKind::Delete,
     };
+    if sql.stage.report && parsed.kind != StatementKind::Select {
+        let span = sql.stage.name.span;
+        return Err(Problem::invalid("report_not_a_relation", format!("stage `{}` has `report: true` but defines no relation", sql.name()))
+            .in_source(&sql.spec.yaml)
+            .label(span, "this stage")
+            .help("only SELECT stages can report their rows; report a SELECT of what this stage writes instead"));
+    }
     if parsed.kind == StatementKind::Select {
         // Later stages see this stage's output schema. A materialized relation is
         // computed once, so readers must not re-plan (and re-scan) its sources.

@@ -48,6 +48,9 @@ pub struct StageMetrics {
     /// Literal predicates added to Delta scans from materialized relations' keys.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub literal_bounds: Vec<String>,
+    /// The rows of a relation whose stage has `report: true`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reported: Vec<serde_json::Map<String, serde_json::Value>>,
     /// Size of the local Parquet file a large materialized relation was spilled to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spilled_bytes: Option<u64>,
@@ -207,6 +210,41 @@ impl Executor {
     }
 
     pub async fn run_stage(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        let mut metrics = self.execute(stage).await?;
+        if stage.report {
+            metrics.reported = self.rows_of(&stage.name).await?;
+        }
+        Ok(metrics)
+    }
+
+    /// At most this many rows of a reported relation go into the report.
+    const REPORTED_ROWS: usize = 1000;
+
+    async fn rows_of(
+        &self,
+        relation: &str,
+    ) -> StageResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let df = self
+            .ctx
+            .table(relation)
+            .await
+            .map_err(df_err)?
+            .limit(0, Some(Self::REPORTED_ROWS))
+            .map_err(df_err)?;
+        let batches = df.collect().await.map_err(df_err)?;
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+        writer
+            .write_batches(&batches.iter().collect::<Vec<_>>())
+            .map_err(df_err)?;
+        writer.finish().map_err(df_err)?;
+        let bytes = writer.into_inner();
+        if bytes.is_empty() {
+            return Ok(Vec::new());
+        }
+        serde_json::from_slice(&bytes).map_err(df_err)
+    }
+
+    async fn execute(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
         let sql = stage.sql.as_deref().unwrap_or("");
         match stage.kind {
             StageKind::View => {

@@ -680,3 +680,47 @@ async fn python_deltalake_reads_what_sqlplan_wrote() {
         "2 [(1, 'a', 'x'), (2, 'B', 'x'), (3, 'C', 'y')]"
     );
 }
+
+/// `report: true` puts a relation's rows in the report: the summary pipeline's
+/// spec §3.1 counts.
+#[tokio::test]
+async fn the_summary_run_reports_its_counts() {
+    let project = Project::new(&[]);
+    let wh = project.warehouse().display().to_string();
+    let vars = [("warehouse".to_string(), wh.clone())];
+    let pipeline = crate::common::repo().join("pipelines/summary.yaml");
+    let plan = sqlplan::build_plan(&pipeline, None, &vars).await.unwrap();
+    let rows = serde_json::json!([
+        {"cons_acct_key": 1, "rpt_as_of_mo": "2025-12", "acct_bal_am": 1, "base_ts": "2026-01-01T00:00:00"},
+        {"cons_acct_key": 2, "rpt_as_of_mo": "2025-11", "acct_bal_am": 1, "base_ts": "2026-01-01T00:00:00"},
+        {"cons_acct_key": 2, "rpt_as_of_mo": "2025-12", "acct_bal_am": 1, "base_ts": "2026-01-01T00:00:00"},
+        {"cons_acct_key": 3, "rpt_as_of_mo": "2025-12", "soft_del_cd": "1", "base_ts": "2026-01-01T00:00:00"}
+    ]);
+    sqlplan::fixtures::append_rows(&plan, "accounts", &rows)
+        .await
+        .unwrap();
+    let var = format!("warehouse={wh}");
+    let out = crate::common::sqlplan_in(
+        &crate::common::repo(),
+        &[
+            "run",
+            "pipelines/summary.yaml",
+            "--var",
+            &var,
+            "--report",
+            project.path().join("report.json").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = report(&project);
+    let counts = &stage(&r, "counts")["metrics"]["reported"];
+    assert_eq!(
+        counts,
+        &serde_json::json!([
+            {"kind": "case I: new account, one month", "records": 1},
+            {"kind": "case IV: new account, several months", "records": 2},
+            {"kind": "ignored", "records": 1}
+        ])
+    );
+    assert!(out.stdout.contains("counts:"), "{}", out.stdout);
+}
