@@ -31,6 +31,6 @@ pub async fn build_plan(
     vars: &[(String, String)],
 ) -> Result<Plan, Problem> {
     let spec = spec::load(pipeline, root, vars)?;
-    let rendered = render::render(&spec)?;
+    let rendered = render::render(&spec).await?;
     compile::compile(&spec, &rendered).await
 }

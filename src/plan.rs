@@ -33,6 +33,9 @@ pub struct TablePlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<usize>,
     pub partition_by: Vec<String>,
+    /// Absent and optional: not read, not created.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
     pub columns: Vec<ColumnPlan>,
 }
 
@@ -224,6 +227,7 @@ impl Plan {
             let state = match (t.version, t.files) {
                 (Some(v), Some(f)) => format!("version {v}, {f} files"),
                 (Some(v), None) => format!("version {v}"),
+                _ if t.optional => "absent, optional: not read".to_string(),
                 _ => "created by the run".to_string(),
             };
             let parts = if t.partition_by.is_empty() {

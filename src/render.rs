@@ -78,7 +78,7 @@ impl LineMap {
 }
 
 /// Renders everything the spec templates. Fails on the first template error.
-pub fn render(spec: &PipelineSpec) -> Result<Rendered> {
+pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
     let loaded: Arc<Mutex<BTreeMap<String, Source>>> = Arc::default();
     let env = environment(&spec.root, loaded.clone());
     let vars: Map<String, Value> = spec
@@ -93,6 +93,12 @@ pub fn render(spec: &PipelineSpec) -> Result<Rendered> {
         locations.insert(name.clone(), location);
     }
 
+    // Templates may depend on whether a table exists (optional inputs); the check
+    // reads at most a Delta log's location, never data.
+    let mut exists = BTreeMap::new();
+    for (name, location) in &locations {
+        exists.insert(name.clone(), crate::session::table_exists(location).await);
+    }
     let mut context = vars.clone();
     context.insert("pipeline".into(), json!({ "name": spec.name.value }));
     context.insert(
@@ -100,7 +106,12 @@ pub fn render(spec: &PipelineSpec) -> Result<Rendered> {
         Value::Object(
             locations
                 .iter()
-                .map(|(n, l)| (n.clone(), json!({ "name": n, "location": l })))
+                .map(|(n, l)| {
+                    (
+                        n.clone(),
+                        json!({ "name": n, "location": l, "exists": exists[n] }),
+                    )
+                })
                 .collect(),
         ),
     );

@@ -31,3 +31,15 @@ pub fn table_url(location: &str) -> Result<url::Url, String> {
         std::path::absolute(location).map_err(|e| format!("invalid path `{location}`: {e}"))?;
     url::Url::from_directory_path(&path).map_err(|_| format!("invalid path `{location}`"))
 }
+
+/// Whether a Delta table exists at `location` (a local `_delta_log` folder, or a
+/// log that opens). Never creates anything.
+pub async fn table_exists(location: &str) -> bool {
+    let Ok(url) = table_url(location) else {
+        return false;
+    };
+    match url.to_file_path() {
+        Ok(path) if url.scheme() == "file" => path.join("_delta_log").is_dir(),
+        _ => deltalake::open_table(url).await.is_ok(),
+    }
+}

@@ -53,6 +53,9 @@ pub struct TableSpec {
     pub partition_by: Vec<Spanned<String>>,
     /// Scan budget enforced by `plan`: at most this many full scans per run.
     pub max_full_scans: Option<Spanned<u64>>,
+    /// A table that may be absent: then it is not created and templates see
+    /// `tables.<name>.exists` false (and must not read it).
+    pub optional: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +138,7 @@ const TABLE_KEYS: &[&str] = &[
     "schema",
     "partition_by",
     "max_full_scans",
+    "optional",
 ];
 const COLUMN_KEYS: &[&str] = &["name", "type", "nullable"];
 const STAGE_KEYS: &[&str] = &[
@@ -328,6 +332,7 @@ impl Loader<'_> {
                 }),
             };
             let description = self.optional_string(map, "description")?.map(|s| s.value);
+            let optional = self.flag(map, "optional")?;
             tables.insert(
                 name.value.clone(),
                 TableSpec {
@@ -337,6 +342,7 @@ impl Loader<'_> {
                     schema,
                     partition_by,
                     max_full_scans,
+                    optional,
                 },
             );
         }

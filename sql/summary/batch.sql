@@ -19,7 +19,8 @@ ranked AS (
       ORDER BY base_ts DESC, insert_ts DESC NULLS LAST, update_ts DESC NULLS LAST
     ) AS record_rank
   FROM prepared
-)
+),
+deduped AS (
 SELECT
 {%- for c in columns %}
   {{ c.to }},
@@ -44,8 +45,60 @@ SELECT
     WHEN asset_class_cd IN ('5', '05', 'M') THEN 'M'
     WHEN asset_class_cd IN ('0', '6', 'G', 'L', 'C') THEN asset_class_cd
     ELSE NULL
-  END AS payment_rating_cd,
-  COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS is_delete,
-  {{ months.index("rpt_as_of_mo") }} AS month_idx
+  END AS payment_rating_cd
 FROM ranked
 WHERE record_rank = 1
+)
+{%- if tables.consumer_account_hist_rpt.exists %},
+-- Spec §2.1: the hist_rpt row of the record's month (the greatest), then the rules.
+hist AS (
+  SELECT
+    cons_acct_key,
+    to_char(acct_dt, '%Y-%m') AS hist_mo,
+    acct_dt,
+    soft_del_cd,
+    COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS hist_deleted,
+    row_number() OVER (
+      PARTITION BY cons_acct_key, to_char(acct_dt, '%Y-%m')
+      ORDER BY base_ts DESC NULLS LAST, insert_dt DESC NULLS LAST, update_dt DESC NULLS LAST,
+               insert_time DESC NULLS LAST, update_time DESC NULLS LAST
+    ) AS hist_rank
+  FROM consumer_account_hist_rpt
+  WHERE acct_dt IS NOT NULL
+),
+records AS (
+  SELECT
+{%- for c in columns %}
+{%- if c.to == "acct_dt" %}
+    CASE
+      WHEN h.cons_acct_key IS NULL THEN r.acct_dt
+      WHEN r.record_deleted AND h.hist_deleted THEN NULL
+      WHEN NOT r.record_deleted AND (h.hist_deleted OR r.acct_dt > h.acct_dt) THEN r.acct_dt
+      WHEN NOT h.hist_deleted AND (r.record_deleted OR h.acct_dt > r.acct_dt) THEN h.acct_dt
+      ELSE r.acct_dt
+    END AS acct_dt,
+{%- elif c.to == "soft_del_cd" %}
+    CASE
+      WHEN h.cons_acct_key IS NULL OR (r.record_deleted AND h.hist_deleted) THEN r.soft_del_cd
+      WHEN NOT r.record_deleted AND (h.hist_deleted OR r.acct_dt > h.acct_dt) THEN r.soft_del_cd
+      WHEN NOT h.hist_deleted AND (r.record_deleted OR h.acct_dt > r.acct_dt) THEN h.soft_del_cd
+      ELSE r.soft_del_cd
+    END AS soft_del_cd,
+{%- else %}
+    r.{{ c.to }},
+{%- endif %}
+{%- endfor %}
+    r.orig_loan_am,
+    r.payment_rating_cd
+  FROM (SELECT *, COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS record_deleted FROM deduped) r
+  LEFT JOIN hist h
+    ON h.cons_acct_key = r.cons_acct_key AND h.hist_mo = r.rpt_as_of_mo AND h.hist_rank = 1
+)
+{%- else %},
+records AS (SELECT * FROM deduped)
+{%- endif %}
+SELECT
+  *,
+  COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS is_delete,
+  {{ months.index("rpt_as_of_mo") }} AS month_idx
+FROM records

@@ -203,6 +203,7 @@ fn table_plan(t: &TableInfo) -> TablePlan {
         version: t.version,
         files: t.num_files,
         partition_by: t.partition_columns.clone(),
+        optional: t.optional && t.version.is_none(),
         columns: column_plans(t.schema.fields()),
     }
 }

@@ -28,6 +28,8 @@ pub struct TableInfo {
     pub num_files: Option<usize>,
     pub schema: SchemaRef,
     pub partition_columns: Vec<String>,
+    /// Declared `optional`: when absent it is neither read nor created.
+    pub optional: bool,
 }
 
 impl TableInfo {
@@ -74,10 +76,14 @@ pub async fn open(
                     num_files: Some(snapshot.log_data().num_files()),
                     schema: provider.schema(),
                     partition_columns: snapshot.metadata().partition_columns().to_vec(),
+                    optional: table.optional,
                 };
                 register(ctx, name, provider)?;
                 info
             }
+            // An optional table that is absent is not read (templates see
+            // `exists: false`) nor created; its declared schema is kept for tools.
+            None if table.optional && table.schema.is_none() => continue,
             None => {
                 let schema = declared_schema(spec, table, ctx).await?;
                 let info = TableInfo {
@@ -88,8 +94,11 @@ pub async fn open(
                     num_files: None,
                     schema: schema.clone(),
                     partition_columns: table.partition_by.iter().map(|p| p.value.clone()).collect(),
+                    optional: table.optional,
                 };
-                register(ctx, name, Arc::new(DeclaredTable::new(schema)))?;
+                if !table.optional {
+                    register(ctx, name, Arc::new(DeclaredTable::new(schema)))?;
+                }
                 info
             }
         };

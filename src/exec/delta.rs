@@ -44,7 +44,11 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
             }
         }
     }
-    for t in plan.tables.iter().filter(|t| t.version.is_none()) {
+    for t in plan
+        .tables
+        .iter()
+        .filter(|t| t.version.is_none() && !t.optional)
+    {
         existing.insert(t.name.clone(), create(t).await?);
     }
     Ok(existing)
