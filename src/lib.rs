@@ -18,6 +18,7 @@ pub mod render;
 pub mod report;
 pub mod session;
 pub mod spec;
+pub mod state;
 
 use std::path::Path;
 
@@ -30,7 +31,8 @@ pub async fn build_plan(
     root: Option<&Path>,
     vars: &[(String, String)],
 ) -> Result<Plan, Problem> {
-    let spec = spec::load(pipeline, root, vars)?;
+    let mut spec = spec::load(pipeline, root, vars)?;
+    state::resolve(&mut spec).await?;
     let rendered = render::render(&spec).await?;
     compile::compile(&spec, &rendered).await
 }

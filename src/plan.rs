@@ -116,6 +116,9 @@ pub struct StagePlan {
     /// The relation's rows are included in the run report.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub report: bool,
+    /// The state variable this stage's single value records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// DataFusion's optimized logical plan (shown with `--explain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logical_plan: Option<String>,

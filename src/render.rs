@@ -87,11 +87,7 @@ pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
 
-    let mut locations = BTreeMap::new();
-    for (name, table) in &spec.tables {
-        let location = render_yaml_value(&env, spec, &table.location, Value::Object(vars.clone()))?;
-        locations.insert(name.clone(), location);
-    }
+    let locations = render_locations(&env, spec, &vars)?;
 
     // Templates may depend on whether a table exists (optional inputs); the check
     // reads at most a Delta log's location, never data.
@@ -147,6 +143,30 @@ pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
         stages.push(rendered);
     }
     Ok(Rendered { locations, stages })
+}
+
+/// Table locations only (the state step needs them before templates render).
+pub fn locations(spec: &PipelineSpec) -> Result<BTreeMap<String, String>> {
+    let env = environment(&spec.root, Arc::default());
+    let vars: Map<String, Value> = spec
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    render_locations(&env, spec, &vars)
+}
+
+fn render_locations(
+    env: &Environment<'static>,
+    spec: &PipelineSpec,
+    vars: &Map<String, Value>,
+) -> Result<BTreeMap<String, String>> {
+    let mut locations = BTreeMap::new();
+    for (name, table) in &spec.tables {
+        let location = render_yaml_value(env, spec, &table.location, Value::Object(vars.clone()))?;
+        locations.insert(name.clone(), location);
+    }
+    Ok(locations)
 }
 
 /// One environment for the whole pipeline: strict undefined, debug info on (for

@@ -29,6 +29,8 @@ pub struct PipelineSpec {
     pub description: Option<String>,
     /// Declared variables with their values after `--var` overrides.
     pub vars: BTreeMap<String, Var>,
+    /// State variables (also in `vars`): name → the table whose commits record it.
+    pub state: BTreeMap<String, Spanned<String>>,
     pub tables: BTreeMap<String, TableSpec>,
     /// In program order.
     pub stages: Vec<StageSpec>,
@@ -73,6 +75,8 @@ pub struct StageSpec {
     pub materialize: bool,
     /// The relation's rows go into the run report (for small summaries, e.g. counts).
     pub report: bool,
+    /// The state variable this stage's single value records (see `PipelineSpec::state`).
+    pub state: Option<Spanned<String>>,
     pub after: Vec<Spanned<String>>,
 }
 
@@ -131,7 +135,8 @@ impl StageSpec {
     }
 }
 
-const TOP_KEYS: &[&str] = &["name", "description", "vars", "tables", "stages"];
+const TOP_KEYS: &[&str] = &["name", "description", "vars", "state", "tables", "stages"];
+const STATE_KEYS: &[&str] = &["table", "default"];
 const TABLE_KEYS: &[&str] = &[
     "location",
     "description",
@@ -148,6 +153,7 @@ const STAGE_KEYS: &[&str] = &[
     "query",
     "materialize",
     "report",
+    "state",
     "after",
     "optimize",
     "vacuum",
@@ -232,7 +238,8 @@ impl Loader<'_> {
         let name = self.required_string(top, "name", node.span())?;
         check_identifier(self, &name, "pipeline name")?;
         let description = self.optional_string(top, "description")?.map(|s| s.value);
-        let vars = self.vars(top.get_node("vars"), overrides)?;
+        let state = self.state(top.get_node("state"))?;
+        let vars = self.vars(top.get_node("vars"), &state, overrides)?;
         let tables = self.tables(top.get_node("tables"))?;
         let stages = self.stages(top.get_node("stages"), node.span(), &tables)?;
         Ok(PipelineSpec {
@@ -241,9 +248,40 @@ impl Loader<'_> {
             name,
             description,
             vars,
+            state: state
+                .into_iter()
+                .map(|(k, (table, _))| (k, table))
+                .collect(),
             tables,
             stages,
         })
+    }
+
+    /// `state:` — variables whose value a run records (see `StageSpec::state`) and
+    /// the next plan reads back: name → (table whose commits carry it, default).
+    fn state(&self, node: Option<&Node>) -> Result<BTreeMap<String, (Spanned<String>, Var)>> {
+        let mut out = BTreeMap::new();
+        let Some(node) = node else { return Ok(out) };
+        for (key, value) in self.mapping(node, "state")?.iter() {
+            let name = self.scalar_spanned(key);
+            check_identifier(self, &name, "state variable name")?;
+            let map = self.mapping(value, &format!("state `{}`", name.value))?;
+            self.check_keys(map, STATE_KEYS, "state")?;
+            let table = self.required_string(map, "table", value.span())?;
+            let default = map.get_node("default").map(to_json).unwrap_or(Value::Null);
+            out.insert(
+                name.value.clone(),
+                (
+                    table,
+                    Var {
+                        value: default,
+                        span: name.span,
+                        overridden: false,
+                    },
+                ),
+            );
+        }
+        Ok(out)
     }
 
     // ---- vars -------------------------------------------------------------------
@@ -251,13 +289,27 @@ impl Loader<'_> {
     fn vars(
         &self,
         node: Option<&Node>,
+        state: &BTreeMap<String, (Spanned<String>, Var)>,
         overrides: &[(String, String)],
     ) -> Result<BTreeMap<String, Var>> {
-        let mut vars = BTreeMap::new();
+        let mut vars: BTreeMap<String, Var> = state
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
         if let Some(node) = node {
             let map = self.mapping(node, "vars")?;
             for (key, value) in map.iter() {
                 check_identifier(self, &self.scalar_spanned(key), "variable name")?;
+                if let Some(v) = vars.get(key.as_str()) {
+                    return Err(self
+                        .error(
+                            self.scalar_span(key),
+                            "duplicate_var",
+                            format!("`{}` is both a var and a state variable", key.as_str()),
+                            "declared again",
+                        )
+                        .label(v.span, "state variable"));
+                }
                 vars.insert(
                     key.as_str().to_string(),
                     Var {
@@ -460,6 +512,7 @@ impl Loader<'_> {
         };
         let materialize = self.flag(map, "materialize")?;
         let report = self.flag(map, "report")?;
+        let state = self.optional_string(map, "state")?;
         let after = self.string_list(map.get_node("after"), "after")?;
         let description = self.optional_string(map, "description")?.map(|s| s.value);
         Ok(StageSpec {
@@ -468,6 +521,7 @@ impl Loader<'_> {
             body,
             materialize,
             report,
+            state,
             after,
         })
     }

@@ -192,6 +192,7 @@ fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundSt
         output,
         maintenance: b.maintenance,
         report: stage.report,
+        state: stage.state.as_ref().map(|s| s.value.clone()),
         logical_plan: b.logical.map(|lp| lp.display_indent().to_string()),
     }
 }

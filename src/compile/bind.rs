@@ -123,6 +123,21 @@ async fn bind_sql(
         StatementKind::Merge => StageKind::Merge,
         StatementKind::Delete => StageKind::Delete,
     };
+    if let Some(state) = &sql.stage.state {
+        if !sql.spec.state.contains_key(&state.value) || parsed.kind != StatementKind::Select {
+            return Err(Problem::invalid(
+                "bad_state_stage",
+                format!(
+                    "stage `{}` records `{}`, which is not a state variable, or is not a SELECT",
+                    sql.name(),
+                    state.value
+                ),
+            )
+            .in_source(&sql.spec.yaml)
+            .label(state.span, "here")
+            .help("declare it under `state:` and make the stage a SELECT of one value"));
+        }
+    }
     if sql.stage.report && parsed.kind != StatementKind::Select {
         let span = sql.stage.name.span;
         return Err(Problem::invalid("report_not_a_relation", format!("stage `{}` has `report: true` but defines no relation", sql.name()))

@@ -190,18 +190,33 @@ pub fn app_id(pipeline: &str, stage: &str) -> String {
 /// Every commit names the pipeline and stage that made it and carries an
 /// application transaction (app id, run number), so a later run can prove which
 /// writes of an interrupted run committed.
-pub fn commit_properties(pipeline: &str, stage: &str, run_number: i64) -> CommitProperties {
+/// State values recorded so far in the run ride along as `sqlplan.state.<name>`.
+pub fn commit_properties(
+    pipeline: &str,
+    stage: &str,
+    run_number: i64,
+    states: &BTreeMap<String, String>,
+) -> CommitProperties {
+    let mut metadata = vec![
+        ("sqlplan.pipeline".to_string(), serde_json::json!(pipeline)),
+        ("sqlplan.stage".to_string(), serde_json::json!(stage)),
+        ("sqlplan.run".to_string(), serde_json::json!(run_number)),
+    ];
+    metadata.extend(
+        states
+            .iter()
+            .map(|(k, v)| (format!("{STATE_PREFIX}{k}"), serde_json::json!(v))),
+    );
     CommitProperties::default()
         .with_application_transaction(deltalake::kernel::Transaction::new(
             app_id(pipeline, stage),
             run_number,
         ))
-        .with_metadata([
-            ("sqlplan.pipeline".to_string(), serde_json::json!(pipeline)),
-            ("sqlplan.stage".to_string(), serde_json::json!(stage)),
-            ("sqlplan.run".to_string(), serde_json::json!(run_number)),
-        ])
+        .with_metadata(metadata)
 }
+
+/// Commit metadata key prefix of state variables.
+pub const STATE_PREFIX: &str = "sqlplan.state.";
 
 /// The greatest run number any stage of the pipeline committed to `table`.
 pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i64>, String> {

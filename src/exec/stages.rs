@@ -71,6 +71,8 @@ pub struct Executor {
     /// Where they go; removed with the executor.
     spill_dir: tempfile::TempDir,
     tables: Mutex<BTreeMap<String, DeltaTable>>,
+    /// State values recorded by `state:` stages so far; later commits carry them.
+    states: Mutex<BTreeMap<String, String>>,
     /// Views registered so far (re-planned after commits to what they read).
     views: Mutex<Vec<String>>,
     /// Materialized relations computed so far (their key bounds drive pruning).
@@ -118,6 +120,7 @@ impl Executor {
             ctx,
             tables: Mutex::new(tables),
             views: Mutex::new(Vec::new()),
+            states: Mutex::new(BTreeMap::new()),
             materialized: Mutex::new(Default::default()),
         })
     }
@@ -214,7 +217,32 @@ impl Executor {
         if stage.report {
             metrics.reported = self.rows_of(&stage.name).await?;
         }
+        if let Some(state) = &stage.state {
+            // The relation's single value; NULL (e.g. an empty batch) records nothing,
+            // so the previous value stays in force.
+            let rows = self.rows_of(&stage.name).await?;
+            if rows.len() > 1 {
+                return Err(format!(
+                    "state stage `{}` returned {} rows; one is expected",
+                    stage.name,
+                    rows.len()
+                ));
+            }
+            let value = rows
+                .first()
+                .and_then(|r| r.values().next())
+                .filter(|v| !v.is_null());
+            if let Some(v) = value {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                self.states.lock().await.insert(state.clone(), text);
+            }
+        }
         Ok(metrics)
+    }
+
+    async fn props(&self, stage: &str) -> deltalake::kernel::transaction::CommitProperties {
+        let states = self.states.lock().await.clone();
+        delta::commit_properties(&self.plan.pipeline, stage, self.run_number, &states)
     }
 
     /// At most this many rows of a reported relation go into the report.
@@ -373,14 +401,9 @@ impl Executor {
             .metadata()
             .partition_columns()
             .to_vec();
-        let mut write =
-            table
-                .write(batches.clone())
-                .with_commit_properties(delta::commit_properties(
-                    &self.plan.pipeline,
-                    &stage.name,
-                    self.run_number,
-                ));
+        let mut write = table
+            .write(batches.clone())
+            .with_commit_properties(self.props(&stage.name).await);
         if stage.kind == StageKind::InsertOverwrite {
             write = write.with_save_mode(SaveMode::Overwrite);
             if !partitions.is_empty() {
@@ -465,11 +488,7 @@ impl Executor {
             .with_target_alias(&target)
             .with_source_alias(&source_alias)
             .with_session_state(Arc::new(state))
-            .with_commit_properties(delta::commit_properties(
-                &self.plan.pipeline,
-                &stage.name,
-                self.run_number,
-            ));
+            .with_commit_properties(self.props(&stage.name).await);
         for clause in op.clauses {
             let pred = clause.predicate;
             mb = match (clause.kind.canonical(), clause.action) {
@@ -555,11 +574,7 @@ impl Executor {
         let mut op = table
             .delete()
             .with_session_state(Arc::new(self.ctx.state()))
-            .with_commit_properties(delta::commit_properties(
-                &self.plan.pipeline,
-                &stage.name,
-                self.run_number,
-            ));
+            .with_commit_properties(self.props(&stage.name).await);
         if let Some(selection) = &delete.selection {
             op = op.with_predicate(selection.to_string());
         }
@@ -577,7 +592,7 @@ impl Executor {
     async fn maintain(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
         let target = stage.writes.clone().ok_or("maintenance without a table")?;
         let table = self.table(&target).await?;
-        let props = delta::commit_properties(&self.plan.pipeline, &stage.name, self.run_number);
+        let props = self.props(&stage.name).await;
         match stage
             .maintenance
             .as_ref()

@@ -1,0 +1,72 @@
+//! Between spec and render: state variables take the value the last run recorded.
+//!
+//! A stage with `state: NAME` returns one value; the executor writes it into the
+//! metadata of every later commit of that run (`sqlplan.state.NAME`). At plan time the
+//! variable takes the value of the newest commit of this pipeline on the state's
+//! table that carries it — so the table should be the last one the run writes, and
+//! a run that fails before writing it records nothing. `--var NAME=…` overrides.
+
+use futures::StreamExt;
+
+use crate::diag::{did_you_mean, Problem, Result};
+use crate::exec::delta::STATE_PREFIX;
+use crate::spec::PipelineSpec;
+
+/// How far back in a table's history to look for a recorded state.
+const HISTORY_DEPTH: usize = 1000;
+
+pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
+    if spec.state.is_empty() {
+        return Ok(());
+    }
+    let locations = crate::render::locations(spec)?;
+    for (name, table) in spec.state.clone() {
+        let Some(location) = locations.get(&table.value) else {
+            return Err(Problem::invalid(
+                "unknown_table",
+                format!(
+                    "state `{name}` is kept on `{}`, which is not a declared table",
+                    table.value
+                ),
+            )
+            .in_source(&spec.yaml)
+            .label(table.span, "unknown table")
+            .help(
+                did_you_mean(&table.value, locations.keys().map(String::as_str))
+                    .unwrap_or_else(|| "declare it under `tables:`".into()),
+            ));
+        };
+        if spec.vars[&name].overridden || !crate::session::table_exists(location).await {
+            continue;
+        }
+        if let Some(value) = recorded(&spec.name.value, location, &name).await? {
+            spec.vars.get_mut(&name).expect("state vars are vars").value = value.into();
+        }
+    }
+    Ok(())
+}
+
+async fn recorded(pipeline: &str, location: &str, name: &str) -> Result<Option<String>> {
+    let failed = |e: String| {
+        Problem::failed(
+            "state_unreadable",
+            format!("reading state `{name}` from {location}: {e}"),
+        )
+    };
+    let url = crate::session::table_url(location).map_err(failed)?;
+    let table = deltalake::open_table(url)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let key = format!("{STATE_PREFIX}{name}");
+    let mut history = table.history(Some(HISTORY_DEPTH));
+    while let Some(commit) = history.next().await {
+        let commit = commit.map_err(|e| failed(e.to_string()))?;
+        let ours = commit.info.get("sqlplan.pipeline").and_then(|v| v.as_str()) == Some(pipeline);
+        if let (true, Some(v)) = (ours, commit.info.get(&key)) {
+            return Ok(Some(
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            ));
+        }
+    }
+    Ok(None)
+}
