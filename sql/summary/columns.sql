@@ -4,3 +4,16 @@
 {{ prefix }}orig_loan_am, {{ prefix }}payment_rating_cd, {% for r in rolling %}{{ prefix }}{{ r.array }}, {% endfor -%}
 {{ prefix }}payment_history_grid
 {%- endmacro %}
+
+{#- `name = u.name, …` for every summary column except those in `keys`. -#}
+{% macro assignments(columns, rolling, keys, source="u") -%}
+{%- for c in columns if c.to not in keys %}
+  {{ c.to }} = {{ source }}.{{ c.to }},
+{%- endfor %}
+  orig_loan_am = {{ source }}.orig_loan_am,
+  payment_rating_cd = {{ source }}.payment_rating_cd,
+{%- for r in rolling %}
+  {{ r.array }} = {{ source }}.{{ r.array }},
+{%- endfor %}
+  payment_history_grid = {{ source }}.payment_history_grid
+{%- endmacro %}
