@@ -264,20 +264,7 @@ async fn read_rows(t: &crate::plan::TablePlan) -> Result<Vec<Map<String, Value>>
         .collect()
         .await
         .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-    writer
-        .write_batches(&batches.iter().collect::<Vec<_>>())
-        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
-    writer
-        .finish()
-        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<Map<String, Value>> = serde_json::from_slice(&bytes)
-        .map_err(|e| Problem::failed("fixture_read", e.to_string()))?;
-    Ok(rows)
+    exec::stages::json_rows(&batches).map_err(|e| Problem::failed("fixture_read", e))
 }
 
 #[cfg(test)]

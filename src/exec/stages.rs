@@ -260,16 +260,7 @@ impl Executor {
             .limit(0, Some(Self::REPORTED_ROWS))
             .map_err(df_err)?;
         let batches = df.collect().await.map_err(df_err)?;
-        let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-        writer
-            .write_batches(&batches.iter().collect::<Vec<_>>())
-            .map_err(df_err)?;
-        writer.finish().map_err(df_err)?;
-        let bytes = writer.into_inner();
-        if bytes.is_empty() {
-            return Ok(Vec::new());
-        }
-        serde_json::from_slice(&bytes).map_err(df_err)
+        json_rows(&batches)
     }
 
     async fn execute(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
@@ -705,6 +696,22 @@ fn scan_stats(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> ScanS
         Ok(TreeNodeRecursion::Continue)
     });
     stats
+}
+
+/// Rows as JSON objects (NULL columns left out), for reports and fixtures.
+pub fn json_rows(
+    batches: &[RecordBatch],
+) -> StageResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    writer
+        .write_batches(&batches.iter().collect::<Vec<_>>())
+        .map_err(df_err)?;
+    writer.finish().map_err(df_err)?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(df_err)
 }
 
 fn parse_one(sql: &str) -> StageResult<Statement> {
