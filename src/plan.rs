@@ -22,6 +22,9 @@ pub struct Plan {
     /// Per table, every scan the run will make.
     pub scans: Vec<TableScans>,
     pub warnings: Vec<String>,
+    /// State variables → the table whose commits record them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub state: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -64,6 +64,11 @@ pub fn analyze(
         stages,
         scans,
         warnings,
+        state: spec
+            .state
+            .iter()
+            .map(|(k, t)| (k.clone(), t.value.clone()))
+            .collect(),
     })
 }
 

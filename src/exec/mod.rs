@@ -149,12 +149,16 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
             })
         })
         .collect();
-    Ok(RunReport::new(
-        plan,
-        executor.run_number,
-        stages,
-        start.elapsed(),
-    ))
+    let report = RunReport::new(plan, executor.run_number, stages, start.elapsed());
+    if report.succeeded() {
+        executor.persist_states().await.map_err(|e| {
+            Problem::failed(
+                "state_unwritten",
+                format!("the run succeeded but its state was not recorded: {e}"),
+            )
+        })?;
+    }
+    Ok(report)
 }
 
 /// Per-stage progress: spinners on a terminal, one log line per event otherwise.

@@ -240,6 +240,48 @@ impl Executor {
         Ok(metrics)
     }
 
+    /// Makes sure the state table's newest commit carries this run's state values:
+    /// a run that wrote nothing there still records them, with an empty commit.
+    pub async fn persist_states(&self) -> StageResult<()> {
+        let states = self.states.lock().await.clone();
+        let tables: std::collections::BTreeSet<&String> = self
+            .plan
+            .state
+            .iter()
+            .filter(|(var, _)| states.contains_key(*var))
+            .map(|(_, t)| t)
+            .collect();
+        for name in tables {
+            let table = self.table(name).await?;
+            let latest = delta::last_commit_info(&table).await;
+            let recorded = self
+                .plan
+                .state
+                .iter()
+                .filter(|(_, t)| *t == name)
+                .all(|(var, _)| {
+                    latest
+                        .get(&format!("{}{var}", delta::STATE_PREFIX))
+                        .and_then(|v| v.as_str())
+                        == states.get(var).map(String::as_str)
+                        && latest.get("sqlplan.run").and_then(|v| v.as_i64())
+                            == Some(self.run_number)
+                });
+            if !recorded {
+                // A write of no rows: a commit that adds no data, only metadata.
+                let schema = table.snapshot().map_err(df_err)?.snapshot().arrow_schema();
+                let table = table
+                    .write(vec![RecordBatch::new_empty(schema)])
+                    .with_save_mode(SaveMode::Append)
+                    .with_commit_properties(self.props("state").await)
+                    .await
+                    .map_err(df_err)?;
+                self.tables.lock().await.insert(name.clone(), table);
+            }
+        }
+        Ok(())
+    }
+
     async fn props(&self, stage: &str) -> deltalake::kernel::transaction::CommitProperties {
         let states = self.states.lock().await.clone();
         delta::commit_properties(&self.plan.pipeline, stage, self.run_number, &states)
