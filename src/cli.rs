@@ -93,6 +93,9 @@ pub enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Write synthetic data for a shipped pipeline (see `generate summary --help`).
+    #[command(subcommand)]
+    Generate(GenerateTarget),
     /// Draw the stage dependency graph (edges labelled with their hazards).
     #[command(
         after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg"
@@ -104,6 +107,70 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateTarget {
+    /// A warehouse for pipelines/summary.yaml: history, latest rows and a batch.
+    ///
+    /// Writes DIR/summary (one row per account per month, partitioned by month and
+    /// clustered by account key, with history arrays consistent across rows),
+    /// DIR/latest_summary (each account's newest non-deleted row) and DIR/accounts: a
+    /// batch for the month after the history with spec §3.1's mix (about 90% forward
+    /// months, 5% new accounts, 4% backfills and corrections, 1% new accounts with
+    /// several months) plus duplicates, sentinels, bad dates, soft deletes, stale
+    /// records and records 2–40 months back. Tables, columns, the mapping, the
+    /// rolling columns, sentinels and delete codes are read from the pipeline file.
+    /// The same arguments give the same rows.
+    #[command(
+        after_help = "Example:\n  sqlplan generate summary --warehouse /tmp/wh --accounts 100000 --months 36\n  sqlplan plan pipelines/summary.yaml --var warehouse=/tmp/wh\n  sqlplan run pipelines/summary.yaml --var warehouse=/tmp/wh"
+    )]
+    Summary(GenerateSummaryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateSummaryArgs {
+    /// The warehouse directory (the pipeline's `warehouse` variable).
+    #[arg(long, value_name = "DIR")]
+    pub warehouse: PathBuf,
+    /// Accounts in the history.
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: usize,
+    /// Months of history (ending with --last-month).
+    #[arg(long, default_value_t = 36)]
+    pub months: usize,
+    /// Records in the batch [default: as many as accounts].
+    #[arg(long)]
+    pub batch_records: Option<usize>,
+    /// The last month of the history; the batch reports the month after.
+    #[arg(long, value_name = "YYYY-MM", default_value = "2025-12")]
+    pub last_month: String,
+    /// Seed of the random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Replace the tables if they already exist.
+    #[arg(long)]
+    pub replace: bool,
+    /// The pipeline whose tables and vars shape the data.
+    #[arg(long, default_value = "pipelines/summary.yaml")]
+    pub pipeline: PathBuf,
+    /// Project root (as for `plan`).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+}
+
+impl GenerateSummaryArgs {
+    pub fn options(&self) -> crate::generate::SummaryOptions {
+        crate::generate::SummaryOptions {
+            warehouse: self.warehouse.clone(),
+            accounts: self.accounts,
+            months: self.months,
+            last_month: self.last_month.clone(),
+            batch_records: self.batch_records.unwrap_or(self.accounts),
+            seed: self.seed,
+            replace: self.replace,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -246,6 +313,15 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
                 "some fixture cases failed (see above)",
             ))
         }
+        Command::Generate(GenerateTarget::Summary(args)) => {
+            let started = std::time::Instant::now();
+            let generated = generate_summary(&args).await?;
+            Ok(format!(
+                "generated {} in {:.1} s\n{generated}",
+                args.warehouse.display(),
+                started.elapsed().as_secs_f64()
+            ))
+        }
         Command::Graph { input, format } => {
             let plan =
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
@@ -255,6 +331,41 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             })
         }
     }
+}
+
+/// Generates a summary warehouse with a progress bar (a log line per chunk when
+/// standard error is not a terminal).
+async fn generate_summary(
+    args: &GenerateSummaryArgs,
+) -> Result<crate::generate::Generated, Problem> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(args.accounts as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} accounts ({elapsed}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message("generating");
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = |done: usize, total: usize| match &bar {
+        Some(bar) => bar.set_position(done as u64),
+        None => eprintln!("generate: {done}/{total} accounts written"),
+    };
+    let result = crate::generate::summary(
+        &args.pipeline,
+        args.root.as_deref(),
+        &args.options(),
+        &progress,
+    )
+    .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    result
 }
 
 /// Diagnostics go to standard error: in colour on a terminal, else plain text at a

@@ -13,6 +13,7 @@ pub mod compile;
 pub mod diag;
 pub mod exec;
 pub mod fixtures;
+pub mod generate;
 pub mod plan;
 pub mod render;
 pub mod report;

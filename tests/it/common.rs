@@ -140,11 +140,20 @@ pub async fn create_table(
 /// Reads a table back through a fresh delta-rs load (not the write path) and
 /// renders `SELECT … FROM t ORDER BY …` as sorted text lines.
 pub async fn read_table(path: &Path, query: &str) -> Vec<String> {
-    let url = url::Url::from_directory_path(std::fs::canonicalize(path).unwrap()).unwrap();
-    let table = deltalake::open_table(url).await.unwrap();
+    query_tables(&[("t", path)], query).await
+}
+
+/// Runs a query over Delta tables registered under the given names (each loaded
+/// afresh) and renders the result as text lines, one per row, values joined by
+/// commas.
+pub async fn query_tables(tables: &[(&str, &Path)], query: &str) -> Vec<String> {
     let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("t", table.table_provider().await.unwrap())
-        .unwrap();
+    for (name, path) in tables {
+        let url = url::Url::from_directory_path(std::fs::canonicalize(path).unwrap()).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        ctx.register_table(*name, table.table_provider().await.unwrap())
+            .unwrap();
+    }
     let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
     let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
         .unwrap()

@@ -4,6 +4,7 @@
 mod common;
 mod diagnostics;
 mod fixtures;
+mod generate;
 mod macros;
 mod plan_cli;
 mod planning;
