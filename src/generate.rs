@@ -886,8 +886,8 @@ impl<'l> Batch<'l> {
     /// New accounts after the existing keys: one month (case I) or 2–4 consecutive
     /// months ending with the batch month (case IV).
     fn new_accounts(&mut self, values: &mut Values, first_key: i64) {
-        let mut key = first_key;
-        for i in 0..self.new_single + self.new_multi {
+        let accounts = self.new_single + self.new_multi;
+        for (i, key) in (first_key..).take(accounts).enumerate() {
             let months = if i < self.new_single {
                 1
             } else {
@@ -907,7 +907,6 @@ impl<'l> Batch<'l> {
                 previous = Some(row.clone());
                 self.record(values, kind, row);
             }
-            key += 1;
         }
     }
 

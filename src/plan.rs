@@ -257,6 +257,21 @@ impl Plan {
             self.stage_text(&mut out, s, explain);
         }
         let _ = writeln!(out, "\nscans");
+        out.push_str(&self.scans_text(true));
+        let _ = writeln!(out, "\nwarnings");
+        if self.warnings.is_empty() {
+            let _ = writeln!(out, "  none");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "  - {w}");
+        }
+        out
+    }
+
+    /// Every scan of every table, full or pruned, with its filters (and the columns
+    /// read, if `columns`): the `scans` section of the text plan.
+    pub fn scans_text(&self, columns: bool) -> String {
+        let mut out = String::new();
         for t in &self.scans {
             let budget = t
                 .max_full_scans
@@ -282,17 +297,10 @@ impl Plan {
                         let _ = writeln!(out, "      filter: {f}");
                     }
                 }
-                if !s.columns.is_empty() {
+                if columns && !s.columns.is_empty() {
                     let _ = writeln!(out, "      columns: {}", s.columns.join(", "));
                 }
             }
-        }
-        let _ = writeln!(out, "\nwarnings");
-        if self.warnings.is_empty() {
-            let _ = writeln!(out, "  none");
-        }
-        for w in &self.warnings {
-            let _ = writeln!(out, "  - {w}");
         }
         out
     }

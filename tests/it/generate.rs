@@ -260,3 +260,30 @@ async fn the_pipeline_keeps_a_generated_warehouse_consistent_and_is_idempotent()
     }
     assert_eq!(inconsistencies(&wh).await, Vec::<String>::new());
 }
+
+#[test]
+fn the_demo_generates_plans_runs_and_reports_and_only_replaces_its_own_warehouse() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("demo");
+    let args = ["demo", "--warehouse", wh.to_str().unwrap(), "--accounts", "200"];
+    for _ in 0..2 {
+        let out = sqlplan_in(&repo(), &args);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        for expected in [
+            "1/3 generating",
+            "summary: 2 scans (0 full, 2 pruned, budget 0 full)",
+            "3/3 running",
+            "merge_summary",
+            "case II: forward month",
+            "demo done",
+        ] {
+            assert!(out.stdout.contains(expected), "{expected}:\n{}", out.stdout);
+        }
+    }
+    let foreign = dir.path().join("mine");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "keep").unwrap();
+    let out = sqlplan_in(&repo(), &["demo", "--warehouse", foreign.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(foreign.join("precious.txt").exists());
+}
