@@ -105,6 +105,9 @@ pub enum Command {
         after_help = "Examples:\n  cargo run -- demo\n  sqlplan demo --accounts 50000 --warehouse /tmp/demo"
     )]
     Demo(DemoArgs),
+    /// Measure speed and memory of a shipped pipeline (see `bench summary --help`).
+    #[command(subcommand)]
+    Bench(BenchTarget),
     /// Write synthetic data for a shipped pipeline (see `generate summary --help`).
     #[command(subcommand)]
     Generate(GenerateTarget),
@@ -138,6 +141,52 @@ pub enum GenerateTarget {
         after_help = "Example:\n  sqlplan generate summary --warehouse /tmp/wh --accounts 100000 --months 36\n  sqlplan plan pipelines/summary.yaml --var warehouse=/tmp/wh\n  sqlplan run pipelines/summary.yaml --var warehouse=/tmp/wh"
     )]
     Summary(GenerateSummaryArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchTarget {
+    /// The summary pipeline on a generated warehouse: generate, plan and run, each
+    /// timed with its own peak resident memory; stage times, files and bytes scanned,
+    /// full and pruned scans per table, and the batch's counts. Prints the essentials;
+    /// --report writes everything as JSON. The warehouse lives in a temporary
+    /// directory removed afterwards; --from copies one generated earlier (so the
+    /// generation is not repeated for every measurement).
+    #[command(
+        after_help = "Examples:\n  sqlplan bench summary --accounts 20000 --report bench.json\n  sqlplan generate summary --warehouse /data/wh100k --accounts 100000\n  sqlplan bench summary --from /data/wh100k --accounts 100000 --report bench-100k.json"
+    )]
+    Summary(BenchSummaryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchSummaryArgs {
+    /// Accounts in the generated history (with --from: the size it was generated
+    /// with, for the report).
+    #[arg(long, default_value_t = 20_000)]
+    pub accounts: usize,
+    /// Months of history.
+    #[arg(long, default_value_t = 36)]
+    pub months: usize,
+    /// Records in the batch [default: as many as accounts].
+    #[arg(long)]
+    pub batch_records: Option<usize>,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Copy this generated warehouse instead of generating one.
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// Where the temporary warehouse goes [default: the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
+    /// Stages running at the same time, at most [default: the number of cores].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Write the full measurements as JSON to this file.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// The pipeline to measure.
+    #[arg(long, default_value = "pipelines/summary.yaml")]
+    pub pipeline: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -351,6 +400,7 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             ))
         }
         Command::Demo(args) => demo(&args).await,
+        Command::Bench(BenchTarget::Summary(args)) => bench_summary(&args).await,
         Command::Generate(GenerateTarget::Summary(args)) => {
             let started = std::time::Instant::now();
             let generated = generate_summary(&args).await?;
@@ -460,13 +510,16 @@ async fn demo(args: &DemoArgs) -> Result<String, Problem> {
     ))
 }
 
-/// Generates a summary warehouse with a progress bar (a log line per chunk when
-/// standard error is not a terminal).
-async fn generate_summary(
-    args: &GenerateSummaryArgs,
-) -> Result<crate::generate::Generated, Problem> {
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(args.accounts as u64);
+/// Progress of a generator over accounts: a bar on a terminal, else a log line per
+/// chunk written.
+struct AccountProgress(Option<indicatif::ProgressBar>);
+
+impl AccountProgress {
+    fn new(total: usize) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return AccountProgress(None);
+        }
+        let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{msg} [{bar:30}] {pos}/{len} accounts ({elapsed}, eta {eta})",
@@ -474,25 +527,79 @@ async fn generate_summary(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_message("generating");
-        Some(bar)
-    } else {
-        None
-    };
-    let progress = |done: usize, total: usize| match &bar {
-        Some(bar) => bar.set_position(done as u64),
-        None => eprintln!("generate: {done}/{total} accounts written"),
-    };
-    let result = crate::generate::summary(
+        AccountProgress(Some(bar))
+    }
+
+    fn update(&self, done: usize, total: usize) {
+        match &self.0 {
+            Some(bar) => bar.set_position(done as u64),
+            None => eprintln!("generate: {done}/{total} accounts written"),
+        }
+    }
+}
+
+impl Drop for AccountProgress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Generates a summary warehouse, showing progress.
+async fn generate_summary(
+    args: &GenerateSummaryArgs,
+) -> Result<crate::generate::Generated, Problem> {
+    let progress = AccountProgress::new(args.accounts);
+    crate::generate::summary(
         &args.pipeline,
         args.root.as_deref(),
         &args.options(),
-        &progress,
+        &|done, total| progress.update(done, total),
     )
-    .await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+    .await
+}
+
+/// `sqlplan bench summary`: measures, prints the essentials, writes the JSON.
+async fn bench_summary(args: &BenchSummaryArgs) -> Result<String, Problem> {
+    let temp = tempfile::Builder::new()
+        .prefix("sqlplan-bench-")
+        .tempdir_in(args.work.as_deref().unwrap_or(&std::env::temp_dir()))
+        .map_err(|e| {
+            Problem::failed(
+                "bench_workdir",
+                format!("cannot create a work directory: {e}"),
+            )
+        })?;
+    let options = crate::bench::BenchOptions {
+        generate: crate::generate::SummaryOptions {
+            warehouse: temp.path().join("warehouse"),
+            accounts: args.accounts,
+            months: args.months,
+            last_month: "2025-12".into(),
+            batch_records: args.batch_records.unwrap_or(args.accounts),
+            seed: args.seed,
+            replace: false,
+        },
+        from: args.from.clone(),
+        jobs: args.jobs,
+    };
+    let progress = AccountProgress::new(args.accounts);
+    let report = crate::bench::summary(&args.pipeline, &options, &|done, total| {
+        progress.update(done, total)
+    })
+    .await?;
+    drop(progress);
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+    if let Some(path) = &args.report {
+        std::fs::write(path, &json).map_err(|e| {
+            Problem::failed(
+                "report_unwritable",
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
     }
-    result
+    Ok(crate::bench::summary_text(&report))
 }
 
 /// Diagnostics go to standard error: in colour on a terminal, else plain text at a

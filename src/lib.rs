@@ -8,6 +8,7 @@
 // error path, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod bench;
 pub mod cli;
 pub mod compile;
 pub mod diag;

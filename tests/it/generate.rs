@@ -265,7 +265,13 @@ async fn the_pipeline_keeps_a_generated_warehouse_consistent_and_is_idempotent()
 fn the_demo_generates_plans_runs_and_reports_and_only_replaces_its_own_warehouse() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("demo");
-    let args = ["demo", "--warehouse", wh.to_str().unwrap(), "--accounts", "200"];
+    let args = [
+        "demo",
+        "--warehouse",
+        wh.to_str().unwrap(),
+        "--accounts",
+        "200",
+    ];
     for _ in 0..2 {
         let out = sqlplan_in(&repo(), &args);
         assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -1,0 +1,228 @@
+//! `sqlplan bench summary`: the speed and memory of the summary pipeline on a
+//! generated warehouse — generation, planning and the run, each timed and with its
+//! own peak resident memory — as a JSON report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::diag::{Problem, Result};
+use crate::generate::SummaryOptions;
+
+/// What to measure.
+pub struct BenchOptions {
+    /// The warehouse to generate (its size and seed).
+    pub generate: SummaryOptions,
+    /// Copy this already generated warehouse instead of generating one.
+    pub from: Option<PathBuf>,
+    /// Stages running at the same time, at most.
+    pub jobs: Option<usize>,
+}
+
+/// Peak resident memory since the last reset, in MiB (Linux: VmHWM).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((kib / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// Starts a new peak-memory measurement (Linux resets VmHWM to the current RSS).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs `f`, returning its result with its wall time (s) and peak memory (MiB).
+async fn measured<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<(T, Value)> {
+    reset_peak_rss();
+    let started = Instant::now();
+    let out = f.await?;
+    let seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    Ok((
+        out,
+        json!({"seconds": seconds, "peak_rss_mib": peak_rss_mib()}),
+    ))
+}
+
+/// Copies a directory tree (a generated warehouse) so that runs never touch it.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Generates (or copies) a warehouse into `options.generate.warehouse`, plans and
+/// runs the pipeline on it, and returns the measurements.
+pub async fn summary(
+    pipeline: &Path,
+    options: &BenchOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Value> {
+    let gen = &options.generate;
+    let warehouse = gen.warehouse.to_string_lossy().into_owned();
+    let generate = match &options.from {
+        Some(from) => {
+            let (_, m) = measured(async {
+                copy_tree(from, &gen.warehouse).map_err(|e| {
+                    Problem::failed(
+                        "bench_copy",
+                        format!("cannot copy {} to {warehouse}: {e}", from.display()),
+                    )
+                })
+            })
+            .await?;
+            json!({"copied_from": from.display().to_string(), "copy": m})
+        }
+        None => {
+            let (generated, m) =
+                measured(crate::generate::summary(pipeline, None, gen, progress)).await?;
+            json!({
+                "measure": m,
+                "summary_rows": generated.summary_rows,
+                "latest_rows": generated.latest_rows,
+                "batch_rows": generated.batch_rows,
+                "batch_kinds": generated.batch,
+                "files": generated.files,
+            })
+        }
+    };
+    let vars = [("warehouse".to_string(), warehouse.clone())];
+    let (plan, plan_measure) = measured(crate::build_plan(pipeline, None, &vars)).await?;
+    let scans: serde_json::Map<String, Value> = plan
+        .scans
+        .iter()
+        .map(|t| (t.table.clone(), json!({"full": t.full, "pruned": t.pruned})))
+        .collect();
+    let tables: serde_json::Map<String, Value> = plan
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                json!({"version": t.version, "files": t.files}),
+            )
+        })
+        .collect();
+    let mut run_options = crate::exec::RunOptions::default();
+    if let Some(j) = options.jobs {
+        run_options.jobs = j.max(1);
+    }
+    let (run, run_measure) = measured(crate::exec::run(plan, &run_options)).await?;
+    if !run.succeeded() {
+        return Err(Problem::failed(
+            "bench_run_failed",
+            format!("the benchmark run failed:\n{}", run.to_text()),
+        ));
+    }
+    let stages: Vec<Value> = run
+        .stages
+        .iter()
+        .map(|s| {
+            let m = &s.metrics;
+            json!({
+                "stage": s.name,
+                "seconds": s.wall_ms.map(|w| w / 1e3),
+                "rows_out": m.rows_out,
+                "rows_inserted": m.rows_inserted,
+                "rows_updated": m.rows_updated,
+                "files_scanned": m.files_scanned,
+                "bytes_scanned": m.bytes_scanned,
+                "files_added": m.files_added,
+                "files_removed": m.files_removed,
+            })
+        })
+        .collect();
+    let counts: Vec<Value> = run
+        .stages
+        .iter()
+        .flat_map(|s| s.metrics.reported.iter().cloned().map(Value::Object))
+        .collect();
+    Ok(json!({
+        "benchmark": "summary",
+        "sqlplan": env!("CARGO_PKG_VERSION"),
+        "build": if cfg!(debug_assertions) { "dev profile, dependencies at opt-level 2" } else { "release profile" },
+        "peak_rss_note": "peak resident memory of the process during each phase, including what it still held from earlier phases",
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "jobs": run_options.jobs,
+        "accounts": gen.accounts,
+        "months": gen.months,
+        "batch_records": gen.batch_records,
+        "seed": gen.seed,
+        "warehouse": warehouse,
+        "generate": generate,
+        "tables_before_run": tables,
+        "plan": {"measure": plan_measure, "scans": scans},
+        "run": {"measure": run_measure, "stages": stages, "counts": counts},
+    }))
+}
+
+/// The report's essentials, for people.
+pub fn summary_text(report: &Value) -> String {
+    let m = |v: &Value| {
+        format!(
+            "{:.2} s, peak {} MiB",
+            v["seconds"].as_f64().unwrap_or_default(),
+            v["peak_rss_mib"]
+                .as_f64()
+                .map_or("?".to_string(), |p| format!("{p:.0}"))
+        )
+    };
+    let mut out = format!(
+        "summary benchmark: {} accounts × {} months, batch of {} records ({}; {} cores)\n",
+        report["accounts"],
+        report["months"],
+        report["batch_records"],
+        report["build"].as_str().unwrap_or(""),
+        report["cores"]
+    );
+    if let Some(g) = report["generate"].get("measure") {
+        out += &format!("  generate  {}\n", m(g));
+    }
+    out += &format!("  plan      {}\n", m(&report["plan"]["measure"]));
+    out += &format!("  run       {}\n", m(&report["run"]["measure"]));
+    if let Some(scans) = report["plan"]["scans"].as_object() {
+        for (table, s) in scans {
+            out += &format!(
+                "  scans of {table}: {} full, {} pruned\n",
+                s["full"], s["pruned"]
+            );
+        }
+    }
+    out += "  slowest stages:";
+    let mut stages: Vec<&Value> = report["run"]["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    stages.sort_by(|a, b| {
+        b["seconds"]
+            .as_f64()
+            .partial_cmp(&a["seconds"].as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    for s in stages.iter().take(4) {
+        out += &format!(
+            " {} {:.2} s;",
+            s["stage"].as_str().unwrap_or(""),
+            s["seconds"].as_f64().unwrap_or_default()
+        );
+    }
+    out.pop();
+    out.push('\n');
+    out
+}
