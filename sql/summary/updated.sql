@@ -3,7 +3,33 @@
 -- The rows the run writes, by the set-based rule of spec §3.0: element p of the row
 -- at month S comes from (1) an applied record at S − p (a delete gives NULL, except
 -- at p = 0), else (2) the stored row at S, else (3) Q's stored element.
-WITH elements AS (
+-- Most rows have one applied record in their window (a forward month, a row after a
+-- backfill): for them the rule is one array operation — the stored array with one
+-- element set, or the new value followed by Q's array shifted by the gap. Rows with
+-- several records take the general path: one row per element, aggregated back.
+WITH single AS (
+  SELECT
+    t.cons_acct_key,
+    t.month_idx,
+{%- for r in rolling %}
+    CASE
+      WHEN t.existed AND a.is_delete AND a.month_idx = t.month_idx THEN e.{{ r.array }}
+      WHEN t.existed THEN {{ history.set("e." ~ r.array, "t.month_idx - a.month_idx", "CASE WHEN a.is_delete THEN NULL ELSE a." ~ r.from ~ " END", history_length, r.type) }}
+      WHEN np.q_idx IS NULL THEN {{ history.start("a." ~ r.from, history_length, r.type) }}
+      ELSE {{ history.shift("a." ~ r.from, "t.month_idx - np.q_idx - 1", "q." ~ r.array, history_length, r.type) }}
+    END AS {{ r.array }},
+{%- endfor %}
+    a.base_ts AS record_ts
+  FROM targets t
+  JOIN effective a
+    ON a.cons_acct_key = t.cons_acct_key AND a.outcome = 'applied'
+    AND t.month_idx - a.month_idx BETWEEN 0 AND {{ history_length - 1 }}
+  LEFT JOIN existing e ON e.cons_acct_key = t.cons_acct_key AND e.month_idx = t.month_idx
+  LEFT JOIN priors np ON np.cons_acct_key = t.cons_acct_key AND np.month_idx = t.month_idx
+  LEFT JOIN existing q ON q.cons_acct_key = np.cons_acct_key AND q.month_idx = np.q_idx
+  WHERE t.records = 1
+),
+elements AS (
   SELECT
     t.cons_acct_key,
     t.month_idx,
@@ -25,8 +51,9 @@ WITH elements AS (
   LEFT JOIN existing e ON e.cons_acct_key = t.cons_acct_key AND e.month_idx = t.month_idx
   LEFT JOIN priors np ON np.cons_acct_key = t.cons_acct_key AND np.month_idx = t.month_idx
   LEFT JOIN existing q ON q.cons_acct_key = np.cons_acct_key AND q.month_idx = np.q_idx
+  WHERE t.records > 1
 ),
-arrays AS (
+several AS (
   SELECT
     cons_acct_key,
     month_idx,
@@ -36,6 +63,11 @@ arrays AS (
     max(record_ts) AS record_ts
   FROM elements
   GROUP BY cons_acct_key, month_idx
+),
+arrays AS (
+  SELECT * FROM single
+  UNION ALL
+  SELECT * FROM several
 )
 SELECT
 {%- for c in columns %}

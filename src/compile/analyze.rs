@@ -396,7 +396,14 @@ impl ScanWalk<'_> {
                     } else {
                         "BETWEEN min and max of"
                     };
-                    let close = if d.partition { ")" } else { "" };
+                    let close = if d.partition {
+                        ")".to_string()
+                    } else {
+                        format!(
+                            " (and IN its values when at most {})",
+                            drivers::MAX_KEY_IN_LIST
+                        )
+                    };
                     let text = |key: &Expr| {
                         format!(
                             "{} {how} {}.{}{close}",

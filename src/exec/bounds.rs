@@ -6,6 +6,10 @@
 //! A materialized relation is already computed when its readers start, so its key
 //! range (and, when small, its set of partition values) is known: this rule adds
 //! `key BETWEEN min AND max` (and `part IN (…)`) on the Delta side of such joins.
+//! When the relation has few enough keys it also adds `key IN (…)`: Delta skips
+//! files by the range, and the Parquet reader (with filter pushdown on, see
+//! `session`) tests the list on the key column before decoding the other columns of
+//! a row — most of the cost when the keys are spread over every file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +17,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
 
 pub use crate::compile::drivers::Catalog;
-use crate::compile::drivers::{eligible, Driven, Driver, Side};
+use crate::compile::drivers::{eligible, Driven, Driver, Side, MAX_KEY_IN_LIST};
 use datafusion::logical_expr::{in_list, lit, Expr, Filter, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionContext};
 
@@ -76,7 +80,7 @@ pub async fn apply(
                 let predicate = predicate(&key, b, partition);
                 applied.push(format!(
                     "{} (from {}.{})",
-                    crate::compile::analyze::sql_text(&predicate),
+                    describe(&key, b, partition),
                     driver.relation,
                     driver.column
                 ));
@@ -115,8 +119,13 @@ async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bo
     let min = ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| e.to_string())?;
     let max = ScalarValue::try_from_array(batch.column(1), 0).map_err(|e| e.to_string())?;
     let distinct = ScalarValue::try_from_array(batch.column(2), 0).map_err(|e| e.to_string())?;
-    let small = matches!(distinct, ScalarValue::Int64(Some(n)) if (n as usize) <= MAX_IN_LIST);
-    let values = if partition && small {
+    let limit = if partition {
+        MAX_IN_LIST
+    } else {
+        MAX_KEY_IN_LIST
+    };
+    let small = matches!(distinct, ScalarValue::Int64(Some(n)) if (n as usize) <= limit);
+    let values = if small {
         let sql = format!("SELECT DISTINCT {col} FROM {rel} WHERE {col} IS NOT NULL ORDER BY 1");
         let batches = query(ctx, &sql).await?;
         let mut values = Vec::new();
@@ -138,12 +147,39 @@ fn predicate(key: &Expr, b: &Bounds, partition: bool) -> Expr {
         // An empty (or all-NULL) relation matches no key.
         return lit(false);
     }
-    match (&b.values, partition) {
-        (Some(values), true) => in_list(
+    let list = |values: &Vec<ScalarValue>| {
+        in_list(
             key.clone(),
             values.iter().cloned().map(lit).collect(),
             false,
-        ),
-        _ => key.clone().between(lit(b.min.clone()), lit(b.max.clone())),
+        )
+    };
+    let range = key.clone().between(lit(b.min.clone()), lit(b.max.clone()));
+    match (&b.values, partition) {
+        (Some(values), true) => list(values),
+        (Some(values), false) => range.and(list(values)),
+        (None, _) => range,
+    }
+}
+
+/// The predicate for the report, with long lists counted rather than spelled out.
+fn describe(key: &Expr, b: &Bounds, partition: bool) -> String {
+    const SHOWN: usize = 10;
+    match &b.values {
+        Some(values) if values.len() > SHOWN && !b.min.is_null() => {
+            let key_text = crate::compile::analyze::sql_text(key);
+            let list = format!("{key_text} IN ({} values)", values.len());
+            if partition {
+                list
+            } else {
+                format!(
+                    "{} AND {list}",
+                    crate::compile::analyze::sql_text(
+                        &key.clone().between(lit(b.min.clone()), lit(b.max.clone()))
+                    )
+                )
+            }
+        }
+        _ => crate::compile::analyze::sql_text(&predicate(key, b, partition)),
     }
 }
