@@ -295,8 +295,11 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // Planning and pruning recurse over expression trees: a literal IN list of a few
+    // thousand keys overflows the default 2 MiB worker stack.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(32 << 20)
         .build()
     {
         Ok(rt) => rt,

@@ -1,18 +1,12 @@
 {% import "sql/summary/columns.sql" as cols -%}
--- Spec §1.4 for the touched accounts: the newest non-deleted row, else the newest.
-WITH candidates AS (
-  SELECT {{ cols.names(columns, rolling) }} FROM updated
-  UNION ALL
-  SELECT {{ cols.names(columns, rolling, "e.") }}
-  FROM existing e
-  LEFT JOIN updated u ON u.cons_acct_key = e.cons_acct_key AND u.rpt_as_of_mo = e.rpt_as_of_mo
-  WHERE u.cons_acct_key IS NULL
-),
-ranked AS (
-  SELECT *, row_number() OVER (
-    PARTITION BY cons_acct_key
-    ORDER BY COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false), rpt_as_of_mo DESC
-  ) AS newest
-  FROM candidates
-)
-SELECT {{ cols.names(columns, rolling) }} FROM ranked WHERE newest = 1
+-- latest_summary rows to write (spec §1.4): a row found outside the window for a
+-- `lost_latest` account, else the best candidate — except where the stored latest row lies above
+-- every row the batch can change (more than 35 months after its last record) and
+-- still wins: not deleted, or deleted and newer than a candidate that is deleted too.
+SELECT {{ cols.names(columns, rolling) }} FROM older_latest
+UNION ALL
+SELECT {{ cols.names(columns, rolling, "c.") }}
+FROM latest_candidates c
+LEFT JOIN older_latest o ON o.cons_acct_key = c.cons_acct_key
+WHERE o.cons_acct_key IS NULL
+  AND NOT (c.hi IS NOT NULL AND c.latest_idx > c.hi AND (NOT c.latest_deleted OR c.best_deleted))

@@ -10,7 +10,7 @@ use datafusion::logical_expr::{Expr, Join, LogicalPlan};
 /// At most this many distinct keys of a materialized relation become a literal IN
 /// list on a joined Delta scan's data column (beside the range); more would make
 /// planning itself slow.
-pub const MAX_KEY_IN_LIST: usize = 20_000;
+pub const MAX_KEY_IN_LIST: usize = 5_000;
 
 /// A Delta-side join key driven by a materialized relation's column.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
