@@ -610,6 +610,7 @@ async fn append(t: &TablePlan, batches: Vec<RecordBatch>) -> Result<usize> {
         .map_err(|e| Problem::failed("generate_write", e))?;
     let table = table
         .write(batches)
+        .with_writer_properties(crate::exec::delta::writer_properties())
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .await
         .map_err(|e| Problem::failed("generate_write", format!("`{}`: {e}", t.name)))?;

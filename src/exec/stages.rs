@@ -437,6 +437,7 @@ impl Executor {
             .to_vec();
         let mut write = table
             .write(batches.clone())
+            .with_writer_properties(delta::writer_properties())
             .with_commit_properties(self.props(&stage.name).await);
         if stage.kind == StageKind::InsertOverwrite {
             write = write.with_save_mode(SaveMode::Overwrite);
@@ -518,9 +519,8 @@ impl Executor {
             .map(|f| f.name().clone())
             .collect();
         // Keep the source on the build side of delta-rs's join: statistics compare the
-        // source's in-memory size with the target's compressed size on disk, and a
-        // swap puts the whole target into the hash table (measured: 2.4 GiB peak for
-        // a 154 MB table; out of memory at 765 MB).
+        // source's in-memory size with the target's compressed size on disk, so a
+        // large source could swap the whole target into the hash table.
         let mut state = state;
         state.config_mut().options_mut().optimizer.join_reordering = false;
         let mut mb = table
@@ -528,6 +528,7 @@ impl Executor {
             .with_target_alias(&target)
             .with_source_alias(&source_alias)
             .with_session_state(Arc::new(state))
+            .with_writer_properties(delta::writer_properties())
             .with_commit_properties(self.props(&stage.name).await);
         for clause in op.clauses {
             let pred = clause.predicate;
