@@ -225,10 +225,13 @@ async fn compare(plan: &Plan, table: &str, expected: &Value) -> Result<Vec<Strin
     Ok(diffs)
 }
 
-/// Numbers compare by value (10 = 10.0); arrays up to their last non-NULL element
-/// (so `[400, null, 200]` matches a 36-element history); the rest as written.
+/// Numbers compare by value (10 = 10.0), timestamps too (`2026-01-05T09:00:00`
+/// written for a UTC column matches `2026-01-05T09:00:00Z`); arrays up to their last
+/// non-NULL element (so `[400, null, 200]` matches a 36-element history); the rest
+/// as written.
 fn normalize(v: Value) -> Value {
     match v {
+        Value::String(s) => Value::String(timestamp_value(&s).unwrap_or(s)),
         Value::Number(n) => n
             .as_f64()
             .map_or(Value::Number(n), |f| serde_json::json!(f)),
@@ -241,6 +244,19 @@ fn normalize(v: Value) -> Value {
         }
         other => other,
     }
+}
+
+/// A timestamp string (with or without a zone; zone-less ones are UTC) as UTC in
+/// one spelling; `None` for anything else.
+fn timestamp_value(s: &str) -> Option<String> {
+    const CANONICAL: &str = "%Y-%m-%dT%H:%M:%S%.f";
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.naive_utc().format(CANONICAL).to_string());
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
+        .map(|t| t.format(CANONICAL).to_string())
 }
 
 async fn read_rows(t: &crate::plan::TablePlan) -> Result<Vec<Map<String, Value>>> {
@@ -283,5 +299,22 @@ mod tests {
             normalize(json!([400, 200]))
         );
         assert_eq!(normalize(json!([null, null])), json!([]));
+    }
+
+    #[test]
+    fn timestamps_compare_by_value() {
+        assert_eq!(
+            normalize(json!("2026-01-05T09:00:00")),
+            normalize(json!("2026-01-05T09:00:00Z"))
+        );
+        assert_eq!(
+            normalize(json!("2026-01-05 10:00:00")),
+            normalize(json!("2026-01-05T09:00:00-01:00"))
+        );
+        assert_ne!(
+            normalize(json!("2026-01-05T09:00:00")),
+            normalize(json!("2026-01-05T09:00:01Z"))
+        );
+        assert_eq!(normalize(json!("2026-01")), json!("2026-01"));
     }
 }
