@@ -1,5 +1,7 @@
 //! Property test: random small histories and batches through the summary pipeline
-//! (driven by `sqlplan test` fixtures) give the tables of the sequential model.
+//! (driven by `sqlplan test` fixtures) give the tables of the sequential model: two
+//! rolling columns, the scalars (which record they come from), soft_del_cd and
+//! base_ts of every row, and latest_summary.
 //! Cases: 4 by default; SQLPLAN_PROPTEST_CASES=N for more.
 
 use proptest::prelude::*;
@@ -8,16 +10,35 @@ use serde_json::{json, Value};
 use crate::common::{repo, sqlplan_in, Project};
 use crate::summary_model::{apply, latest, Record, Summary};
 
-/// (key, month offset from 2023-01, value: None = NULL, Some(-1) = sentinel, delete code, time)
-type Raw = (i64, i32, Option<i64>, Option<&'static str>, i64);
+/// One generated record: key, month offset from 2023-01, balance and past-due
+/// amount (None = NULL, Some(-1) = a sentinel), delete code, time, insert time, and
+/// whether it duplicates the previous record's key, month and time (a tie on
+/// base_ts that insert_ts, then update_ts, break).
+type Raw = (
+    i64,
+    i32,
+    Option<i64>,
+    Option<i64>,
+    Option<&'static str>,
+    i64,
+    i64,
+    bool,
+);
+
+fn value() -> impl Strategy<Value = Option<i64>> {
+    prop_oneof![3 => (1i64..1000).prop_map(Some), 1 => Just(None), 1 => Just(Some(-1))]
+}
 
 fn raw_record() -> impl Strategy<Value = Raw> {
     (
         1i64..=3,
         0i32..42,
-        prop_oneof![3 => (1i64..1000).prop_map(Some), 1 => Just(None), 1 => Just(Some(-1))],
+        value(),
+        value(),
         prop_oneof![6 => Just(None), 1 => Just(Some("1")), 1 => Just(Some("4"))],
         0i64..50,
+        0i64..3,
+        prop::bool::weighted(0.2),
     )
 }
 
@@ -34,35 +55,42 @@ fn timestamp(seconds: i64) -> String {
     t.format("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
-/// Records with distinct timestamps (ties would make dedup arbitrary): the
-/// generated time orders them, the index breaks ties.
+/// The records of a batch. Every record has its own update_ts (its index), so
+/// dedup is never arbitrary; a duplicate takes the previous record's key, month and
+/// base_ts. The record's index also tags its scalars (`acct_stat_cd`).
 fn records(raw: &[Raw], first_index: usize) -> Vec<Record> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, (key, month, value, delete, t))| {
-            let ts = t * 1000 + (first_index + i) as i64;
-            Record {
-                key: *key,
-                month: crate::summary_model::m(&month_name(*month)),
-                // The pipeline turns the sentinel -1 into NULL.
-                values: vec![value.filter(|v| *v != -1)],
-                scalars: ts,
-                soft_del_cd: delete.map(str::to_string),
-                base_ts: ts,
-                insert_ts: 0,
-                update_ts: 0,
-            }
-        })
-        .collect()
+    let mut out: Vec<Record> = Vec::new();
+    for (i, &(key, month, balance, past_due, delete, t, insert, dup)) in raw.iter().enumerate() {
+        let index = (first_index + i) as i64;
+        let (key, month, base_ts) = match (dup, out.last()) {
+            (true, Some(prev)) => (prev.key, prev.month, prev.base_ts),
+            _ => (key, crate::summary_model::m(&month_name(month)), t * 60),
+        };
+        out.push(Record {
+            key,
+            month,
+            // The pipeline turns the sentinel -1 into NULL.
+            values: vec![balance.filter(|v| *v != -1), past_due.filter(|v| *v != -1)],
+            scalars: index,
+            soft_del_cd: delete.map(str::to_string),
+            base_ts,
+            insert_ts: insert,
+            update_ts: index,
+        });
+    }
+    out
 }
 
 fn accounts_rows(raw: &[Raw], first_index: usize) -> Vec<Value> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, (key, month, value, delete, t))| {
-            let ts = t * 1000 + (first_index + i) as i64;
-            json!({"cons_acct_key": key, "rpt_as_of_mo": month_name(*month), "acct_bal_am": value,
-                   "soft_del_cd": delete, "base_ts": timestamp(ts)})
+    records(raw, first_index)
+        .iter()
+        .zip(raw)
+        .map(|(r, &(_, _, balance, past_due, ..))| {
+            json!({"cons_acct_key": r.key, "rpt_as_of_mo": month_text(r.month),
+                   "acct_bal_am": balance, "past_due_am": past_due,
+                   "acct_stat_cd": format!("r{}", r.scalars), "soft_del_cd": r.soft_del_cd,
+                   "base_ts": timestamp(r.base_ts), "insert_ts": timestamp(r.insert_ts),
+                   "update_ts": timestamp(r.update_ts)})
         })
         .collect()
 }
@@ -84,14 +112,18 @@ fn expected(s: &Summary) -> Value {
         .iter()
         .flat_map(|(k, rows)| {
             rows.iter().map(move |(m, r)| {
-                json!({"cons_acct_key": k, "rpt_as_of_mo": month_text(*m), "balance_am_history": trimmed(&r.arrays[0]),
-                       "soft_del_cd": r.soft_del_cd, "base_ts": timestamp(r.base_ts)})
+                json!({"cons_acct_key": k, "rpt_as_of_mo": month_text(*m),
+                       "balance_am_history": trimmed(&r.arrays[0]), "past_due_am_history": trimmed(&r.arrays[1]),
+                       "acct_stat_cd": format!("r{}", r.scalars), "soft_del_cd": r.soft_del_cd,
+                       "base_ts": timestamp(r.base_ts)})
             })
         })
         .collect();
     let latest: Vec<Value> = latest(s)
         .iter()
-        .map(|(k, (m, r))| json!({"cons_acct_key": k, "rpt_as_of_mo": month_text(*m), "balance_am_history": trimmed(&r.arrays[0])}))
+        .map(|(k, (m, r))| json!({"cons_acct_key": k, "rpt_as_of_mo": month_text(*m),
+                                  "balance_am_history": trimmed(&r.arrays[0]), "past_due_am_history": trimmed(&r.arrays[1]),
+                                  "acct_stat_cd": format!("r{}", r.scalars)}))
         .collect();
     json!({"summary": summary, "latest_summary": latest})
 }
