@@ -259,6 +259,25 @@ async fn the_pipeline_keeps_a_generated_warehouse_consistent_and_is_idempotent()
         }
     }
     assert_eq!(inconsistencies(&wh).await, Vec::<String>::new());
+    // The next run, with the recorded watermark, finds an empty batch: nothing changes.
+    let summary = contents(&wh.join("summary")).await;
+    let latest = contents(&wh.join("latest_summary")).await;
+    let out = sqlplan_in(&repo(), &["run", "pipelines/summary.yaml", "--var", &var]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let batch_rows = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("batch "))
+        .and_then(|l| l.split_whitespace().nth(5));
+    assert_eq!(batch_rows, Some("0"), "{}", out.stdout);
+    assert!(
+        summary == contents(&wh.join("summary")).await,
+        "an empty batch changed summary"
+    );
+    assert!(
+        latest == contents(&wh.join("latest_summary")).await,
+        "an empty batch changed latest_summary"
+    );
 }
 
 #[test]
