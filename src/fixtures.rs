@@ -6,7 +6,8 @@
 //! cases:
 //!   - name: a new customer
 //!     vars: {day: "2024-01-02"}          # optional; `warehouse` is set by the runner
-//!     steps:                              # one run per step
+//!     steps:                              # one run per step (a step may have `vars`
+//!                                         # too, for its run only)
 //!       - given:                          # rows appended before the run
 //!           orders: [{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}]
 //!         expect:                         # the whole table after the run (the columns
@@ -86,18 +87,11 @@ async fn run_case(pipeline: &Path, root: Option<&Path>, case: &Value) -> Result<
         .prefix("sqlplan-fixture")
         .tempdir()
         .map_err(|e| Problem::failed("tempdir", e.to_string()))?;
-    let mut vars = vec![(
+    let mut case_vars = vec![(
         "warehouse".to_string(),
         warehouse.path().display().to_string(),
     )];
-    if let Some(map) = case.get("vars").and_then(Value::as_object) {
-        for (k, v) in map {
-            vars.push((
-                k.clone(),
-                v.as_str().map_or_else(|| v.to_string(), str::to_string),
-            ));
-        }
-    }
+    case_vars.extend(fixture_vars(case));
     let empty = Vec::new();
     let steps = case
         .get("steps")
@@ -105,6 +99,9 @@ async fn run_case(pipeline: &Path, root: Option<&Path>, case: &Value) -> Result<
         .unwrap_or(&empty);
     let mut diffs = Vec::new();
     for (n, step) in steps.iter().enumerate() {
+        // A step's vars override the case's for that run only.
+        let mut vars = case_vars.clone();
+        vars.extend(fixture_vars(step));
         // Planned before and after the inputs exist: the first plan knows every
         // declared schema, the second binds to the tables as written.
         let declared = crate::build_plan(pipeline, root, &vars).await?;
@@ -140,6 +137,22 @@ async fn run_case(pipeline: &Path, root: Option<&Path>, case: &Value) -> Result<
         }
     }
     Ok(diffs)
+}
+
+/// The `vars:` of a case or step as `--var` pairs (strings as written, the rest as
+/// YAML/JSON text).
+fn fixture_vars(node: &Value) -> Vec<(String, String)> {
+    node.get("vars")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            )
+        })
+        .collect()
 }
 
 fn table_plan<'p>(plan: &'p Plan, table: &str) -> Result<&'p crate::plan::TablePlan> {
