@@ -101,7 +101,7 @@ type Month = i32;
 fn parse_month(s: &str) -> Option<Month> {
     let (y, m) = s.split_once('-')?;
     let (y, m): (i32, i32) = (y.parse().ok()?, m.parse().ok()?);
-    (1..=12).contains(&m).then_some(y * 12 + m - 1)
+    ((1..=12).contains(&m) && (1000..=9000).contains(&y)).then_some(y * 12 + m - 1)
 }
 
 fn month_name(m: Month) -> String {
@@ -631,7 +631,7 @@ pub async fn summary(
         Problem::invalid(
             "bad_month",
             format!(
-                "--last-month `{}` is not a month YYYY-MM",
+                "--last-month `{}` is not a month YYYY-MM (years 1000 to 9000)",
                 options.last_month
             ),
         )
@@ -998,6 +998,7 @@ mod tests {
             assert_eq!(month_name(parse_month(s).unwrap()), s);
         }
         assert_eq!(parse_month("2026-13"), None);
+        assert_eq!(parse_month("99999-01"), None);
         assert_eq!(month_name(parse_month("2026-01").unwrap() - 1), "2025-12");
         assert_eq!(first_day(parse_month("2026-02").unwrap()).day(), 1);
     }

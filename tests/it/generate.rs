@@ -312,3 +312,24 @@ fn the_demo_generates_plans_runs_and_reports_and_only_replaces_its_own_warehouse
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(foreign.join("precious.txt").exists());
 }
+
+#[test]
+fn generate_rejects_bad_arguments_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    for (args, says) in [
+        (vec!["--last-month", "2026-13"], "not a month YYYY-MM"),
+        (vec!["--months", "0"], "--months must be between 1 and 600"),
+        (
+            vec!["--pipeline", "pipelines/examples/orders.yaml"],
+            "has no table `summary`",
+        ),
+    ] {
+        let mut all = vec!["generate", "summary", "--warehouse", wh.to_str().unwrap()];
+        all.extend(args);
+        let out = sqlplan_in(&repo(), &all);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(out.stderr.contains(says), "{says}: {}", out.stderr);
+        assert!(!wh.exists());
+    }
+}
