@@ -507,7 +507,7 @@ async fn demo(args: &DemoArgs) -> Result<String, Problem> {
     }
     let var = format!("--var warehouse={}", dir.display());
     Ok(format!(
-        "demo done in {:.1} s. Next:\n  sqlplan plan {p} {var}            # the generated SQL and every scan\n  sqlplan run {p} {var}             # a second run finds an empty batch\n  sqlplan run {p} {var} --var watermark=1900-01-01T00:00:00   # the same batch again\n",
+        "demo done in {:.1} s. Next (`sqlplan` is `cargo run --` in a checkout):\n  sqlplan plan {p} {var}            # the generated SQL and every scan\n  sqlplan run {p} {var}             # a second run finds an empty batch\n  sqlplan run {p} {var} --var watermark=1900-01-01T00:00:00   # the same batch again\n",
         started.elapsed().as_secs_f64(),
         p = args.pipeline.display(),
     ))
