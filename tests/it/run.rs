@@ -47,22 +47,25 @@ const TABLES: &str = r#"tables:
     location: warehouse/changes
 "#;
 
-#[tokio::test]
-async fn merge_updates_deletes_and_inserts() {
+/// A project whose one stage MERGEs `changes` into `target` with `clauses`, both
+/// tables created with the given rows.
+async fn merge_project(clauses: &str, target: RecordBatch, changes: RecordBatch) -> Project {
+    let clauses: String = clauses.lines().map(|l| format!("      {l}\n")).collect();
     let pipeline = format!(
-        "name: m\n{TABLES}stages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id\n      WHEN MATCHED AND c.v = 'delete' THEN DELETE\n      WHEN MATCHED THEN UPDATE SET v = c.v\n      WHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)\n"
+        "name: m\n{TABLES}stages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id\n{clauses}"
     );
     let project = Project::new(&[("pipeline.yaml", &pipeline)]);
-    create_table(
-        &project.warehouse().join("target"),
+    create_table(&project.warehouse().join("target"), target, &[]).await;
+    create_table(&project.warehouse().join("changes"), changes, &[]).await;
+    project
+}
+
+#[tokio::test]
+async fn merge_updates_deletes_and_inserts() {
+    let project = merge_project(
+        "WHEN MATCHED AND c.v = 'delete' THEN DELETE\nWHEN MATCHED THEN UPDATE SET v = c.v\nWHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)",
         batch(&[1, 2, 3], &["a", "b", "c"], &["x", "x", "x"]),
-        &[],
-    )
-    .await;
-    create_table(
-        &project.warehouse().join("changes"),
         batch(&[2, 3, 4], &["B", "delete", "D"], &["x", "x", "y"]),
-        &[],
     )
     .await;
     let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
@@ -90,20 +93,10 @@ async fn merge_updates_deletes_and_inserts() {
 
 #[tokio::test]
 async fn a_source_with_two_rows_for_one_key_fails_the_merge_and_names_the_key() {
-    let pipeline = format!(
-        "name: m\n{TABLES}stages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id\n      WHEN MATCHED THEN UPDATE SET v = c.v\n"
-    );
-    let project = Project::new(&[("pipeline.yaml", &pipeline)]);
-    create_table(
-        &project.warehouse().join("target"),
+    let project = merge_project(
+        "WHEN MATCHED THEN UPDATE SET v = c.v",
         batch(&[1, 2], &["a", "b"], &["x", "x"]),
-        &[],
-    )
-    .await;
-    create_table(
-        &project.warehouse().join("changes"),
         batch(&[2, 2], &["B1", "B2"], &["x", "x"]),
-        &[],
     )
     .await;
     let out = project.sqlplan(&["run", "pipeline.yaml"]);
@@ -643,20 +636,10 @@ async fn python_deltalake_reads_what_sqlplan_wrote() {
         eprintln!("skipped: python3 -c 'import deltalake' failed");
         return;
     }
-    let pipeline = format!(
-        "name: m\n{TABLES}stages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id\n      WHEN MATCHED THEN UPDATE SET v = c.v\n      WHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)\n"
-    );
-    let project = Project::new(&[("pipeline.yaml", &pipeline)]);
-    create_table(
-        &project.warehouse().join("target"),
+    let project = merge_project(
+        "WHEN MATCHED THEN UPDATE SET v = c.v\nWHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)",
         batch(&[1, 2], &["a", "b"], &["x", "x"]),
-        &[],
-    )
-    .await;
-    create_table(
-        &project.warehouse().join("changes"),
         batch(&[2, 3], &["B", "C"], &["x", "y"]),
-        &[],
     )
     .await;
     let out = project.sqlplan(&["run", "pipeline.yaml"]);
