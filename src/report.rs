@@ -140,12 +140,14 @@ impl RunReport {
         .to_lowercase();
         let _ = writeln!(
             out,
-            "{:<24} {:<22} {:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
+            "{:<24} {:<22} {:<10} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
             "stage",
             "kind",
             "status",
             "time s",
             "rows out",
+            "files read",
+            "MB read",
             "inserted",
             "updated",
             "deleted",
@@ -158,12 +160,15 @@ impl RunReport {
             let m = &s.metrics;
             let _ = writeln!(
                 out,
-                "{:<24} {:<22} {:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
+                "{:<24} {:<22} {:<10} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
                 s.name,
                 s.kind.label(),
                 format!("{:?}", s.status).to_lowercase(),
                 s.wall_ms.map_or("-".into(), |w| format!("{:.3}", w / 1e3)),
                 num(m.rows_out),
+                num(m.files_scanned),
+                m.bytes_scanned
+                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
                 num(m.rows_inserted),
                 num(m.rows_updated),
                 num(m.rows_deleted),
