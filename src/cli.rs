@@ -172,6 +172,9 @@ pub struct BenchSummaryArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also generate consumer_account_hist_rpt rows (spec §2.1).
+    #[arg(long)]
+    pub hist_rpt: bool,
     /// Copy this generated warehouse instead of generating one.
     #[arg(long, value_name = "DIR")]
     pub from: Option<PathBuf>,
@@ -237,6 +240,10 @@ pub struct GenerateSummaryArgs {
     /// Replace the tables if they already exist.
     #[arg(long)]
     pub replace: bool,
+    /// Also write consumer_account_hist_rpt rows (spec §2.1) for about 5% of the
+    /// records.
+    #[arg(long)]
+    pub hist_rpt: bool,
     /// The pipeline whose tables and vars shape the data.
     #[arg(long, default_value = "pipelines/summary.yaml")]
     pub pipeline: PathBuf,
@@ -255,6 +262,7 @@ impl GenerateSummaryArgs {
             batch_records: self.batch_records.unwrap_or(self.accounts),
             seed: self.seed,
             replace: self.replace,
+            hist_rpt: self.hist_rpt,
         }
     }
 }
@@ -466,6 +474,7 @@ async fn demo(args: &DemoArgs) -> Result<String, Problem> {
         last_month: "2025-12".into(),
         seed: args.seed,
         replace: true,
+        hist_rpt: true,
         pipeline: args.pipeline.clone(),
         root: None,
     };
@@ -583,6 +592,7 @@ async fn bench_summary(args: &BenchSummaryArgs) -> Result<String, Problem> {
             batch_records: args.batch_records.unwrap_or(args.accounts),
             seed: args.seed,
             replace: false,
+            hist_rpt: args.hist_rpt,
         },
         from: args.from.clone(),
         jobs: args.jobs,

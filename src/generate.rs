@@ -49,6 +49,8 @@ pub struct SummaryOptions {
     pub seed: u64,
     /// Replace the tables if they exist.
     pub replace: bool,
+    /// Also write `consumer_account_hist_rpt` rows (spec §2.1) for some records.
+    pub hist_rpt: bool,
 }
 
 /// What was written, for the command's output.
@@ -61,6 +63,7 @@ pub struct Generated {
     /// Batch records by kind (what the generator meant; the run's report classifies).
     pub batch: BTreeMap<&'static str, usize>,
     pub batch_rows: usize,
+    pub hist_rows: usize,
     pub first_month: String,
     pub last_month: String,
     pub batch_month: String,
@@ -90,6 +93,13 @@ impl fmt::Display for Generated {
         )?;
         for (kind, n) in &self.batch {
             writeln!(f, "  {kind:<36} {n:>8}")?;
+        }
+        if self.hist_rows > 0 {
+            writeln!(
+                f,
+                "consumer_account_hist_rpt {:>6} rows: hist rows for some records' months",
+                self.hist_rows
+            )?;
         }
         Ok(())
     }
@@ -154,6 +164,7 @@ struct Layout {
     summary: SchemaRef,
     latest: SchemaRef,
     accounts: SchemaRef,
+    hist_rpt: Option<SchemaRef>,
     idx: BTreeMap<String, usize>,
     /// (array column, the scalar column feeding it)
     rolling: Vec<(usize, usize)>,
@@ -235,6 +246,14 @@ impl Layout {
         Ok(Layout {
             latest,
             accounts: schema("accounts")?,
+            hist_rpt: match plan
+                .tables
+                .iter()
+                .any(|t| t.name == "consumer_account_hist_rpt")
+            {
+                true => Some(schema("consumer_account_hist_rpt")?),
+                false => None,
+            },
             grid: idx.get("payment_history_grid").copied(),
             rolling,
             history_length: var("history_length").as_u64().unwrap_or(36) as usize,
@@ -648,7 +667,7 @@ pub async fn summary(
     )];
     let plan = crate::build_plan(pipeline, root, &vars).await?;
     let layout = Layout::new(&plan)?;
-    prepare_locations(&plan, options.replace)?;
+    prepare_locations(&plan, options.replace, options.hist_rpt)?;
     let first = last - options.months as i32 + 1;
     let mut values = Values {
         layout: &layout,
@@ -692,12 +711,23 @@ pub async fn summary(
     out.batch = batch.kinds.clone();
     let files = append(table(&plan, "accounts")?, vec![batch.rows.finish()?]).await?;
     out.files.insert("accounts".into(), files);
+    if let Some(hist) = batch.hist {
+        out.hist_rows = hist.len();
+        let t = table(&plan, "consumer_account_hist_rpt")?;
+        let files = append(t, vec![hist.finish()?]).await?;
+        out.files.insert(t.name.clone(), files);
+    }
     Ok(out)
 }
 
 /// Refuses to write over existing tables unless asked to replace them.
-fn prepare_locations(plan: &Plan, replace: bool) -> Result<()> {
-    for name in ["summary", "latest_summary", "accounts"] {
+fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result<()> {
+    let hist = ["consumer_account_hist_rpt"];
+    let extra: &[&str] = if hist_rpt { &hist } else { &[] };
+    for &name in ["summary", "latest_summary", "accounts"]
+        .iter()
+        .chain(extra)
+    {
         let t = table(plan, name)?;
         let url = crate::session::table_url(&t.location)
             .map_err(|e| Problem::invalid("generate_location", e))?;
@@ -773,6 +803,8 @@ fn history(values: &mut Values, key: i64, first: Month, months: usize) -> Accoun
 struct Batch<'l> {
     layout: &'l Layout,
     rows: Rows,
+    /// hist_rpt rows, when asked for.
+    hist: Option<Rows>,
     kinds: BTreeMap<&'static str, usize>,
     /// The month the batch reports (the month after the history).
     month: Month,
@@ -794,6 +826,16 @@ impl<'l> Batch<'l> {
         Ok(Batch {
             layout,
             rows: Rows::new(&layout.accounts)?,
+            hist: match (&layout.hist_rpt, options.hist_rpt) {
+                (Some(schema), true) => Some(Rows::new(schema)?),
+                (None, true) => {
+                    return Err(Problem::invalid(
+                        "generate_schema",
+                        "--hist-rpt: the pipeline has no table `consumer_account_hist_rpt`",
+                    ))
+                }
+                _ => None,
+            },
             kinds: BTreeMap::new(),
             month,
             forward: (0.90 * n / accounts).min(1.0),
@@ -945,6 +987,52 @@ impl<'l> Batch<'l> {
             self.rows.push_named(&loser);
         }
         self.rows.push_named(&source);
+        if self.hist.is_some() && values.chance(0.05) {
+            self.hist_row(values, &row, base_ts);
+        }
+    }
+
+    /// A hist_rpt row for the record's account and month (spec §2.1): active or
+    /// deleted, its acct_dt somewhere in the month, reported around the record.
+    fn hist_row(&mut self, values: &mut Values, row: &[V], base_ts: i64) {
+        let Some(month) = row[self.layout.idx["rpt_as_of_mo"]]
+            .as_str()
+            .and_then(parse_month)
+        else {
+            return;
+        };
+        let code = if values.chance(0.3) {
+            self.layout
+                .delete_codes
+                .first()
+                .map_or(V::Null, |c| V::Str(c.clone()))
+        } else {
+            V::Null
+        };
+        let ts = base_ts + values.rng.random_range(-86_400..86_400) * 1_000_000;
+        let time = V::Str(format!("{:02}:00:00", values.rng.random_range(0..24)));
+        let hist: BTreeMap<String, V> = [
+            (
+                "cons_acct_key",
+                row[self.layout.idx["cons_acct_key"]].clone(),
+            ),
+            ("soft_del_cd", code),
+            (
+                "acct_dt",
+                V::Date(days(first_day(month)) + values.rng.random_range(0..28)),
+            ),
+            ("base_ts", V::Ts(ts)),
+            ("insert_dt", V::Ts(ts)),
+            ("update_dt", V::Ts(ts)),
+            ("insert_time", time.clone()),
+            ("update_time", time),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(rows) = &mut self.hist {
+            rows.push_named(&hist);
+        }
     }
 
     fn source_name(&self, summary_column: &str) -> Option<String> {

@@ -19,24 +19,23 @@ const ROLLING: [(&str, &str); 7] = [
     ("asset_class_cd_4in_history", "asset_class_cd"),
 ];
 
-fn generate(warehouse: &Path, accounts: &str, batch: &str, seed: &str) -> String {
-    let out = sqlplan_in(
-        &repo(),
-        &[
-            "generate",
-            "summary",
-            "--warehouse",
-            warehouse.to_str().unwrap(),
-            "--accounts",
-            accounts,
-            "--months",
-            "14",
-            "--batch-records",
-            batch,
-            "--seed",
-            seed,
-        ],
-    );
+fn generate(warehouse: &Path, accounts: &str, batch: &str, seed: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "generate",
+        "summary",
+        "--warehouse",
+        warehouse.to_str().unwrap(),
+        "--accounts",
+        accounts,
+        "--months",
+        "14",
+        "--batch-records",
+        batch,
+        "--seed",
+        seed,
+    ];
+    args.extend(extra);
+    let out = sqlplan_in(&repo(), &args);
     assert_eq!(out.code, 0, "{}", out.stderr);
     out.stdout
 }
@@ -142,10 +141,10 @@ async fn the_generated_history_is_consistent_and_deterministic() {
         dir.path().join("b"),
         dir.path().join("c"),
     );
-    let printed = generate(&a, "300", "600", "7");
+    let printed = generate(&a, "300", "600", "7", &[]);
     assert!(printed.contains("forward (case II)"), "{printed}");
-    generate(&b, "300", "600", "7");
-    generate(&c, "300", "600", "8");
+    generate(&b, "300", "600", "7", &[]);
+    generate(&c, "300", "600", "8", &[]);
     assert_eq!(inconsistencies(&a).await, Vec::<String>::new());
     for table in ["summary", "latest_summary", "accounts"] {
         assert_eq!(
@@ -186,7 +185,9 @@ async fn the_generated_history_is_consistent_and_deterministic() {
 async fn the_pipeline_keeps_a_generated_warehouse_consistent_and_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
-    generate(&wh, "400", "2000", "3");
+    // With hist_rpt rows, so that spec §2.1 resolution runs too.
+    let printed = generate(&wh, "400", "2000", "3", &["--hist-rpt"]);
+    assert!(printed.contains("consumer_account_hist_rpt"), "{printed}");
     let generated_keys: std::collections::BTreeSet<String> =
         base_ts(&wh.join("summary")).await.into_keys().collect();
     let var = format!("warehouse={}", wh.display());
