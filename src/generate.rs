@@ -681,7 +681,7 @@ pub async fn summary(
         ..Default::default()
     };
     let key_of = |i: usize| 1_000_001 + i as i64;
-    let mut writing: Option<(tokio::task::JoinHandle<Result<(usize, usize)>>, usize)> = None;
+    let mut writing: Option<(ChunkWrite, usize)> = None;
     for chunk_start in (0..options.accounts).step_by(ACCOUNTS_PER_CHUNK) {
         let chunk_end = (chunk_start + ACCOUNTS_PER_CHUNK).min(options.accounts);
         let mut summary = Rows::new(&layout.summary)?;
@@ -736,6 +736,9 @@ pub async fn summary(
     }
     Ok(out)
 }
+
+/// A chunk's write in progress: the files of summary and latest_summary after it.
+type ChunkWrite = tokio::task::JoinHandle<Result<(usize, usize)>>;
 
 /// Takes the result of a chunk's write: file counts, then progress.
 fn record_write(
