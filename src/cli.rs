@@ -71,6 +71,11 @@ pub enum Command {
         /// to local Parquet files (removed after the run).
         #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
         spill_threshold: u64,
+        /// When the pipeline's last run did not finish, end it by restoring the tables
+        /// it wrote to their versions at its start (instead of resuming it), then run.
+        /// For an unfinished run that cannot be resumed: its plan or vars changed.
+        #[arg(long)]
+        abandon: bool,
     },
     /// Run data fixtures: rows in, pipeline runs, rows expected out.
     ///
@@ -244,6 +249,11 @@ pub struct GenerateSummaryArgs {
     /// records.
     #[arg(long)]
     pub hist_rpt: bool,
+    /// Add this many records no run may process (months such as '2026-13', '2026-1',
+    /// 'abc' or NULL, and records without base_ts); the summary pipeline's checks
+    /// quarantine them.
+    #[arg(long, default_value_t = 0)]
+    pub bad_records: usize,
     /// The pipeline whose tables and vars shape the data.
     #[arg(long, default_value = "pipelines/summary.yaml")]
     pub pipeline: PathBuf,
@@ -263,6 +273,7 @@ impl GenerateSummaryArgs {
             seed: self.seed,
             replace: self.replace,
             hist_rpt: self.hist_rpt,
+            bad_records: self.bad_records,
         }
     }
 }
@@ -348,11 +359,13 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             jobs,
             report,
             spill_threshold,
+            abandon,
         } => {
             let plan =
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
             let mut options = crate::exec::RunOptions {
                 spill_threshold,
+                abandon,
                 ..Default::default()
             };
             if let Some(j) = jobs {
@@ -475,6 +488,8 @@ async fn demo(args: &DemoArgs) -> Result<String, Problem> {
         seed: args.seed,
         replace: true,
         hist_rpt: true,
+        // A few records the checks quarantine, so the report shows them.
+        bad_records: 5,
         pipeline: args.pipeline.clone(),
         root: None,
     };
@@ -593,6 +608,7 @@ async fn bench_summary(args: &BenchSummaryArgs) -> Result<String, Problem> {
             seed: args.seed,
             replace: false,
             hist_rpt: args.hist_rpt,
+            bad_records: 0,
         },
         from: args.from.clone(),
         jobs: args.jobs,

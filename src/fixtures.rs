@@ -12,7 +12,8 @@
 //!           orders: [{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}]
 //!         expect:                         # the whole table after the run (the columns
 //!                                         # listed; list the same columns in every row
-//!                                         # of a table; arrays up to their last value)
+//!                                         # of a table; arrays up to their last value),
+//!                                         # or the rows of a stage with `report: true`
 //!           customer_totals: [{customer_id: 7, orders: 1}]
 //! ```
 
@@ -127,9 +128,13 @@ async fn run_case(pipeline: &Path, root: Option<&Path>, case: &Value) -> Result<
         }
         if let Some(expect) = step.get("expect").and_then(Value::as_object) {
             for (table, rows) in expect {
+                let reported = plan.stages.iter().any(|s| &s.name == table && s.report);
+                let actual = match report.stages.iter().find(|s| reported && &s.name == table) {
+                    Some(stage) => stage.metrics.reported.clone(),
+                    None => read_rows(table_plan(&plan, table)?).await?,
+                };
                 diffs.extend(
-                    compare(&plan, table, rows)
-                        .await?
+                    compare(rows, &actual)
                         .into_iter()
                         .map(|d| format!("  step {}, {table}: {d}", n + 1)),
                 );
@@ -191,10 +196,10 @@ pub async fn append_rows(plan: &Plan, table: &str, rows: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The table's rows against the expected ones, compared as multisets on the
-/// expected rows' columns. Returns one line per missing or unexpected row.
-async fn compare(plan: &Plan, table: &str, expected: &Value) -> Result<Vec<String>> {
-    let t = table_plan(plan, table)?;
+/// Actual rows (a table's, or a reported relation's) against the expected ones,
+/// compared as multisets on the expected rows' columns. Returns one line per missing
+/// or unexpected row.
+fn compare(expected: &Value, actual: &[Map<String, Value>]) -> Vec<String> {
     let expected: Vec<Map<String, Value>> = expected
         .as_array()
         .cloned()
@@ -208,7 +213,6 @@ async fn compare(plan: &Plan, table: &str, expected: &Value) -> Result<Vec<Strin
         c.dedup();
         c
     };
-    let actual = read_rows(t).await?;
     let project = |r: &Map<String, Value>| -> String {
         let m: Map<String, Value> = columns
             .iter()
@@ -235,7 +239,7 @@ async fn compare(plan: &Plan, table: &str, expected: &Value) -> Result<Vec<Strin
         }
     }
     diffs.extend(have.into_iter().map(|h| format!("unexpected {h}")));
-    Ok(diffs)
+    diffs
 }
 
 /// Numbers compare by value (10 = 10.0), timestamps too (`2026-01-05T09:00:00`

@@ -51,6 +51,9 @@ pub struct SummaryOptions {
     pub replace: bool,
     /// Also write `consumer_account_hist_rpt` rows (spec §2.1) for some records.
     pub hist_rpt: bool,
+    /// Records no run may process (months that are not `YYYY-MM`, no base_ts),
+    /// added to the batch for the pipeline's checks to quarantine.
+    pub bad_records: usize,
 }
 
 /// What was written, for the command's output.
@@ -723,7 +726,9 @@ pub async fn summary(
     if let Some((write, done)) = writing.take() {
         record_write(&mut out, write.await, done, options.accounts, progress)?;
     }
-    batch.new_accounts(&mut values, key_of(options.accounts));
+    let first_new = key_of(options.accounts);
+    batch.new_accounts(&mut values, first_new);
+    batch.bad_records(&mut values, options.bad_records, first_new + 1_000_000);
     out.batch_rows = batch.rows.len();
     out.batch = batch.kinds.clone();
     let files = append(table(&plan, "accounts")?, vec![batch.rows.finish()?]).await?;
@@ -986,6 +991,39 @@ impl<'l> Batch<'l> {
                 previous = Some(row.clone());
                 self.record(values, kind, row);
             }
+        }
+    }
+
+    /// Records no run may process, each of another account: months that are not a
+    /// real `YYYY-MM` ('2026-13', '2026-1', 'abc', NULL) and a missing base_ts (its
+    /// insert_ts is the batch's time).
+    fn bad_records(&mut self, values: &mut Values, n: usize, first_key: i64) {
+        let year = self.month / 12;
+        let months = [
+            V::Str(format!("{year}-13")),
+            V::Str(format!("{year}-{}", self.month % 12 + 1)),
+            V::Str("abc".into()),
+            V::Null,
+        ];
+        for (i, key) in (first_key..).take(n).enumerate() {
+            let profile = values.profile(key);
+            let ts = micros(self.month + 1, values.rng.random_range(86_400..10 * 86_400));
+            let row = values.month(&profile, None, self.month, ts);
+            let mut source = self.to_source(values, &row);
+            source.insert("insert_ts".into(), V::Ts(ts));
+            source.insert("update_ts".into(), V::Ts(ts));
+            let kind = match months.get(i % (months.len() + 1)) {
+                Some(month) => {
+                    source.insert("rpt_as_of_mo".into(), month.clone());
+                    "bad: month not YYYY-MM"
+                }
+                None => {
+                    source.insert("base_ts".into(), V::Null);
+                    "bad: no base_ts"
+                }
+            };
+            *self.kinds.entry(kind).or_default() += 1;
+            self.rows.push_named(&source);
         }
     }
 

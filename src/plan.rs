@@ -122,9 +122,24 @@ pub struct StagePlan {
     /// The state variable this stage's single value records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Row checks on the relation (`expect:`), in declared order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckPlan>,
+    /// The table rows dropped by checks go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
     /// DataFusion's optimized logical plan (shown with `--explain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logical_plan: Option<String>,
+}
+
+/// A row check: rows for which `sql` is not true are dropped into the quarantine
+/// table or fail the run (`action`).
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckPlan {
+    pub name: String,
+    pub sql: String,
+    pub action: crate::spec::CheckAction,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -326,6 +341,16 @@ impl Plan {
         }
         if let Some(w) = &s.writes {
             let _ = writeln!(out, "  writes: {w}");
+        }
+        for c in &s.checks {
+            let action = match c.action {
+                crate::spec::CheckAction::Drop => format!(
+                    "drop into {}",
+                    s.quarantine.as_deref().unwrap_or("quarantine")
+                ),
+                crate::spec::CheckAction::Fail => "fail the run".to_string(),
+            };
+            let _ = writeln!(out, "  check {}: {} (else {action})", c.name, c.sql);
         }
         for d in &s.depends_on {
             let _ = writeln!(out, "  after {}: {}", d.stage, d.reasons.join("; "));

@@ -24,6 +24,8 @@ pub struct RenderedStage {
     /// Rendered SQL, or the rendered partition filter of an optimize stage.
     pub text: Option<String>,
     pub lines: LineMap,
+    /// The rendered SQL of each `expect:` check, in declared order.
+    pub checks: Vec<String>,
 }
 
 /// Rendered line (0-based) → template line (1-based). Built by aligning the two
@@ -119,27 +121,40 @@ pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
         let rendered = match &stage.body {
             StageBody::SqlFile { template, .. } | StageBody::InlineSql { template, .. } => {
                 let sql =
-                    render_template(&env, spec, stage, template, Value::Object(ctx), &loaded)?;
+                    render_template(&env, spec, stage, template, Value::Object(ctx.clone()), &loaded)?;
                 RenderedStage {
                     lines: LineMap::build(&template.text, &sql),
                     text: Some(sql),
+                    checks: Vec::new(),
                 }
             }
             StageBody::Optimize(o) => match &o.filter {
                 Some(f) => RenderedStage {
-                    text: Some(render_yaml_value(&env, spec, f, Value::Object(ctx))?),
+                    text: Some(render_yaml_value(&env, spec, f, Value::Object(ctx.clone()))?),
                     lines: LineMap::default(),
+                    checks: Vec::new(),
                 },
                 None => RenderedStage {
                     text: None,
                     lines: LineMap::default(),
+                    checks: Vec::new(),
                 },
             },
             StageBody::Vacuum(_) => RenderedStage {
                 text: None,
                 lines: LineMap::default(),
+                checks: Vec::new(),
             },
         };
+        let mut rendered = rendered;
+        for check in stage.expect.iter().flat_map(|e| &e.checks) {
+            rendered.checks.push(render_yaml_value(
+                &env,
+                spec,
+                &check.sql,
+                Value::Object(ctx.clone()),
+            )?);
+        }
         stages.push(rendered);
     }
     Ok(Rendered { locations, stages })

@@ -17,6 +17,8 @@ pub enum StageStatus {
     Cancelled,
     /// Never started because an earlier stage failed or the run was interrupted.
     Skipped,
+    /// Not run again: the interrupted run this one resumes committed it.
+    Committed,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +54,7 @@ impl StageReport {
         finished: Duration,
     ) -> Self {
         let (status, metrics, error) = match result {
+            Ok(m) if m.committed_earlier => (StageStatus::Committed, m, None),
             Ok(m) => (StageStatus::Succeeded, m, None),
             Err(e) => (StageStatus::Failed, StageMetrics::default(), Some(e)),
         };
@@ -90,6 +93,10 @@ pub struct RunReport {
     pub pipeline: String,
     /// The run number carried by this run's Delta commits (application transactions).
     pub run_number: i64,
+    /// This run resumed an interrupted run (same number): stages that run had
+    /// committed are `committed`, the rest ran reading the tables as of its start.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
     pub status: StageStatus,
     pub wall_ms: f64,
     /// In execution order.
@@ -97,7 +104,13 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn new(plan: &Plan, run_number: i64, stages: Vec<StageReport>, wall: Duration) -> Self {
+    pub fn new(
+        plan: &Plan,
+        run_number: i64,
+        resumed: bool,
+        stages: Vec<StageReport>,
+        wall: Duration,
+    ) -> Self {
         let status = if stages.iter().any(|s| s.status == StageStatus::Failed) {
             StageStatus::Failed
         } else if stages
@@ -111,6 +124,7 @@ impl RunReport {
         RunReport {
             pipeline: plan.pipeline.clone(),
             run_number,
+            resumed,
             status,
             wall_ms: ms(wall),
             stages,
@@ -131,9 +145,10 @@ impl RunReport {
 
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "run {} of {}: {:?} in {:.3}s\n\n",
+            "run {} of {}{}: {:?} in {:.3}s\n\n",
             self.run_number,
             self.pipeline,
+            if self.resumed { " (resumed)" } else { "" },
             self.status,
             self.wall_ms / 1e3
         )
@@ -186,6 +201,15 @@ impl RunReport {
             for row in &s.metrics.reported {
                 let cells: Vec<String> = row.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let _ = writeln!(out, "  {}", cells.join("  "));
+            }
+        }
+        for s in self.stages.iter().filter(|s| !s.metrics.checks.is_empty()) {
+            let _ = writeln!(out, "\n{} checks (rows failing):", s.name);
+            for (check, n) in &s.metrics.checks {
+                let _ = writeln!(out, "  {check}: {n}");
+            }
+            if let Some(q) = s.metrics.quarantined {
+                let _ = writeln!(out, "  quarantined: {q}");
             }
         }
         for s in self.stages.iter().filter(|s| s.error.is_some()) {

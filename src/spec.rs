@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use crate::diag::{did_you_mean, Problem, Result, Source};
 
+mod expect;
+pub use expect::{CheckAction, CheckSpec, ExpectSpec, QUARANTINE_COLUMNS};
+
 /// A value together with where it was written in the pipeline YAML.
 #[derive(Clone, Debug)]
 pub struct Spanned<T> {
@@ -78,6 +81,8 @@ pub struct StageSpec {
     /// The state variable this stage's single value records (see `PipelineSpec::state`).
     pub state: Option<Spanned<String>>,
     pub after: Vec<Spanned<String>>,
+    /// Row checks on the stage's output (`expect:`).
+    pub expect: Option<ExpectSpec>,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +162,7 @@ const STAGE_KEYS: &[&str] = &[
     "after",
     "optimize",
     "vacuum",
+    "expect",
 ];
 const OPTIMIZE_KEYS: &[&str] = &["table", "where", "zorder_by", "target_size"];
 const VACUUM_KEYS: &[&str] = &["table", "retain_hours"];
@@ -240,8 +246,9 @@ impl Loader<'_> {
         let description = self.optional_string(top, "description")?.map(|s| s.value);
         let state = self.state(top.get_node("state"))?;
         let vars = self.vars(top.get_node("vars"), &state, overrides)?;
-        let tables = self.tables(top.get_node("tables"))?;
+        let mut tables = self.tables(top.get_node("tables"))?;
         let stages = self.stages(top.get_node("stages"), node.span(), &tables)?;
+        self.quarantine_schemas(&stages, &mut tables)?;
         Ok(PipelineSpec {
             root: self.root.to_path_buf(),
             yaml: self.yaml.clone(),
@@ -515,6 +522,7 @@ impl Loader<'_> {
         let state = self.optional_string(map, "state")?;
         let after = self.string_list(map.get_node("after"), "after")?;
         let description = self.optional_string(map, "description")?.map(|s| s.value);
+        let expect = self.expectations(map.get_node("expect"), &name.value)?;
         Ok(StageSpec {
             name,
             description,
@@ -523,6 +531,7 @@ impl Loader<'_> {
             report,
             state,
             after,
+            expect,
         })
     }
 

@@ -1,10 +1,11 @@
 //! Between spec and render: state variables take the value the last run recorded.
 //!
-//! A stage with `state: NAME` returns one value; the executor writes it into the
-//! metadata of every later commit of that run (`sqlplan.state.NAME`). At plan time the
-//! variable takes the value of the newest commit of this pipeline on the state's
-//! table that carries it — so the table should be the last one the run writes, and
-//! a run that fails before writing it records nothing. `--var NAME=…` overrides.
+//! A stage with `state: NAME` returns one value; the commit that ends the run — after
+//! every write of the run committed — carries it on the state's table
+//! (`sqlplan.state.NAME`). At plan time the variable takes the value of the newest
+//! commit of this pipeline on that table that carries it, so a run that failed or
+//! died records nothing and the next one reads the same batch (and resumes the
+//! unfinished run). `--var NAME=…` overrides.
 
 use futures::StreamExt;
 

@@ -1,7 +1,7 @@
 {% import "sql/macros/cleaning.sql" as clean -%}
 {% import "sql/macros/months.sql" as months -%}
--- Spec §2 steps 1–3: records after the watermark, prepared, deduplicated: one
--- record per (cons_acct_key, rpt_as_of_mo).
+-- Spec §2 steps 2–3: the records after the watermark that passed the checks of
+-- `incoming`, prepared, deduplicated: one record per (cons_acct_key, rpt_as_of_mo).
 WITH prepared AS (
   SELECT
 {%- for c in columns %}
@@ -9,8 +9,7 @@ WITH prepared AS (
 {%- endfor %}
     insert_ts,
     update_ts
-  FROM accounts
-  WHERE base_ts > TIMESTAMP '{{ watermark }}'
+  FROM incoming
 ),
 ranked AS (
   SELECT

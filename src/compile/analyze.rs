@@ -90,6 +90,7 @@ fn accesses(bound: &[BoundStage], spec: &PipelineSpec) -> Vec<StageAccess> {
             }
         }
         a.writes.extend(b.writes.iter().cloned());
+        a.writes.extend(quarantine(&spec.stages[i]));
         if matches!(b.kind, StageKind::View | StageKind::Materialized) {
             a.writes.insert(spec.stages[i].name.value.clone());
         }
@@ -98,8 +99,24 @@ fn accesses(bound: &[BoundStage], spec: &PipelineSpec) -> Vec<StageAccess> {
     out
 }
 
+fn quarantine(stage: &crate::spec::StageSpec) -> Option<String> {
+    Some(stage.expect.as_ref()?.quarantine.as_ref()?.value.clone())
+}
+
 fn dependencies(spec: &PipelineSpec, bound: &[BoundStage]) -> Result<Dag> {
-    let mut dag = Dag::from_accesses(&accesses(bound, spec));
+    let access = accesses(bound, spec);
+    let mut dag = Dag::from_accesses(&access);
+    // A `fail` check stops the run before any write: every later stage that writes a
+    // table waits for the stage whose rows it checks.
+    for (i, b) in bound.iter().enumerate() {
+        if b.checks.iter().any(|c| c.action == crate::spec::CheckAction::Fail) {
+            for (j, later) in bound.iter().enumerate().skip(i + 1) {
+                if later.writes.is_some() || quarantine(&spec.stages[j]).is_some() {
+                    dag.add_checked_first(i, j);
+                }
+            }
+        }
+    }
     for (j, stage) in spec.stages.iter().enumerate() {
         for after in &stage.after {
             let Some(i) = spec.stages.iter().position(|s| s.name.value == after.value) else {
@@ -198,6 +215,8 @@ fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundSt
         maintenance: b.maintenance,
         report: stage.report,
         state: stage.state.as_ref().map(|s| s.value.clone()),
+        quarantine: quarantine(stage),
+        checks: b.checks,
         logical_plan: b.logical.map(|lp| lp.display_indent().to_string()),
     }
 }

@@ -18,7 +18,7 @@ use super::catalog::{DeclaredTable, TableInfo};
 use super::parse::{ParsedStage, RelationRef, StatementKind};
 use super::StageSql;
 use crate::diag::{did_you_mean, Problem, Result};
-use crate::plan::{Maintenance, StageKind};
+use crate::plan::{CheckPlan, Maintenance, StageKind};
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
 
@@ -36,6 +36,8 @@ pub struct BoundStage {
     pub sql: Option<String>,
     pub logical: Option<LogicalPlan>,
     pub maintenance: Option<Maintenance>,
+    /// Rendered `expect:` checks, in declared order.
+    pub checks: Vec<CheckPlan>,
 }
 
 pub async fn bind(
@@ -66,7 +68,7 @@ pub async fn bind(
                     sql: r.text.as_deref().unwrap_or(""),
                     lines: &r.lines,
                 };
-                bind_sql(&sql, index, parsed, tables, ctx).await?
+                bind_sql(&sql, &r.checks, index, parsed, tables, ctx).await?
             }
             (_, None) => unreachable!("SQL stages are parsed"),
         };
@@ -84,11 +86,13 @@ fn empty(kind: StageKind) -> BoundStage {
         sql: None,
         logical: None,
         maintenance: None,
+        checks: Vec::new(),
     }
 }
 
 async fn bind_sql(
     sql: &StageSql<'_>,
+    checks: &[String],
     index: usize,
     all: &[Option<ParsedStage>],
     tables: &BTreeMap<String, TableInfo>,
@@ -159,6 +163,15 @@ async fn bind_sql(
             Problem::failed("internal", format!("registering `{}`: {e}", sql.name()))
         })?;
     }
+    if let Some(expect) = &sql.stage.expect {
+        if kind != StageKind::Materialized {
+            return Err(Problem::invalid("expectations_need_materialize", format!("stage `{}` has `expect:` but is not a materialized SELECT", sql.name()))
+                .in_source(&sql.spec.yaml)
+                .label(sql.stage.name.span, "this stage")
+                .help("checks run once on a computed relation: make the stage a SELECT with `materialize: true`"));
+        }
+        bind_checks(sql, expect, checks, ctx).await?;
+    }
     Ok(BoundStage {
         kind,
         reads_tables,
@@ -167,7 +180,53 @@ async fn bind_sql(
         sql: Some(sql.sql.to_string()),
         logical: Some(optimized),
         maintenance: None,
+        checks: sql
+            .stage
+            .expect
+            .iter()
+            .flat_map(|e| &e.checks)
+            .zip(checks)
+            .map(|(c, text)| CheckPlan {
+                name: c.name.value.clone(),
+                sql: text.clone(),
+                action: c.action,
+            })
+            .collect(),
     })
+}
+
+/// Each check must be a boolean over the stage's output columns; errors point at
+/// the check in the YAML.
+async fn bind_checks(
+    sql: &StageSql<'_>,
+    expect: &crate::spec::ExpectSpec,
+    rendered: &[String],
+    ctx: &SessionContext,
+) -> Result<()> {
+    for (check, text) in expect.checks.iter().zip(rendered) {
+        let query = format!("SELECT ({text}) AS passed FROM {}", sql.name());
+        let problem = |message: String| {
+            Problem::invalid(
+                "bad_check",
+                format!("check `{}` of stage `{}`: {message}", check.name.value, sql.name()),
+            )
+            .in_source(&sql.spec.yaml)
+            .label(check.sql.span, "this check")
+            .help(format!(
+                "a check is a SQL boolean over the columns of `{}`; a row passes when it is true",
+                sql.name()
+            ))
+        };
+        let df = ctx
+            .sql(&query)
+            .await
+            .map_err(|e| problem(e.strip_backtrace().lines().next().unwrap_or("").to_string()))?;
+        let data_type = df.schema().field(0).data_type().clone();
+        if data_type != datafusion::arrow::datatypes::DataType::Boolean {
+            return Err(problem(format!("it is of type {data_type}, not a boolean")));
+        }
+    }
+    Ok(())
 }
 
 enum Resolved {

@@ -114,13 +114,13 @@ fn register(ctx: &SessionContext, name: &str, provider: Arc<dyn TableProvider>) 
 }
 
 /// Opens the Delta table at `url`, or None when there is no table there yet.
-/// Checks for a local `_delta_log` first: opening must not create directories.
+/// Checks for a local log first: opening must not create directories.
 async fn open_delta(url: &url::Url) -> std::result::Result<Option<deltalake::DeltaTable>, String> {
     if url.scheme() == "file" {
         let path = url
             .to_file_path()
             .map_err(|_| format!("invalid local path {url}"))?;
-        if !path.join("_delta_log").is_dir() {
+        if !crate::session::local_table_exists(&path) {
             return Ok(None);
         }
     }

@@ -25,6 +25,8 @@ pub enum Hazard {
     WriteAfterWrite(String),
     /// Declared with `after:`.
     Explicit,
+    /// The earlier stage's `fail` checks must pass before any write.
+    ChecksFirst,
 }
 
 impl fmt::Display for Hazard {
@@ -34,6 +36,7 @@ impl fmt::Display for Hazard {
             Hazard::WriteAfterRead(x) => write!(f, "writes {x} after it is read"),
             Hazard::WriteAfterWrite(x) => write!(f, "writes {x} after an earlier write"),
             Hazard::Explicit => write!(f, "declared with `after`"),
+            Hazard::ChecksFirst => write!(f, "writes only after its checks pass"),
         }
     }
 }
@@ -87,6 +90,14 @@ impl Dag {
             .entry((from, to))
             .or_default()
             .insert(Hazard::Explicit);
+    }
+
+    /// `to` writes, so it waits for the `fail` checks of `from` (earlier in order).
+    pub fn add_checked_first(&mut self, from: usize, to: usize) {
+        self.edges
+            .entry((from, to))
+            .or_default()
+            .insert(Hazard::ChecksFirst);
     }
 
     pub fn predecessors(

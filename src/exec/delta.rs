@@ -23,9 +23,7 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
         let url = crate::session::table_url(&t.location)?;
         match t.version {
             Some(_) => {
-                let table = deltalake::open_table(url).await.map_err(|e| {
-                    format!("table `{}` at {} cannot be opened: {e}", t.name, t.location)
-                })?;
+                let table = open(&t.name, &t.location, None).await?;
                 check_drift(t, &table)?;
                 existing.insert(t.name.clone(), table);
             }
@@ -33,7 +31,7 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
                 if let Some(path) = url
                     .to_file_path()
                     .ok()
-                    .filter(|p| p.join("_delta_log").is_dir())
+                    .filter(|p| crate::session::local_table_exists(p))
                 {
                     return Err(format!(
                         "table `{}` appeared at {} after planning; plan again",
@@ -49,9 +47,32 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
         .iter()
         .filter(|t| t.version.is_none() && !t.optional)
     {
-        existing.insert(t.name.clone(), create(t).await?);
+        create(t).await?;
+        existing.insert(t.name.clone(), open(&t.name, &t.location, None).await?);
     }
     Ok(existing)
+}
+
+/// The table `name` at `location`, at `version` or the newest. With a `commit:`
+/// failpoint armed, local tables are opened through a store that watches their log.
+pub async fn open(name: &str, location: &str, version: Option<i64>) -> Result<DeltaTable, String> {
+    let url = crate::session::table_url(location)?;
+    let mut builder = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .map_err(|e| format!("table `{name}` at {location}: {e}"))?;
+    if let Some(v) = version {
+        builder = builder.with_version(v as u64);
+    }
+    if super::failpoint::watches_commits() && url.scheme() == "file" {
+        let store = super::failpoint::CommitWatch {
+            inner: Arc::new(deltalake::logstore::object_store::local::LocalFileSystem::new()),
+            table: name.to_string(),
+        };
+        builder = builder.with_storage_backend(Arc::new(store), url);
+    }
+    builder.load().await.map_err(|e| match version {
+        Some(v) => format!("table `{name}` at {location}, version {v}, cannot be opened: {e}"),
+        None => format!("table `{name}` at {location} cannot be opened: {e}"),
+    })
 }
 
 /// Schema drift: a column added, dropped or retyped since the plan was bound.
@@ -135,7 +156,7 @@ pub async fn open_or_create(t: &TablePlan) -> Result<DeltaTable, String> {
     let url = crate::session::table_url(&t.location)?;
     if url
         .to_file_path()
-        .is_ok_and(|p| p.join("_delta_log").is_dir())
+        .is_ok_and(|p| crate::session::local_table_exists(&p))
     {
         return deltalake::open_table(url)
             .await
@@ -201,38 +222,108 @@ pub fn app_id(pipeline: &str, stage: &str) -> String {
     format!("sqlplan:{pipeline}:{stage}")
 }
 
-/// Every commit names the pipeline and stage that made it and carries an
-/// application transaction (app id, run number), so a later run can prove which
-/// writes of an interrupted run committed.
-/// State values recorded so far in the run ride along as `sqlplan.state.<name>`.
-pub fn commit_properties(
-    pipeline: &str,
-    stage: &str,
-    run_number: i64,
-    states: &BTreeMap<String, String>,
-) -> CommitProperties {
-    let mut metadata = vec![
-        ("sqlplan.pipeline".to_string(), serde_json::json!(pipeline)),
-        ("sqlplan.stage".to_string(), serde_json::json!(stage)),
-        ("sqlplan.run".to_string(), serde_json::json!(run_number)),
-    ];
-    metadata.extend(
-        states
-            .iter()
-            .map(|(k, v)| (format!("{STATE_PREFIX}{k}"), serde_json::json!(v))),
-    );
-    CommitProperties::default()
-        .with_application_transaction(deltalake::kernel::Transaction::new(
-            app_id(pipeline, stage),
-            run_number,
-        ))
-        .with_metadata(metadata)
+/// The application id of the commit that ends a run (`#` is never in a stage name).
+pub fn finish_app_id(pipeline: &str) -> String {
+    format!("sqlplan:{pipeline}#finish")
 }
 
+/// Commit metadata keys.
+pub const PIPELINE_KEY: &str = "sqlplan.pipeline";
+pub const STAGE_KEY: &str = "sqlplan.stage";
+pub const RUN_KEY: &str = "sqlplan.run";
+/// The version of every table when the run started (JSON object).
+pub const START_KEY: &str = "sqlplan.start";
+/// A fingerprint of the plan and vars the run executes.
+pub const PLAN_KEY: &str = "sqlplan.plan";
 /// Commit metadata key prefix of state variables.
 pub const STATE_PREFIX: &str = "sqlplan.state.";
 
-/// The greatest run number any stage of the pipeline committed to `table`.
+/// What every commit of one run says about the run.
+#[derive(Clone, Debug)]
+pub struct RunTag {
+    pub pipeline: String,
+    pub run_number: i64,
+    pub plan_hash: String,
+    pub start_versions: BTreeMap<String, i64>,
+}
+
+impl RunTag {
+    /// Every commit names the pipeline and stage that made it, the run's start
+    /// versions and plan, and carries an application transaction (app id, run
+    /// number), so a later run can prove which writes of an interrupted run committed
+    /// and resume it on the same inputs.
+    pub fn commit_properties(&self, stage: &str) -> CommitProperties {
+        self.properties(app_id(&self.pipeline, stage), stage, BTreeMap::new())
+    }
+
+    /// The commit that ends the run: it alone carries the state values, so recorded
+    /// state moves only after every write of the run committed.
+    pub fn finish_properties(&self, states: &BTreeMap<String, String>) -> CommitProperties {
+        let states = states
+            .iter()
+            .map(|(k, v)| (format!("{STATE_PREFIX}{k}"), serde_json::json!(v)))
+            .collect();
+        self.properties(finish_app_id(&self.pipeline), "finish", states)
+    }
+
+    /// A restore made by `--abandon`, ending this (unfinished) run.
+    pub fn abandon_properties(&self) -> CommitProperties {
+        self.properties(
+            format!("sqlplan:{}#abandon", self.pipeline),
+            "abandon",
+            BTreeMap::new(),
+        )
+    }
+
+    fn properties(
+        &self,
+        app: String,
+        stage: &str,
+        extra: BTreeMap<String, serde_json::Value>,
+    ) -> CommitProperties {
+        let mut metadata = vec![
+            (PIPELINE_KEY.to_string(), serde_json::json!(self.pipeline)),
+            (STAGE_KEY.to_string(), serde_json::json!(stage)),
+            (RUN_KEY.to_string(), serde_json::json!(self.run_number)),
+            (START_KEY.to_string(), serde_json::json!(self.start_versions)),
+            (PLAN_KEY.to_string(), serde_json::json!(self.plan_hash)),
+        ];
+        metadata.extend(extra);
+        CommitProperties::default()
+            .with_application_transaction(deltalake::kernel::Transaction::new(
+                app,
+                self.run_number,
+            ))
+            .with_metadata(metadata)
+    }
+}
+
+/// The tables a run's finish commit goes to: its state tables, or the table of the
+/// last writing stage when the pipeline records no state (none if nothing writes).
+pub fn finish_tables(plan: &Plan) -> std::collections::BTreeSet<String> {
+    let mut tables: std::collections::BTreeSet<String> = plan.state.values().cloned().collect();
+    if tables.is_empty() {
+        tables.extend(plan.stages.iter().rev().find_map(|s| s.writes.clone()));
+    }
+    tables
+}
+
+/// A commit that adds no data, only metadata (a write of no rows).
+pub async fn append_empty(table: DeltaTable, props: CommitProperties) -> Result<DeltaTable, String> {
+    let schema = table
+        .snapshot()
+        .map_err(|e| e.to_string())?
+        .snapshot()
+        .arrow_schema();
+    table
+        .write(vec![datafusion::arrow::array::RecordBatch::new_empty(schema)])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_commit_properties(props)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The greatest version any of `app_ids` committed to `table`.
 pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i64>, String> {
     let snapshot = table.snapshot().map_err(|e| e.to_string())?;
     let mut last = None;
@@ -244,6 +335,34 @@ pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i
         last = last.max(v);
     }
     Ok(last)
+}
+
+/// One commit of a table, newest first in `history`.
+pub struct Commit {
+    pub version: i64,
+    pub info: BTreeMap<String, serde_json::Value>,
+}
+
+/// The table's last `depth` commits, newest first, with their versions.
+pub async fn history(table: &DeltaTable, depth: usize) -> Result<Vec<Commit>, String> {
+    use futures::TryStreamExt;
+    let Some(newest) = table.version() else {
+        return Ok(Vec::new());
+    };
+    let infos: Vec<_> = table
+        .history(Some(depth))
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    // Commit files are contiguous up to the newest; history lists them newest first.
+    Ok(infos
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Commit {
+            version: newest as i64 - i as i64,
+            info: c.info.into_iter().collect(),
+        })
+        .collect())
 }
 
 /// The `commitInfo` entries of the table's latest commit (custom metadata included).

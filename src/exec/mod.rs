@@ -6,6 +6,9 @@
 
 pub mod bounds;
 pub mod delta;
+mod expect;
+pub mod failpoint;
+mod resume;
 pub mod stages;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +34,9 @@ pub struct RunOptions {
     pub spill_threshold: u64,
     /// No progress output at all (e.g. under `sqlplan test`).
     pub quiet: bool,
+    /// End the pipeline's unfinished run by restoring the tables it wrote, instead
+    /// of resuming it.
+    pub abandon: bool,
 }
 
 impl Default for RunOptions {
@@ -40,6 +46,7 @@ impl Default for RunOptions {
             progress: std::io::stderr().is_terminal(),
             spill_threshold: 2 << 30,
             quiet: false,
+            abandon: false,
         }
     }
 }
@@ -55,7 +62,7 @@ struct Finished {
 /// report with `failed` status (the caller exits 1), not an `Err`.
 pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem> {
     let executor = Arc::new(
-        Executor::new(plan, options.spill_threshold)
+        Executor::new(plan, options.spill_threshold, options.abandon)
             .await
             .map_err(|e| Problem::failed("run_setup", e).help("nothing was written"))?,
     );
@@ -95,7 +102,11 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
                     let stage = stage.clone();
                     running.spawn(async move {
                         let started = start.elapsed();
+                        failpoint::hit(&format!("before:{}", stage.name));
                         let result = executor.run_stage(&stage).await;
+                        if result.is_ok() {
+                            failpoint::hit(&format!("after:{}", stage.name));
+                        }
                         bar.finish_and_clear();
                         Finished {
                             name: stage.name.clone(),
@@ -149,13 +160,26 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
             })
         })
         .collect();
-    let report = RunReport::new(plan, executor.run_number, stages, start.elapsed());
+    if executor.resumed {
+        progress.note(&format!(
+            "sqlplan: resumed run {}: stages it committed were not run again; the rest read the tables as of its start",
+            executor.tag.run_number
+        ));
+    }
+    let report = RunReport::new(
+        plan,
+        executor.tag.run_number,
+        executor.resumed,
+        stages,
+        start.elapsed(),
+    );
     if report.succeeded() {
-        executor.persist_states().await.map_err(|e| {
+        executor.finish().await.map_err(|e| {
             Problem::failed(
-                "state_unwritten",
-                format!("the run succeeded but its state was not recorded: {e}"),
+                "run_unfinished",
+                format!("every stage succeeded but the run's finish commit failed: {e}"),
             )
+            .help("state did not move; the next run resumes this one")
         })?;
     }
     Ok(report)

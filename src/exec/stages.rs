@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::delta;
+use super::expect::{quarantine_label, Checker};
 use crate::plan::{Maintenance, Plan, StageKind, StagePlan};
 
 /// What a stage did, as far as DataFusion and delta-rs tell.
@@ -58,21 +59,33 @@ pub struct StageMetrics {
     /// The Delta version this stage committed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
+    /// Rows failing each `expect:` check (false or NULL), by check.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, u64>,
+    /// Rows the checks dropped into the quarantine table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<u64>,
+    /// The interrupted run this one resumes committed the stage: it was not run again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub committed_earlier: bool,
 }
 
 /// The run's shared state: one DataFusion session where every table and relation
 /// is registered, and the latest handle of every Delta table.
 pub struct Executor {
     pub plan: Plan,
-    /// One more than the greatest run number this pipeline committed to its tables.
-    pub run_number: i64,
+    /// The run number, start versions and plan fingerprint every commit carries.
+    pub tag: delta::RunTag,
+    /// This run resumes an interrupted one; these stages of it committed (→ version).
+    pub resumed: bool,
+    committed_earlier: BTreeMap<String, i64>,
     pub ctx: SessionContext,
     /// Materialized relations larger than this many bytes are spilled to disk.
     spill_threshold: u64,
     /// Where they go; removed with the executor.
     spill_dir: tempfile::TempDir,
     tables: Mutex<BTreeMap<String, DeltaTable>>,
-    /// State values recorded by `state:` stages so far; later commits carry them.
+    /// State values computed by `state:` stages; the run's finish commit records them.
     states: Mutex<BTreeMap<String, String>>,
     /// Views registered so far (re-planned after commits to what they read).
     views: Mutex<Vec<String>>,
@@ -90,19 +103,37 @@ fn df_err(e: impl std::fmt::Display) -> String {
 }
 
 impl Executor {
-    pub async fn new(plan: Plan, spill_threshold: u64) -> StageResult<Self> {
-        let tables = delta::open_tables(&plan).await?;
+    /// Opens the tables and decides where the run starts: afresh, or resuming the
+    /// pipeline's unfinished run (`abandon`: ending it by restoring its tables first).
+    pub async fn new(plan: Plan, spill_threshold: u64, abandon: bool) -> StageResult<Self> {
+        let mut tables = delta::open_tables(&plan).await?;
+        let mut start = super::resume::find(&plan, &tables, abandon).await?;
+        if let super::resume::Start::Abandon { unfinished, restore } = start {
+            super::resume::abandon(&plan, &tables, &unfinished, &restore).await?;
+            for t in &plan.tables {
+                if tables.contains_key(&t.name) {
+                    tables.insert(t.name.clone(), delta::open(&t.name, &t.location, None).await?);
+                }
+            }
+            start = super::resume::find(&plan, &tables, false).await?;
+        }
+        let super::resume::Start::Run(start) = start else {
+            return Err("the abandoned run is still unfinished".into());
+        };
+        if start.resumed {
+            // Every stage reads the tables as the interrupted run found them.
+            for t in &plan.tables {
+                let version = start.tag.start_versions.get(&t.name).copied();
+                let current = tables.get(&t.name).and_then(|d| d.version());
+                if let Some(v) = version.filter(|v| Some(*v as u64) != current) {
+                    tables.insert(t.name.clone(), delta::open(&t.name, &t.location, Some(v)).await?);
+                }
+            }
+        }
         let ctx = crate::session::new_context();
-        let app_ids: Vec<String> = plan
-            .stages
-            .iter()
-            .map(|s| delta::app_id(&plan.pipeline, &s.name))
-            .collect();
-        let mut last = None;
         for (name, table) in &tables {
             ctx.register_table(name.as_str(), table.table_provider().await.map_err(df_err)?)
                 .map_err(df_err)?;
-            last = last.max(delta::last_run(table, &app_ids).await?);
         }
         let partitions = plan
             .tables
@@ -112,7 +143,9 @@ impl Executor {
         Ok(Executor {
             partitions,
             plan,
-            run_number: last.unwrap_or(0) + 1,
+            tag: start.tag,
+            resumed: start.resumed,
+            committed_earlier: start.committed,
             spill_threshold,
             spill_dir: tempfile::Builder::new()
                 .prefix("sqlplan-spill")
@@ -214,6 +247,9 @@ impl Executor {
     }
 
     pub async fn run_stage(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        if let Some(&version) = self.committed_earlier.get(&stage.name) {
+            return self.adopt(stage, version).await;
+        }
         let mut metrics = self.execute(stage).await?;
         if stage.report {
             metrics.reported = self.rows_of(&stage.name).await?;
@@ -241,51 +277,53 @@ impl Executor {
         Ok(metrics)
     }
 
-    /// Makes sure the state table's newest commit carries this run's state values:
-    /// a run that wrote nothing there still records them, with an empty commit.
-    pub async fn persist_states(&self) -> StageResult<()> {
-        let states = self.states.lock().await.clone();
-        let tables: std::collections::BTreeSet<&String> = self
-            .plan
-            .state
+    /// A stage the interrupted run committed: later stages read the version it
+    /// committed, as they would have in that run.
+    async fn adopt(&self, stage: &StagePlan, version: i64) -> StageResult<StageMetrics> {
+        let target = stage.writes.clone().ok_or("a committed stage without a table")?;
+        let location = self.location(&target)?;
+        let table = delta::open(&target, &location, Some(version)).await?;
+        self.committed(&target, table).await?;
+        Ok(StageMetrics {
+            version: Some(version),
+            committed_earlier: true,
+            ..Default::default()
+        })
+    }
+
+    fn location(&self, table: &str) -> StageResult<String> {
+        self.plan
+            .tables
             .iter()
-            .filter(|(var, _)| states.contains_key(*var))
-            .map(|(_, t)| t)
-            .collect();
-        for name in tables {
-            let table = self.table(name).await?;
-            let latest = delta::last_commit_info(&table).await;
-            let recorded = self
-                .plan
-                .state
-                .iter()
-                .filter(|(_, t)| *t == name)
-                .all(|(var, _)| {
-                    latest
-                        .get(&format!("{}{var}", delta::STATE_PREFIX))
-                        .and_then(|v| v.as_str())
-                        == states.get(var).map(String::as_str)
-                        && latest.get("sqlplan.run").and_then(|v| v.as_i64())
-                            == Some(self.run_number)
-                });
-            if !recorded {
-                // A write of no rows: a commit that adds no data, only metadata.
-                let schema = table.snapshot().map_err(df_err)?.snapshot().arrow_schema();
-                let table = table
-                    .write(vec![RecordBatch::new_empty(schema)])
-                    .with_save_mode(SaveMode::Append)
-                    .with_commit_properties(self.props("state").await)
-                    .await
-                    .map_err(df_err)?;
-                self.tables.lock().await.insert(name.clone(), table);
-            }
+            .find(|t| t.name == table)
+            .map(|t| t.location.clone())
+            .ok_or_else(|| format!("unknown table `{table}`"))
+    }
+
+    /// Ends the run, after every stage succeeded: one commit on each state table (on
+    /// the last table written when the pipeline records no state) carries the state
+    /// values and the run's finish transaction. Until it is in the log, the run is
+    /// unfinished and the next one resumes it; recorded state never moves past a
+    /// batch that some table did not receive.
+    pub async fn finish(&self) -> StageResult<()> {
+        let states = self.states.lock().await.clone();
+        super::failpoint::hit("before:finish");
+        for name in delta::finish_tables(&self.plan) {
+            let table = self.table(&name).await?;
+            super::failpoint::writing(&name, "finish");
+            let table = delta::append_empty(table, self.tag.finish_properties(&states)).await?;
+            self.tables.lock().await.insert(name.clone(), table);
         }
+        super::failpoint::hit("after:finish");
         Ok(())
     }
 
-    async fn props(&self, stage: &str) -> deltalake::kernel::transaction::CommitProperties {
-        let states = self.states.lock().await.clone();
-        delta::commit_properties(&self.plan.pipeline, stage, self.run_number, &states)
+    /// The commit properties of a stage's write (and, for failpoints, who writes).
+    fn props(&self, stage: &StagePlan) -> deltalake::kernel::transaction::CommitProperties {
+        if let Some(table) = &stage.writes {
+            super::failpoint::writing(table, &stage.name);
+        }
+        self.tag.commit_properties(&stage.name)
     }
 
     /// At most this many rows of a reported relation go into the report.
@@ -331,11 +369,22 @@ impl Executor {
         use futures::StreamExt;
         let df = self.ctx.sql(sql).await.map_err(df_err)?;
         let (df, literal_bounds) = self.bounded(df).await?;
+        let width = df.schema().fields().len();
+        let mut checker = (!stage.checks.is_empty()).then(|| Checker::new(&stage.checks));
+        let df = match &checker {
+            Some(c) => c.with_check_columns(df)?,
+            None => df,
+        };
         let task = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await.map_err(df_err)?;
         // The physical schema: batches may differ from the logical one (view types,
-        // nullability), and a MemTable must match its batches.
-        let schema = plan.schema();
+        // nullability), and a MemTable must match its batches. Check columns are
+        // removed from every batch.
+        let schema = Arc::new(
+            plan.schema()
+                .project(&(0..width).collect::<Vec<_>>())
+                .map_err(df_err)?,
+        );
         let mut stream =
             datafusion::physical_plan::execute_stream(plan.clone(), task).map_err(df_err)?;
         let (mut held, mut held_bytes, mut rows) = (Vec::new(), 0usize, 0u64);
@@ -344,7 +393,11 @@ impl Executor {
             datafusion::parquet::arrow::ArrowWriter<std::fs::File>,
         )> = None;
         while let Some(batch) = stream.next().await {
-            let batch = compact(batch.map_err(df_err)?).map_err(df_err)?;
+            let mut batch = batch.map_err(df_err)?;
+            if let Some(c) = &mut checker {
+                batch = c.split(batch)?;
+            }
+            let batch = compact(batch).map_err(df_err)?;
             rows += batch.num_rows() as u64;
             match &mut spill {
                 Some((_, writer)) => writer.write(&batch).map_err(df_err)?,
@@ -362,6 +415,18 @@ impl Executor {
             }
         }
         let scan = scan_stats(&plan);
+        let mut checks = BTreeMap::new();
+        let mut quarantined = None;
+        if let Some(c) = &checker {
+            if let Some(failure) = c.failure(&stage.name) {
+                return Err(failure);
+            }
+            checks = c.counts();
+            quarantined = Some(c.dropped.len() as u64);
+            if !c.dropped.is_empty() {
+                self.quarantine(stage, c).await?;
+            }
+        }
         let spilled_bytes = match spill {
             Some((path, writer)) => {
                 writer.close().map_err(df_err)?;
@@ -383,6 +448,8 @@ impl Executor {
         };
         self.materialized.lock().await.insert(stage.name.clone());
         Ok(StageMetrics {
+            checks,
+            quarantined,
             rows_out: Some(rows),
             files_scanned: scan.files,
             bytes_scanned: scan.bytes,
@@ -390,6 +457,29 @@ impl Executor {
             literal_bounds,
             ..Default::default()
         })
+    }
+
+    /// Appends the rows a stage's checks dropped to its quarantine table (one commit;
+    /// a resumed run that finds the commit in the log does not write them again).
+    async fn quarantine(&self, stage: &StagePlan, checker: &Checker) -> StageResult<()> {
+        let target = stage.quarantine.clone().ok_or("dropped rows without a quarantine table")?;
+        let label = quarantine_label(&stage.name);
+        if let Some(&version) = self.committed_earlier.get(&label) {
+            let table = delta::open(&target, &self.location(&target)?, Some(version)).await?;
+            self.committed(&target, table).await?;
+            return Ok(());
+        }
+        let table = self.table(&target).await?;
+        super::failpoint::writing(&target, &label);
+        let table = table
+            .write(vec![checker.quarantine_batch(self.tag.run_number, &stage.name)])
+            .with_save_mode(SaveMode::Append)
+            .with_writer_properties(delta::writer_properties())
+            .with_commit_properties(self.tag.commit_properties(&label))
+            .await
+            .map_err(df_err)?;
+        self.committed(&target, table).await?;
+        Ok(())
     }
 
     fn spill_writer(
@@ -438,7 +528,7 @@ impl Executor {
         let mut write = table
             .write(batches.clone())
             .with_writer_properties(delta::writer_properties())
-            .with_commit_properties(self.props(&stage.name).await);
+            .with_commit_properties(self.props(stage));
         if stage.kind == StageKind::InsertOverwrite {
             write = write.with_save_mode(SaveMode::Overwrite);
             if !partitions.is_empty() {
@@ -529,7 +619,7 @@ impl Executor {
             .with_source_alias(&source_alias)
             .with_session_state(Arc::new(state))
             .with_writer_properties(delta::writer_properties())
-            .with_commit_properties(self.props(&stage.name).await);
+            .with_commit_properties(self.props(stage));
         for clause in op.clauses {
             let pred = clause.predicate;
             mb = match (clause.kind.canonical(), clause.action) {
@@ -615,7 +705,7 @@ impl Executor {
         let mut op = table
             .delete()
             .with_session_state(Arc::new(self.ctx.state()))
-            .with_commit_properties(self.props(&stage.name).await);
+            .with_commit_properties(self.props(stage));
         if let Some(selection) = &delete.selection {
             op = op.with_predicate(selection.to_string());
         }
@@ -633,7 +723,7 @@ impl Executor {
     async fn maintain(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
         let target = stage.writes.clone().ok_or("maintenance without a table")?;
         let table = self.table(&target).await?;
-        let props = self.props(&stage.name).await;
+        let props = self.props(stage);
         match stage
             .maintenance
             .as_ref()

@@ -177,3 +177,13 @@ pub async fn file_count(path: &Path) -> usize {
     let table = deltalake::open_table(url).await.unwrap();
     table.snapshot().unwrap().log_data().num_files()
 }
+
+/// A stage's entry in a run report (JSON).
+pub fn stage<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage `{name}` in the report"))
+}

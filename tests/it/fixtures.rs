@@ -57,5 +57,5 @@ fn a_wrong_expectation_fails_with_a_diff() {
 fn the_summary_worked_examples_pass() {
     let out = sqlplan_in(&repo(), &["test", "pipelines/summary.yaml"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("13 passed, 0 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("17 passed, 0 failed"), "{}", out.stdout);
 }

@@ -297,7 +297,7 @@ fn the_demo_generates_plans_runs_and_reports_and_only_replaces_its_own_warehouse
         assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
         for expected in [
             "1/3 generating",
-            "summary: 3 scans (0 full, 3 pruned, budget 0 full)",
+            "summary: 4 scans (0 full, 4 pruned, budget 0 full)",
             "3/3 running",
             "merge_summary",
             "case II: forward month",

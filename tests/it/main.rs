@@ -2,7 +2,9 @@
 //! They drive the `sqlplan` CLI on temporary projects and warehouses.
 
 mod common;
+mod crash;
 mod diagnostics;
+mod expectations;
 mod fixtures;
 mod generate;
 mod macros;

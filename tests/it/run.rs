@@ -7,7 +7,7 @@ use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use serde_json::Value;
 
-use crate::common::{create_table, file_count, read_table, Project};
+use crate::common::{create_table, file_count, read_table, stage, Project};
 
 fn batch(ids: &[i64], values: &[&str], ds: &[&str]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
@@ -28,15 +28,6 @@ fn batch(ids: &[i64], values: &[&str], ds: &[&str]) -> RecordBatch {
 
 fn report(project: &Project) -> Value {
     serde_json::from_str(&std::fs::read_to_string(project.path().join("report.json")).unwrap())
-        .unwrap()
-}
-
-fn stage<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
         .unwrap()
 }
 

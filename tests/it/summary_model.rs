@@ -1,9 +1,8 @@
 //! A small sequential model of the summary pipeline's rule (shared/spec/
 //! summary-pipeline.md §2.3 and §3): records applied one at a time, per account in
-//! ascending month order. It is the reference the pipeline's property test will
-//! compare against (issue 4); here it is checked against the spec's worked examples.
+//! ascending month order. It is the reference of the pipeline's property test;
+//! here it is checked against the spec's worked examples.
 
-#![allow(dead_code)] // The property test of issue 4 will use all of it.
 
 use std::collections::BTreeMap;
 
@@ -55,13 +54,33 @@ impl Record {
 /// key → month → row.
 pub type Summary = BTreeMap<i64, BTreeMap<i32, Row>>;
 
+/// §3.1: the batch's records by kind (the pipeline's `counts` names), relative to
+/// latest_summary before the run; stale and ignored records counted apart.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub stale: usize,
-    pub ignored: usize,
+pub struct Counts(pub BTreeMap<&'static str, usize>);
+
+impl Counts {
+    pub fn of(&self, kind: &str) -> usize {
+        self.0.get(kind).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, kind: &'static str) {
+        *self.0.entry(kind).or_insert(0) += 1;
+    }
 }
 
-/// Applies a batch to `summary` and returns the counts of stale and ignored records.
+/// The kind of an applied record (spec §3.1).
+fn case(r: &Record, latest_month: Option<i32>, span: (i32, i32)) -> &'static str {
+    match latest_month {
+        _ if r.is_delete() => "delete",
+        None if span.0 == span.1 => "case I: new account, one month",
+        None => "case IV: new account, several months",
+        Some(l) if r.month > l => "case II: forward month",
+        Some(_) => "case III: backfill or correction",
+    }
+}
+
+/// Applies a batch to `summary` and returns its records by kind.
 pub fn apply(summary: &mut Summary, batch: &[Record]) -> Counts {
     let mut counts = Counts::default();
     // §2.3 dedup: greatest base_ts, then insert_ts, then update_ts.
@@ -74,23 +93,30 @@ pub fn apply(summary: &mut Summary, batch: &[Record]) -> Counts {
     }
     // Stale against the rows as they were before the run.
     let before = summary.clone();
+    let latest_before = latest(&before);
+    let mut spans: BTreeMap<i64, (i32, i32)> = BTreeMap::new();
+    for &(key, month) in winners.keys() {
+        let span = spans.entry(key).or_insert((month, month));
+        *span = (span.0.min(month), span.1.max(month));
+    }
     for ((key, month), r) in winners {
         if before
             .get(&key)
             .and_then(|rows| rows.get(&month))
             .is_some_and(|row| row.base_ts > r.base_ts)
         {
-            counts.stale += 1;
+            counts.add("stale");
             continue;
         }
         let rows = summary.entry(key).or_default();
-        if r.is_delete() {
-            if !apply_delete(rows, r) {
-                counts.ignored += 1;
-            }
-        } else {
+        if r.is_delete() && !apply_delete(rows, r) {
+            counts.add("ignored");
+            continue;
+        }
+        if !r.is_delete() {
             apply_value(rows, r);
         }
+        counts.add(case(r, latest_before.get(&key).map(|l| l.0), spans[&key]));
     }
     summary.retain(|_, rows| !rows.is_empty());
     counts
@@ -372,13 +398,8 @@ fn example_5_soft_deletes() {
             del(7002, "2026-02", "4", 12),
         ],
     );
-    assert_eq!(
-        counts,
-        Counts {
-            stale: 0,
-            ignored: 1
-        }
-    );
+    assert_eq!((counts.of("stale"), counts.of("ignored")), (0, 1));
+    assert_eq!(counts.of("delete"), 2);
     assert!(s[&7001][&m("2026-01")].deleted());
     assert_eq!(
         balances(&s, 7001, "2026-01"),
@@ -407,7 +428,8 @@ fn example_6_duplicates_and_stale_records() {
         rec(111, "2026-01", Some(5600), 12),
     ];
     let mut s = start(9);
-    assert_eq!(apply(&mut s, &batch), Counts::default());
+    let counts = apply(&mut s, &batch);
+    assert_eq!(counts.0, BTreeMap::from([("case III: backfill or correction", 1)]));
     assert_eq!(balances(&s, 111, "2026-01"), [Some(5600)]);
     assert_eq!(
         s[&111][&m("2026-01")].scalars,
@@ -415,13 +437,7 @@ fn example_6_duplicates_and_stale_records() {
         "scalars from the 12:00 row"
     );
     let mut s = start(13);
-    assert_eq!(
-        apply(&mut s, &batch),
-        Counts {
-            stale: 1,
-            ignored: 0
-        }
-    );
+    assert_eq!(apply(&mut s, &batch).0, BTreeMap::from([("stale", 1)]));
     assert_eq!(s, start(13), "nothing changes");
 }
 
@@ -464,9 +480,39 @@ fn rerunning_a_batch_changes_nothing_and_values_stop_at_the_last_element() {
         .collect();
     apply(&mut s, &batch);
     let once = s.clone();
-    assert_eq!(apply(&mut s, &batch), Counts::default());
+    assert_eq!(apply(&mut s, &batch).of("stale"), 0);
     assert_eq!(s, once);
     let last = &s[&1][&m("2026-04")].arrays[0];
     assert_eq!(last.len(), HISTORY);
     assert_eq!((last[0], last[35]), (Some(39), Some(4)));
+}
+
+#[test]
+fn example_8_a_deleted_row_above_the_latest_month() {
+    let start = || {
+        let mut s = Summary::new();
+        apply(
+            &mut s,
+            &[
+                rec(7002, "2026-01", Some(1000), 1),
+                rec(7002, "2026-02", Some(1100), 1),
+            ],
+        );
+        apply(&mut s, &[del(7002, "2026-02", "4", 1)]);
+        assert_eq!(latest(&s)[&7002].0, m("2026-01"));
+        s
+    };
+    let mut s = start();
+    let counts = apply(&mut s, &[del(7002, "2026-02", "1", 2)]);
+    assert_eq!(counts.0, BTreeMap::from([("delete", 1)]));
+    let feb = &s[&7002][&m("2026-02")];
+    assert_eq!((feb.soft_del_cd.as_deref(), feb.base_ts), (Some("1"), 2));
+    assert_eq!(latest(&s)[&7002].0, m("2026-01"));
+
+    let mut s = start();
+    let counts = apply(&mut s, &[rec(7002, "2026-02", Some(1150), 2)]);
+    assert_eq!(counts.0, BTreeMap::from([("case II: forward month", 1)]));
+    assert!(!s[&7002][&m("2026-02")].deleted());
+    assert_eq!(balances(&s, 7002, "2026-02"), [Some(1150), Some(1000)]);
+    assert_eq!(latest(&s)[&7002].0, m("2026-02"));
 }

@@ -1,14 +1,16 @@
 //! Property test: random small histories and batches through the summary pipeline
 //! (driven by `sqlplan test` fixtures) give the tables of the sequential model: two
 //! rolling columns, the scalars (which record they come from), soft_del_cd and
-//! base_ts of every row, and latest_summary.
+//! base_ts of every row, latest_summary, and the run's counts by kind (§3.1).
+//! Between the two random batches, a run deletes the newest months of some accounts,
+//! so that deleted rows often lie above the latest month.
 //! Cases: 4 by default; SQLPLAN_PROPTEST_CASES=N for more.
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use crate::common::{repo, sqlplan_in, Project};
-use crate::summary_model::{apply, latest, Record, Summary};
+use crate::summary_model::{apply, latest, Counts, Record, Summary};
 
 /// One generated record: key, month offset from 2023-01, balance and past-due
 /// amount (None = NULL, Some(-1) = a sentinel), delete code, time, insert time, and
@@ -107,7 +109,7 @@ fn trimmed(a: &[Option<i64>]) -> Value {
     json!(a)
 }
 
-fn expected(s: &Summary) -> Value {
+fn expected(s: &Summary, counts: &Counts) -> Value {
     let summary: Vec<Value> = s
         .iter()
         .flat_map(|(k, rows)| {
@@ -125,7 +127,46 @@ fn expected(s: &Summary) -> Value {
                                   "balance_am_history": trimmed(&r.arrays[0]), "past_due_am_history": trimmed(&r.arrays[1]),
                                   "acct_stat_cd": format!("r{}", r.scalars)}))
         .collect();
-    json!({"summary": summary, "latest_summary": latest})
+    let counts: Vec<Value> = counts
+        .0
+        .iter()
+        .map(|(kind, n)| json!({"kind": kind, "records": n}))
+        .collect();
+    json!({"summary": summary, "latest_summary": latest, "counts": counts})
+}
+
+/// Delete records (code "1") for the newest `n` months of the accounts chosen, at
+/// `base_ts`; they get tags after `first_index`.
+fn tail_deletes(s: &Summary, chosen: &[usize], base_ts: i64, first_index: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    for (key, rows) in s {
+        let n = chosen.get((*key - 1) as usize).copied().unwrap_or(0);
+        for month in rows.keys().rev().take(n) {
+            out.push(Record {
+                key: *key,
+                month: *month,
+                values: vec![None, None],
+                scalars: (first_index + out.len()) as i64,
+                soft_del_cd: Some("1".into()),
+                base_ts,
+                insert_ts: 0,
+                update_ts: (first_index + out.len()) as i64,
+            });
+        }
+    }
+    out
+}
+
+fn rows_of(records: &[Record]) -> Vec<Value> {
+    records
+        .iter()
+        .map(|r| {
+            json!({"cons_acct_key": r.key, "rpt_as_of_mo": month_text(r.month),
+                   "acct_stat_cd": format!("r{}", r.scalars), "soft_del_cd": r.soft_del_cd,
+                   "base_ts": timestamp(r.base_ts), "insert_ts": timestamp(r.insert_ts),
+                   "update_ts": timestamp(r.update_ts)})
+        })
+        .collect()
 }
 
 fn cases() -> u32 {
@@ -140,33 +181,42 @@ proptest! {
     #[test]
     fn the_pipeline_equals_the_sequential_model(
         first in prop::collection::vec(raw_record(), 0..10),
+        deleted in prop::collection::vec(0usize..3, 3),
         second in prop::collection::vec(raw_record(), 0..10),
         reread in prop::bool::weighted(0.3),
     ) {
-        // The second run reads the accounts rows after the watermark the first run
+        // Each run reads the accounts rows after the watermark the previous run
         // recorded (the greatest base_ts of its batch) — or, with the watermark
-        // overridden, every row again: records older than the rows they hit are stale.
+        // overridden in the last run, every row again: records older than the rows
+        // they hit are stale.
         let mut model = Summary::new();
         let b1 = records(&first, 0);
-        apply(&mut model, &b1);
-        let after_first = expected(&model);
-        let watermark = b1.iter().map(|r| r.base_ts).max().filter(|_| !reread);
-        let mut b2: Vec<Record> = if reread { b1.clone() } else { Vec::new() };
-        b2.extend(records(&second, first.len()).into_iter().filter(|r| watermark.is_none_or(|w| r.base_ts > w)));
-        apply(&mut model, &b2);
-        let after_second = expected(&model);
+        let counts = apply(&mut model, &b1);
+        let after_first = expected(&model, &counts);
+        let w1 = b1.iter().map(|r| r.base_ts).max();
+        let deletes = tail_deletes(&model, &deleted, w1.unwrap_or(0) + 1, first.len());
+        let counts = apply(&mut model, &deletes);
+        let after_deletes = expected(&model, &counts);
+        let w2 = deletes.iter().map(|r| r.base_ts).max().or(w1);
+        let watermark = w2.filter(|_| !reread);
+        let mut b3: Vec<Record> = if reread { [b1.clone(), deletes.clone()].concat() } else { Vec::new() };
+        let index = first.len() + deletes.len();
+        b3.extend(records(&second, index).into_iter().filter(|r| watermark.is_none_or(|w| r.base_ts > w)));
+        let counts = apply(&mut model, &b3);
+        let after_second = expected(&model, &counts);
 
-        let mut second_step = json!({"given": {"accounts": accounts_rows(&second, first.len())}, "expect": after_second});
+        let mut last_step = json!({"given": {"accounts": accounts_rows(&second, index)}, "expect": after_second});
         if reread {
-            second_step["vars"] = json!({"watermark": "1900-01-01T00:00:00"});
+            last_step["vars"] = json!({"watermark": "1900-01-01T00:00:00"});
         }
         let fixture = json!({"cases": [{"name": "random", "steps": [
             {"given": {"accounts": accounts_rows(&first, 0)}, "expect": after_first},
-            second_step,
+            {"given": {"accounts": rows_of(&deletes)}, "expect": after_deletes},
+            last_step,
         ]}]});
         let project = Project::new(&[("random.tests.yaml", &fixture.to_string())]);
         let path = project.path().join("random.tests.yaml");
         let out = sqlplan_in(&repo(), &["test", "pipelines/summary.yaml", "--fixtures", path.to_str().unwrap()]);
-        prop_assert_eq!(out.code, 0, "first {:?}\nsecond {:?}\n{}\n{}", first, second, out.stdout, out.stderr);
+        prop_assert_eq!(out.code, 0, "first {:?}\ndeleted {:?}\nsecond {:?}\nreread {}\n{}\n{}", first, deleted, second, reread, out.stdout, out.stderr);
     }
 }
