@@ -1,5 +1,5 @@
 //! Diagnostics: every user error is a value that miette can render, with the file,
-//! a labelled span and a help line (DESIGN.md §4).
+//! a labelled span and a help line (docs/design.md §4).
 //!
 //! One general `Problem` type instead of one struct per error: the compiler steps
 //! build problems with a code, a message and spans into a `Source` (the YAML, a

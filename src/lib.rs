@@ -1,6 +1,6 @@
 //! sqlplan: a declarative SQL-plan compiler and executor.
 //!
-//! The flow runs one way (DESIGN.md §1): `spec` (YAML) → `render` (minijinja) →
+//! The flow runs one way (docs/design.md §1): `spec` (YAML) → `render` (minijinja) →
 //! `compile` (parse, bind, analyze) → `plan::Plan`. Each module owns one step and
 //! depends only on the steps before it.
 

@@ -1,4 +1,4 @@
-//! The one place a DataFusion session is built (DESIGN.md §3), so that a distributed
+//! The one place a DataFusion session is built (docs/design.md §3), so that a distributed
 //! context or remote object stores can replace the local defaults without touching
 //! the compiler or the executor.
 

@@ -193,7 +193,7 @@ pub fn load(
 }
 
 /// The nearest ancestor of the pipeline's directory that holds a `sql/` folder
-/// (the layout of DESIGN.md §6), else the pipeline's own directory.
+/// (the layout of docs/design.md §6), else the pipeline's own directory.
 pub fn project_root(pipeline: &Path) -> PathBuf {
     let abs = std::path::absolute(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
     let dir = abs

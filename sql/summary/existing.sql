@@ -1,7 +1,7 @@
 {% import "sql/macros/months.sql" as months -%}
--- The rows the run reads: summary rows in the windows; for accounts with only
--- forward months, their latest row (spec §3: the prior row of a forward month) and
--- the deleted rows above it that the records reach.
+-- The rows the run reads: summary rows in the windows; for the other accounts with
+-- a latest row, that row (spec §3: the prior row of a forward month) and the rows
+-- above it that their records reach (`above_latest`).
 SELECT s.*, {{ months.index("s.rpt_as_of_mo") }} AS month_idx, COALESCE(s.soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS was_deleted
 FROM summary s
 JOIN window_months wm ON s.rpt_as_of_mo = wm.rpt_as_of_mo
@@ -11,7 +11,7 @@ UNION ALL
 SELECT l.*, {{ months.index("l.rpt_as_of_mo") }} AS month_idx, COALESCE(l.soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS was_deleted
 FROM latest_summary l
 JOIN touched t ON l.cons_acct_key = t.cons_acct_key
-WHERE NOT (t.min_idx <= t.latest_idx OR t.latest_deleted)
+WHERE NOT t.windowed
 UNION ALL
 SELECT u.*, {{ months.index("u.rpt_as_of_mo") }} AS month_idx, COALESCE(u.soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS was_deleted
 FROM summary u

@@ -1,4 +1,4 @@
-//! The dependency DAG (DESIGN.md §2): edges from read-after-write, write-after-read
+//! The dependency DAG (docs/design.md §2): edges from read-after-write, write-after-read
 //! and write-after-write hazards in program order, plus explicit `after:` edges;
 //! levels of stages that may run together; cycles with their whole path.
 

@@ -1,4 +1,4 @@
-//! Which Delta scans a materialized relation drives through a join (DESIGN.md §5):
+//! Which Delta scans a materialized relation drives through a join (docs/design.md §5):
 //! the executor turns the relation's key range into literal predicates on those
 //! scans (`exec::bounds`), and `plan` shows them. Pure plan analysis, shared by both.
 
@@ -9,8 +9,11 @@ use datafusion::logical_expr::{Expr, Join, LogicalPlan};
 
 /// At most this many distinct keys of a materialized relation become a literal IN
 /// list on a joined Delta scan's data column (beside the range); more would make
-/// planning itself slow.
-pub const MAX_KEY_IN_LIST: usize = 5_000;
+/// planning itself slow. With the list, Parquet tests the key column before decoding
+/// a row's other columns: the summary pipeline's `existing` at 100,000 accounts read
+/// 9,383 accounts' windows in 15 s with it, in 42 s and 13.7 GiB peak with the range
+/// alone (the cap was 5,000 then).
+pub const MAX_KEY_IN_LIST: usize = 50_000;
 
 /// A Delta-side join key driven by a materialized relation's column.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

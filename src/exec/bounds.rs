@@ -1,4 +1,4 @@
-//! Literal bounds from materialized relations (DESIGN.md §5).
+//! Literal bounds from materialized relations (docs/design.md §5).
 //!
 //! A join between a Delta table and a materialized relation only prunes Delta files
 //! when the table's scan has *literal* predicates: dynamic join filters reach row

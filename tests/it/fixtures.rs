@@ -51,7 +51,7 @@ fn a_wrong_expectation_fails_with_a_diff() {
     assert!(out.stdout.contains("0 passed, 1 failed"), "{}", out.stdout);
 }
 
-/// The spec's worked examples (shared/spec/summary-pipeline.md §4) as fixtures of
+/// The spec's worked examples (docs/summary-pipeline.md §4) as fixtures of
 /// the summary pipeline.
 #[test]
 fn the_summary_worked_examples_pass() {

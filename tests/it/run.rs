@@ -649,9 +649,11 @@ async fn python_deltalake_reads_what_sqlplan_wrote() {
         "{}",
         String::from_utf8_lossy(&read.stderr)
     );
+    // Version 3: the write of the test's rows (1), the MERGE (2), the run's finish
+    // commit (3, no data).
     assert_eq!(
         String::from_utf8_lossy(&read.stdout).trim(),
-        "2 [(1, 'a', 'x'), (2, 'B', 'x'), (3, 'C', 'y')]"
+        "3 [(1, 'a', 'x'), (2, 'B', 'x'), (3, 'C', 'y')]"
     );
 }
 

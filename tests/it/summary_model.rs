@@ -1,4 +1,4 @@
-//! A small sequential model of the summary pipeline's rule (shared/spec/
+//! A small sequential model of the summary pipeline's rule (docs/
 //! summary-pipeline.md §2.3 and §3): records applied one at a time, per account in
 //! ascending month order. It is the reference of the pipeline's property test;
 //! here it is checked against the spec's worked examples.
