@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use marked_yaml::Node;
 use serde::Serialize;
 
-use super::{check_identifier, ColumnSpec, Loader, Spanned, StageSpec, TableSpec};
+use super::yaml::check_identifier;
+use super::{ColumnSpec, Loader, Spanned, StageSpec, TableSpec};
 use crate::diag::{did_you_mean, Result};
 
 const EXPECT_KEYS: &[&str] = &["quarantine", "checks"];
@@ -97,7 +98,7 @@ impl Loader<'_> {
         let map = self.mapping(node, "check")?;
         self.check_keys(map, CHECK_KEYS, "check")?;
         let name = self.required_string(map, "name", node.span())?;
-        check_identifier(self, &name, "check name")?;
+        check_identifier(&self.reader, &name, "check name")?;
         let sql = self.required_string(map, "check", node.span())?;
         let action = self.required_string(map, "action", node.span())?;
         let action = match action.value.as_str() {

@@ -59,3 +59,49 @@ fn the_summary_worked_examples_pass() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("17 passed, 0 failed"), "{}", out.stdout);
 }
+
+/// A fixture file that does not say what it means is an invalid input (exit 2),
+/// never a silent pass with zero checks.
+#[test]
+fn fixture_files_are_checked_before_anything_runs() {
+    let given = r#"given: {orders: [{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}]}"#;
+    let cases = [
+        (
+            format!("cases:\n  - name: typo\n    steps:\n      - {{{given}, expects: {{customer_totals: []}}}}\n"),
+            "unknown key `expects` in a step",
+            "did you mean `expect`?",
+        ),
+        (
+            "cases:\n  - name: no steps\n    stpes: []\n".to_string(),
+            "unknown key `stpes` in a case",
+            "did you mean `steps`?",
+        ),
+        (
+            "cases:\n  - name: no steps at all\n".to_string(),
+            "case `no steps at all` has no `steps:` list",
+            "each step gives rows",
+        ),
+        (
+            format!("cases:\n  - name: nothing checked\n    steps:\n      - {{{given}}}\n"),
+            "case `nothing checked` checks nothing",
+            "add `expect: {TABLE: [rows…]}` to a step",
+        ),
+        (
+            format!("cases:\n  - name: unknown table\n    steps:\n      - {{{given}, expect: {{customer_total: []}}}}\n"),
+            "`customer_total` under `expect:` is not a table of the pipeline",
+            "did you mean `customer_totals`?",
+        ),
+    ];
+    for (text, message, help) in cases {
+        let project = Project::new(&[("bad.tests.yaml", &text)]);
+        let path = project.path().join("bad.tests.yaml");
+        let out = sqlplan_in(
+            &repo(),
+            &["test", "pipelines/examples/orders.yaml", "--fixtures", path.to_str().unwrap()],
+        );
+        assert_eq!(out.code, 2, "{text}\n{}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(message), "{text}\n{}", out.stderr);
+        assert!(out.stderr.contains(help), "{text}\n{}", out.stderr);
+        assert!(out.stdout.is_empty(), "nothing ran: {}", out.stdout);
+    }
+}

@@ -1,0 +1,337 @@
+//! The pipeline file: its top level, `tables:` and `stages:`.
+
+use std::collections::BTreeMap;
+
+use marked_yaml::{types::MarkedMappingNode, types::MarkedScalarNode, Node};
+
+use super::yaml::check_identifier;
+use super::*;
+use crate::diag::{did_you_mean, Result, Source};
+
+const TOP_KEYS: &[&str] = &["name", "description", "vars", "state", "tables", "stages"];
+const TABLE_KEYS: &[&str] = &[
+    "location",
+    "description",
+    "schema",
+    "partition_by",
+    "max_full_scans",
+    "optional",
+];
+const COLUMN_KEYS: &[&str] = &["name", "type", "nullable"];
+const STAGE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "sql",
+    "query",
+    "materialize",
+    "report",
+    "state",
+    "after",
+    "optimize",
+    "vacuum",
+    "expect",
+];
+const OPTIMIZE_KEYS: &[&str] = &["table", "where", "zorder_by", "target_size"];
+const VACUUM_KEYS: &[&str] = &["table", "retain_hours"];
+
+impl Loader<'_> {
+    pub(super) fn pipeline(&self, overrides: &[(String, String)]) -> Result<PipelineSpec> {
+        let node = self.parse("a pipeline")?;
+        let top = node.as_mapping().expect("parse returns a mapping");
+        self.check_keys(top, TOP_KEYS, "pipeline")?;
+        let name = self.required_string(top, "name", node.span())?;
+        check_identifier(&self.reader, &name, "pipeline name")?;
+        let description = self.optional_string(top, "description")?.map(|s| s.value);
+        let state = self.state(top.get_node("state"))?;
+        let vars = self.vars(top.get_node("vars"), &state, overrides)?;
+        let mut tables = self.tables(top.get_node("tables"))?;
+        let stages = self.stages(top.get_node("stages"), node.span(), &tables)?;
+        self.quarantine_schemas(&stages, &mut tables)?;
+        Ok(PipelineSpec {
+            root: self.root.to_path_buf(),
+            yaml: self.source.clone(),
+            name,
+            description,
+            vars,
+            state: state
+                .into_iter()
+                .map(|(k, (table, _))| (k, table))
+                .collect(),
+            tables,
+            stages,
+        })
+    }
+
+    /// `state:` — variables whose value a run records (see `StageSpec::state`) and
+    /// the next plan reads back: name → (table whose commits carry it, default).
+
+    fn tables(&self, node: Option<&Node>) -> Result<BTreeMap<String, TableSpec>> {
+        let mut tables = BTreeMap::new();
+        let Some(node) = node else { return Ok(tables) };
+        for (key, value) in self.mapping(node, "tables")?.iter() {
+            let name = self.scalar_spanned(key);
+            check_identifier(&self.reader, &name, "table name")?;
+            let map = self.mapping(value, &format!("table `{}`", name.value))?;
+            self.check_keys(map, TABLE_KEYS, &format!("table `{}`", name.value))?;
+            let location = self.required_string(map, "location", value.span())?;
+            let schema = match map.get_node("schema") {
+                None => None,
+                Some(n) => Some(self.columns(n, &name.value)?),
+            };
+            let partition_by = self.string_list(map.get_node("partition_by"), "partition_by")?;
+            if let Some(cols) = &schema {
+                for p in &partition_by {
+                    if !cols.iter().any(|c| c.name.value == p.value) {
+                        let known: Vec<&str> = cols.iter().map(|c| c.name.value.as_str()).collect();
+                        let mut e = self.error(
+                            p.span,
+                            "unknown_partition_column",
+                            format!(
+                                "partition column `{}` is not in the schema of `{}`",
+                                p.value, name.value
+                            ),
+                            "not a declared column",
+                        );
+                        if let Some(h) = did_you_mean(&p.value, known) {
+                            e = e.help(h);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            let max_full_scans = match map.get_scalar("max_full_scans") {
+                None => None,
+                Some(s) => Some(Spanned {
+                    value: self.parse_u64(s, "max_full_scans")?,
+                    span: self.scalar_span(s),
+                }),
+            };
+            let description = self.optional_string(map, "description")?.map(|s| s.value);
+            let optional = self.flag(map, "optional")?;
+            tables.insert(
+                name.value.clone(),
+                TableSpec {
+                    name,
+                    location,
+                    description,
+                    schema,
+                    partition_by,
+                    max_full_scans,
+                    optional,
+                },
+            );
+        }
+        Ok(tables)
+    }
+
+    fn columns(&self, node: &Node, table: &str) -> Result<Vec<ColumnSpec>> {
+        let seq = node.as_sequence().ok_or_else(|| {
+            self.error_at(
+                node.span(),
+                "bad_schema",
+                format!("the schema of `{table}` must be a list of columns"),
+            )
+            .help("write e.g. `schema: [{name: id, type: BIGINT, nullable: false}]`")
+        })?;
+        let mut columns: Vec<ColumnSpec> = Vec::new();
+        for item in seq.iter() {
+            let map = self.mapping(item, "column")?;
+            self.check_keys(map, COLUMN_KEYS, "column")?;
+            let name = self.required_string(map, "name", item.span())?;
+            let data_type = self.required_string(map, "type", item.span())?;
+            let nullable = match map.get_scalar("nullable") {
+                None => true,
+                Some(s) => s.as_bool().ok_or_else(|| {
+                    self.error(
+                        self.scalar_span(s),
+                        "bad_value",
+                        "`nullable` must be true or false",
+                        "not a boolean",
+                    )
+                })?,
+            };
+            if let Some(prev) = columns.iter().find(|c| c.name.value == name.value) {
+                return Err(self
+                    .error(
+                        name.span,
+                        "duplicate_column",
+                        format!("column `{}` is declared twice in `{table}`", name.value),
+                        "declared again here",
+                    )
+                    .label(prev.name.span, "first declared here"));
+            }
+            columns.push(ColumnSpec {
+                name,
+                data_type,
+                nullable,
+            });
+        }
+        Ok(columns)
+    }
+
+
+    fn stages(
+        &self,
+        node: Option<&Node>,
+        top_span: &marked_yaml::Span,
+        tables: &BTreeMap<String, TableSpec>,
+    ) -> Result<Vec<StageSpec>> {
+        let Some(node) = node else {
+            return Err(self
+                .error_at(top_span, "no_stages", "the pipeline has no `stages:`")
+                .help("add `stages:`, a list of stages in program order"));
+        };
+        let seq = node
+            .as_sequence()
+            .ok_or_else(|| self.error_at(node.span(), "bad_stages", "`stages` must be a list"))?;
+        let mut stages: Vec<StageSpec> = Vec::new();
+        for item in seq.iter() {
+            let stage = self.stage(item)?;
+            if let Some(prev) = stages.iter().find(|s| s.name.value == stage.name.value) {
+                return Err(self
+                    .error(
+                        stage.name.span,
+                        "duplicate_stage",
+                        format!("two stages are named `{}`", stage.name.value),
+                        "second stage with this name",
+                    )
+                    .label(prev.name.span, "first defined here")
+                    .help("stage names define relations and must be unique"));
+            }
+            if let Some(t) = tables.get(&stage.name.value) {
+                return Err(self
+                    .error(stage.name.span, "stage_shadows_table", format!("stage `{}` has the name of a declared table", stage.name.value), "stage name")
+                    .label(t.name.span, "table declared here")
+                    .help("a SELECT stage defines a relation named after the stage; pick another name"));
+            }
+            stages.push(stage);
+        }
+        Ok(stages)
+    }
+
+    fn stage(&self, node: &Node) -> Result<StageSpec> {
+        let map = self.mapping(node, "stage")?;
+        self.check_keys(map, STAGE_KEYS, "stage")?;
+        let name = self.required_string(map, "name", node.span())?;
+        check_identifier(&self.reader, &name, "stage name")?;
+        let bodies: Vec<&MarkedScalarNode> = map
+            .keys()
+            .filter(|k| ["sql", "query", "optimize", "vacuum"].contains(&k.as_str()))
+            .collect();
+        let body = match bodies.as_slice() {
+            [] => {
+                return Err(self
+                    .error(name.span, "stage_without_body", format!("stage `{}` has nothing to do", name.value), "this stage")
+                    .help("give it one of `sql: FILE`, `query: SQL`, `optimize: {table: …}` or `vacuum: {table: …}`"))
+            }
+            [key] => self.stage_body(key.as_str(), map)?,
+            [first, second, ..] => {
+                return Err(self
+                    .error(self.scalar_span(second), "stage_with_two_bodies", format!("stage `{}` has both `{}` and `{}`", name.value, first.as_str(), second.as_str()), "second body")
+                    .label(self.scalar_span(first), "first body")
+                    .help("a stage does one thing: split it into two stages"))
+            }
+        };
+        let materialize = self.flag(map, "materialize")?;
+        let report = self.flag(map, "report")?;
+        let state = self.optional_string(map, "state")?;
+        let after = self.string_list(map.get_node("after"), "after")?;
+        let description = self.optional_string(map, "description")?.map(|s| s.value);
+        let expect = self.expectations(map.get_node("expect"), &name.value)?;
+        Ok(StageSpec {
+            name,
+            description,
+            body,
+            materialize,
+            report,
+            state,
+            after,
+            expect,
+        })
+    }
+
+    /// An optional boolean key, false when absent.
+
+    fn stage_body(&self, key: &str, map: &MarkedMappingNode) -> Result<StageBody> {
+        let node = map.get_node(key).expect("key listed by the caller");
+        match key {
+            "sql" => {
+                let path = self.string(node, "sql")?;
+                let full = self.root.join(&path.value);
+                let text = std::fs::read_to_string(&full).map_err(|e| {
+                    self.error(
+                        path.span,
+                        "missing_sql_file",
+                        format!("cannot read SQL file `{}`: {e}", path.value),
+                        "this file",
+                    )
+                    .help(format!(
+                        "paths are relative to the project root {}",
+                        self.root.display()
+                    ))
+                })?;
+                Ok(StageBody::SqlFile {
+                    template: Source::new(path.value.clone(), text),
+                    path,
+                })
+            }
+            "query" => {
+                let scalar = node.as_scalar().ok_or_else(|| {
+                    self.error_at(node.span(), "bad_value", "`query` must be SQL text")
+                })?;
+                let marker = scalar.span().start().expect("loader marks scalars");
+                let offset = self.char_to_byte(marker.character());
+                let block = matches!(self.source.text[offset..].chars().next(), Some('|' | '>'));
+                let origin = if block {
+                    InlineOrigin {
+                        first_line: marker.line() + 1,
+                        first_column: None,
+                    }
+                } else {
+                    let quoted =
+                        matches!(self.source.text[offset..].chars().next(), Some('"' | '\''));
+                    InlineOrigin {
+                        first_line: marker.line(),
+                        first_column: Some(marker.column() + usize::from(quoted)),
+                    }
+                };
+                let name = format!("{} (inline query)", self.source.name);
+                Ok(StageBody::InlineSql {
+                    template: Source::new(name, scalar.as_str()),
+                    origin,
+                })
+            }
+            "optimize" => {
+                let m = self.mapping(node, "optimize")?;
+                self.check_keys(m, OPTIMIZE_KEYS, "optimize")?;
+                let target_size = m
+                    .get_scalar("target_size")
+                    .map(|s| self.parse_u64(s, "target_size"))
+                    .transpose()?;
+                Ok(StageBody::Optimize(OptimizeSpec {
+                    table: self.required_string(m, "table", node.span())?,
+                    filter: self.optional_string(m, "where")?,
+                    zorder_by: self.string_list(m.get_node("zorder_by"), "zorder_by")?,
+                    target_size,
+                }))
+            }
+            "vacuum" => {
+                let m = self.mapping(node, "vacuum")?;
+                self.check_keys(m, VACUUM_KEYS, "vacuum")?;
+                let hours = m.get_scalar("retain_hours").ok_or_else(|| {
+                    self.error_at(node.span(), "missing_key", "`vacuum` needs an explicit `retain_hours`")
+                        .help("e.g. `retain_hours: 168` (7 days, Delta's default); files younger than that are kept")
+                })?;
+                Ok(StageBody::Vacuum(VacuumSpec {
+                    table: self.required_string(m, "table", node.span())?,
+                    retain_hours: Spanned {
+                        value: self.parse_u64(hours, "retain_hours")?,
+                        span: self.scalar_span(hours),
+                    },
+                }))
+            }
+            _ => unreachable!("only body keys are passed"),
+        }
+    }
+
+}
