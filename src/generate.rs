@@ -184,7 +184,7 @@ impl Layout {
     fn new(plan: &Plan) -> Result<Self> {
         let schema = |name: &str| -> Result<SchemaRef> {
             let t = table(plan, name)?;
-            crate::exec::delta::delta_schema(t)
+            t.delta_schema()
                 .map(Arc::new)
                 .map_err(|e| Problem::invalid("generate_schema", e))
         };
@@ -627,12 +627,13 @@ fn summary_row(layout: &Layout, account: &Account, s: usize) -> Vec<V> {
 
 /// Writes batches to a table, creating it from its declared schema.
 async fn append(t: &TablePlan, batches: Vec<RecordBatch>) -> Result<usize> {
-    let table = crate::exec::delta::open_or_create(t)
+    let table = t
+        .open_or_create()
         .await
         .map_err(|e| Problem::failed("generate_write", e))?;
     let table = table
         .write(batches)
-        .with_writer_properties(crate::exec::delta::writer_properties())
+        .with_writer_properties(crate::delta::writer_properties())
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .await
         .map_err(|e| Problem::failed("generate_write", format!("`{}`: {e}", t.name)))?;
@@ -770,7 +771,7 @@ fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result<()> {
         .chain(extra)
     {
         let t = table(plan, name)?;
-        let url = crate::session::table_url(&t.location)
+        let url = crate::delta::table_url(&t.location)
             .map_err(|e| Problem::invalid("generate_location", e))?;
         let Ok(path) = url.to_file_path() else {
             return Err(Problem::invalid(

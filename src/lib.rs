@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod cli;
 pub mod compile;
+pub mod delta;
 pub mod diag;
 pub mod exec;
 pub mod fixtures;

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::str::FromStr;
 
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -40,6 +42,39 @@ pub struct TablePlan {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
     pub columns: Vec<ColumnPlan>,
+}
+
+impl TablePlan {
+    /// The schema the table has in Delta (plain types, microsecond timestamps).
+    pub fn delta_schema(&self) -> Result<Schema, String> {
+        Ok(crate::delta::schema::for_delta(&self.arrow_schema()?))
+    }
+
+    /// The table, created from its declared schema if absent.
+    pub async fn open_or_create(&self) -> Result<deltalake::DeltaTable, String> {
+        let schema = self.arrow_schema()?;
+        crate::delta::open_or_create(&self.name, &self.location, &schema, &self.partition_by).await
+    }
+
+    /// The Arrow schema recorded in the plan (types are Arrow's display strings).
+    pub fn arrow_schema(&self) -> Result<Schema, String> {
+        let t = self;
+        let fields = t
+            .columns
+            .iter()
+            .map(|c| {
+                DataType::from_str(&c.data_type)
+                    .map(|dt| Field::new(&c.name, dt, c.nullable))
+                    .map_err(|e| {
+                        format!(
+                            "column `{}` of `{}`: type `{}`: {e}",
+                            c.name, t.name, c.data_type
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Schema::new(fields))
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -95,7 +95,7 @@ pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
     // reads at most a Delta log's location, never data.
     let mut exists = BTreeMap::new();
     for (name, location) in &locations {
-        exists.insert(name.clone(), crate::session::table_exists(location).await);
+        exists.insert(name.clone(), crate::delta::exists(location).await);
     }
     let mut context = vars.clone();
     context.insert("pipeline".into(), json!({ "name": spec.name.value }));
@@ -120,8 +120,14 @@ pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
         ctx.insert("stage".into(), json!({ "name": stage.name.value }));
         let rendered = match &stage.body {
             StageBody::SqlFile { template, .. } | StageBody::InlineSql { template, .. } => {
-                let sql =
-                    render_template(&env, spec, stage, template, Value::Object(ctx.clone()), &loaded)?;
+                let sql = render_template(
+                    &env,
+                    spec,
+                    stage,
+                    template,
+                    Value::Object(ctx.clone()),
+                    &loaded,
+                )?;
                 RenderedStage {
                     lines: LineMap::build(&template.text, &sql),
                     text: Some(sql),
@@ -130,7 +136,12 @@ pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
             }
             StageBody::Optimize(o) => match &o.filter {
                 Some(f) => RenderedStage {
-                    text: Some(render_yaml_value(&env, spec, f, Value::Object(ctx.clone()))?),
+                    text: Some(render_yaml_value(
+                        &env,
+                        spec,
+                        f,
+                        Value::Object(ctx.clone()),
+                    )?),
                     lines: LineMap::default(),
                     checks: Vec::new(),
                 },
@@ -278,7 +289,7 @@ fn template_problem(
         let template = stage.template().expect("SQL stage");
         let range = inner.range().unwrap_or(0..0);
         let (line, col) = line_col(&template.text, range.start);
-        let (src, off) = crate::compile::locate_in_template(spec, stage, line, col);
+        let (src, off) = spec.locate_in_template(stage, line, col);
         (src, off, range.len())
     } else {
         match loaded.lock().expect("loader lock").get(name) {

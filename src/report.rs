@@ -1,12 +1,58 @@
 //! Report: what a run did, per stage — for people (a table) and machines (JSON).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::exec::stages::StageMetrics;
 use crate::plan::{Plan, StageKind, StagePlan};
+
+/// What a stage did, as far as DataFusion and delta-rs tell.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageMetrics {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_inserted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_updated: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_added: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_removed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
+    /// Delta files the stage's scans planned to read (MERGE: target files scanned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_scanned: Option<u64>,
+    /// Parquet bytes the stage's scans read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_scanned: Option<u64>,
+    /// Literal predicates added to Delta scans from materialized relations' keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub literal_bounds: Vec<String>,
+    /// The rows of a relation whose stage has `report: true`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reported: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Size of the local Parquet file a large materialized relation was spilled to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spilled_bytes: Option<u64>,
+    /// The Delta version this stage committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Rows failing each `expect:` check (false or NULL), by check.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, u64>,
+    /// Rows the checks dropped into the quarantine table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<u64>,
+    /// The interrupted run this one resumes committed the stage: it was not run again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub committed_earlier: bool,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -222,4 +268,20 @@ impl RunReport {
         }
         out
     }
+}
+
+/// Rows as JSON objects (NULL columns left out), for reports and fixtures.
+pub fn json_rows(
+    batches: &[datafusion::arrow::array::RecordBatch],
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    writer
+        .write_batches(&batches.iter().collect::<Vec<_>>())
+        .map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }

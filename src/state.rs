@@ -7,14 +7,8 @@
 //! died records nothing and the next one reads the same batch (and resumes the
 //! unfinished run). `--var NAME=…` overrides.
 
-use futures::StreamExt;
-
 use crate::diag::{did_you_mean, Problem, Result};
-use crate::exec::delta::STATE_PREFIX;
 use crate::spec::PipelineSpec;
-
-/// How far back in a table's history to look for a recorded state.
-const HISTORY_DEPTH: usize = 1000;
 
 pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
     if spec.state.is_empty() {
@@ -37,37 +31,23 @@ pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
                     .unwrap_or_else(|| "declare it under `tables:`".into()),
             ));
         };
-        if spec.vars[&name].overridden || !crate::session::table_exists(location).await {
+        if spec.vars[&name].overridden {
             continue;
         }
-        if let Some(value) = recorded(&spec.name.value, location, &name).await? {
+        let failed = |e: String| {
+            Problem::failed(
+                "state_unreadable",
+                format!("reading state `{name}` from {location}: {e}"),
+            )
+        };
+        let url = crate::delta::table_url(location).map_err(failed)?;
+        let Some(table) = crate::delta::open_if_exists(&url).await.map_err(failed)? else {
+            continue;
+        };
+        let recorded = crate::delta::commit::recorded_state(&table, &spec.name.value, &name);
+        if let Some(value) = recorded.await.map_err(failed)? {
             spec.vars.get_mut(&name).expect("state vars are vars").value = value.into();
         }
     }
     Ok(())
-}
-
-async fn recorded(pipeline: &str, location: &str, name: &str) -> Result<Option<String>> {
-    let failed = |e: String| {
-        Problem::failed(
-            "state_unreadable",
-            format!("reading state `{name}` from {location}: {e}"),
-        )
-    };
-    let url = crate::session::table_url(location).map_err(failed)?;
-    let table = deltalake::open_table(url)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let key = format!("{STATE_PREFIX}{name}");
-    let mut history = table.history(Some(HISTORY_DEPTH));
-    while let Some(commit) = history.next().await {
-        let commit = commit.map_err(|e| failed(e.to_string()))?;
-        let ours = commit.info.get("sqlplan.pipeline").and_then(|v| v.as_str()) == Some(pipeline);
-        if let (true, Some(v)) = (ours, commit.info.get(&key)) {
-            return Ok(Some(
-                v.as_str().map_or_else(|| v.to_string(), str::to_string),
-            ));
-        }
-    }
-    Ok(None)
 }

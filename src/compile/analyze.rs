@@ -109,7 +109,10 @@ fn dependencies(spec: &PipelineSpec, bound: &[BoundStage]) -> Result<Dag> {
     // A `fail` check stops the run before any write: every later stage that writes a
     // table waits for the stage whose rows it checks.
     for (i, b) in bound.iter().enumerate() {
-        if b.checks.iter().any(|c| c.action == crate::spec::CheckAction::Fail) {
+        if b.checks
+            .iter()
+            .any(|c| c.action == crate::spec::CheckAction::Fail)
+        {
             for (j, later) in bound.iter().enumerate().skip(i + 1) {
                 if later.writes.is_some() || quarantine(&spec.stages[j]).is_some() {
                     dag.add_checked_first(i, j);

@@ -208,7 +208,11 @@ async fn bind_checks(
         let problem = |message: String| {
             Problem::invalid(
                 "bad_check",
-                format!("check `{}` of stage `{}`: {message}", check.name.value, sql.name()),
+                format!(
+                    "check `{}` of stage `{}`: {message}",
+                    check.name.value,
+                    sql.name()
+                ),
             )
             .in_source(&sql.spec.yaml)
             .label(check.sql.span, "this check")

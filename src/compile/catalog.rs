@@ -47,10 +47,10 @@ pub async fn open(
     let mut tables = BTreeMap::new();
     for (name, table) in &spec.tables {
         let location = rendered.locations[name].clone();
-        let url = crate::session::table_url(&location).map_err(|e| {
+        let url = crate::delta::table_url(&location).map_err(|e| {
             yaml_problem(spec, table, "bad_location", format!("table `{name}`: {e}"))
         })?;
-        let info = match open_delta(&url).await.map_err(|e| {
+        let info = match crate::delta::open_if_exists(&url).await.map_err(|e| {
             yaml_problem(
                 spec,
                 table,
@@ -111,24 +111,6 @@ fn register(ctx: &SessionContext, name: &str, provider: Arc<dyn TableProvider>) 
     ctx.register_table(name, provider)
         .map(|_| ())
         .map_err(|e| Problem::failed("internal", format!("registering `{name}`: {e}")))
-}
-
-/// Opens the Delta table at `url`, or None when there is no table there yet.
-/// Checks for a local log first: opening must not create directories.
-async fn open_delta(url: &url::Url) -> std::result::Result<Option<deltalake::DeltaTable>, String> {
-    if url.scheme() == "file" {
-        let path = url
-            .to_file_path()
-            .map_err(|_| format!("invalid local path {url}"))?;
-        if !crate::session::local_table_exists(&path) {
-            return Ok(None);
-        }
-    }
-    match deltalake::open_table(url.clone()).await {
-        Ok(t) => Ok(Some(t)),
-        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// The declared schema, each type resolved by DataFusion itself (`CAST(NULL AS t)`),

@@ -14,7 +14,7 @@ pub mod parse;
 use crate::diag::{Problem, Result, Source};
 use crate::plan::Plan;
 use crate::render::{LineMap, Rendered};
-use crate::spec::{PipelineSpec, StageBody, StageSpec};
+use crate::spec::{PipelineSpec, StageSpec};
 
 /// Compiles a rendered pipeline into its Plan. Reads Delta logs, never data files,
 /// and writes nothing.
@@ -84,7 +84,7 @@ impl StageSql<'_> {
                 let indent = text.len() - text.trim_start().len();
                 (template_line, indent + 1, text.trim().len())
             });
-        let (source, offset) = locate_in_template(self.spec, self.stage, t_line, t_col);
+        let (source, offset) = self.spec.locate_in_template(self.stage, t_line, t_col);
         let mut problem = Problem::invalid(code, message)
             .in_source(&source)
             .label((offset, t_len), label);
@@ -170,35 +170,4 @@ fn find_expression(template: &Source, line: usize) -> Option<(usize, usize, usiz
         }
     }
     None
-}
-
-/// The source and byte offset of a 1-based template line and column: the template
-/// file, or the YAML for inline SQL.
-pub fn locate_in_template(
-    spec: &PipelineSpec,
-    stage: &StageSpec,
-    line: usize,
-    column: usize,
-) -> (Source, usize) {
-    match &stage.body {
-        StageBody::InlineSql { origin, .. } => {
-            let yaml_line = origin.first_line + line - 1;
-            let yaml_column = match origin.first_column {
-                Some(c) if line == 1 => c + column - 1,
-                _ => {
-                    let first = spec.yaml.line(origin.first_line).unwrap_or("");
-                    let indent = first.len() - first.trim_start().len();
-                    indent + column
-                }
-            };
-            (
-                spec.yaml.clone(),
-                spec.yaml.offset_of(yaml_line, yaml_column),
-            )
-        }
-        _ => {
-            let template = stage.template().expect("SQL stages have templates");
-            (template.clone(), template.offset_of(line, column))
-        }
-    }
 }

@@ -55,9 +55,9 @@ impl Checker {
     pub fn with_check_columns(&self, df: DataFrame) -> Result<DataFrame, String> {
         let mut columns: Vec<_> = df.schema().columns().into_iter().map(col).collect();
         for (i, check) in self.checks.iter().enumerate() {
-            let expr = df.parse_sql_expr(&check.sql).map_err(|e| {
-                format!("check `{}`: {}", check.name, e.strip_backtrace())
-            })?;
+            let expr = df
+                .parse_sql_expr(&check.sql)
+                .map_err(|e| format!("check `{}`: {}", check.name, e.strip_backtrace()))?;
             columns.push(coalesce(vec![expr, lit(false)]).alias(check_column(i)));
         }
         df.select(columns).map_err(|e| e.strip_backtrace())
@@ -67,10 +67,15 @@ impl Checker {
     /// and records the rest.
     pub fn split(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
         let width = batch.num_columns() - self.checks.len();
-        let data = batch.project(&(0..width).collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+        let data = batch
+            .project(&(0..width).collect::<Vec<_>>())
+            .map_err(|e| e.to_string())?;
         let outcome = |i: usize| -> BooleanArray {
             let a = batch.column(width + i);
-            let a = a.as_any().downcast_ref::<BooleanArray>().expect("checks are boolean");
+            let a = a
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .expect("checks are boolean");
             // coalesce(…, false) leaves no NULLs; be safe anyway.
             BooleanArray::from_iter(a.iter().map(|v| Some(v.unwrap_or(false))))
         };
@@ -154,8 +159,12 @@ impl Checker {
             vec![
                 Arc::new(Int64Array::from(vec![run; n])),
                 Arc::new(StringArray::from(vec![stage; n])),
-                Arc::new(StringArray::from_iter_values(self.dropped.iter().map(|d| &d.0))),
-                Arc::new(StringArray::from_iter_values(self.dropped.iter().map(|d| &d.1))),
+                Arc::new(StringArray::from_iter_values(
+                    self.dropped.iter().map(|d| &d.0),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    self.dropped.iter().map(|d| &d.1),
+                )),
             ],
         )
         .expect("columns match the schema")

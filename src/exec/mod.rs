@@ -5,11 +5,14 @@
 //! they commit (a Delta commit is atomic, so nothing is half-written).
 
 pub mod bounds;
-pub mod delta;
+mod context;
 mod expect;
-pub mod failpoint;
+mod maintain;
+mod materialize;
+mod merge;
 mod resume;
-pub mod stages;
+mod tables;
+mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -21,8 +24,9 @@ use tokio::task::JoinSet;
 
 use crate::diag::Problem;
 use crate::plan::{Plan, StagePlan};
+use crate::report::StageMetrics;
 use crate::report::{RunReport, StageReport, StageStatus};
-use stages::{Executor, StageMetrics};
+use context::Executor;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -102,10 +106,10 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
                     let stage = stage.clone();
                     running.spawn(async move {
                         let started = start.elapsed();
-                        failpoint::hit(&format!("before:{}", stage.name));
+                        crate::delta::failpoint::hit(&format!("before:{}", stage.name));
                         let result = executor.run_stage(&stage).await;
                         if result.is_ok() {
-                            failpoint::hit(&format!("after:{}", stage.name));
+                            crate::delta::failpoint::hit(&format!("after:{}", stage.name));
                         }
                         bar.finish_and_clear();
                         Finished {

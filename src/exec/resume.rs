@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use deltalake::DeltaTable;
 use serde_json::Value;
 
-use super::delta::{self, RunTag};
 use super::expect::quarantine_label;
+use crate::delta::{self, RunTag};
 use crate::plan::Plan;
 
 /// How far back in a table's history to look for the commits of an unfinished run.
@@ -69,8 +69,8 @@ pub async fn find(
     let finish_id = [delta::finish_app_id(&plan.pipeline)];
     let (mut last, mut finished) = (None, None);
     for table in tables.values() {
-        last = last.max(delta::last_run(table, &stage_ids).await?);
-        finished = finished.max(delta::last_run(table, &finish_id).await?);
+        last = last.max(delta::commit::last_run(table, &stage_ids).await?);
+        finished = finished.max(delta::commit::last_run(table, &finish_id).await?);
     }
     let plan_hash = plan_hash(plan);
     let fresh = |run_number: i64| RunStart {
@@ -106,7 +106,10 @@ pub async fn find(
             .iter()
             .filter_map(|c| Some((c.table.clone(), *unfinished.start_versions.get(&c.table)?)))
             .collect();
-        return Ok(Start::Abandon { unfinished, restore });
+        return Ok(Start::Abandon {
+            unfinished,
+            restore,
+        });
     }
     if let Some(other) = commits.iter().find(|c| c.plan_hash != plan_hash) {
         return Err(format!(
@@ -123,7 +126,10 @@ pub async fn find(
     }
     Ok(Start::Run(RunStart {
         tag: unfinished,
-        committed: commits.iter().map(|c| (c.stage.clone(), c.version)).collect(),
+        committed: commits
+            .iter()
+            .map(|c| (c.stage.clone(), c.version))
+            .collect(),
         resumed: true,
     }))
 }
@@ -153,12 +159,16 @@ async fn commits_of_run(
 ) -> Result<Vec<RunCommit>, String> {
     let mut found = Vec::new();
     for (name, table) in tables {
-        for commit in delta::history(table, HISTORY_DEPTH).await? {
+        for commit in delta::commit::history(table, HISTORY_DEPTH).await? {
             let info = &commit.info;
-            if info.get(delta::PIPELINE_KEY).and_then(Value::as_str) != Some(&plan.pipeline) {
+            if info
+                .get(delta::commit::PIPELINE_KEY)
+                .and_then(Value::as_str)
+                != Some(&plan.pipeline)
+            {
                 continue;
             }
-            let Some(r) = info.get(delta::RUN_KEY).and_then(Value::as_i64) else {
+            let Some(r) = info.get(delta::commit::RUN_KEY).and_then(Value::as_i64) else {
                 continue;
             };
             if r < run {
@@ -169,17 +179,17 @@ async fn commits_of_run(
             }
             found.push(RunCommit {
                 stage: info
-                    .get(delta::STAGE_KEY)
+                    .get(delta::commit::STAGE_KEY)
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
                 table: name.clone(),
                 version: commit.version,
                 start: info
-                    .get(delta::START_KEY)
+                    .get(delta::commit::START_KEY)
                     .and_then(|v| serde_json::from_value(v.clone()).ok()),
                 plan_hash: info
-                    .get(delta::PLAN_KEY)
+                    .get(delta::commit::PLAN_KEY)
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
@@ -231,7 +241,9 @@ pub async fn abandon(
     restore: &BTreeMap<String, i64>,
 ) -> Result<(), String> {
     for (name, version) in restore {
-        let table = tables.get(name).ok_or_else(|| format!("unknown table `{name}`"))?;
+        let table = tables
+            .get(name)
+            .ok_or_else(|| format!("unknown table `{name}`"))?;
         table
             .clone()
             .restore()
@@ -244,7 +256,7 @@ pub async fn abandon(
             unfinished.run_number
         );
     }
-    for name in delta::finish_tables(plan) {
+    for name in super::tables::finish_tables(plan) {
         let table = plan
             .tables
             .iter()

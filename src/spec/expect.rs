@@ -63,7 +63,11 @@ pub const QUARANTINE_COLUMNS: [(&str, &str, bool); 4] = [
 ];
 
 impl Loader<'_> {
-    pub(super) fn expectations(&self, node: Option<&Node>, stage: &str) -> Result<Option<ExpectSpec>> {
+    pub(super) fn expectations(
+        &self,
+        node: Option<&Node>,
+        stage: &str,
+    ) -> Result<Option<ExpectSpec>> {
         let Some(node) = node else { return Ok(None) };
         let what = format!("`expect` of stage `{stage}`");
         let map = self.mapping(node, &what)?;
@@ -79,7 +83,15 @@ impl Loader<'_> {
             let check = self.check(item)?;
             if let Some(prev) = checks.iter().find(|c| c.name.value == check.name.value) {
                 return Err(self
-                    .error(check.name.span, "duplicate_check", format!("two checks of stage `{stage}` are named `{}`", check.name.value), "second check with this name")
+                    .error(
+                        check.name.span,
+                        "duplicate_check",
+                        format!(
+                            "two checks of stage `{stage}` are named `{}`",
+                            check.name.value
+                        ),
+                        "second check with this name",
+                    )
                     .label(prev.name.span, "first defined here"));
             }
             checks.push(check);
@@ -105,7 +117,12 @@ impl Loader<'_> {
             "drop" => CheckAction::Drop,
             "fail" => CheckAction::Fail,
             other => {
-                let mut e = self.error(action.span, "bad_check_action", format!("unknown action `{other}`"), "not an action");
+                let mut e = self.error(
+                    action.span,
+                    "bad_check_action",
+                    format!("unknown action `{other}`"),
+                    "not an action",
+                );
                 e = e.help(did_you_mean(other, ["drop", "fail"]).unwrap_or_else(|| "an action is `drop` (into the quarantine table) or `fail` (stop the run before any write)".into()));
                 return Err(e);
             }
@@ -120,17 +137,31 @@ impl Loader<'_> {
         stages: &[StageSpec],
         tables: &mut BTreeMap<String, TableSpec>,
     ) -> Result<()> {
-        for q in stages.iter().filter_map(|s| s.expect.as_ref()?.quarantine.as_ref()) {
+        for q in stages
+            .iter()
+            .filter_map(|s| s.expect.as_ref()?.quarantine.as_ref())
+        {
             let Some(table) = tables.get_mut(&q.value) else {
-                let mut e = self.error(q.span, "unknown_table", format!("quarantine table `{}` is not declared", q.value), "unknown table");
+                let mut e = self.error(
+                    q.span,
+                    "unknown_table",
+                    format!("quarantine table `{}` is not declared", q.value),
+                    "unknown table",
+                );
                 e = e.help(did_you_mean(&q.value, tables.keys().map(String::as_str)).unwrap_or_else(|| format!("declare it under `tables:` with a location, e.g. `{}: {{location: \"{{{{ warehouse }}}}/{}\"}}`", q.value, q.value)));
                 return Err(e);
             };
             let columns: Vec<ColumnSpec> = QUARANTINE_COLUMNS
                 .iter()
                 .map(|(name, ty, nullable)| ColumnSpec {
-                    name: Spanned { value: name.to_string(), span: q.span },
-                    data_type: Spanned { value: ty.to_string(), span: q.span },
+                    name: Spanned {
+                        value: name.to_string(),
+                        span: q.span,
+                    },
+                    data_type: Spanned {
+                        value: ty.to_string(),
+                        span: q.span,
+                    },
                     nullable: *nullable,
                 })
                 .collect();

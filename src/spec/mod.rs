@@ -132,6 +132,39 @@ pub struct VacuumSpec {
     pub retain_hours: Spanned<u64>,
 }
 
+impl PipelineSpec {
+    /// The source and byte offset of a 1-based template line and column: the template
+    /// file, or the YAML for inline SQL.
+    pub fn locate_in_template(
+        &self,
+        stage: &StageSpec,
+        line: usize,
+        column: usize,
+    ) -> (Source, usize) {
+        match &stage.body {
+            StageBody::InlineSql { origin, .. } => {
+                let yaml_line = origin.first_line + line - 1;
+                let yaml_column = match origin.first_column {
+                    Some(c) if line == 1 => c + column - 1,
+                    _ => {
+                        let first = self.yaml.line(origin.first_line).unwrap_or("");
+                        let indent = first.len() - first.trim_start().len();
+                        indent + column
+                    }
+                };
+                (
+                    self.yaml.clone(),
+                    self.yaml.offset_of(yaml_line, yaml_column),
+                )
+            }
+            _ => {
+                let template = stage.template().expect("SQL stages have templates");
+                (template.clone(), template.offset_of(line, column))
+            }
+        }
+    }
+}
+
 impl StageSpec {
     /// Template source for SQL stages.
     pub fn template(&self) -> Option<&Source> {
@@ -143,8 +176,6 @@ impl StageSpec {
         }
     }
 }
-
-
 
 /// Loads and checks a pipeline file; `overrides` are the `--var key=value` pairs.
 pub fn load(

@@ -169,7 +169,6 @@ impl Loader<'_> {
         Ok(columns)
     }
 
-
     fn stages(
         &self,
         node: Option<&Node>,
@@ -333,5 +332,4 @@ impl Loader<'_> {
             _ => unreachable!("only body keys are passed"),
         }
     }
-
 }

@@ -13,7 +13,10 @@ use crate::diag::{did_you_mean, Problem, Result};
 const STATE_KEYS: &[&str] = &["table", "default"];
 
 impl Loader<'_> {
-    pub(super) fn state(&self, node: Option<&Node>) -> Result<BTreeMap<String, (Spanned<String>, Var)>> {
+    pub(super) fn state(
+        &self,
+        node: Option<&Node>,
+    ) -> Result<BTreeMap<String, (Spanned<String>, Var)>> {
         let mut out = BTreeMap::new();
         let Some(node) = node else { return Ok(out) };
         for (key, value) in self.mapping(node, "state")?.iter() {
@@ -37,7 +40,6 @@ impl Loader<'_> {
         }
         Ok(out)
     }
-
 
     pub(super) fn vars(
         &self,
@@ -92,9 +94,7 @@ impl Loader<'_> {
         }
         Ok(vars)
     }
-
 }
-
 
 /// A `--var` value takes the type of the declared default: text stays text, a list
 /// or map default expects YAML (`[a, b]`, `{k: v}`).

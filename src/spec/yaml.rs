@@ -255,7 +255,6 @@ pub fn check_identifier(l: &YamlReader<'_>, name: &Spanned<String>, what: &str) 
         .help("names become SQL identifiers: use lowercase letters, digits and `_`, starting with a letter"))
 }
 
-
 /// Untyped YAML → JSON-like value: plain scalars are coerced (numbers, booleans,
 /// null), quoted scalars stay strings.
 pub fn to_json(node: &Node) -> Value {

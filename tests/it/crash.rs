@@ -125,7 +125,9 @@ fn writes_applied_twice(warehouse: &Path) -> Vec<String> {
                 let Some(info) = action.get("commitInfo") else {
                     continue;
                 };
-                if let (Some(stage), Some(run)) = (info.get("sqlplan.stage"), info.get("sqlplan.run")) {
+                if let (Some(stage), Some(run)) =
+                    (info.get("sqlplan.stage"), info.get("sqlplan.run"))
+                {
                     *seen.entry(format!("{name} {stage} {run}")).or_insert(0) += 1;
                 }
             }
@@ -198,7 +200,11 @@ async fn a_crash_at_every_failpoint_is_repaired_by_the_next_run() {
         // The state moved: one more run finds an empty batch and changes nothing.
         let before = tables(&wh).await;
         run_to_completion(&wh);
-        assert_eq!(tables(&wh).await, before, "a run after {point} changed the tables");
+        assert_eq!(
+            tables(&wh).await,
+            before,
+            "a run after {point} changed the tables"
+        );
         if point.starts_with("after:merge") || point == "commit:finish" {
             assert!(resumed.contains("(resumed)"), "{point}: {resumed}");
         }
@@ -247,7 +253,11 @@ async fn a_run_killed_at_random_moments_is_repaired_by_the_next_run() {
             expected,
             "trial {trial}: killed after {delay:?}"
         );
-        assert_eq!(writes_applied_twice(&wh), Vec::<String>::new(), "trial {trial}");
+        assert_eq!(
+            writes_applied_twice(&wh),
+            Vec::<String>::new(),
+            "trial {trial}"
+        );
         std::fs::remove_dir_all(&wh).unwrap();
     }
     eprintln!(
@@ -318,7 +328,11 @@ async fn an_interrupted_run_is_resumed_and_its_committed_writes_are_not_repeated
     assert_eq!(report["resumed"], true);
     assert_eq!(report["stages"][0]["name"], "write_a");
     assert_eq!(report["stages"][0]["status"], "committed");
-    assert_eq!(rows(&p, "a").await, ["1,x", "2,x"], "write_a is not applied twice");
+    assert_eq!(
+        rows(&p, "a").await,
+        ["1,x", "2,x"],
+        "write_a is not applied twice"
+    );
     assert_eq!(rows(&p, "b").await, ["1,x", "2,x"]);
     // Finished: the next run is run 2 and reads the recorded state.
     let next = run_two(&p, &[], None);
@@ -334,14 +348,25 @@ async fn an_unfinished_run_with_another_plan_is_refused_or_abandoned() {
     let refused = run_two(&p, &["--var", "tag=y"], None);
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     let message = stderr(&refused);
-    assert!(message.contains("run 1 of pipeline `two` did not finish"), "{message}");
+    assert!(
+        message.contains("run 1 of pipeline `two` did not finish"),
+        "{message}"
+    );
     assert!(message.contains("`write_a` (a version 1)"), "{message}");
     assert!(message.contains("--abandon"), "{message}");
-    assert_eq!(rows(&p, "b").await, Vec::<String>::new(), "nothing was written");
+    assert_eq!(
+        rows(&p, "b").await,
+        Vec::<String>::new(),
+        "nothing was written"
+    );
     let abandoned = run_two(&p, &["--var", "tag=y", "--abandon"], None);
     assert_eq!(abandoned.status.code(), Some(0), "{}", stderr(&abandoned));
     assert!(stderr(&abandoned).contains("abandoned run 1: `a` restored to version 0"));
     assert!(String::from_utf8_lossy(&abandoned.stdout).contains("run 2 of two:"));
-    assert_eq!(rows(&p, "a").await, ["1,y", "2,y"], "run 1's write to a was undone");
+    assert_eq!(
+        rows(&p, "a").await,
+        ["1,y", "2,y"],
+        "run 1's write to a was undone"
+    );
     assert_eq!(rows(&p, "b").await, ["1,y", "2,y"]);
 }

@@ -47,9 +47,15 @@ async fn orders(p: &Project, rows: &[(Option<i64>, Option<i32>, &str)]) {
     let batch = RecordBatch::try_new(
         std::sync::Arc::new(schema),
         vec![
-            std::sync::Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-            std::sync::Arc::new(Int32Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-            std::sync::Arc::new(StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            std::sync::Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            std::sync::Arc::new(Int32Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            std::sync::Arc::new(StringArray::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
         ],
     )
     .unwrap();
@@ -82,7 +88,11 @@ async fn drop_checks_quarantine_rows_and_count_them() {
     .await;
     let out = p.sqlplan(&["run", "pipeline.yaml", "--report", "run.json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("valid checks (rows failing):"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("valid checks (rows failing):"),
+        "{}",
+        out.stdout
+    );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(p.path().join("run.json")).unwrap()).unwrap();
     let metrics = &stage(&report, "valid")["metrics"];
@@ -117,7 +127,11 @@ async fn a_fail_check_stops_the_run_before_any_write() {
     let p = project();
     orders(
         &p,
-        &[(Some(1), Some(10), "placed"), (None, Some(5), "lost"), (Some(7), Some(3), "lost")],
+        &[
+            (Some(1), Some(10), "placed"),
+            (None, Some(5), "lost"),
+            (Some(7), Some(3), "lost"),
+        ],
     )
     .await;
     let out = p.sqlplan(&["run", "pipeline.yaml"]);
@@ -131,17 +145,28 @@ async fn a_fail_check_stops_the_run_before_any_write() {
     // Neither the quarantine (the NULL id row fails a drop check too) nor the
     // totals were written: both tables are as the run created them.
     for table in ["totals", "rejected"] {
-        let rows = query_tables(&[("t", &p.warehouse().join(table))], "SELECT count(*) FROM t").await;
+        let rows = query_tables(
+            &[("t", &p.warehouse().join(table))],
+            "SELECT count(*) FROM t",
+        )
+        .await;
         assert_eq!(rows, ["0"], "{table}");
     }
     // The writing stage waits for the checks, and the plan says so.
     let plan = p.sqlplan(&["plan", "pipeline.yaml"]);
     assert!(
-        plan.stdout.contains("after valid: reads valid after it is written; writes only after its checks pass"),
+        plan.stdout.contains(
+            "after valid: reads valid after it is written; writes only after its checks pass"
+        ),
         "{}",
         plan.stdout
     );
-    assert!(plan.stdout.contains("check status_known: status IN ('placed', 'paid') (else fail the run)"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("check status_known: status IN ('placed', 'paid') (else fail the run)"),
+        "{}",
+        plan.stdout
+    );
 }
 
 #[test]
@@ -165,14 +190,26 @@ fn bad_expectations_are_invalid_pipelines() {
         assert!(out.stderr.contains(message), "{edit}: {}", out.stderr);
     }
     let structural = [
-        ("      quarantine: rejected\n", "", "names no quarantine table"),
-        ("quarantine: rejected", "quarantine: rejectd", "did you mean"),
+        (
+            "      quarantine: rejected\n",
+            "",
+            "names no quarantine table",
+        ),
+        (
+            "quarantine: rejected",
+            "quarantine: rejectd",
+            "did you mean",
+        ),
         (
             "    location: \"{{ warehouse }}/rejected\"",
             "    location: \"{{ warehouse }}/rejected\"\n    schema: [{name: x, type: INT}]",
             "its columns are sqlplan's",
         ),
-        ("    materialize: true\n", "", "is not a materialized SELECT"),
+        (
+            "    materialize: true\n",
+            "",
+            "is not a materialized SELECT",
+        ),
     ];
     for (from, to, message) in structural {
         let p = Project::new(&[("pipeline.yaml", &PIPELINE.replacen(from, to, 1))]);
@@ -192,17 +229,38 @@ async fn the_summary_pipeline_quarantines_bad_records() {
     let out = sqlplan_in(
         &repo(),
         &[
-            "generate", "summary", "--warehouse", wh.to_str().unwrap(), "--accounts", "100",
-            "--months", "6", "--batch-records", "100", "--bad-records", "10",
+            "generate",
+            "summary",
+            "--warehouse",
+            wh.to_str().unwrap(),
+            "--accounts",
+            "100",
+            "--months",
+            "6",
+            "--batch-records",
+            "100",
+            "--bad-records",
+            "10",
         ],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("bad: month not YYYY-MM"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("bad: month not YYYY-MM"),
+        "{}",
+        out.stdout
+    );
     let var = format!("warehouse={}", wh.display());
     let report = dir.path().join("run.json");
     let run = sqlplan_in(
         &repo(),
-        &["run", "pipelines/summary.yaml", "--var", &var, "--report", report.to_str().unwrap()],
+        &[
+            "run",
+            "pipelines/summary.yaml",
+            "--var",
+            &var,
+            "--report",
+            report.to_str().unwrap(),
+        ],
     );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -227,6 +285,10 @@ async fn the_summary_pipeline_quarantines_bad_records() {
     // The next run (an empty batch) does not quarantine them again.
     let again = sqlplan_in(&repo(), &["run", "pipelines/summary.yaml", "--var", &var]);
     assert_eq!(again.code, 0, "{}", again.stderr);
-    let total = query_tables(&[("r", &wh.join("rejected_records"))], "SELECT count(*) FROM r").await;
+    let total = query_tables(
+        &[("r", &wh.join("rejected_records"))],
+        "SELECT count(*) FROM r",
+    )
+    .await;
     assert_eq!(total, ["10"]);
 }

@@ -97,7 +97,12 @@ fn fixture_files_are_checked_before_anything_runs() {
         let path = project.path().join("bad.tests.yaml");
         let out = sqlplan_in(
             &repo(),
-            &["test", "pipelines/examples/orders.yaml", "--fixtures", path.to_str().unwrap()],
+            &[
+                "test",
+                "pipelines/examples/orders.yaml",
+                "--fixtures",
+                path.to_str().unwrap(),
+            ],
         );
         assert_eq!(out.code, 2, "{text}\n{}\n{}", out.stdout, out.stderr);
         assert!(out.stderr.contains(message), "{text}\n{}", out.stderr);

@@ -3,7 +3,6 @@
 //! ascending month order. It is the reference of the pipeline's property test;
 //! here it is checked against the spec's worked examples.
 
-
 use std::collections::BTreeMap;
 
 pub const HISTORY: usize = 36;
@@ -429,7 +428,10 @@ fn example_6_duplicates_and_stale_records() {
     ];
     let mut s = start(9);
     let counts = apply(&mut s, &batch);
-    assert_eq!(counts.0, BTreeMap::from([("case III: backfill or correction", 1)]));
+    assert_eq!(
+        counts.0,
+        BTreeMap::from([("case III: backfill or correction", 1)])
+    );
     assert_eq!(balances(&s, 111, "2026-01"), [Some(5600)]);
     assert_eq!(
         s[&111][&m("2026-01")].scalars,

@@ -1,0 +1,177 @@
+//! What sqlplan records in Delta commits: application transactions (stage, run
+//! number), the run's start versions and plan fingerprint, the state values of the
+//! commit that ends a run; and reading them back from a table's history.
+
+use std::collections::BTreeMap;
+
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::DeltaTable;
+
+/// The Delta application id of a stage's commits.
+pub fn app_id(pipeline: &str, stage: &str) -> String {
+    format!("sqlplan:{pipeline}:{stage}")
+}
+
+/// The application id of the commit that ends a run (`#` is never in a stage name).
+pub fn finish_app_id(pipeline: &str) -> String {
+    format!("sqlplan:{pipeline}#finish")
+}
+
+/// Commit metadata keys.
+pub const PIPELINE_KEY: &str = "sqlplan.pipeline";
+pub const STAGE_KEY: &str = "sqlplan.stage";
+pub const RUN_KEY: &str = "sqlplan.run";
+/// The version of every table when the run started (JSON object).
+pub const START_KEY: &str = "sqlplan.start";
+/// A fingerprint of the plan and vars the run executes.
+pub const PLAN_KEY: &str = "sqlplan.plan";
+/// Commit metadata key prefix of state variables.
+pub const STATE_PREFIX: &str = "sqlplan.state.";
+
+/// What every commit of one run says about the run.
+#[derive(Clone, Debug)]
+pub struct RunTag {
+    pub pipeline: String,
+    pub run_number: i64,
+    pub plan_hash: String,
+    pub start_versions: BTreeMap<String, i64>,
+}
+
+impl RunTag {
+    /// Every commit names the pipeline and stage that made it, the run's start
+    /// versions and plan, and carries an application transaction (app id, run
+    /// number), so a later run can prove which writes of an interrupted run committed
+    /// and resume it on the same inputs.
+    pub fn commit_properties(&self, stage: &str) -> CommitProperties {
+        self.properties(app_id(&self.pipeline, stage), stage, BTreeMap::new())
+    }
+
+    /// The commit that ends the run: it alone carries the state values, so recorded
+    /// state moves only after every write of the run committed.
+    pub fn finish_properties(&self, states: &BTreeMap<String, String>) -> CommitProperties {
+        let states = states
+            .iter()
+            .map(|(k, v)| (format!("{STATE_PREFIX}{k}"), serde_json::json!(v)))
+            .collect();
+        self.properties(finish_app_id(&self.pipeline), "finish", states)
+    }
+
+    /// A restore made by `--abandon`, ending this (unfinished) run.
+    pub fn abandon_properties(&self) -> CommitProperties {
+        self.properties(
+            format!("sqlplan:{}#abandon", self.pipeline),
+            "abandon",
+            BTreeMap::new(),
+        )
+    }
+
+    fn properties(
+        &self,
+        app: String,
+        stage: &str,
+        extra: BTreeMap<String, serde_json::Value>,
+    ) -> CommitProperties {
+        let mut metadata = vec![
+            (PIPELINE_KEY.to_string(), serde_json::json!(self.pipeline)),
+            (STAGE_KEY.to_string(), serde_json::json!(stage)),
+            (RUN_KEY.to_string(), serde_json::json!(self.run_number)),
+            (
+                START_KEY.to_string(),
+                serde_json::json!(self.start_versions),
+            ),
+            (PLAN_KEY.to_string(), serde_json::json!(self.plan_hash)),
+        ];
+        metadata.extend(extra);
+        CommitProperties::default()
+            .with_application_transaction(deltalake::kernel::Transaction::new(app, self.run_number))
+            .with_metadata(metadata)
+    }
+}
+
+/// The greatest version any of `app_ids` committed to `table`.
+pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i64>, String> {
+    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+    let mut last = None;
+    for id in app_ids {
+        let v = snapshot
+            .transaction_version(table.log_store().as_ref(), id)
+            .await
+            .map_err(|e| e.to_string())?;
+        last = last.max(v);
+    }
+    Ok(last)
+}
+
+/// One commit of a table, newest first in `history`.
+pub struct Commit {
+    pub version: i64,
+    pub info: BTreeMap<String, serde_json::Value>,
+}
+
+/// The table's last `depth` commits, newest first, with their versions.
+pub async fn history(table: &DeltaTable, depth: usize) -> Result<Vec<Commit>, String> {
+    use futures::TryStreamExt;
+    let Some(newest) = table.version() else {
+        return Ok(Vec::new());
+    };
+    let infos: Vec<_> = table
+        .history(Some(depth))
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    // Commit files are contiguous up to the newest; history lists them newest first.
+    Ok(infos
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Commit {
+            version: newest as i64 - i as i64,
+            info: c.info.into_iter().collect(),
+        })
+        .collect())
+}
+
+/// The `commitInfo` entries of the table's latest commit (custom metadata included).
+pub async fn last_commit_info(table: &DeltaTable) -> BTreeMap<String, serde_json::Value> {
+    use futures::StreamExt;
+    match table.history(Some(1)).next().await {
+        Some(Ok(info)) => info.info.into_iter().collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// `operationMetrics` of the table's latest commit (writes report no metrics value).
+pub async fn last_commit_metrics(table: &DeltaTable) -> BTreeMap<String, serde_json::Value> {
+    use futures::StreamExt;
+    let mut history = table.history(Some(1));
+    match history.next().await {
+        Some(Ok(info)) => info
+            .info
+            .get("operationMetrics")
+            .and_then(|m| m.as_object())
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// How far back in a table's history to look for a recorded state.
+const STATE_DEPTH: usize = 1000;
+
+/// The value of state `name` in the newest commit of `pipeline` on `table` that
+/// carries it (the finish commit of its last finished run).
+pub async fn recorded_state(
+    table: &DeltaTable,
+    pipeline: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let key = format!("{STATE_PREFIX}{name}");
+    for commit in history(table, STATE_DEPTH).await? {
+        let ours = commit.info.get(PIPELINE_KEY).and_then(|v| v.as_str()) == Some(pipeline);
+        if let (true, Some(v)) = (ours, commit.info.get(&key)) {
+            return Ok(Some(
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            ));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,14 @@
+//! Delta tables: the one room that opens them. Locations and existence, schemas
+//! between DataFusion and Delta, opening (at a version), creating and writing, and
+//! what sqlplan records in commits (run, stage, start versions, state). Everything
+//! above — state, render, compile, exec, fixtures, workloads — goes through here.
+
+pub mod commit;
+pub mod failpoint;
+pub mod location;
+pub mod schema;
+pub mod table;
+
+pub use commit::{app_id, finish_app_id, RunTag};
+pub use location::{exists, local_table_exists, table_url};
+pub use table::{append_empty, create, open, open_if_exists, open_or_create, writer_properties};

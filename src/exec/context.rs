@@ -1,0 +1,386 @@
+//! The run context: one DataFusion session where every table and relation is
+//! registered, the latest handle of every Delta table, and the dispatch of a stage
+//! to its kind (a file each: materialize, write, merge, maintain).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use deltalake::DeltaTable;
+use tokio::sync::Mutex;
+
+use crate::delta;
+use crate::plan::{Plan, StageKind, StagePlan};
+use crate::report::StageMetrics;
+
+/// The run's shared state: one DataFusion session where every table and relation
+/// is registered, and the latest handle of every Delta table.
+pub struct Executor {
+    pub plan: Plan,
+    /// The run number, start versions and plan fingerprint every commit carries.
+    pub tag: delta::RunTag,
+    /// This run resumes an interrupted one; these stages of it committed (→ version).
+    pub resumed: bool,
+    pub(super) committed_earlier: BTreeMap<String, i64>,
+    pub ctx: SessionContext,
+    /// Materialized relations larger than this many bytes are spilled to disk.
+    pub(super) spill_threshold: u64,
+    /// Where they go; removed with the executor.
+    pub(super) spill_dir: tempfile::TempDir,
+    pub(super) tables: Mutex<BTreeMap<String, DeltaTable>>,
+    /// State values computed by `state:` stages; the run's finish commit records them.
+    pub(super) states: Mutex<BTreeMap<String, String>>,
+    /// Views registered so far (re-planned after commits to what they read).
+    pub(super) views: Mutex<Vec<String>>,
+    /// Materialized relations computed so far (their key bounds drive pruning).
+    pub(super) materialized: Mutex<std::collections::BTreeSet<String>>,
+    /// Partition columns per table.
+    pub(super) partitions: BTreeMap<String, Vec<String>>,
+}
+
+pub(super) type StageResult<T> = Result<T, String>;
+
+pub(super) fn df_err(e: impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or(&s).to_string()
+}
+
+impl Executor {
+    /// Opens the tables and decides where the run starts: afresh, or resuming the
+    /// pipeline's unfinished run (`abandon`: ending it by restoring its tables first).
+    pub async fn new(plan: Plan, spill_threshold: u64, abandon: bool) -> StageResult<Self> {
+        let mut tables = super::tables::open_tables(&plan).await?;
+        let mut start = super::resume::find(&plan, &tables, abandon).await?;
+        if let super::resume::Start::Abandon {
+            unfinished,
+            restore,
+        } = start
+        {
+            super::resume::abandon(&plan, &tables, &unfinished, &restore).await?;
+            for t in &plan.tables {
+                if tables.contains_key(&t.name) {
+                    tables.insert(
+                        t.name.clone(),
+                        delta::open(&t.name, &t.location, None).await?,
+                    );
+                }
+            }
+            start = super::resume::find(&plan, &tables, false).await?;
+        }
+        let super::resume::Start::Run(start) = start else {
+            return Err("the abandoned run is still unfinished".into());
+        };
+        if start.resumed {
+            // Every stage reads the tables as the interrupted run found them.
+            for t in &plan.tables {
+                let version = start.tag.start_versions.get(&t.name).copied();
+                let current = tables.get(&t.name).and_then(|d| d.version());
+                if let Some(v) = version.filter(|v| Some(*v as u64) != current) {
+                    tables.insert(
+                        t.name.clone(),
+                        delta::open(&t.name, &t.location, Some(v)).await?,
+                    );
+                }
+            }
+        }
+        let ctx = crate::session::new_context();
+        for (name, table) in &tables {
+            ctx.register_table(name.as_str(), table.table_provider().await.map_err(df_err)?)
+                .map_err(df_err)?;
+        }
+        let partitions = plan
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), t.partition_by.clone()))
+            .collect();
+        Ok(Executor {
+            partitions,
+            plan,
+            tag: start.tag,
+            resumed: start.resumed,
+            committed_earlier: start.committed,
+            spill_threshold,
+            spill_dir: tempfile::Builder::new()
+                .prefix("sqlplan-spill")
+                .tempdir()
+                .map_err(|e| format!("cannot create a spill directory: {e}"))?,
+            ctx,
+            tables: Mutex::new(tables),
+            views: Mutex::new(Vec::new()),
+            states: Mutex::new(BTreeMap::new()),
+            materialized: Mutex::new(Default::default()),
+        })
+    }
+
+    pub(super) async fn table(&self, name: &str) -> StageResult<DeltaTable> {
+        self.tables
+            .lock()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("unknown table `{name}`"))
+    }
+
+    /// After a commit, later stages read the new version.
+    /// Returns the version the stage committed, or None when the operation had
+    /// nothing to commit (e.g. an optimize with nothing to compact).
+    pub(super) async fn committed(
+        &self,
+        name: &str,
+        table: DeltaTable,
+    ) -> StageResult<Option<i64>> {
+        let version = table.version().map(|v| v as i64);
+        let before = self
+            .tables
+            .lock()
+            .await
+            .get(name)
+            .and_then(|t| t.version())
+            .map(|v| v as i64);
+        if version == before {
+            return Ok(None);
+        }
+        let provider = table.table_provider().await.map_err(df_err)?;
+        self.ctx.deregister_table(name).map_err(df_err)?;
+        self.ctx.register_table(name, provider).map_err(df_err)?;
+        self.tables.lock().await.insert(name.to_string(), table);
+        self.refresh_views(name).await?;
+        Ok(version)
+    }
+
+    /// Adds literal key bounds from materialized relations to the Delta scans they
+    /// drive (see `bounds`).
+    pub(super) async fn bounded(&self, df: DataFrame) -> StageResult<(DataFrame, Vec<String>)> {
+        let materialized = self.materialized.lock().await.clone();
+        let catalog = super::bounds::Catalog {
+            tables: &self.partitions,
+            materialized: &materialized,
+        };
+        super::bounds::apply(&self.ctx, &catalog, df).await
+    }
+
+    /// A view is evaluated by its readers, so after a commit to a table it reads
+    /// (directly or through other views) it is planned again on the new version.
+    /// No stage can be reading it meanwhile: such a reader would have a hazard with
+    /// the writer that just committed.
+    pub(super) async fn refresh_views(&self, table: &str) -> StageResult<()> {
+        let mut views: Vec<&StagePlan> = {
+            let registered = self.views.lock().await;
+            self.plan
+                .stages
+                .iter()
+                .filter(|s| registered.contains(&s.name))
+                .collect()
+        };
+        views.sort_by_key(|s| s.index);
+        for view in views {
+            if self.reads_through_views(view, table) {
+                let df = self
+                    .ctx
+                    .sql(view.sql.as_deref().unwrap_or(""))
+                    .await
+                    .map_err(df_err)?;
+                self.ctx
+                    .deregister_table(view.name.as_str())
+                    .map_err(df_err)?;
+                self.ctx
+                    .register_table(view.name.as_str(), df.into_view())
+                    .map_err(df_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn reads_through_views(&self, stage: &StagePlan, table: &str) -> bool {
+        stage.reads.iter().any(|r| {
+            r == table
+                || self
+                    .plan
+                    .stages
+                    .iter()
+                    .find(|s| &s.name == r && s.kind == StageKind::View)
+                    .is_some_and(|v| self.reads_through_views(v, table))
+        })
+    }
+
+    pub async fn run_stage(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        if let Some(&version) = self.committed_earlier.get(&stage.name) {
+            return self.adopt(stage, version).await;
+        }
+        let mut metrics = self.execute(stage).await?;
+        if stage.report {
+            metrics.reported = self.rows_of(&stage.name).await?;
+        }
+        if let Some(state) = &stage.state {
+            // The relation's single value; NULL (e.g. an empty batch) records nothing,
+            // so the previous value stays in force.
+            let rows = self.rows_of(&stage.name).await?;
+            if rows.len() > 1 {
+                return Err(format!(
+                    "state stage `{}` returned {} rows; one is expected",
+                    stage.name,
+                    rows.len()
+                ));
+            }
+            let value = rows
+                .first()
+                .and_then(|r| r.values().next())
+                .filter(|v| !v.is_null());
+            if let Some(v) = value {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                self.states.lock().await.insert(state.clone(), text);
+            }
+        }
+        Ok(metrics)
+    }
+
+    /// A stage the interrupted run committed: later stages read the version it
+    /// committed, as they would have in that run.
+    pub(super) async fn adopt(&self, stage: &StagePlan, version: i64) -> StageResult<StageMetrics> {
+        let target = stage
+            .writes
+            .clone()
+            .ok_or("a committed stage without a table")?;
+        let location = self.location(&target)?;
+        let table = delta::open(&target, &location, Some(version)).await?;
+        self.committed(&target, table).await?;
+        Ok(StageMetrics {
+            version: Some(version),
+            committed_earlier: true,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn location(&self, table: &str) -> StageResult<String> {
+        self.plan
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .map(|t| t.location.clone())
+            .ok_or_else(|| format!("unknown table `{table}`"))
+    }
+
+    /// Ends the run, after every stage succeeded: one commit on each state table (on
+    /// the last table written when the pipeline records no state) carries the state
+    /// values and the run's finish transaction. Until it is in the log, the run is
+    /// unfinished and the next one resumes it; recorded state never moves past a
+    /// batch that some table did not receive.
+    pub async fn finish(&self) -> StageResult<()> {
+        let states = self.states.lock().await.clone();
+        crate::delta::failpoint::hit("before:finish");
+        for name in super::tables::finish_tables(&self.plan) {
+            let table = self.table(&name).await?;
+            crate::delta::failpoint::writing(&name, "finish");
+            let table = delta::append_empty(table, self.tag.finish_properties(&states)).await?;
+            self.tables.lock().await.insert(name.clone(), table);
+        }
+        crate::delta::failpoint::hit("after:finish");
+        Ok(())
+    }
+
+    /// The commit properties of a stage's write (and, for failpoints, who writes).
+    pub(super) fn props(
+        &self,
+        stage: &StagePlan,
+    ) -> deltalake::kernel::transaction::CommitProperties {
+        if let Some(table) = &stage.writes {
+            crate::delta::failpoint::writing(table, &stage.name);
+        }
+        self.tag.commit_properties(&stage.name)
+    }
+
+    /// At most this many rows of a reported relation go into the report.
+    const REPORTED_ROWS: usize = 1000;
+
+    pub(super) async fn rows_of(
+        &self,
+        relation: &str,
+    ) -> StageResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let df = self
+            .ctx
+            .table(relation)
+            .await
+            .map_err(df_err)?
+            .limit(0, Some(Self::REPORTED_ROWS))
+            .map_err(df_err)?;
+        let batches = df.collect().await.map_err(df_err)?;
+        crate::report::json_rows(&batches)
+    }
+
+    pub(super) async fn execute(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        let sql = stage.sql.as_deref().unwrap_or("");
+        match stage.kind {
+            StageKind::View => {
+                let df = self.ctx.sql(sql).await.map_err(df_err)?;
+                self.ctx
+                    .register_table(stage.name.as_str(), df.into_view())
+                    .map_err(df_err)?;
+                self.views.lock().await.push(stage.name.clone());
+                Ok(StageMetrics::default())
+            }
+            StageKind::Materialized => self.materialize(stage, sql).await,
+            StageKind::Insert | StageKind::InsertOverwrite => self.insert(stage, sql).await,
+            StageKind::Merge => self.merge(stage, sql).await,
+            StageKind::Delete => self.delete(stage, sql).await,
+            StageKind::Optimize | StageKind::Vacuum => self.maintain(stage).await,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct ScanStats {
+    pub(super) files: Option<u64>,
+    pub(super) bytes: Option<u64>,
+}
+
+/// Executes a query keeping its physical plan, whose scan nodes carry the metrics:
+/// files chosen from the Delta log (`count_files_scanned`) and Parquet bytes read.
+pub(super) async fn collect_with_scan_metrics(
+    df: DataFrame,
+) -> StageResult<(Vec<RecordBatch>, ScanStats)> {
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await.map_err(df_err)?;
+    let batches = datafusion::physical_plan::collect(plan.clone(), task)
+        .await
+        .map_err(df_err)?;
+    Ok((batches, scan_stats(&plan)))
+}
+
+/// Scan metrics of an executed physical plan: files chosen from the Delta log
+/// (`count_files_scanned`) and Parquet bytes read.
+pub(super) fn scan_stats(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> ScanStats {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut stats = ScanStats::default();
+    let _ = plan.apply(|node| {
+        if let Some(m) = node.metrics() {
+            if let Some(files) = m.sum_by_name("count_files_scanned") {
+                *stats.files.get_or_insert(0) += files.as_usize() as u64;
+            }
+            if node.name() == "DataSourceExec" {
+                if let Some(bytes) = m.sum_by_name("bytes_scanned") {
+                    *stats.bytes.get_or_insert(0) += bytes.as_usize() as u64;
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    stats
+}
+
+pub(super) fn parse_one(sql: &str) -> StageResult<Statement> {
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(df_err)?;
+    statements
+        .pop()
+        .ok_or_else(|| "empty statement".to_string())
+}
+
+pub(super) fn metric(m: &BTreeMap<String, serde_json::Value>, key: &str) -> Option<u64> {
+    m.get(key).and_then(|v| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    })
+}

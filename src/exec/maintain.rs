@@ -1,0 +1,185 @@
+//! Maintenance stages: optimize (compact, z-order, partition filters) and vacuum.
+
+use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use deltalake::{FilterOp, FilterValue};
+
+use super::context::{df_err, Executor, StageResult};
+use crate::plan::{Maintenance, StagePlan};
+use crate::report::StageMetrics;
+
+impl Executor {
+    pub(super) async fn maintain(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        let target = stage.writes.clone().ok_or("maintenance without a table")?;
+        let table = self.table(&target).await?;
+        let props = self.props(stage);
+        match stage
+            .maintenance
+            .as_ref()
+            .ok_or("maintenance stage without settings")?
+        {
+            Maintenance::Optimize {
+                filter,
+                zorder_by,
+                target_size,
+            } => {
+                let owned = match filter {
+                    Some(f) => partition_filters(f)?,
+                    None => Vec::new(),
+                };
+                let filters: Vec<(&str, FilterOp, FilterValue<'_>)> = owned
+                    .iter()
+                    .map(|(c, op, vals)| {
+                        let v = if matches!(op, FilterOp::In | FilterOp::NotIn) {
+                            FilterValue::Set(vals.iter().map(String::as_str).collect())
+                        } else {
+                            FilterValue::Scalar(vals[0].as_str())
+                        };
+                        (c.as_str(), *op, v)
+                    })
+                    .collect();
+                let kind = if zorder_by.is_empty() {
+                    deltalake::operations::optimize::OptimizeType::Compact
+                } else {
+                    deltalake::operations::optimize::OptimizeType::ZOrder(zorder_by.clone())
+                };
+                let mut op = table
+                    .optimize()
+                    .with_type(kind)
+                    .with_filters(&filters)
+                    .with_commit_properties(props);
+                if let Some(size) = target_size.and_then(std::num::NonZeroU64::new) {
+                    op = op.with_target_size(size);
+                }
+                let (table, m) = op.await.map_err(df_err)?;
+                let version = self.committed(&target, table).await?;
+                Ok(StageMetrics {
+                    files_added: Some(m.num_files_added),
+                    files_removed: Some(m.num_files_removed),
+                    bytes_written: Some(m.files_added.total_size.max(0) as u64),
+                    version,
+                    ..Default::default()
+                })
+            }
+            Maintenance::Vacuum { retain_hours } => {
+                let (table, m) = table
+                    .vacuum()
+                    .with_retention_period(chrono::Duration::hours(*retain_hours as i64))
+                    // The retention is explicit in the pipeline; Delta's 7-day floor
+                    // would otherwise reject shorter ones.
+                    .with_enforce_retention_duration(false)
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(df_err)?;
+                let mut deleted: Vec<String> = m
+                    .files_deleted
+                    .iter()
+                    .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+                    .collect();
+                deleted.sort();
+                deleted.dedup();
+                let version = self.committed(&target, table).await?;
+                Ok(StageMetrics {
+                    files_removed: Some(deleted.len() as u64),
+                    version,
+                    ..Default::default()
+                })
+            }
+        }
+    }
+}
+
+/// An optimize filter (`ds = 'a' AND ds IN ('b')`) as delta-rs partition filters.
+fn partition_filters(filter: &str) -> StageResult<Vec<(String, FilterOp, Vec<String>)>> {
+    let expr = Parser::new(&GenericDialect {})
+        .try_with_sql(filter)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(df_err)?;
+    let mut out = Vec::new();
+    collect_filters(&expr, &mut out)?;
+    Ok(out)
+}
+
+fn collect_filters(
+    expr: &SqlExpr,
+    out: &mut Vec<(String, FilterOp, Vec<String>)>,
+) -> StageResult<()> {
+    use datafusion::sql::sqlparser::ast::BinaryOperator as B;
+    let unsupported = || {
+        format!(
+            "optimize filter `{expr}`: use `col = 'v'`, comparisons, `col IN (…)` joined by AND"
+        )
+    };
+    match expr {
+        SqlExpr::Nested(e) => collect_filters(e, out),
+        SqlExpr::BinaryOp {
+            left,
+            op: B::And,
+            right,
+        } => {
+            collect_filters(left, out)?;
+            collect_filters(right, out)
+        }
+        SqlExpr::BinaryOp { left, op, right } => {
+            let op = match op {
+                B::Eq => FilterOp::Eq,
+                B::NotEq => FilterOp::Ne,
+                B::Lt => FilterOp::Lt,
+                B::LtEq => FilterOp::Le,
+                B::Gt => FilterOp::Gt,
+                B::GtEq => FilterOp::Ge,
+                _ => return Err(unsupported()),
+            };
+            out.push((
+                column_name(left).ok_or_else(unsupported)?,
+                op,
+                vec![literal(right).ok_or_else(unsupported)?],
+            ));
+            Ok(())
+        }
+        SqlExpr::InList {
+            expr: e,
+            list,
+            negated,
+        } => {
+            let values = list
+                .iter()
+                .map(literal)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(unsupported)?;
+            out.push((
+                column_name(e).ok_or_else(unsupported)?,
+                if *negated {
+                    FilterOp::NotIn
+                } else {
+                    FilterOp::In
+                },
+                values,
+            ));
+            Ok(())
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+fn column_name(e: &SqlExpr) -> Option<String> {
+    match e {
+        SqlExpr::Identifier(i) => Some(i.value.to_lowercase()),
+        SqlExpr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_lowercase()),
+        _ => None,
+    }
+}
+
+fn literal(e: &SqlExpr) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::Value;
+    match e {
+        SqlExpr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+            Value::Number(n, _) => Some(n.clone()),
+            Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}

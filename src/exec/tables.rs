@@ -1,0 +1,77 @@
+//! The plan's tables at the start of a run: opened (created when the run creates
+//! them) and checked against the schema the plan was bound to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use deltalake::DeltaTable;
+
+use crate::delta;
+use crate::plan::{Plan, TablePlan};
+
+/// Opens every table of the plan, creating those the run creates, and checks the
+/// others against the schema and partitioning the plan was bound to. Nothing is
+/// written before every check has passed.
+pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, String> {
+    let mut existing = BTreeMap::new();
+    for t in &plan.tables {
+        let url = delta::table_url(&t.location)?;
+        match t.version {
+            Some(_) => {
+                let table = delta::open(&t.name, &t.location, None).await?;
+                check_drift(t, &table)?;
+                existing.insert(t.name.clone(), table);
+            }
+            None => {
+                if let Some(path) = url
+                    .to_file_path()
+                    .ok()
+                    .filter(|p| delta::local_table_exists(p))
+                {
+                    return Err(format!(
+                        "table `{}` appeared at {} after planning; plan again",
+                        t.name,
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    for t in plan
+        .tables
+        .iter()
+        .filter(|t| t.version.is_none() && !t.optional)
+    {
+        delta::create(&t.name, &t.location, &t.arrow_schema()?, &t.partition_by).await?;
+        existing.insert(
+            t.name.clone(),
+            delta::open(&t.name, &t.location, None).await?,
+        );
+    }
+    Ok(existing)
+}
+
+/// Schema drift: a column added, dropped or retyped since the plan was bound.
+fn check_drift(planned: &TablePlan, table: &DeltaTable) -> Result<(), String> {
+    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+    let actual = snapshot.snapshot().arrow_schema();
+    if let Some((missing, extra)) = delta::schema::differences(&planned.arrow_schema()?, &actual) {
+        return Err(format!(
+            "schema drift in `{}`: the plan was bound to version {} but the table now differs (planned only: {:?}; now only: {:?}); plan again",
+            planned.name,
+            planned.version.unwrap_or_default(),
+            missing,
+            extra
+        ));
+    }
+    Ok(())
+}
+
+/// The tables a run's finish commit goes to: its state tables, or the table of the
+/// last writing stage when the pipeline records no state (none if nothing writes).
+pub fn finish_tables(plan: &Plan) -> BTreeSet<String> {
+    let mut tables: BTreeSet<String> = plan.state.values().cloned().collect();
+    if tables.is_empty() {
+        tables.extend(plan.stages.iter().rev().find_map(|s| s.writes.clone()));
+    }
+    tables
+}

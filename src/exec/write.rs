@@ -1,0 +1,178 @@
+//! INSERT (append), INSERT OVERWRITE (replace the partitions produced) and DELETE.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::logical_expr::{cast, lit, Expr};
+use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::ast::Statement;
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+
+use super::context::{collect_with_scan_metrics, df_err, metric, parse_one, Executor, StageResult};
+use crate::delta;
+use crate::plan::{StageKind, StagePlan};
+use crate::report::StageMetrics;
+
+impl Executor {
+    pub(super) async fn insert(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        let Statement::Insert(insert) = parse_one(sql)? else {
+            return Err("not an INSERT".into());
+        };
+        let target = stage.writes.clone().ok_or("INSERT without a target")?;
+        let source = insert
+            .source
+            .as_ref()
+            .ok_or("INSERT without a query")?
+            .to_string();
+        let columns: Vec<String> = insert
+            .columns
+            .iter()
+            .map(|c| c.to_string().to_lowercase())
+            .collect();
+        let table = self.table(&target).await?;
+        let df = self.ctx.sql(&source).await.map_err(df_err)?;
+        let (df, literal_bounds) = self.bounded(df).await?;
+        let df = conform(df, &table, &columns)?;
+        let (batches, scan) = collect_with_scan_metrics(df).await?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let partitions = table
+            .snapshot()
+            .map_err(df_err)?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        let mut write = table
+            .write(batches.clone())
+            .with_writer_properties(delta::writer_properties())
+            .with_commit_properties(self.props(stage));
+        if stage.kind == StageKind::InsertOverwrite {
+            write = write.with_save_mode(SaveMode::Overwrite);
+            if !partitions.is_empty() {
+                // Replace exactly the partitions this stage produced.
+                match partition_predicate(&batches, &partitions) {
+                    Some(predicate) => write = write.with_replace_where(predicate),
+                    None => {
+                        return Ok(StageMetrics {
+                            rows_out: Some(0),
+                            ..Default::default()
+                        })
+                    }
+                }
+            }
+        } else {
+            write = write.with_save_mode(SaveMode::Append);
+        }
+        let table = write.await.map_err(df_err)?;
+        let m = delta::commit::last_commit_metrics(&table).await;
+        let version = self.committed(&target, table).await?;
+        Ok(StageMetrics {
+            rows_out: Some(rows),
+            rows_inserted: Some(rows),
+            files_added: metric(&m, "num_added_files"),
+            files_removed: metric(&m, "num_removed_files"),
+            bytes_written: metric(&m, "num_added_bytes"),
+            files_scanned: scan.files,
+            bytes_scanned: scan.bytes,
+            literal_bounds,
+            version,
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn delete(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        let Statement::Delete(delete) = parse_one(sql)? else {
+            return Err("not a DELETE".into());
+        };
+        let target = stage.writes.clone().ok_or("DELETE without a target")?;
+        let table = self.table(&target).await?;
+        let mut op = table
+            .delete()
+            .with_session_state(Arc::new(self.ctx.state()))
+            .with_commit_properties(self.props(stage));
+        if let Some(selection) = &delete.selection {
+            op = op.with_predicate(selection.to_string());
+        }
+        let (table, m) = op.await.map_err(df_err)?;
+        let version = self.committed(&target, table).await?;
+        Ok(StageMetrics {
+            rows_deleted: m.num_deleted_rows.map(|n| n as u64),
+            files_added: Some(m.num_added_files as u64),
+            files_removed: Some(m.num_removed_files as u64),
+            version,
+            ..Default::default()
+        })
+    }
+}
+
+/// The query's columns, by position (or by the INSERT's column list), cast to the
+/// table's columns and named like them.
+fn conform(df: DataFrame, table: &DeltaTable, columns: &[String]) -> StageResult<DataFrame> {
+    let target = table.snapshot().map_err(df_err)?.snapshot().arrow_schema();
+    let source: Vec<Expr> = df
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    if columns.is_empty() && source.len() != target.fields().len() {
+        return Err(format!(
+            "the query has {} columns, the table {}",
+            source.len(),
+            target.fields().len()
+        ));
+    }
+    let exprs = target
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let e = if columns.is_empty() {
+                source[i].clone()
+            } else {
+                match columns.iter().position(|c| c == f.name()) {
+                    Some(p) => source[p].clone(),
+                    None => lit(datafusion::scalar::ScalarValue::Null),
+                }
+            };
+            cast(e, f.data_type().clone()).alias(f.name())
+        })
+        .collect::<Vec<_>>();
+    df.select(exprs).map_err(df_err)
+}
+
+/// `ds IN ('a', 'b') AND …` for the partition values present in the batches.
+fn partition_predicate(batches: &[RecordBatch], partitions: &[String]) -> Option<String> {
+    let mut parts = Vec::new();
+    for p in partitions {
+        let mut values = std::collections::BTreeSet::new();
+        for b in batches {
+            let array = b.column_by_name(p)?;
+            for i in 0..array.len() {
+                if array.is_null(i) {
+                    values.insert("NULL".to_string());
+                } else {
+                    values.insert(format!(
+                        "'{}'",
+                        array_value_to_string(array, i).ok()?.replace('\'', "''")
+                    ));
+                }
+            }
+        }
+        if values.is_empty() {
+            return None;
+        }
+        let (nulls, literals): (Vec<String>, Vec<String>) =
+            values.into_iter().partition(|v| v == "NULL");
+        let mut alternatives = Vec::new();
+        if !literals.is_empty() {
+            alternatives.push(format!("{p} IN ({})", literals.join(", ")));
+        }
+        if !nulls.is_empty() {
+            alternatives.push(format!("{p} IS NULL"));
+        }
+        parts.push(format!("({})", alternatives.join(" OR ")));
+    }
+    Some(parts.join(" AND "))
+}
