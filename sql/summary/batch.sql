@@ -1,3 +1,4 @@
+{% import "sql/macros/summary.sql" as summary -%}
 {% import "sql/macros/months.sql" as months -%}
 -- The prepared records, resolved against hist_rpt when it exists (spec §2.1: the
 -- hist_rpt row of the record's month, the greatest, then the rules); hist_rpt is
@@ -9,7 +10,7 @@ WITH hist AS (
     to_char(h.acct_dt, '%Y-%m') AS hist_mo,
     h.acct_dt,
     h.soft_del_cd,
-    COALESCE(h.soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS hist_deleted,
+    {{ summary.is_deleted("h.soft_del_cd", delete_codes) }} AS hist_deleted,
     row_number() OVER (
       PARTITION BY h.cons_acct_key, to_char(h.acct_dt, '%Y-%m')
       ORDER BY h.base_ts DESC NULLS LAST, h.insert_dt DESC NULLS LAST, h.update_dt DESC NULLS LAST,
@@ -43,7 +44,7 @@ records AS (
 {%- endfor %}
     r.orig_loan_am,
     r.payment_rating_cd
-  FROM (SELECT *, COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS record_deleted FROM prepared) r
+  FROM (SELECT *, {{ summary.is_deleted("soft_del_cd", delete_codes) }} AS record_deleted FROM prepared) r
   LEFT JOIN hist h
     ON h.cons_acct_key = r.cons_acct_key AND h.hist_mo = r.rpt_as_of_mo AND h.hist_rank = 1
 )
@@ -52,6 +53,6 @@ WITH records AS (SELECT * FROM prepared)
 {%- endif %}
 SELECT
   *,
-  COALESCE(soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false) AS is_delete,
+  {{ summary.is_deleted("soft_del_cd", delete_codes) }} AS is_delete,
   {{ months.index("rpt_as_of_mo") }} AS month_idx
 FROM records

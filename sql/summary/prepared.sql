@@ -1,3 +1,4 @@
+{% import "sql/macros/common.sql" as common -%}
 {% import "sql/macros/cleaning.sql" as clean -%}
 {% import "sql/macros/months.sql" as months -%}
 -- Spec §2 steps 2–3: the records after the watermark that passed the checks of
@@ -26,7 +27,7 @@ SELECT
   {{ c.to }},
 {%- endfor %}
   CASE
-    WHEN acct_type_dtl_cd IN ({% for t in orig_loan_hi_credit_types %}'{{ t }}'{% if not loop.last %}, {% endif %}{% endfor %})
+    WHEN acct_type_dtl_cd IN ({{ common.string_literals(orig_loan_hi_credit_types) }})
     THEN hi_credit_am ELSE credit_limit_am
   END AS orig_loan_am,
   CASE

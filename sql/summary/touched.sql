@@ -1,3 +1,4 @@
+{% import "sql/macros/summary.sql" as summary -%}
 {% import "sql/macros/months.sql" as months -%}
 -- Per account of the batch: its month range, its latest row before the run, and
 -- whether the run reads its summary rows in a window (`windowed`): when a record
@@ -14,7 +15,7 @@ WITH accounts AS (
     min(b.month_idx) AS min_idx,
     max(b.month_idx) AS max_idx,
     max({{ months.index("l.rpt_as_of_mo") }}) AS latest_idx,
-    bool_or(COALESCE(l.soft_del_cd IN ({% for d in delete_codes %}'{{ d }}'{% if not loop.last %}, {% endif %}{% endfor %}), false)) AS latest_deleted
+    bool_or({{ summary.is_deleted("l.soft_del_cd", delete_codes) }}) AS latest_deleted
   FROM batch b
   LEFT JOIN latest_summary l ON l.cons_acct_key = b.cons_acct_key
   GROUP BY b.cons_acct_key

@@ -1,3 +1,13 @@
+{#- Macros of the summary pipeline. Import with
+    {% import "sql/macros/summary.sql" as summary %} -#}
+{% import "sql/macros/common.sql" as common -%}
+
+{#- Whether a row is soft-deleted: its code is one of the delete codes (NULL or ''
+    is active), as a boolean that is never NULL. -#}
+{% macro is_deleted(code, delete_codes) -%}
+COALESCE({{ code }} IN ({{ common.string_literals(delete_codes) }}), false)
+{%- endmacro %}
+
 {#- The summary columns in table order, each as `prefix.name`, comma-separated. -#}
 {% macro names(columns, rolling, prefix="") -%}
 {%- for c in columns %}{{ prefix }}{{ c.to }}, {% endfor -%}
