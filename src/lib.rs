@@ -8,20 +8,19 @@
 // error path, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
-pub mod bench;
 pub mod cli;
 pub mod compile;
 pub mod delta;
 pub mod diag;
 pub mod exec;
 pub mod fixtures;
-pub mod generate;
 pub mod plan;
 pub mod render;
 pub mod report;
 pub mod session;
 pub mod spec;
 pub mod state;
+pub mod workloads;
 
 use std::path::Path;
 

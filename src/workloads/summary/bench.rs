@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use super::generate::SummaryOptions;
 use crate::diag::{Problem, Result};
-use crate::generate::SummaryOptions;
 
 /// What to measure.
 pub struct BenchOptions {
@@ -90,7 +90,7 @@ pub async fn summary(
         }
         None => {
             let (generated, m) =
-                measured(crate::generate::summary(pipeline, None, gen, progress)).await?;
+                measured(super::generate::summary(pipeline, None, gen, progress)).await?;
             json!({
                 "measure": m,
                 "summary_rows": generated.summary_rows,

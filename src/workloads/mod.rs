@@ -1,0 +1,4 @@
+//! Workloads that ship with sqlplan, outside its core: the summary pipeline's data
+//! generator, demo and benchmark.
+
+pub mod summary;

@@ -1,0 +1,6 @@
+//! The summary pipeline's workload: a synthetic warehouse (`generate`), the demo
+//! (`demo`) and the benchmark (`bench`).
+
+pub mod bench;
+pub mod demo;
+pub mod generate;
