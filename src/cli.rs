@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::diag::Problem;
+use crate::diag::{Code, Problem};
 use crate::workloads::summary;
 
 const ABOUT: &str = "A declarative SQL-plan compiler and executor for Delta Lake tables.
@@ -376,7 +376,7 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             if let Some(path) = report {
                 std::fs::write(&path, run.to_json()).map_err(|e| {
                     Problem::failed(
-                        "report_unwritable",
+                        Code::ReportUnwritable,
                         format!("cannot write {}: {e}", path.display()),
                     )
                 })?;
@@ -387,7 +387,7 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             print!("{}", run.to_text());
             Err(match run.failed_stage() {
                 Some(s) => Problem::failed(
-                    "stage_failed",
+                    Code::StageFailed,
                     format!(
                         "stage `{}` failed: {}",
                         s.name,
@@ -403,7 +403,7 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
                         ))
                 )),
                 None => Problem::failed(
-                    "interrupted",
+                    Code::Interrupted,
                     "the run was interrupted; running stages were cancelled before committing",
                 ),
             })
@@ -420,7 +420,7 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
             }
             print!("{report}");
             Err(Problem::failed(
-                "fixtures_failed",
+                Code::FixturesFailed,
                 "some fixture cases failed (see above)",
             ))
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{json, Map, Value};
 
-use crate::diag::{Problem, Result, Source};
+use crate::diag::{Code, Problem, Result, Source};
 use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
 
 /// The rendered pipeline: locations and one entry per stage, in program order.
@@ -260,9 +260,9 @@ fn template_problem(
 ) -> Problem {
     let inner = innermost(err);
     let code = match inner.kind() {
-        minijinja::ErrorKind::SyntaxError => "template_syntax",
-        minijinja::ErrorKind::UndefinedError => "undefined_variable",
-        _ => "template_error",
+        minijinja::ErrorKind::SyntaxError => Code::TemplateSyntax,
+        minijinja::ErrorKind::UndefinedError => Code::UndefinedVariable,
+        _ => Code::TemplateError,
     };
     let detail = inner
         .detail()
@@ -355,7 +355,7 @@ fn render_yaml_value(
             .map(str::to_string)
             .unwrap_or_else(|| inner.kind().to_string());
         Problem::invalid(
-            "template_error",
+            Code::TemplateError,
             format!("{}: {detail}", kind_text(inner.kind())),
         )
         .in_source(&spec.yaml)

@@ -7,7 +7,7 @@
 //! died records nothing and the next one reads the same batch (and resumes the
 //! unfinished run). `--var NAME=…` overrides.
 
-use crate::diag::{did_you_mean, Problem, Result};
+use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::spec::PipelineSpec;
 
 pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
@@ -18,7 +18,7 @@ pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
     for (name, table) in spec.state.clone() {
         let Some(location) = locations.get(&table.value) else {
             return Err(Problem::invalid(
-                "unknown_table",
+                Code::UnknownTable,
                 format!(
                     "state `{name}` is kept on `{}`, which is not a declared table",
                     table.value
@@ -36,7 +36,7 @@ pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
         }
         let failed = |e: String| {
             Problem::failed(
-                "state_unreadable",
+                Code::StateUnreadable,
                 format!("reading state `{name}` from {location}: {e}"),
             )
         };

@@ -10,7 +10,7 @@ use super::bind::BoundStage;
 use super::catalog::TableInfo;
 use super::dag::{Dag, StageAccess};
 use super::drivers::{self, Catalog};
-use crate::diag::{did_you_mean, Problem, Result};
+use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::plan::{
     Access, ColumnPlan, Dependency, Plan, ScanPlan, StageKind, StagePlan, TablePlan, TableScans,
 };
@@ -125,7 +125,7 @@ fn dependencies(spec: &PipelineSpec, bound: &[BoundStage]) -> Result<Dag> {
             let Some(i) = spec.stages.iter().position(|s| s.name.value == after.value) else {
                 let names = spec.stages.iter().map(|s| s.name.value.as_str());
                 return Err(Problem::invalid(
-                    "unknown_stage",
+                    Code::UnknownStage,
                     format!(
                         "stage `{}` runs after `{}`, which is not a stage",
                         stage.name.value, after.value
@@ -150,7 +150,7 @@ fn cycle_problem(spec: &PipelineSpec, dag: &Dag, cycle: &[usize]) -> Problem {
         .map(|&i| spec.stages[i].name.value.as_str())
         .collect();
     let mut problem = Problem::invalid(
-        "cycle",
+        Code::Cycle,
         format!(
             "the stages depend on each other in a cycle: {}",
             names.join(" → ")
@@ -328,7 +328,7 @@ fn scans(
                     .filter(|s| s.access.is_full())
                     .map(|s| s.stage.as_str())
                     .collect();
-                return Err(Problem::invalid("scan_budget", format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
+                return Err(Problem::invalid(Code::ScanBudget, format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
                     .in_source(&spec.yaml)
                     .label(b.span, "budget")
                     .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));

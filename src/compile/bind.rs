@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::common::SchemaError;
 use datafusion::datasource::ViewTable;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
@@ -17,7 +18,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use super::catalog::{DeclaredTable, TableInfo};
 use super::parse::{ParsedStage, RelationRef, StatementKind};
 use super::StageSql;
-use crate::diag::{did_you_mean, Problem, Result};
+use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::plan::{CheckPlan, Maintenance, StageKind};
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
@@ -130,7 +131,7 @@ async fn bind_sql(
     if let Some(state) = &sql.stage.state {
         if !sql.spec.state.contains_key(&state.value) || parsed.kind != StatementKind::Select {
             return Err(Problem::invalid(
-                "bad_state_stage",
+                Code::BadStateStage,
                 format!(
                     "stage `{}` records `{}`, which is not a state variable, or is not a SELECT",
                     sql.name(),
@@ -144,7 +145,7 @@ async fn bind_sql(
     }
     if sql.stage.report && parsed.kind != StatementKind::Select {
         let span = sql.stage.name.span;
-        return Err(Problem::invalid("report_not_a_relation", format!("stage `{}` has `report: true` but defines no relation", sql.name()))
+        return Err(Problem::invalid(Code::ReportNotARelation, format!("stage `{}` has `report: true` but defines no relation", sql.name()))
             .in_source(&sql.spec.yaml)
             .label(span, "this stage")
             .help("only SELECT stages can report their rows; report a SELECT of what this stage writes instead"));
@@ -160,12 +161,12 @@ async fn bind_sql(
             Arc::new(ViewTable::new(plan.clone(), Some(sql.sql.to_string())))
         };
         ctx.register_table(sql.name(), provider).map_err(|e| {
-            Problem::failed("internal", format!("registering `{}`: {e}", sql.name()))
+            Problem::failed(Code::Internal, format!("registering `{}`: {e}", sql.name()))
         })?;
     }
     if let Some(expect) = &sql.stage.expect {
         if kind != StageKind::Materialized {
-            return Err(Problem::invalid("expectations_need_materialize", format!("stage `{}` has `expect:` but is not a materialized SELECT", sql.name()))
+            return Err(Problem::invalid(Code::ExpectationsNeedMaterialize, format!("stage `{}` has `expect:` but is not a materialized SELECT", sql.name()))
                 .in_source(&sql.spec.yaml)
                 .label(sql.stage.name.span, "this stage")
                 .help("checks run once on a computed relation: make the stage a SELECT with `materialize: true`"));
@@ -207,7 +208,7 @@ async fn bind_checks(
         let query = format!("SELECT ({text}) AS passed FROM {}", sql.name());
         let problem = |message: String| {
             Problem::invalid(
-                "bad_check",
+                Code::BadCheck,
                 format!(
                     "check `{}` of stage `{}`: {message}",
                     check.name.value,
@@ -269,13 +270,13 @@ fn resolve(
     match stages.iter().position(|s| s.name.value == read.name) {
         Some(i) if i < index && defines_relation(i) => Ok(Resolved::Relation(read.name.clone())),
         Some(i) if i < index => Err(at(
-            "not_a_relation",
+            Code::NotARelation,
             format!("stage `{}` reads `{}`, but stage `{}` writes a table and defines no relation", sql.name(), read.name, read.name),
             "not a relation",
         )
         .help("only SELECT stages define relations; read the table the stage writes instead")),
         Some(i) => Err(at(
-            "read_before_defined",
+            Code::ReadBeforeDefined,
             format!("stage `{}` reads `{}`, which no earlier stage defines", sql.name(), read.name),
             "defined only later",
         )
@@ -284,7 +285,7 @@ fn resolve(
             let known: Vec<&str> = tables.keys().map(String::as_str).chain(stages[..index].iter().enumerate().filter(|(i, _)| defines_relation(*i)).map(|(_, s)| s.name.value.as_str())).collect();
             let help = did_you_mean(&read.name, known.iter().copied())
                 .unwrap_or_else(|| format!("known relations here: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
-            Err(at("unknown_relation", format!("stage `{}` reads `{}`, which is neither a declared table nor an earlier stage", sql.name(), read.name), "unknown relation")
+            Err(at(Code::UnknownRelation, format!("stage `{}` reads `{}`, which is neither a declared table nor an earlier stage", sql.name(), read.name), "unknown relation")
                 .help(format!("{help} Tables are declared under `tables:` in the pipeline.")))
         }
     }
@@ -312,7 +313,7 @@ fn resolve_target(
     };
     Err(sql
         .problem_at(
-            "unknown_table",
+            Code::UnknownTable,
             format!(
                 "stage `{}` writes `{}`, which is not a declared table",
                 sql.name(),
@@ -333,7 +334,7 @@ fn check_table<'t>(
 ) -> Result<&'t TableInfo> {
     tables.get(&table.value).ok_or_else(|| {
         let mut p = Problem::invalid(
-            "unknown_table",
+            Code::UnknownTable,
             format!("`{}` is not a declared table", table.value),
         )
         .in_source(&spec.yaml)
@@ -367,7 +368,7 @@ async fn bind_optimize(
             .map_err(|e| {
                 yaml_problem(
                     spanned.span,
-                    "sql_syntax",
+                    Code::SqlSyntax,
                     format!(
                         "the `where` of stage `{}` is not a SQL predicate: {e}",
                         stage.name.value
@@ -377,7 +378,7 @@ async fn bind_optimize(
             })?;
         for column in identifiers(&expr) {
             if !table.partition_columns.contains(&column) {
-                return Err(yaml_problem(spanned.span, "not_a_partition_filter", format!("optimize filters name partition columns only; `{column}` is not a partition column of `{}`", table.name), "in this filter")
+                return Err(yaml_problem(spanned.span, Code::NotAPartitionFilter, format!("optimize filters name partition columns only; `{column}` is not a partition column of `{}`", table.name), "in this filter")
                     .help(format!("partition columns of `{}`: {}", table.name, list_or_none(&table.partition_columns))));
             }
         }
@@ -386,7 +387,7 @@ async fn bind_optimize(
             .map_err(|e| {
                 yaml_problem(
                     spanned.span,
-                    "bind",
+                    Code::Bind,
                     format!(
                         "the `where` of stage `{}`: {}",
                         stage.name.value,
@@ -408,7 +409,7 @@ async fn bind_optimize(
                 .unwrap_or_else(|| format!("columns of `{}`: {}", table.name, known.join(", ")));
             return Err(yaml_problem(
                 column.span,
-                "unknown_column",
+                Code::UnknownColumn,
                 format!("`{}` is not a column of `{}`", column.value, table.name),
                 "unknown column",
             )
@@ -417,7 +418,7 @@ async fn bind_optimize(
         if table.partition_columns.contains(&column.value) {
             return Err(yaml_problem(
                 column.span,
-                "zorder_partition_column",
+                Code::ZorderPartitionColumn,
                 format!(
                     "`{}` is a partition column; z-order by data columns",
                     column.value
@@ -468,20 +469,24 @@ fn df_problem(sql: &StageSql<'_>, err: &DataFusionError, phase: &str) -> Problem
         .trim_start_matches("Error during planning: ")
         .trim_start_matches("Schema error: ")
         .to_string();
-    let code = if message.contains("No field named") || message.contains("not found") {
-        "unknown_column"
-    } else if message.contains("mbiguous") {
-        "ambiguous_column"
-    } else if phase == "types" || message.contains("coerce") || message.contains("type") {
-        "type_error"
-    } else {
-        "bind_error"
+    // By the error's type (the root of DataFusion's context chain), not its text.
+    let missing = match err.find_root() {
+        DataFusionError::SchemaError(e, _) => match e.as_ref() {
+            SchemaError::FieldNotFound { field, .. } => Some(Some(field.name.clone())),
+            SchemaError::AmbiguousReference { .. } => Some(None),
+            _ => None,
+        },
+        _ => None,
     };
-    let label = match code {
-        "unknown_column" => "unknown column",
-        "ambiguous_column" => "ambiguous reference",
-        "type_error" => "type error",
-        _ => "here",
+    // Type coercion failures have no variant of their own (they are `Plan` errors
+    // raised while binding), so they alone are told apart by their wording.
+    let coercion = matches!(err.find_root(), DataFusionError::Plan(m) if m.starts_with("Cannot coerce") || m.contains("type coercion"));
+    let (code, label) = match (&missing, phase) {
+        (Some(Some(_)), _) => (Code::UnknownColumn, "unknown column"),
+        (Some(None), _) => (Code::AmbiguousColumn, "ambiguous reference"),
+        (None, "types") => (Code::TypeError, "type error"),
+        (None, _) if coercion => (Code::TypeError, "type error"),
+        (None, _) => (Code::BindError, "here"),
     };
     let text = format!("stage `{}`: {message}", sql.name());
     if let Some(span) = err.diagnostic().and_then(|d| d.span) {
@@ -496,15 +501,8 @@ fn df_problem(sql: &StageSql<'_>, err: &DataFusionError, phase: &str) -> Problem
             );
         }
     }
-    let token = message.split_once("No field named ").map(|(_, rest)| {
-        rest.split_whitespace()
-            .next()
-            .unwrap_or("")
-            .trim_end_matches('.')
-            .replace('"', "")
-    });
-    // For a qualified `t.col` the last part is what the user wrote nearest the error.
-    let token = token.map(|t| t.rsplit('.').next().unwrap_or(&t).to_string());
+    // The column the user wrote, found near the error's line of the template.
+    let token = missing.flatten();
     match token {
         Some(t) => sql.problem_at(code, text, 1, 1, Some(&t), label),
         None => sql.problem_at_start(code, text, label),

@@ -14,7 +14,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{empty::EmptyExec, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 
-use crate::diag::{Problem, Result};
+use crate::diag::{Code, Problem, Result};
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, TableSpec};
 
@@ -48,25 +48,30 @@ pub async fn open(
     for (name, table) in &spec.tables {
         let location = rendered.locations[name].clone();
         let url = crate::delta::table_url(&location).map_err(|e| {
-            yaml_problem(spec, table, "bad_location", format!("table `{name}`: {e}"))
+            yaml_problem(
+                spec,
+                table,
+                Code::BadLocation,
+                format!("table `{name}`: {e}"),
+            )
         })?;
         let info = match crate::delta::open_if_exists(&url).await.map_err(|e| {
             yaml_problem(
                 spec,
                 table,
-                "unreadable_table",
+                Code::UnreadableTable,
                 format!("cannot read the Delta log of `{name}` at {location}: {e}"),
             )
         })? {
             Some(delta) => {
                 let provider = delta.table_provider().await.map_err(|e| {
                     Problem::failed(
-                        "unreadable_table",
+                        Code::UnreadableTable,
                         format!("table `{name}` at {location}: {e}"),
                     )
                 })?;
                 let snapshot = delta.snapshot().map_err(|e| {
-                    Problem::failed("unreadable_table", format!("table `{name}`: {e}"))
+                    Problem::failed(Code::UnreadableTable, format!("table `{name}`: {e}"))
                 })?;
                 let info = TableInfo {
                     name: name.clone(),
@@ -110,7 +115,7 @@ pub async fn open(
 fn register(ctx: &SessionContext, name: &str, provider: Arc<dyn TableProvider>) -> Result<()> {
     ctx.register_table(name, provider)
         .map(|_| ())
-        .map_err(|e| Problem::failed("internal", format!("registering `{name}`: {e}")))
+        .map_err(|e| Problem::failed(Code::Internal, format!("registering `{name}`: {e}")))
 }
 
 /// The declared schema, each type resolved by DataFusion itself (`CAST(NULL AS t)`),
@@ -121,7 +126,7 @@ async fn declared_schema(
     ctx: &SessionContext,
 ) -> Result<SchemaRef> {
     let Some(columns) = &table.schema else {
-        return Err(Problem::invalid("missing_table", format!("table `{}` does not exist and declares no schema", table.name.value))
+        return Err(Problem::invalid(Code::MissingTable, format!("table `{}` does not exist and declares no schema", table.name.value))
             .in_source(&spec.yaml)
             .label(table.location.span, "no Delta table here")
             .help("create the table first, or declare `schema:` (and `partition_by:`) so the run creates it"));
@@ -129,7 +134,7 @@ async fn declared_schema(
     let mut fields = Vec::with_capacity(columns.len());
     for column in columns {
         let data_type = sql_type(ctx, &column.data_type.value).await.map_err(|e| {
-            Problem::invalid("unknown_type", format!("unknown column type `{}`", column.data_type.value))
+            Problem::invalid(Code::UnknownType, format!("unknown column type `{}`", column.data_type.value))
                 .in_source(&spec.yaml)
                 .label(column.data_type.span, "not a SQL type DataFusion knows")
                 .help(format!("use a SQL type such as BIGINT, INT, STRING, DATE, TIMESTAMP, DECIMAL(p,s) or ARRAY<INT> ({e})"))
@@ -156,7 +161,7 @@ async fn sql_type(
 fn yaml_problem(
     spec: &PipelineSpec,
     table: &TableSpec,
-    code: &'static str,
+    code: crate::diag::Code,
     message: String,
 ) -> Problem {
     Problem::invalid(code, message)

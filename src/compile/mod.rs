@@ -55,7 +55,7 @@ impl StageSql<'_> {
     /// attached as a related excerpt, since that is where the exact text is.
     pub fn problem_at(
         &self,
-        code: &'static str,
+        code: crate::diag::Code,
         message: String,
         line: usize,
         column: usize,
@@ -103,7 +103,12 @@ impl StageSql<'_> {
         problem
     }
 
-    pub fn problem_at_start(&self, code: &'static str, message: String, label: &str) -> Problem {
+    pub fn problem_at_start(
+        &self,
+        code: crate::diag::Code,
+        message: String,
+        label: &str,
+    ) -> Problem {
         self.problem_at(code, message, 1, 1, None, label)
     }
 }

@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 use super::StageSql;
-use crate::diag::{Problem, Result};
+use crate::diag::{Code, Problem, Result};
 
 /// What a SQL stage does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub fn parse(stage: &StageSql<'_>) -> Result<ParsedStage> {
         [] => {
             return Err(stage
                 .problem_at_start(
-                    "empty_stage",
+                    Code::EmptyStage,
                     format!("stage `{}` renders to no SQL statement", stage.name()),
                     "empty",
                 )
@@ -65,7 +65,7 @@ pub fn parse(stage: &StageSql<'_>) -> Result<ParsedStage> {
             let loc = second.span().start;
             return Err(stage
                 .problem_at(
-                    "several_statements",
+                    Code::SeveralStatements,
                     format!(
                         "stage `{}` holds {} statements; one is expected",
                         stage.name(),
@@ -166,7 +166,7 @@ fn not_allowed(stage: &StageSql<'_>, statement: &Statement, what: &str) -> Probl
         (loc.line as usize, loc.column as usize)
     };
     stage
-        .problem_at("statement_not_allowed", format!("{what} is not allowed in stage `{}`", stage.name()), line, col, None, "not allowed here")
+        .problem_at(Code::StatementNotAllowed, format!("{what} is not allowed in stage `{}`", stage.name()), line, col, None, "not allowed here")
         .help("a SQL stage is one SELECT (defines a relation), INSERT [OVERWRITE] INTO, MERGE INTO or DELETE FROM a declared table; tables are created from their declared schema, and maintenance is a stage of its own (optimize, vacuum)")
 }
 
@@ -175,12 +175,12 @@ fn relation(stage: &StageSql<'_>, name: &ObjectName) -> Result<RelationRef> {
     let written = name.to_string();
     if name.0.len() != 1 {
         return Err(stage
-            .problem_at("qualified_name", format!("`{written}`: qualified names are not supported"), loc.line as usize, loc.column as usize, Some(&written), "qualified name")
+            .problem_at(Code::QualifiedName, format!("`{written}`: qualified names are not supported"), loc.line as usize, loc.column as usize, Some(&written), "qualified name")
             .help("refer to a table by its name under `tables:` in the pipeline, and to an earlier SELECT stage by the stage name"));
     }
     let Some(ident) = name.0[0].as_ident() else {
         return Err(stage
-            .problem_at("bad_relation", format!("`{written}` is not a relation name"), loc.line as usize, loc.column as usize, Some(&written), "not a name")
+            .problem_at(Code::BadRelation, format!("`{written}` is not a relation name"), loc.line as usize, loc.column as usize, Some(&written), "not a name")
             .help("refer to a table by its name under `tables:`, or to an earlier SELECT stage by its name"));
     };
     // DataFusion folds unquoted identifiers to lower case; do the same.
@@ -276,6 +276,6 @@ fn parse_problem(stage: &StageSql<'_>, err: &ParserError) -> Problem {
         .rsplit_once("found: ")
         .map(|(_, t)| t.trim().to_string());
     stage
-        .problem_at("sql_syntax", format!("SQL syntax error in stage `{}`: {message}", stage.name()), line, col, token.as_deref(), "syntax error here")
+        .problem_at(Code::SqlSyntax, format!("SQL syntax error in stage `{}`: {message}", stage.name()), line, col, token.as_deref(), "syntax error here")
         .help("the SQL is parsed after rendering: positions are those of the rendered statement, mapped back to the template")
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 
-use crate::diag::Problem;
+use crate::diag::{Code, Problem};
 use crate::plan::{Plan, StagePlan};
 use crate::report::StageMetrics;
 use crate::report::{RunReport, StageReport, StageStatus};
@@ -68,7 +68,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
     let executor = Arc::new(
         Executor::new(plan, options.spill_threshold, options.abandon)
             .await
-            .map_err(|e| Problem::failed("run_setup", e).help("nothing was written"))?,
+            .map_err(|e| Problem::failed(Code::RunSetup, e).help("nothing was written"))?,
     );
     let plan = &executor.plan;
     let start = Instant::now();
@@ -131,7 +131,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
                 let f = match joined {
                     Ok(f) => f,
                     Err(e) if e.is_cancelled() => continue,
-                    Err(e) => return Err(Problem::failed("internal", format!("a stage task panicked: {e}"))),
+                    Err(e) => return Err(Problem::failed(Code::Internal, format!("a stage task panicked: {e}"))),
                 };
                 let stage = plan.stages.iter().find(|s| s.name == f.name).expect("planned stage");
                 let ok = f.result.is_ok();
@@ -180,7 +180,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
     if report.succeeded() {
         executor.finish().await.map_err(|e| {
             Problem::failed(
-                "run_unfinished",
+                Code::RunUnfinished,
                 format!("every stage succeeded but the run's finish commit failed: {e}"),
             )
             .help("state did not move; the next run resumes this one")

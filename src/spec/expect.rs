@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::yaml::check_identifier;
 use super::{ColumnSpec, Loader, Spanned, StageSpec, TableSpec};
-use crate::diag::{did_you_mean, Result};
+use crate::diag::{did_you_mean, Code, Result};
 
 const EXPECT_KEYS: &[&str] = &["quarantine", "checks"];
 const CHECK_KEYS: &[&str] = &["name", "check", "action"];
@@ -75,7 +75,7 @@ impl Loader<'_> {
         let quarantine = self.optional_string(map, "quarantine")?;
         let Some(list) = map.get_node("checks").and_then(Node::as_sequence) else {
             return Err(self
-                .error_at(node.span(), "bad_expectations", format!("{what} has no `checks:` list"))
+                .error_at(node.span(), Code::BadExpectations, format!("{what} has no `checks:` list"))
                 .help("write `checks: [{name: key_present, check: \"id IS NOT NULL\", action: drop}]`"));
         };
         let mut checks: Vec<CheckSpec> = Vec::new();
@@ -85,7 +85,7 @@ impl Loader<'_> {
                 return Err(self
                     .error(
                         check.name.span,
-                        "duplicate_check",
+                        Code::DuplicateCheck,
                         format!(
                             "two checks of stage `{stage}` are named `{}`",
                             check.name.value
@@ -99,7 +99,7 @@ impl Loader<'_> {
         if quarantine.is_none() {
             if let Some(drop) = checks.iter().find(|c| c.action == CheckAction::Drop) {
                 return Err(self
-                    .error(drop.name.span, "quarantine_missing", format!("check `{}` drops rows, but stage `{stage}` names no quarantine table", drop.name.value), "a `drop` check")
+                    .error(drop.name.span, Code::QuarantineMissing, format!("check `{}` drops rows, but stage `{stage}` names no quarantine table", drop.name.value), "a `drop` check")
                     .help("add `quarantine: TABLE` under `expect:` (a declared table without `schema:`), or make the check `action: fail`"));
             }
         }
@@ -119,7 +119,7 @@ impl Loader<'_> {
             other => {
                 let mut e = self.error(
                     action.span,
-                    "bad_check_action",
+                    Code::BadCheckAction,
                     format!("unknown action `{other}`"),
                     "not an action",
                 );
@@ -144,7 +144,7 @@ impl Loader<'_> {
             let Some(table) = tables.get_mut(&q.value) else {
                 let mut e = self.error(
                     q.span,
-                    "unknown_table",
+                    Code::UnknownTable,
                     format!("quarantine table `{}` is not declared", q.value),
                     "unknown table",
                 );
@@ -175,7 +175,7 @@ impl Loader<'_> {
             match &table.schema {
                 Some(declared) if !same(declared) => {
                     return Err(self
-                        .error(table.name.span, "quarantine_schema", format!("`{}` is a quarantine table; its columns are sqlplan's", q.value), "declared with a schema")
+                        .error(table.name.span, Code::QuarantineSchema, format!("`{}` is a quarantine table; its columns are sqlplan's", q.value), "declared with a schema")
                         .label(q.span, "used as a quarantine table here")
                         .help("remove its `schema:`: a quarantine table has the columns run, stage, check_name and record (the row as JSON)"));
                 }

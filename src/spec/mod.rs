@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use miette::SourceSpan;
 use serde_json::Value;
 
-use crate::diag::{Problem, Result, Source};
+use crate::diag::{Code, Problem, Result, Source};
 
 mod expect;
 mod pipeline;
@@ -185,7 +185,7 @@ pub fn load(
 ) -> Result<PipelineSpec> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Problem::invalid(
-            "pipeline_unreadable",
+            Code::PipelineUnreadable,
             format!("cannot read pipeline {}: {e}", path.display()),
         )
     })?;

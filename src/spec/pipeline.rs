@@ -6,7 +6,7 @@ use marked_yaml::{types::MarkedMappingNode, types::MarkedScalarNode, Node};
 
 use super::yaml::check_identifier;
 use super::*;
-use crate::diag::{did_you_mean, Result, Source};
+use crate::diag::{did_you_mean, Code, Result, Source};
 
 const TOP_KEYS: &[&str] = &["name", "description", "vars", "state", "tables", "stages"];
 const TABLE_KEYS: &[&str] = &[
@@ -85,7 +85,7 @@ impl Loader<'_> {
                         let known: Vec<&str> = cols.iter().map(|c| c.name.value.as_str()).collect();
                         let mut e = self.error(
                             p.span,
-                            "unknown_partition_column",
+                            Code::UnknownPartitionColumn,
                             format!(
                                 "partition column `{}` is not in the schema of `{}`",
                                 p.value, name.value
@@ -128,7 +128,7 @@ impl Loader<'_> {
         let seq = node.as_sequence().ok_or_else(|| {
             self.error_at(
                 node.span(),
-                "bad_schema",
+                Code::BadSchema,
                 format!("the schema of `{table}` must be a list of columns"),
             )
             .help("write e.g. `schema: [{name: id, type: BIGINT, nullable: false}]`")
@@ -144,7 +144,7 @@ impl Loader<'_> {
                 Some(s) => s.as_bool().ok_or_else(|| {
                     self.error(
                         self.scalar_span(s),
-                        "bad_value",
+                        Code::BadValue,
                         "`nullable` must be true or false",
                         "not a boolean",
                     )
@@ -154,7 +154,7 @@ impl Loader<'_> {
                 return Err(self
                     .error(
                         name.span,
-                        "duplicate_column",
+                        Code::DuplicateColumn,
                         format!("column `{}` is declared twice in `{table}`", name.value),
                         "declared again here",
                     )
@@ -177,12 +177,12 @@ impl Loader<'_> {
     ) -> Result<Vec<StageSpec>> {
         let Some(node) = node else {
             return Err(self
-                .error_at(top_span, "no_stages", "the pipeline has no `stages:`")
+                .error_at(top_span, Code::NoStages, "the pipeline has no `stages:`")
                 .help("add `stages:`, a list of stages in program order"));
         };
-        let seq = node
-            .as_sequence()
-            .ok_or_else(|| self.error_at(node.span(), "bad_stages", "`stages` must be a list"))?;
+        let seq = node.as_sequence().ok_or_else(|| {
+            self.error_at(node.span(), Code::BadStages, "`stages` must be a list")
+        })?;
         let mut stages: Vec<StageSpec> = Vec::new();
         for item in seq.iter() {
             let stage = self.stage(item)?;
@@ -190,7 +190,7 @@ impl Loader<'_> {
                 return Err(self
                     .error(
                         stage.name.span,
-                        "duplicate_stage",
+                        Code::DuplicateStage,
                         format!("two stages are named `{}`", stage.name.value),
                         "second stage with this name",
                     )
@@ -199,7 +199,7 @@ impl Loader<'_> {
             }
             if let Some(t) = tables.get(&stage.name.value) {
                 return Err(self
-                    .error(stage.name.span, "stage_shadows_table", format!("stage `{}` has the name of a declared table", stage.name.value), "stage name")
+                    .error(stage.name.span, Code::StageShadowsTable, format!("stage `{}` has the name of a declared table", stage.name.value), "stage name")
                     .label(t.name.span, "table declared here")
                     .help("a SELECT stage defines a relation named after the stage; pick another name"));
             }
@@ -220,13 +220,13 @@ impl Loader<'_> {
         let body = match bodies.as_slice() {
             [] => {
                 return Err(self
-                    .error(name.span, "stage_without_body", format!("stage `{}` has nothing to do", name.value), "this stage")
+                    .error(name.span, Code::StageWithoutBody, format!("stage `{}` has nothing to do", name.value), "this stage")
                     .help("give it one of `sql: FILE`, `query: SQL`, `optimize: {table: …}` or `vacuum: {table: …}`"))
             }
             [key] => self.stage_body(key.as_str(), map)?,
             [first, second, ..] => {
                 return Err(self
-                    .error(self.scalar_span(second), "stage_with_two_bodies", format!("stage `{}` has both `{}` and `{}`", name.value, first.as_str(), second.as_str()), "second body")
+                    .error(self.scalar_span(second), Code::StageWithTwoBodies, format!("stage `{}` has both `{}` and `{}`", name.value, first.as_str(), second.as_str()), "second body")
                     .label(self.scalar_span(first), "first body")
                     .help("a stage does one thing: split it into two stages"))
             }
@@ -260,7 +260,7 @@ impl Loader<'_> {
                 let text = std::fs::read_to_string(&full).map_err(|e| {
                     self.error(
                         path.span,
-                        "missing_sql_file",
+                        Code::MissingSqlFile,
                         format!("cannot read SQL file `{}`: {e}", path.value),
                         "this file",
                     )
@@ -276,7 +276,7 @@ impl Loader<'_> {
             }
             "query" => {
                 let scalar = node.as_scalar().ok_or_else(|| {
-                    self.error_at(node.span(), "bad_value", "`query` must be SQL text")
+                    self.error_at(node.span(), Code::BadValue, "`query` must be SQL text")
                 })?;
                 let marker = scalar.span().start().expect("loader marks scalars");
                 let offset = self.char_to_byte(marker.character());
@@ -318,7 +318,7 @@ impl Loader<'_> {
                 let m = self.mapping(node, "vacuum")?;
                 self.check_keys(m, VACUUM_KEYS, "vacuum")?;
                 let hours = m.get_scalar("retain_hours").ok_or_else(|| {
-                    self.error_at(node.span(), "missing_key", "`vacuum` needs an explicit `retain_hours`")
+                    self.error_at(node.span(), Code::MissingKey, "`vacuum` needs an explicit `retain_hours`")
                         .help("e.g. `retain_hours: 168` (7 days, Delta's default); files younger than that are kept")
                 })?;
                 Ok(StageBody::Vacuum(VacuumSpec {

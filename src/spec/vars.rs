@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::yaml::{check_identifier, coerce_scalar, to_json};
 use super::{Loader, Spanned, Var};
-use crate::diag::{did_you_mean, Problem, Result};
+use crate::diag::{did_you_mean, Code, Problem, Result};
 
 const STATE_KEYS: &[&str] = &["table", "default"];
 
@@ -59,7 +59,7 @@ impl Loader<'_> {
                     return Err(self
                         .error(
                             self.scalar_span(key),
-                            "duplicate_var",
+                            Code::DuplicateVar,
                             format!("`{}` is both a var and a state variable", key.as_str()),
                             "declared again",
                         )
@@ -79,7 +79,7 @@ impl Loader<'_> {
             let Some(var) = vars.get_mut(key) else {
                 let known: Vec<&str> = vars.keys().map(String::as_str).collect();
                 let mut p = Problem::invalid(
-                    "unknown_var",
+                    Code::UnknownVar,
                     format!("`--var {key}=…` sets a variable the pipeline does not declare"),
                 );
                 p = p.help(match did_you_mean(key, known.iter().copied()) {
@@ -101,7 +101,7 @@ impl Loader<'_> {
 fn parse_override(key: &str, raw: &str, default: &Value) -> Result<Value> {
     let mismatch = |expected: &str| {
         Problem::invalid(
-            "bad_var_value",
+            Code::BadVarValue,
             format!(
                 "`--var {key}={raw}`: expected {expected}, like the declared default `{default}`"
             ),

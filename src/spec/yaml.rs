@@ -7,7 +7,7 @@ use miette::SourceSpan;
 use serde_json::Value;
 
 use super::Spanned;
-use crate::diag::{did_you_mean, Problem, Result, Source};
+use crate::diag::{did_you_mean, Code, Problem, Result, Source};
 
 /// Reads one YAML document, reporting problems against its source.
 #[derive(Clone, Copy)]
@@ -31,7 +31,7 @@ impl<'a> YamlReader<'a> {
         if node.as_mapping().is_none() {
             return Err(self.error_at(
                 node.span(),
-                "not_a_mapping",
+                Code::NotAMapping,
                 format!("{what} must be a YAML mapping"),
             ));
         }
@@ -45,7 +45,7 @@ impl<'a> YamlReader<'a> {
             Some(s) => s.as_bool().ok_or_else(|| {
                 self.error(
                     self.scalar_span(s),
-                    "bad_value",
+                    Code::BadValue,
                     format!("`{key}` must be true or false"),
                     "not a boolean",
                 )
@@ -62,7 +62,7 @@ impl<'a> YamlReader<'a> {
                     .unwrap_or_else(|| format!("allowed keys in {what}: {}", allowed.join(", ")));
                 self.error(
                     self.scalar_span(k),
-                    "unknown_key",
+                    Code::UnknownKey,
                     format!("unknown key `{}` in {what}", k.as_str()),
                     "not a known key",
                 )
@@ -80,7 +80,7 @@ impl<'a> YamlReader<'a> {
         node.as_mapping().ok_or_else(|| {
             self.error_at(
                 node.span(),
-                "expected_mapping",
+                Code::ExpectedMapping,
                 format!("{what} must be a mapping of `key: value`"),
             )
         })
@@ -91,7 +91,7 @@ impl<'a> YamlReader<'a> {
             Some(s) => Ok(self.scalar_spanned(s)),
             None => Err(self.error_at(
                 node.span(),
-                "bad_value",
+                Code::BadValue,
                 format!("`{key}` must be a single value"),
             )),
         }
@@ -107,7 +107,7 @@ impl<'a> YamlReader<'a> {
             Some(n) => self.string(n, key),
             None => Err(self.error_at(
                 owner,
-                "missing_key",
+                Code::MissingKey,
                 format!("missing required key `{key}`"),
             )),
         }
@@ -128,7 +128,7 @@ impl<'a> YamlReader<'a> {
             Some(Node::Sequence(seq)) => seq.iter().map(|n| self.string(n, key)).collect(),
             Some(n) => Err(self.error_at(
                 n.span(),
-                "bad_value",
+                Code::BadValue,
                 format!("`{key}` must be a name or a list of names"),
             )),
         }
@@ -138,7 +138,7 @@ impl<'a> YamlReader<'a> {
         s.as_str().parse().map_err(|_| {
             self.error(
                 self.scalar_span(s),
-                "bad_value",
+                Code::BadValue,
                 format!("`{key}` must be a whole number"),
                 "not a whole number",
             )
@@ -197,7 +197,7 @@ impl<'a> YamlReader<'a> {
     pub fn error(
         &self,
         span: SourceSpan,
-        code: &'static str,
+        code: crate::diag::Code,
         message: impl Into<String>,
         label: &str,
     ) -> Problem {
@@ -209,7 +209,7 @@ impl<'a> YamlReader<'a> {
     pub fn error_at(
         &self,
         span: &marked_yaml::Span,
-        code: &'static str,
+        code: crate::diag::Code,
         message: impl Into<String>,
     ) -> Problem {
         self.error(self.node_span(span), code, message, "here")
@@ -230,7 +230,7 @@ impl<'a> YamlReader<'a> {
             | E::UnexpectedTag(m) => (*m, format!("malformed YAML: {e}")),
         };
         let offset = self.char_to_byte(marker.character());
-        Problem::invalid("malformed_yaml", message)
+        Problem::invalid(Code::MalformedYaml, message)
             .in_source(self.source)
             .label((offset, 0), "here")
     }
@@ -251,7 +251,7 @@ pub fn check_identifier(l: &YamlReader<'_>, name: &Spanned<String>, what: &str) 
         return Ok(());
     }
     Err(l
-        .error(name.span, "bad_name", format!("`{}` is not a valid {what}", name.value), "not a lowercase identifier")
+        .error(name.span, Code::BadName, format!("`{}` is not a valid {what}", name.value), "not a lowercase identifier")
         .help("names become SQL identifiers: use lowercase letters, digits and `_`, starting with a letter"))
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::generate::SummaryOptions;
-use crate::diag::{Problem, Result};
+use crate::diag::{Code, Problem, Result};
 
 /// What to measure.
 pub struct BenchOptions {
@@ -80,7 +80,7 @@ pub async fn summary(
             let (_, m) = measured(async {
                 copy_tree(from, &gen.warehouse).map_err(|e| {
                     Problem::failed(
-                        "bench_copy",
+                        Code::BenchCopy,
                         format!("cannot copy {} to {warehouse}: {e}", from.display()),
                     )
                 })
@@ -125,7 +125,7 @@ pub async fn summary(
     let (run, run_measure) = measured(crate::exec::run(plan, &run_options)).await?;
     if !run.succeeded() {
         return Err(Problem::failed(
-            "bench_run_failed",
+            Code::BenchRunFailed,
             format!("the benchmark run failed:\n{}", run.to_text()),
         ));
     }

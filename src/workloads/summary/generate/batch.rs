@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::rows::*;
 use super::values::*;
 use super::*;
-use crate::diag::{Problem, Result};
+use crate::diag::{Code, Problem, Result};
 
 /// The `accounts` batch being built, with the kind of every record.
 pub(super) struct Batch<'l> {
@@ -39,7 +39,7 @@ impl<'l> Batch<'l> {
                 (Some(schema), true) => Some(Rows::new(schema)?),
                 (None, true) => {
                     return Err(Problem::invalid(
-                        "generate_schema",
+                        Code::GenerateSchema,
                         "--hist-rpt: the pipeline has no table `consumer_account_hist_rpt`",
                     ))
                 }

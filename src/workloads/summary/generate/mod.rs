@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::array::RecordBatch;
 use rand_chacha::ChaCha8Rng;
 
-use crate::diag::{Problem, Result};
+use crate::diag::{Code, Problem, Result};
 use crate::plan::{Plan, TablePlan};
 
 mod batch;
@@ -115,7 +115,7 @@ type Month = i32;
 fn table<'p>(plan: &'p Plan, name: &str) -> Result<&'p TablePlan> {
     plan.tables.iter().find(|t| t.name == name).ok_or_else(|| {
         Problem::invalid(
-            "generate_schema",
+            Code::GenerateSchema,
             format!("the pipeline has no table `{name}`: `generate summary` needs summary, latest_summary and accounts"),
         )
     })
@@ -126,13 +126,13 @@ async fn append(t: &TablePlan, batches: Vec<RecordBatch>) -> Result<usize> {
     let table = t
         .open_or_create()
         .await
-        .map_err(|e| Problem::failed("generate_write", e))?;
+        .map_err(|e| Problem::failed(Code::GenerateWrite, e))?;
     let table = table
         .write(batches)
         .with_writer_properties(crate::delta::writer_properties())
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .await
-        .map_err(|e| Problem::failed("generate_write", format!("`{}`: {e}", t.name)))?;
+        .map_err(|e| Problem::failed(Code::GenerateWrite, format!("`{}`: {e}", t.name)))?;
     Ok(table
         .snapshot()
         .map(|s| s.log_data().num_files())
@@ -148,7 +148,7 @@ pub async fn summary(
 ) -> Result<Generated> {
     let last = parse_month(&options.last_month).ok_or_else(|| {
         Problem::invalid(
-            "bad_month",
+            Code::BadMonth,
             format!(
                 "--last-month `{}` is not a month YYYY-MM (years 1000 to 9000)",
                 options.last_month
@@ -157,7 +157,7 @@ pub async fn summary(
     })?;
     if options.months == 0 || options.months > 600 {
         return Err(Problem::invalid(
-            "bad_months",
+            Code::BadMonths,
             "--months must be between 1 and 600",
         ));
     }
@@ -251,7 +251,7 @@ fn record_write(
     progress: &dyn Fn(usize, usize),
 ) -> Result<()> {
     let (summary, latest) =
-        write.map_err(|e| Problem::failed("generate_write", e.to_string()))??;
+        write.map_err(|e| Problem::failed(Code::GenerateWrite, e.to_string()))??;
     out.files.insert("summary".into(), summary);
     out.files.insert("latest_summary".into(), latest);
     progress(done, total);
@@ -268,10 +268,10 @@ fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result<()> {
     {
         let t = table(plan, name)?;
         let url = crate::delta::table_url(&t.location)
-            .map_err(|e| Problem::invalid("generate_location", e))?;
+            .map_err(|e| Problem::invalid(Code::GenerateLocation, e))?;
         let Ok(path) = url.to_file_path() else {
             return Err(Problem::invalid(
-                "generate_location",
+                Code::GenerateLocation,
                 format!(
                     "`{name}` at {}: the generator writes local tables only",
                     t.location
@@ -281,14 +281,14 @@ fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result<()> {
         if path.exists() {
             if !replace {
                 return Err(Problem::invalid(
-                    "generate_exists",
+                    Code::GenerateExists,
                     format!("{} already exists", path.display()),
                 )
                 .help("choose another --warehouse, or pass --replace to overwrite its tables"));
             }
             std::fs::remove_dir_all(&path).map_err(|e| {
                 Problem::failed(
-                    "generate_location",
+                    Code::GenerateLocation,
                     format!("cannot remove {}: {e}", path.display()),
                 )
             })?;

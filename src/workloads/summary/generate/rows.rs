@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 
 use super::values::*;
-use crate::diag::{Problem, Result};
+use crate::diag::{Code, Problem, Result};
 
 /// Column builders for one table.
 pub(super) enum Column {
@@ -42,7 +42,7 @@ impl Column {
             }
             other => {
                 return Err(Problem::invalid(
-                    "generate_schema",
+                    Code::GenerateSchema,
                     format!(
                         "column `{}`: the generator does not make values of type {other}",
                         field.name()
@@ -147,7 +147,7 @@ impl Rows {
             self.schema,
             self.columns.into_iter().map(Column::finish).collect(),
         )
-        .map_err(|e| Problem::failed("generate_write", e.to_string()))
+        .map_err(|e| Problem::failed(Code::GenerateWrite, e.to_string()))
     }
 }
 

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 use super::*;
-use crate::diag::{Problem, Result};
+use crate::diag::{Code, Problem, Result};
 use crate::plan::Plan;
 
 pub(super) fn parse_month(s: &str) -> Option<Month> {
@@ -89,7 +89,7 @@ impl Layout {
             let t = table(plan, name)?;
             t.delta_schema()
                 .map(Arc::new)
-                .map_err(|e| Problem::invalid("generate_schema", e))
+                .map_err(|e| Problem::invalid(Code::GenerateSchema, e))
         };
         let summary = schema("summary")?;
         let idx: BTreeMap<String, usize> = summary
@@ -113,7 +113,7 @@ impl Layout {
         let column = |name: &str| -> Result<usize> {
             idx.get(name).copied().ok_or_else(|| {
                 Problem::invalid(
-                    "generate_schema",
+                    Code::GenerateSchema,
                     format!("the pipeline's `summary` table has no column `{name}`"),
                 )
             })
@@ -134,7 +134,7 @@ impl Layout {
         let latest = schema("latest_summary")?;
         if latest.fields() != summary.fields() {
             return Err(Problem::invalid(
-                "generate_schema",
+                Code::GenerateSchema,
                 "`latest_summary` must have the columns of `summary` (spec §1.4), in the same order",
             ));
         }
