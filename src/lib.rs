@@ -34,7 +34,9 @@ pub async fn build_plan(
     vars: &[(String, String)],
 ) -> Result<Plan, Problem> {
     let mut spec = spec::load(pipeline, root, vars)?;
-    state::resolve(&mut spec).await?;
-    let rendered = render::render(&spec).await?;
-    compile::compile(&spec, &rendered).await
+    // Every table's Delta log, read once for state, render and the catalog.
+    let warehouse = delta::Warehouse::observe(&render::locations(&spec)?).await;
+    state::resolve(&mut spec, &warehouse).await?;
+    let rendered = render::render(&spec, &warehouse).await?;
+    compile::compile(&spec, &rendered, &warehouse).await
 }

@@ -80,7 +80,7 @@ impl LineMap {
 }
 
 /// Renders everything the spec templates. Fails on the first template error.
-pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
+pub async fn render(spec: &PipelineSpec, warehouse: &crate::delta::Warehouse) -> Result<Rendered> {
     let loaded: Arc<Mutex<BTreeMap<String, Source>>> = Arc::default();
     let env = environment(&spec.root, loaded.clone());
     let vars: Map<String, Value> = spec
@@ -95,7 +95,7 @@ pub async fn render(spec: &PipelineSpec) -> Result<Rendered> {
     // reads at most a Delta log's location, never data.
     let mut exists = BTreeMap::new();
     for (name, location) in &locations {
-        exists.insert(name.clone(), crate::delta::exists(location).await);
+        exists.insert(name.clone(), warehouse.exists(name, location).await);
     }
     let mut context = vars.clone();
     context.insert("pipeline".into(), json!({ "name": spec.name.value }));

@@ -10,7 +10,7 @@
 use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::spec::PipelineSpec;
 
-pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
+pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehouse) -> Result<()> {
     if spec.state.is_empty() {
         return Ok(());
     }
@@ -40,8 +40,8 @@ pub async fn resolve(spec: &mut PipelineSpec) -> Result<()> {
                 format!("reading state `{name}` from {location}: {e}"),
             )
         };
-        let url = crate::delta::table_url(location).map_err(failed)?;
-        let Some(table) = crate::delta::open_if_exists(&url).await.map_err(failed)? else {
+        let found = warehouse.table(&table.value, location).await;
+        let Some(table) = found.map_err(failed)? else {
             continue;
         };
         let recorded = crate::delta::commit::recorded_state(&table, &spec.name.value, &name);

@@ -42,6 +42,7 @@ impl TableInfo {
 pub async fn open(
     spec: &PipelineSpec,
     rendered: &Rendered,
+    warehouse: &crate::delta::Warehouse,
     ctx: &SessionContext,
 ) -> Result<BTreeMap<String, TableInfo>> {
     let mut tables = BTreeMap::new();
@@ -55,7 +56,7 @@ pub async fn open(
                 format!("table `{name}`: {e}"),
             )
         })?;
-        let info = match crate::delta::open_if_exists(&url).await.map_err(|e| {
+        let info = match warehouse.table(name, &location).await.map_err(|e| {
             yaml_problem(
                 spec,
                 table,

@@ -18,9 +18,13 @@ use crate::spec::{PipelineSpec, StageSpec};
 
 /// Compiles a rendered pipeline into its Plan. Reads Delta logs, never data files,
 /// and writes nothing.
-pub async fn compile(spec: &PipelineSpec, rendered: &Rendered) -> Result<Plan> {
+pub async fn compile(
+    spec: &PipelineSpec,
+    rendered: &Rendered,
+    warehouse: &crate::delta::Warehouse,
+) -> Result<Plan> {
     let ctx = crate::session::new_context();
-    let tables = catalog::open(spec, rendered, &ctx).await?;
+    let tables = catalog::open(spec, rendered, warehouse, &ctx).await?;
     let mut parsed = Vec::with_capacity(spec.stages.len());
     for (stage, r) in spec.stages.iter().zip(&rendered.stages) {
         parsed.push(match (stage.template(), &r.text) {

@@ -13,18 +13,6 @@ pub fn table_url(location: &str) -> Result<url::Url, String> {
     url::Url::from_directory_path(&path).map_err(|_| format!("invalid path `{location}`"))
 }
 
-/// Whether a Delta table exists at `location` (a local log with a commit, or a log
-/// that opens). Never creates anything.
-pub async fn exists(location: &str) -> bool {
-    let Ok(url) = table_url(location) else {
-        return false;
-    };
-    match url.to_file_path() {
-        Ok(path) if url.scheme() == "file" => local_table_exists(&path),
-        _ => deltalake::open_table(url).await.is_ok(),
-    }
-}
-
 /// Whether the local directory holds a Delta table: a `_delta_log` with at least one
 /// commit or checkpoint. A process killed while creating a table can leave the folder
 /// without its first commit; that is no table yet, and the next run creates it.

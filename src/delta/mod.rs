@@ -6,9 +6,11 @@
 pub mod commit;
 pub mod failpoint;
 pub mod location;
+mod observe;
 pub mod schema;
 pub mod table;
 
 pub use commit::{app_id, finish_app_id, RunTag};
-pub use location::{exists, local_table_exists, table_url};
+pub use location::{local_table_exists, table_url};
+pub use observe::Warehouse;
 pub use table::{append_empty, create, open, open_if_exists, open_or_create, writer_properties};
