@@ -174,6 +174,10 @@ pub enum Code {
     PipelineUnreadable,
     /// A stage reads a qualified name (`schema.table`), which is not supported.
     QualifiedName,
+    /// Lint: a stage defines a relation that no stage reads (nor the report nor state).
+    UnreadRelation,
+    /// Lint: a view read by several stages, each of which recomputes it.
+    ViewReadBySeveralStages,
     /// A `drop` check has no quarantine table to drop rows into.
     QuarantineMissing,
     /// A quarantine table declares a schema of its own.
@@ -325,6 +329,8 @@ impl Code {
             Code::UnknownTable => "unknown_table",
             Code::UnknownType => "unknown_type",
             Code::UnknownVar => "unknown_var",
+            Code::UnreadRelation => "unread_relation",
+            Code::ViewReadBySeveralStages => "view_read_by_several_stages",
             Code::UnreadableTable => "unreadable_table",
             Code::ZorderPartitionColumn => "zorder_partition_column",
         }
@@ -416,6 +422,8 @@ pub const ALL_CODES: &[Code] = &[
     Code::UnknownTable,
     Code::UnknownType,
     Code::UnknownVar,
+    Code::UnreadRelation,
+    Code::ViewReadBySeveralStages,
     Code::UnreadableTable,
     Code::ZorderPartitionColumn,
 ];
@@ -457,6 +465,18 @@ impl Problem {
             severity: Severity::Failed,
             ..Problem::invalid(code, message)
         }
+    }
+
+    /// A name that should be a declared table and is not: the nearest declared
+    /// name as help, else where tables are declared.
+    pub fn unknown_table<'a>(
+        message: impl Into<String>,
+        name: &str,
+        declared: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Problem::invalid(Code::UnknownTable, message).help(
+            did_you_mean(name, declared).unwrap_or_else(|| "declare it under `tables:`".into()),
+        )
     }
 
     pub fn in_source(mut self, source: &Source) -> Self {

@@ -23,7 +23,7 @@ pub struct Plan {
     pub stages: Vec<StagePlan>,
     /// Per table, every scan the run will make.
     pub scans: Vec<TableScans>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Lint>,
     /// State variables → the table whose commits record them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub state: BTreeMap<String, String>,
@@ -166,6 +166,18 @@ pub struct StagePlan {
     /// DataFusion's optimized logical plan (shown with `--explain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logical_plan: Option<String>,
+}
+
+/// A lint: a valid pipeline that probably does not do what its author meant.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lint {
+    /// The diagnostic code (`sqlplan::<code>`).
+    pub code: &'static str,
+    pub stage: String,
+    /// Where the stage is declared: `file:line`.
+    pub at: String,
+    pub message: String,
+    pub help: String,
 }
 
 /// A row check: rows for which `sql` is not true are dropped into the quarantine
@@ -313,7 +325,8 @@ impl Plan {
             let _ = writeln!(out, "  none");
         }
         for w in &self.warnings {
-            let _ = writeln!(out, "  - {w}");
+            let _ = writeln!(out, "  - {} [sqlplan::{}, {}]", w.message, w.code, w.at);
+            let _ = writeln!(out, "    help: {}", w.help);
         }
         out
     }

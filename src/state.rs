@@ -7,7 +7,7 @@
 //! died records nothing and the next one reads the same batch (and resumes the
 //! unfinished run). `--var NAME=…` overrides.
 
-use crate::diag::{did_you_mean, Code, Problem, Result};
+use crate::diag::{Code, Problem, Result};
 use crate::spec::PipelineSpec;
 
 pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehouse) -> Result<()> {
@@ -17,19 +17,16 @@ pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehous
     let locations = crate::render::locations(spec)?;
     for (name, table) in spec.state.clone() {
         let Some(location) = locations.get(&table.value) else {
-            return Err(Problem::invalid(
-                Code::UnknownTable,
+            return Err(Problem::unknown_table(
                 format!(
                     "state `{name}` is kept on `{}`, which is not a declared table",
                     table.value
                 ),
+                &table.value,
+                locations.keys().map(String::as_str),
             )
             .in_source(&spec.yaml)
-            .label(table.span, "unknown table")
-            .help(
-                did_you_mean(&table.value, locations.keys().map(String::as_str))
-                    .unwrap_or_else(|| "declare it under `tables:`".into()),
-            ));
+            .label(table.span, "unknown table"));
         };
         if spec.vars[&name].overridden {
             continue;

@@ -12,7 +12,8 @@ use super::dag::{Dag, StageAccess};
 use super::drivers::{self, Catalog};
 use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::plan::{
-    Access, ColumnPlan, Dependency, Plan, ScanPlan, StageKind, StagePlan, TablePlan, TableScans,
+    Access, ColumnPlan, Dependency, Lint, Plan, ScanPlan, StageKind, StagePlan, TablePlan,
+    TableScans,
 };
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, StageBody};
@@ -508,7 +509,7 @@ pub fn sql_text(expr: &Expr) -> String {
 
 // ---- lints ------------------------------------------------------------------------
 
-fn lints(spec: &PipelineSpec, bound: &[BoundStage]) -> Vec<String> {
+fn lints(spec: &PipelineSpec, bound: &[BoundStage]) -> Vec<Lint> {
     let mut readers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (i, b) in bound.iter().enumerate() {
         for r in &b.reads_relations {
@@ -520,17 +521,34 @@ fn lints(spec: &PipelineSpec, bound: &[BoundStage]) -> Vec<String> {
     }
     let mut warnings = Vec::new();
     for (i, b) in bound.iter().enumerate() {
-        let name = spec.stages[i].name.value.as_str();
+        let stage = &spec.stages[i];
+        let name = stage.name.value.as_str();
         let read_by = readers.get(name).cloned().unwrap_or_default();
+        // The report and recorded state read a relation too.
+        let used = !read_by.is_empty() || stage.report || stage.state.is_some();
+        let (line, _) = crate::render::line_col(&spec.yaml.text, stage.name.span.offset());
+        let lint = |code: Code, message: String, help: &str| Lint {
+            code: code.as_str(),
+            stage: name.to_string(),
+            at: format!("{}:{line}", spec.yaml.name),
+            message,
+            help: help.to_string(),
+        };
         match b.kind {
-            StageKind::View if read_by.len() > 1 => warnings.push(format!(
-                "`{name}` is a view read by {} stages ({}): each recomputes it; add `materialize: true` to compute it once",
-                read_by.len(),
-                read_by.join(", ")
+            StageKind::View if read_by.len() > 1 => warnings.push(lint(
+                Code::ViewReadBySeveralStages,
+                format!(
+                    "`{name}` is a view read by {} stages ({}): each recomputes it",
+                    read_by.len(),
+                    read_by.join(", ")
+                ),
+                "add `materialize: true` to compute it once",
             )),
-            StageKind::View | StageKind::Materialized if read_by.is_empty() => {
-                warnings.push(format!("`{name}` defines a relation that no stage reads"))
-            }
+            StageKind::View | StageKind::Materialized if !used => warnings.push(lint(
+                Code::UnreadRelation,
+                format!("`{name}` defines a relation that no stage reads"),
+                "remove the stage, read it in a later stage, or give it `report: true`",
+            )),
             _ => {}
         }
     }

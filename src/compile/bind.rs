@@ -333,17 +333,13 @@ fn check_table<'t>(
     tables: &'t BTreeMap<String, TableInfo>,
 ) -> Result<&'t TableInfo> {
     tables.get(&table.value).ok_or_else(|| {
-        let mut p = Problem::invalid(
-            Code::UnknownTable,
+        Problem::unknown_table(
             format!("`{}` is not a declared table", table.value),
+            &table.value,
+            tables.keys().map(String::as_str),
         )
         .in_source(&spec.yaml)
-        .label(table.span, "unknown table");
-        p = p.help(
-            did_you_mean(&table.value, tables.keys().map(String::as_str))
-                .unwrap_or_else(|| "declare it under `tables:`".into()),
-        );
-        p
+        .label(table.span, "unknown table")
     })
 }
 

@@ -162,11 +162,15 @@ async fn scans_are_counted_and_classified_per_table() {
     );
     assert_eq!(orders["full"], 2);
     assert_eq!(orders["pruned"], 2);
+    let lint = &plan["warnings"][0];
+    assert_eq!(lint["code"], "view_read_by_several_stages", "{lint}");
+    assert!(lint["at"].as_str().unwrap().contains(".yaml:"), "{lint}");
+    assert!(lint["help"].as_str().unwrap().contains("materialize: true"), "{lint}");
     let warnings: Vec<&str> = plan["warnings"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| w.as_str().unwrap())
+        .map(|w| w["message"].as_str().unwrap())
         .collect();
     assert!(
         warnings
