@@ -165,7 +165,10 @@ async fn scans_are_counted_and_classified_per_table() {
     let lint = &plan["warnings"][0];
     assert_eq!(lint["code"], "view_read_by_several_stages", "{lint}");
     assert!(lint["at"].as_str().unwrap().contains(".yaml:"), "{lint}");
-    assert!(lint["help"].as_str().unwrap().contains("materialize: true"), "{lint}");
+    assert!(
+        lint["help"].as_str().unwrap().contains("materialize: true"),
+        "{lint}"
+    );
     let warnings: Vec<&str> = plan["warnings"]
         .as_array()
         .unwrap()

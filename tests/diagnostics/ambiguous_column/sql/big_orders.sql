@@ -1,0 +1,2 @@
+SELECT id, amount
+FROM orders a JOIN orders b ON a.id = b.id

@@ -1,0 +1,3 @@
+{% macro threshold() %}
+{{ no_such_var }}
+{% endmacro %}

@@ -1,0 +1,2 @@
+SELECT id, amount FROM orders;
+SELECT 1;

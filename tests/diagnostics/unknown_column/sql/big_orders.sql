@@ -1,0 +1,2 @@
+SELECT id, amuont
+FROM orders

@@ -1,0 +1,2 @@
+SELECT id, amount
+FROM order
