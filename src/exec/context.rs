@@ -13,6 +13,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use deltalake::DeltaTable;
 use tokio::sync::Mutex;
 
+use super::error::StageError;
 use crate::delta;
 use crate::plan::{Plan, StageKind, StagePlan};
 use crate::report::StageMetrics;
@@ -42,11 +43,11 @@ pub struct Executor {
     pub(super) partitions: BTreeMap<String, Vec<String>>,
 }
 
-pub(super) type StageResult<T> = Result<T, String>;
+pub(super) type StageResult<T> = Result<T, StageError>;
 
-pub(super) fn df_err(e: impl std::fmt::Display) -> String {
+pub(super) fn df_err(e: impl std::fmt::Display) -> StageError {
     let s = e.to_string();
-    s.lines().next().unwrap_or(&s).to_string()
+    StageError::Engine(s.lines().next().unwrap_or(&s).to_string())
 }
 
 impl Executor {
@@ -122,7 +123,7 @@ impl Executor {
             .await
             .get(name)
             .cloned()
-            .ok_or_else(|| format!("unknown table `{name}`"))
+            .ok_or_else(|| StageError::Table(format!("unknown table `{name}`")))
     }
 
     /// After a commit, later stages read the new version.
@@ -160,7 +161,9 @@ impl Executor {
             tables: &self.partitions,
             materialized: &materialized,
         };
-        super::bounds::apply(&self.ctx, &catalog, df).await
+        Ok(super::bounds::apply(&self.ctx, &catalog, df)
+            .await
+            .map_err(StageError::Engine)?)
     }
 
     /// A view is evaluated by its readers, so after a commit to a table it reads
@@ -220,11 +223,10 @@ impl Executor {
             // so the previous value stays in force.
             let rows = self.rows_of(&stage.name).await?;
             if rows.len() > 1 {
-                return Err(format!(
-                    "state stage `{}` returned {} rows; one is expected",
-                    stage.name,
-                    rows.len()
-                ));
+                return Err(StageError::StateNotSingle {
+                    stage: stage.name.clone(),
+                    rows: rows.len(),
+                });
             }
             let value = rows
                 .first()
@@ -261,7 +263,7 @@ impl Executor {
             .iter()
             .find(|t| t.name == table)
             .map(|t| t.location.clone())
-            .ok_or_else(|| format!("unknown table `{table}`"))
+            .ok_or_else(|| StageError::Table(format!("unknown table `{table}`")))
     }
 
     /// Ends the run, after every stage succeeded: one commit on each state table (on
@@ -308,7 +310,7 @@ impl Executor {
             .limit(0, Some(Self::REPORTED_ROWS))
             .map_err(df_err)?;
         let batches = df.collect().await.map_err(df_err)?;
-        crate::report::json_rows(&batches)
+        crate::report::json_rows(&batches).map_err(StageError::Engine)
     }
 
     pub(super) async fn execute(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
@@ -375,7 +377,7 @@ pub(super) fn parse_one(sql: &str) -> StageResult<Statement> {
     let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(df_err)?;
     statements
         .pop()
-        .ok_or_else(|| "empty statement".to_string())
+        .ok_or_else(|| StageError::Engine("empty statement".into()))
 }
 
 pub(super) fn metric(m: &BTreeMap<String, serde_json::Value>, key: &str) -> Option<u64> {

@@ -6,6 +6,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use deltalake::{FilterOp, FilterValue};
 
 use super::context::{df_err, Executor, StageResult};
+use super::error::StageError;
 use crate::plan::{Maintenance, StagePlan};
 use crate::report::StageMetrics;
 
@@ -107,9 +108,9 @@ fn collect_filters(
 ) -> StageResult<()> {
     use datafusion::sql::sqlparser::ast::BinaryOperator as B;
     let unsupported = || {
-        format!(
+        StageError::Unsupported(format!(
             "optimize filter `{expr}`: use `col = 'v'`, comparisons, `col IN (…)` joined by AND"
-        )
+        ))
     };
     match expr {
         SqlExpr::Nested(e) => collect_filters(e, out),

@@ -10,6 +10,7 @@ use datafusion::datasource::MemTable;
 use deltalake::protocol::SaveMode;
 
 use super::context::{df_err, scan_stats, Executor, StageResult};
+use super::error::StageError;
 use super::expect::{quarantine_label, Checker};
 use crate::delta;
 use crate::plan::StagePlan;
@@ -76,7 +77,7 @@ impl Executor {
         let mut quarantined = None;
         if let Some(c) = &checker {
             if let Some(failure) = c.failure(&stage.name) {
-                return Err(failure);
+                return Err(StageError::ChecksFailed(failure));
             }
             checks = c.counts();
             quarantined = Some(c.dropped.len() as u64);

@@ -11,6 +11,7 @@ use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, WriteOp};
 use datafusion::prelude::DataFrame;
 
 use super::context::{df_err, Executor, StageResult};
+use super::error::StageError;
 use crate::delta;
 use crate::plan::StagePlan;
 use crate::report::StageMetrics;
@@ -128,7 +129,9 @@ impl Executor {
                     })
                 }
                 (kind, action) => {
-                    return Err(format!("unsupported MERGE clause {kind:?} {action:?}"))
+                    return Err(StageError::Unsupported(format!(
+                        "unsupported MERGE clause {kind:?} {action:?}"
+                    )))
                 }
             }
             .map_err(df_err)?;
@@ -202,8 +205,8 @@ async fn check_unique_keys(source: &DataFrame, keys: &[Expr]) -> StageResult<()>
         })
         .collect();
     let n = array_value_to_string(batch.column(keys.len()), 0).unwrap_or_default();
-    Err(format!(
+    Err(StageError::DuplicateKey(format!(
         "the MERGE source has {n} rows for one target key ({}); deduplicate the source",
         key.join(", ")
-    ))
+    )))
 }

@@ -6,6 +6,7 @@
 
 pub mod bounds;
 mod context;
+mod error;
 mod expect;
 mod maintain;
 mod materialize;
@@ -68,7 +69,9 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
     let executor = Arc::new(
         Executor::new(plan, options.spill_threshold, options.abandon)
             .await
-            .map_err(|e| Problem::failed(Code::RunSetup, e).help("nothing was written"))?,
+            .map_err(|e| {
+                Problem::failed(Code::RunSetup, e.to_string()).help("nothing was written")
+            })?,
     );
     let plan = &executor.plan;
     let start = Instant::now();
@@ -107,7 +110,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
                     running.spawn(async move {
                         let started = start.elapsed();
                         crate::delta::failpoint::hit(&format!("before:{}", stage.name));
-                        let result = executor.run_stage(&stage).await;
+                        let result = executor.run_stage(&stage).await.map_err(|e| e.to_string());
                         if result.is_ok() {
                             crate::delta::failpoint::hit(&format!("after:{}", stage.name));
                         }

@@ -11,6 +11,7 @@ use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 
 use super::context::{collect_with_scan_metrics, df_err, metric, parse_one, Executor, StageResult};
+use super::error::StageError;
 use crate::delta;
 use crate::plan::{StageKind, StagePlan};
 use crate::report::StageMetrics;
@@ -117,11 +118,11 @@ fn conform(df: DataFrame, table: &DeltaTable, columns: &[String]) -> StageResult
         .map(Expr::Column)
         .collect();
     if columns.is_empty() && source.len() != target.fields().len() {
-        return Err(format!(
+        return Err(StageError::Unsupported(format!(
             "the query has {} columns, the table {}",
             source.len(),
             target.fields().len()
-        ));
+        )));
     }
     let exprs = target
         .fields()

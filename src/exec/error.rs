@@ -1,0 +1,39 @@
+//! Why a stage failed, by kind: the scheduler reports the message, tests and the
+//! CLI can tell the kinds apart.
+
+/// A failed stage.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// DataFusion or delta-rs reported an error planning, executing or committing
+    /// the stage (the first line of their message).
+    #[error("{0}")]
+    Engine(String),
+    /// Rows failed a `fail` check: the run stops before any write.
+    #[error("{0}")]
+    ChecksFailed(String),
+    /// A MERGE source holds two rows for one target key.
+    #[error("{0}")]
+    DuplicateKey(String),
+    /// A `state:` stage did not return exactly one value.
+    #[error("state stage `{stage}` returned {rows} rows; one is expected")]
+    StateNotSingle { stage: String, rows: usize },
+    /// A table could not be opened or created, or the plan and the tables disagree.
+    #[error("{0}")]
+    Table(String),
+    /// The stage could not run as planned (e.g. a clause delta-rs cannot execute).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<String> for StageError {
+    /// Errors of the Delta layer (`crate::delta`), which reports them as text.
+    fn from(message: String) -> Self {
+        StageError::Table(message)
+    }
+}
+
+impl From<&str> for StageError {
+    fn from(message: &str) -> Self {
+        StageError::Unsupported(message.to_string())
+    }
+}
