@@ -15,6 +15,7 @@ pub mod diag;
 pub mod exec;
 pub mod fixtures;
 pub mod plan;
+pub mod pruning;
 pub mod render;
 pub mod report;
 pub mod session;

@@ -9,12 +9,12 @@ use datafusion::logical_expr::{Expr, LogicalPlan, WriteOp};
 use super::bind::BoundStage;
 use super::catalog::TableInfo;
 use super::dag::{Dag, StageAccess};
-use super::drivers::{self, Catalog};
 use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::plan::{
     Access, ColumnPlan, Dependency, Lint, Plan, ScanPlan, StageKind, StagePlan, TablePlan,
     TableScans,
 };
+use crate::pruning::{self, sql_text, Catalog};
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, StageBody};
 
@@ -413,7 +413,7 @@ impl ScanWalk<'_> {
             }
             LogicalPlan::Join(join) => {
                 let (mut left, mut right) = (driven.to_vec(), driven.to_vec());
-                for d in drivers::eligible(join, &self.catalog) {
+                for d in pruning::eligible(join, &self.catalog) {
                     let how = if d.partition {
                         "IN (values of"
                     } else {
@@ -424,7 +424,7 @@ impl ScanWalk<'_> {
                     } else {
                         format!(
                             " (and IN its values when at most {})",
-                            drivers::MAX_KEY_IN_LIST
+                            pruning::MAX_KEY_IN_LIST
                         )
                     };
                     let text = |key: &Expr| {
@@ -436,8 +436,8 @@ impl ScanWalk<'_> {
                         )
                     };
                     match &d.side {
-                        drivers::Side::Left(key) => left.push((d.table.clone(), text(key))),
-                        drivers::Side::Right(key) => right.push((d.table.clone(), text(key))),
+                        pruning::Side::Left(key) => left.push((d.table.clone(), text(key))),
+                        pruning::Side::Right(key) => right.push((d.table.clone(), text(key))),
                     }
                 }
                 self.collect(&join.left, via.as_deref(), &left, out);
@@ -495,15 +495,6 @@ fn merge_target_access(table: &str, on: &[Expr], info: &TableInfo) -> Access {
     match classify(&target_only, info) {
         Access::Partitions => Access::Partitions,
         _ => Access::KeyRange,
-    }
-}
-
-/// An expression as SQL (`orders.ds = '2024-01-02'`), as the analyst wrote it.
-pub fn sql_text(expr: &Expr) -> String {
-    let expr = expr.clone().unalias();
-    match datafusion::sql::unparser::expr_to_sql(&expr) {
-        Ok(sql) => sql.to_string(),
-        Err(_) => expr.to_string(),
     }
 }
 

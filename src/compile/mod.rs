@@ -8,7 +8,6 @@ pub mod analyze;
 pub mod bind;
 pub mod catalog;
 pub mod dag;
-pub mod drivers;
 pub mod parse;
 
 use crate::diag::{Problem, Result, Source};

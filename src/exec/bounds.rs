@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
 
-pub use crate::compile::drivers::Catalog;
-use crate::compile::drivers::{eligible, Driven, Driver, Side, MAX_KEY_IN_LIST};
+pub use crate::pruning::Catalog;
+use crate::pruning::{eligible, Driven, Driver, Side, MAX_KEY_IN_LIST};
 use datafusion::logical_expr::{in_list, lit, Expr, Filter, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionContext};
 
@@ -167,19 +167,19 @@ fn describe(key: &Expr, b: &Bounds, partition: bool) -> String {
     const SHOWN: usize = 10;
     match &b.values {
         Some(values) if values.len() > SHOWN && !b.min.is_null() => {
-            let key_text = crate::compile::analyze::sql_text(key);
+            let key_text = crate::pruning::sql_text(key);
             let list = format!("{key_text} IN ({} values)", values.len());
             if partition {
                 list
             } else {
                 format!(
                     "{} AND {list}",
-                    crate::compile::analyze::sql_text(
+                    crate::pruning::sql_text(
                         &key.clone().between(lit(b.min.clone()), lit(b.max.clone()))
                     )
                 )
             }
         }
-        _ => crate::compile::analyze::sql_text(&predicate(key, b, partition)),
+        _ => crate::pruning::sql_text(&predicate(key, b, partition)),
     }
 }

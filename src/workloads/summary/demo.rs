@@ -1,7 +1,7 @@
 //! The summary workload's commands: `demo` (generate, show the scans, run, report),
 //! `generate summary` and `bench summary`, with progress on a terminal.
 
-use crate::cli::{BenchSummaryArgs, DemoArgs, GenerateSummaryArgs};
+use super::args::{BenchSummaryArgs, DemoArgs, GenerateSummaryArgs};
 use crate::diag::{Code, Problem};
 use std::io::IsTerminal;
 

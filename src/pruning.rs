@@ -148,3 +148,12 @@ fn single_scan(plan: &LogicalPlan) -> Option<String> {
         _ => None,
     }
 }
+
+/// An expression as SQL (`orders.ds = '2024-01-02'`), as the analyst wrote it.
+pub fn sql_text(expr: &Expr) -> String {
+    let expr = expr.clone().unalias();
+    match datafusion::sql::unparser::expr_to_sql(&expr) {
+        Ok(sql) => sql.to_string(),
+        Err(_) => expr.to_string(),
+    }
+}
