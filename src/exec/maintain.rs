@@ -6,6 +6,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use deltalake::{FilterOp, FilterValue};
 
 use super::context::{df_err, Executor, StageResult};
+
 use super::error::StageError;
 use crate::plan::{Maintenance, StagePlan};
 use crate::report::StageMetrics;

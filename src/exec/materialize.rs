@@ -9,9 +9,10 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use deltalake::protocol::SaveMode;
 
-use super::context::{df_err, scan_stats, Executor, StageResult};
+use super::context::{df_err, Executor, StageResult};
 use super::error::StageError;
 use super::expect::{quarantine_label, Checker};
+use super::metrics::scan_stats;
 use crate::delta;
 use crate::plan::StagePlan;
 use crate::report::StageMetrics;

@@ -11,6 +11,7 @@ use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, WriteOp};
 use datafusion::prelude::DataFrame;
 
 use super::context::{df_err, Executor, StageResult};
+
 use super::error::StageError;
 use crate::delta;
 use crate::plan::StagePlan;

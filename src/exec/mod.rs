@@ -11,6 +11,7 @@ mod expect;
 mod maintain;
 mod materialize;
 mod merge;
+mod metrics;
 mod resume;
 mod tables;
 mod write;

@@ -10,8 +10,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 
-use super::context::{collect_with_scan_metrics, df_err, metric, parse_one, Executor, StageResult};
+use super::context::{df_err, parse_one, Executor, StageResult};
 use super::error::StageError;
+use super::metrics::{collect_with_scan_metrics, metric};
 use crate::delta;
 use crate::plan::{StageKind, StagePlan};
 use crate::report::StageMetrics;
