@@ -3,10 +3,13 @@
 //! A stage with `state: NAME` returns one value; the commit that ends the run — after
 //! every write of the run committed — carries it on the state's table
 //! (`sqlplan.state.NAME`). At plan time the variable takes the value of the newest
-//! commit of this pipeline on that table that carries it, so a run that failed or
-//! died records nothing and the next one reads the same batch (and resumes the
-//! unfinished run). `--var NAME=…` overrides.
+//! finished run that carries it — finished meaning its finish commit is on every
+//! state table — so a run that failed or died records nothing and the next one
+//! reads the same batch (and resumes the unfinished run). `--var NAME=…` overrides.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::delta::commit::{state_records, StateRecord};
 use crate::diag::{Code, Problem, Result};
 use crate::spec::PipelineSpec;
 
@@ -15,11 +18,13 @@ pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehous
         return Ok(());
     }
     let locations = crate::render::locations(spec)?;
-    for (name, table) in spec.state.clone() {
+    // The state commits of every state table, read once.
+    let mut records: BTreeMap<String, Vec<StateRecord>> = BTreeMap::new();
+    for table in spec.state.values() {
         let Some(location) = locations.get(&table.value) else {
             return Err(Problem::unknown_table(
                 format!(
-                    "state `{name}` is kept on `{}`, which is not a declared table",
+                    "state is kept on `{}`, which is not a declared table",
                     table.value
                 ),
                 &table.value,
@@ -28,22 +33,44 @@ pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehous
             .in_source(&spec.yaml)
             .label(table.span, "unknown table"));
         };
-        if spec.vars[&name].overridden {
-            continue;
-        }
         let failed = |e: String| {
             Problem::failed(
                 Code::StateUnreadable,
-                format!("reading state `{name}` from {location}: {e}"),
+                format!("reading state from {location}: {e}"),
             )
         };
-        let found = warehouse.table(&table.value, location).await;
-        let Some(table) = found.map_err(failed)? else {
-            continue;
+        let found = warehouse
+            .table(&table.value, location)
+            .await
+            .map_err(failed)?;
+        let table_records = match found {
+            Some(t) => state_records(&t, &spec.name.value).await.map_err(failed)?,
+            None => Vec::new(),
         };
-        let recorded = crate::delta::commit::recorded_state(&table, &spec.name.value, &name);
-        if let Some(value) = recorded.await.map_err(failed)? {
-            spec.vars.get_mut(&name).expect("state vars are vars").value = value.into();
+        records.insert(table.value.clone(), table_records);
+    }
+    // A run's state counts once its finish commit is on every state table: a run
+    // that died between two of them is resumed with the values it started with.
+    let finished: BTreeSet<i64> = records
+        .values()
+        .map(|rs| {
+            rs.iter()
+                .filter(|r| r.finish)
+                .filter_map(|r| r.run)
+                .collect::<BTreeSet<i64>>()
+        })
+        .reduce(|a, b| a.intersection(&b).copied().collect())
+        .unwrap_or_default();
+    for (name, table) in spec.state.clone() {
+        if spec.vars[&name].overridden {
+            continue;
+        }
+        let value = records[&table.value]
+            .iter()
+            .filter(|r| !r.finish || r.run.is_some_and(|run| finished.contains(&run)))
+            .find_map(|r| r.values.get(&name));
+        if let Some(value) = value {
+            spec.vars.get_mut(&name).expect("state vars are vars").value = value.clone().into();
         }
     }
     Ok(())

@@ -157,21 +157,43 @@ pub async fn last_commit_metrics(table: &DeltaTable) -> BTreeMap<String, serde_j
 /// How far back in a table's history to look for a recorded state.
 const STATE_DEPTH: usize = 1000;
 
-/// The value of state `name` in the newest commit of `pipeline` on `table` that
-/// carries it (the finish commit of its last finished run).
-pub async fn recorded_state(
-    table: &DeltaTable,
-    pipeline: &str,
-    name: &str,
-) -> Result<Option<String>, String> {
-    let key = format!("{STATE_PREFIX}{name}");
+/// A commit of a pipeline that carries state values, newest first in
+/// `state_records`.
+pub struct StateRecord {
+    pub run: Option<i64>,
+    /// Written by a run's finish step (the only place state goes now); other
+    /// commits carrying state were written before runs had one.
+    pub finish: bool,
+    pub values: BTreeMap<String, String>,
+}
+
+/// The commits of `pipeline` on `table` that carry state values, newest first.
+pub async fn state_records(table: &DeltaTable, pipeline: &str) -> Result<Vec<StateRecord>, String> {
+    let mut out = Vec::new();
     for commit in history(table, STATE_DEPTH).await? {
-        let ours = commit.info.get(PIPELINE_KEY).and_then(|v| v.as_str()) == Some(pipeline);
-        if let (true, Some(v)) = (ours, commit.info.get(&key)) {
-            return Ok(Some(
-                v.as_str().map_or_else(|| v.to_string(), str::to_string),
-            ));
+        let info = &commit.info;
+        if info.get(PIPELINE_KEY).and_then(|v| v.as_str()) != Some(pipeline) {
+            continue;
         }
+        let values: BTreeMap<String, String> = info
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix(STATE_PREFIX)?;
+                Some((
+                    name.to_string(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                ))
+            })
+            .collect();
+        let finish = info.get(STAGE_KEY).and_then(|v| v.as_str()) == Some("finish");
+        if values.is_empty() && !finish {
+            continue;
+        }
+        out.push(StateRecord {
+            run: info.get(RUN_KEY).and_then(|v| v.as_i64()),
+            finish,
+            values,
+        });
     }
-    Ok(None)
+    Ok(out)
 }

@@ -7,7 +7,8 @@
 //! - `commit:<stage>`: the stage's data files are written, its Delta commit is not;
 //! - `after:<stage>`: the stage committed, the scheduler has not yet seen it finish;
 //!
-//! and `finish` is the step that ends a run (the commit carrying its state).
+//! and `finish` is the step that ends a run (the commit carrying its state; with
+//! several state tables, `after:finish:<table>` follows each one's commit).
 //! `commit:` points work on local tables (the only ones whose store is wrapped).
 
 use std::collections::BTreeMap;

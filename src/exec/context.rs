@@ -272,11 +272,18 @@ impl Executor {
     pub async fn finish(&self) -> StageResult<()> {
         let states = self.states.lock().await.clone();
         crate::delta::failpoint::hit("before:finish");
+        let finish_id = [delta::finish_app_id(&self.plan.pipeline)];
         for name in super::tables::finish_tables(&self.plan) {
-            let table = self.table(&name).await?;
+            // The newest version: a resumed run may read the table at an older one.
+            let table = delta::open(&name, &self.location(&name)?, None).await?;
+            // A resumed run whose finish reached some tables before it died.
+            if delta::commit::last_run(&table, &finish_id).await? >= Some(self.tag.run_number) {
+                continue;
+            }
             crate::delta::failpoint::writing(&name, "finish");
             let table = delta::append_empty(table, self.tag.finish_properties(&states)).await?;
             self.tables.lock().await.insert(name.clone(), table);
+            crate::delta::failpoint::hit(&format!("after:finish:{name}"));
         }
         crate::delta::failpoint::hit("after:finish");
         Ok(())

@@ -67,11 +67,22 @@ pub async fn find(
         .map(|label| delta::app_id(&plan.pipeline, &label))
         .collect();
     let finish_id = [delta::finish_app_id(&plan.pipeline)];
-    let (mut last, mut finished) = (None, None);
+    let mut last = None;
     for table in tables.values() {
         last = last.max(delta::commit::last_run(table, &stage_ids).await?);
-        finished = finished.max(delta::commit::last_run(table, &finish_id).await?);
     }
+    // A run is finished when every table its finish commit goes to carries it (a
+    // crash between two finish commits leaves it unfinished).
+    let (mut finished, mut newest_finish): (Option<Option<i64>>, Option<i64>) = (None, None);
+    for name in super::tables::finish_tables(plan) {
+        let run = match tables.get(&name) {
+            Some(t) => delta::commit::last_run(t, &finish_id).await?,
+            None => None,
+        };
+        finished = Some(finished.map_or(run, |f| f.min(run)));
+        newest_finish = newest_finish.max(run);
+    }
+    let finished = finished.flatten();
     let plan_hash = plan_hash(plan);
     let fresh = |run_number: i64| RunStart {
         tag: RunTag {
@@ -87,7 +98,7 @@ pub async fn find(
         resumed: false,
     };
     let Some(run) = last.filter(|l| finished < Some(*l)) else {
-        return Ok(Start::Run(fresh(last.max(finished).unwrap_or(0) + 1)));
+        return Ok(Start::Run(fresh(last.max(newest_finish).unwrap_or(0) + 1)));
     };
     let commits = commits_of_run(plan, tables, run).await?;
     // Commits made before runs recorded their start cannot be resumed; such a run

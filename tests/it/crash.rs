@@ -370,3 +370,49 @@ async fn an_unfinished_run_with_another_plan_is_refused_or_abandoned() {
     );
     assert_eq!(rows(&p, "b").await, ["1,y", "2,y"]);
 }
+
+/// Two state tables: a crash between their finish commits leaves the run
+/// unfinished; the next run writes only the missing one, and both record state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_two_finish_commits_is_finished_by_the_next_run() {
+    let pipeline = TWO_TABLES.replace(
+        "state: {mark: {table: b, default: \"none\"}}",
+        "state: {mark: {table: b, default: \"none\"}, first: {table: a, default: \"none\"}}",
+    ) + "  - name: first\n    query: SELECT CAST(min(id) AS VARCHAR) AS first FROM src\n    materialize: true\n    state: first\n";
+    let p = two_tables().await;
+    p.write("pipeline.yaml", &pipeline);
+    let crashed = run_two(&p, &[], Some("after:finish:a"));
+    assert_ne!(crashed.status.code(), Some(0), "{}", stderr(&crashed));
+    let resumed = run_two(&p, &[], None);
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("(resumed)"));
+    let finishes = |table: &str| {
+        let log = p.warehouse().join(table).join("_delta_log");
+        std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+            .filter(|t| t.contains("\"sqlplan.stage\":\"finish\""))
+            .count()
+    };
+    assert_eq!(
+        (finishes("a"), finishes("b")),
+        (1, 1),
+        "one finish commit per table"
+    );
+    // Both states were recorded: the next plan reads them back.
+    let plan = command_in(
+        p.path(),
+        &["plan", "pipeline.yaml", "--format", "json"],
+        None,
+    )
+    .output()
+    .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        (
+            plan["vars"]["first"].as_str(),
+            plan["vars"]["mark"].as_str()
+        ),
+        (Some("1"), Some("2"))
+    );
+}
