@@ -58,8 +58,7 @@ impl TablePlan {
 
     /// The Arrow schema recorded in the plan (types are Arrow's display strings).
     pub fn arrow_schema(&self) -> Result<Schema, String> {
-        let t = self;
-        let fields = t
+        let fields = self
             .columns
             .iter()
             .map(|c| {
@@ -68,7 +67,7 @@ impl TablePlan {
                     .map_err(|e| {
                         format!(
                             "column `{}` of `{}`: type `{}`: {e}",
-                            c.name, t.name, c.data_type
+                            c.name, self.name, c.data_type
                         )
                     })
             })

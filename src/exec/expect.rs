@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray,
-};
+use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::{and, filter, filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::logical_expr::{col, lit};
@@ -70,16 +68,20 @@ impl Checker {
         let data = batch
             .project(&(0..width).collect::<Vec<_>>())
             .map_err(|e| e.to_string())?;
-        let outcome = |i: usize| -> BooleanArray {
-            let a = batch.column(width + i);
-            let a = a
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .expect("checks are boolean");
-            // coalesce(…, false) leaves no NULLs; be safe anyway.
-            BooleanArray::from_iter(a.iter().map(|v| Some(v.unwrap_or(false))))
-        };
-        let outcomes: Vec<BooleanArray> = (0..self.checks.len()).map(outcome).collect();
+        // Binding checked that every check is boolean; coalesce(…, false) left no NULLs.
+        let outcomes = (0..self.checks.len())
+            .map(|i| {
+                let a = batch.column(width + i).as_boolean_opt().ok_or_else(|| {
+                    format!(
+                        "check `{}` did not evaluate to booleans",
+                        self.checks[i].name
+                    )
+                })?;
+                Ok(BooleanArray::from_iter(
+                    a.iter().map(|v| Some(v.unwrap_or(false))),
+                ))
+            })
+            .collect::<Result<Vec<BooleanArray>, String>>()?;
         let mut passing = BooleanArray::from(vec![true; batch.num_rows()]);
         for (i, ok) in outcomes.iter().enumerate() {
             self.failed[i] += (ok.len() - ok.true_count()) as u64;

@@ -11,8 +11,8 @@
 //! is applied twice.
 //!
 //! A run is finished when its `finish` commit (see `RunTag::finish_properties`) is in
-//! the log: the run number of the newest finish commit is at least that of the newest
-//! stage commit.
+//! the log of every table it goes to: on each of them, the run number of the newest
+//! finish commit is at least that of the newest stage commit.
 
 use std::collections::BTreeMap;
 
