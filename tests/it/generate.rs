@@ -334,3 +334,50 @@ fn generate_rejects_bad_arguments_without_writing() {
         assert!(!wh.exists());
     }
 }
+
+/// Several months in a row: each next batch (generated from latest_summary) is run
+/// on the same warehouse, which stays consistent; the state moves month by month.
+#[tokio::test(flavor = "multi_thread")]
+async fn monthly_batches_in_a_row_keep_the_warehouse_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    generate(&wh, "200", "200", "4", &[]);
+    let var = format!("warehouse={}", wh.display());
+    for month in ["2026-02", "2026-03"] {
+        let run = sqlplan_in(&repo(), &["run", "pipelines/summary.yaml", "--var", &var]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let next = sqlplan_in(
+            &repo(),
+            &[
+                "generate",
+                "summary",
+                "--warehouse",
+                wh.to_str().unwrap(),
+                "--next-batch",
+                "--seed",
+                "4",
+            ],
+        );
+        assert_eq!(next.code, 0, "{}", next.stderr);
+        assert!(
+            next.stdout.contains(&format!("the batch for {month}")),
+            "{}",
+            next.stdout
+        );
+        assert!(next.stdout.contains("forward (case II)"), "{}", next.stdout);
+    }
+    let run = sqlplan_in(&repo(), &["run", "pipelines/summary.yaml", "--var", &var]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("case II: forward month"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(inconsistencies(&wh).await, Vec::<String>::new());
+    let months = query_tables(
+        &[("t", wh.join("summary").as_path())],
+        "SELECT max(rpt_as_of_mo) FROM t",
+    )
+    .await;
+    assert!(months[0].as_str() >= "2026-03", "{months:?}");
+}

@@ -24,6 +24,11 @@ pub struct BenchSummaryArgs {
     /// Copy this generated warehouse instead of generating one.
     #[arg(long, value_name = "DIR")]
     pub from: Option<PathBuf>,
+    /// Monthly batches run in a row on the warehouse: after the first, each next
+    /// month's batch is generated from latest_summary and run; every run is measured
+    /// with the size of `summary` after it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=36))]
+    pub batches: u32,
     /// Where the temporary warehouse goes [default: the system's temporary directory].
     #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
@@ -90,6 +95,10 @@ pub struct GenerateSummaryArgs {
     /// records.
     #[arg(long)]
     pub hist_rpt: bool,
+    /// Append the next month's batch to a warehouse the pipeline has run on (the
+    /// month after latest_summary's newest), instead of generating a history.
+    #[arg(long)]
+    pub next_batch: bool,
     /// Add this many records no run may process (months such as '2026-13', '2026-1',
     /// 'abc' or NULL, and records without base_ts); the summary pipeline's checks
     /// quarantine them.

@@ -18,6 +18,8 @@ pub struct BenchOptions {
     pub from: Option<PathBuf>,
     /// Stages running at the same time, at most.
     pub jobs: Option<usize>,
+    /// Monthly batches run in a row (the first one generated with the history).
+    pub batches: u32,
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux: VmHWM).
@@ -152,6 +154,14 @@ pub async fn summary(
         .iter()
         .flat_map(|s| s.metrics.reported.iter().cloned().map(Value::Object))
         .collect();
+    let mut months = vec![json!({
+        "batch": 1,
+        "run": run_measure.clone(),
+        "summary": table_size(&gen.warehouse.join("summary")).await,
+    })];
+    for n in 2..=options.batches {
+        months.push(next_month(pipeline, gen, &run_options, n).await?);
+    }
     Ok(json!({
         "benchmark": "summary",
         "sqlplan": env!("CARGO_PKG_VERSION"),
@@ -168,7 +178,69 @@ pub async fn summary(
         "tables_before_run": tables,
         "plan": {"measure": plan_measure, "scans": scans},
         "run": {"measure": run_measure, "stages": stages, "counts": counts},
+        "batches": months,
     }))
+}
+
+/// One more month on the same warehouse: its batch generated from latest_summary,
+/// then planned and run, each measured, with the size of `summary` after the run.
+async fn next_month(
+    pipeline: &Path,
+    gen: &SummaryOptions,
+    run_options: &crate::exec::RunOptions,
+    n: u32,
+) -> Result<Value> {
+    let (batch, generate) = measured(super::generate::next_batch(pipeline, None, gen)).await?;
+    let vars = [(
+        "warehouse".to_string(),
+        gen.warehouse.to_string_lossy().into_owned(),
+    )];
+    let plan = crate::build_plan(pipeline, None, &vars).await?;
+    let (run, measure) = measured(crate::exec::run(plan, run_options)).await?;
+    if !run.succeeded() {
+        return Err(Problem::failed(
+            Code::BenchRunFailed,
+            format!("the run of batch {n} failed:\n{}", run.to_text()),
+        ));
+    }
+    let seconds = |name: &str| {
+        run.stages
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.wall_ms)
+            .map(|w| w / 1e3)
+    };
+    Ok(json!({
+        "batch": n,
+        "month": batch.batch_month,
+        "records": batch.batch_rows,
+        "generate": generate,
+        "run": measure,
+        "merge_summary_seconds": seconds("merge_summary"),
+        "existing_seconds": seconds("existing"),
+        "summary": table_size(&gen.warehouse.join("summary")).await,
+    }))
+}
+
+/// Files, bytes and rows of a table's current version (from its log).
+async fn table_size(path: &Path) -> Value {
+    let Ok(url) = crate::delta::table_url(&path.to_string_lossy()) else {
+        return Value::Null;
+    };
+    match crate::delta::open_if_exists(&url).await {
+        Ok(Some(t)) => match t.snapshot() {
+            Ok(s) => {
+                let files: Vec<_> = s.log_data().iter().collect();
+                json!({
+                    "files": files.len(),
+                    "bytes": files.iter().map(|f| f.size()).sum::<i64>(),
+                    "rows": files.iter().filter_map(|f| f.num_records()).sum::<usize>(),
+                })
+            }
+            Err(_) => Value::Null,
+        },
+        _ => Value::Null,
+    }
 }
 
 /// The report's essentials, for people.
@@ -224,5 +296,19 @@ pub fn summary_text(report: &Value) -> String {
     }
     out.pop();
     out.push('\n');
+    let batches = report["batches"].as_array().map_or(&[][..], Vec::as_slice);
+    if batches.len() > 1 {
+        out += "  month by month (summary after each run):\n";
+        for b in batches {
+            out += &format!(
+                "    batch {:>2}: run {}; summary {} files, {:.1} MB, {} rows\n",
+                b["batch"],
+                m(&b["run"]),
+                b["summary"]["files"],
+                b["summary"]["bytes"].as_f64().unwrap_or_default() / 1e6,
+                b["summary"]["rows"]
+            );
+        }
+    }
     out
 }

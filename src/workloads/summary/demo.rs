@@ -50,6 +50,7 @@ pub async fn demo(args: &DemoArgs) -> Result<String, Problem> {
         hist_rpt: true,
         // A few records the checks quarantine, so the report shows them.
         bad_records: 5,
+        next_batch: false,
         pipeline: args.pipeline.clone(),
         root: None,
     };
@@ -136,7 +137,16 @@ impl Drop for AccountProgress {
 /// `sqlplan generate summary`: the warehouse, with progress, and what was written.
 pub async fn generate(args: &GenerateSummaryArgs) -> Result<String, Problem> {
     let started = std::time::Instant::now();
-    let generated = generate_summary(args).await?;
+    let generated = if args.next_batch {
+        let options = super::generate::SummaryOptions {
+            // Without --batch-records: one record per account, as the first batch.
+            batch_records: args.batch_records.unwrap_or(0),
+            ..args.options()
+        };
+        super::generate::next_batch(&args.pipeline, args.root.as_deref(), &options).await?
+    } else {
+        generate_summary(args).await?
+    };
     Ok(format!(
         "generated {} in {:.1} s\n{generated}",
         args.warehouse.display(),
@@ -183,6 +193,7 @@ pub async fn bench(args: &BenchSummaryArgs) -> Result<String, Problem> {
         },
         from: args.from.clone(),
         jobs: args.jobs,
+        batches: args.batches,
     };
     let progress = AccountProgress::new(args.accounts);
     let report = super::bench::summary(&args.pipeline, &options, &|done, total| {

@@ -26,8 +26,11 @@ use crate::diag::{Code, Problem, Result};
 use crate::plan::{Plan, TablePlan};
 
 mod batch;
+mod next;
 mod rows;
 mod values;
+
+pub use next::next_batch;
 
 use batch::*;
 use rows::*;
@@ -75,6 +78,18 @@ pub struct Generated {
 
 impl fmt::Display for Generated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first_month.is_empty() {
+            // A next batch: no history was written.
+            writeln!(
+                f,
+                "accounts        {:>10} rows appended: the batch for {} ({} accounts in latest_summary), by kind:",
+                self.batch_rows, self.batch_month, self.latest_rows
+            )?;
+            for (kind, n) in &self.batch {
+                writeln!(f, "  {kind:<36} {n:>8}")?;
+            }
+            return Ok(());
+        }
         writeln!(
             f,
             "summary         {:>10} rows ({} soft-deleted), months {} to {}, {} files",
