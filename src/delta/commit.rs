@@ -130,15 +130,6 @@ pub async fn history(table: &DeltaTable, depth: usize) -> Result<Vec<Commit>, St
         .collect())
 }
 
-/// The `commitInfo` entries of the table's latest commit (custom metadata included).
-pub async fn last_commit_info(table: &DeltaTable) -> BTreeMap<String, serde_json::Value> {
-    use futures::StreamExt;
-    match table.history(Some(1)).next().await {
-        Some(Ok(info)) => info.info.into_iter().collect(),
-        _ => BTreeMap::new(),
-    }
-}
-
 /// `operationMetrics` of the table's latest commit (writes report no metrics value).
 pub async fn last_commit_metrics(table: &DeltaTable) -> BTreeMap<String, serde_json::Value> {
     use futures::StreamExt;
