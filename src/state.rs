@@ -17,18 +17,17 @@ pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehous
     if spec.state.is_empty() {
         return Ok(());
     }
-    let locations = crate::render::locations(spec)?;
     // The state commits of every state table, read once.
     let mut records: BTreeMap<String, Vec<StateRecord>> = BTreeMap::new();
     for table in spec.state.values() {
-        let Some(location) = locations.get(&table.value) else {
+        let Some(location) = warehouse.location(&table.value) else {
             return Err(Problem::unknown_table(
                 format!(
                     "state is kept on `{}`, which is not a declared table",
                     table.value
                 ),
                 &table.value,
-                locations.keys().map(String::as_str),
+                warehouse.names(),
             )
             .in_source(&spec.yaml)
             .label(table.span, "unknown table"));

@@ -38,6 +38,16 @@ impl Warehouse {
         Warehouse { tables }
     }
 
+    /// Where table `name` was observed, if it is declared.
+    pub fn location(&self, name: &str) -> Option<&str> {
+        self.tables.get(name).map(|o| o.location.as_str())
+    }
+
+    /// The declared tables' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tables.keys().map(String::as_str)
+    }
+
     /// The table `name` at `location`: the observed one when the location is the
     /// one observed, else read now (a location that depends on a state variable).
     pub async fn table(&self, name: &str, location: &str) -> Result<Option<DeltaTable>, String> {
