@@ -10,6 +10,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::spec::VectorOptions;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub pipeline: String,
@@ -42,6 +44,13 @@ pub struct TablePlan {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
     pub columns: Vec<ColumnPlan>,
+    /// MERGE writes deletion vectors (declared `deletion_vectors`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_vectors: Option<VectorOptions>,
+    /// The table has deletion vectors on already; when declared but not yet on, the
+    /// run turns them on first.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub vectors_enabled: bool,
 }
 
 impl TablePlan {
@@ -53,7 +62,14 @@ impl TablePlan {
     /// The table, created from its declared schema if absent.
     pub async fn open_or_create(&self) -> Result<deltalake::DeltaTable, String> {
         let schema = self.arrow_schema()?;
-        crate::delta::open_or_create(&self.name, &self.location, &schema, &self.partition_by).await
+        crate::delta::open_or_create(
+            &self.name,
+            &self.location,
+            &schema,
+            &self.partition_by,
+            self.deletion_vectors.is_some(),
+        )
+        .await
     }
 
     /// The Arrow schema recorded in the plan (types are Arrow's display strings).

@@ -49,6 +49,14 @@ pub struct StageMetrics {
     /// Rows the checks dropped into the quarantine table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<u64>,
+    /// MERGE with deletion vectors: files given a vector (old rows marked deleted in
+    /// place), files rewritten (most of their rows changed), rows deleted by vector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_with_vectors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_rewritten: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_deleted_by_vector: Option<u64>,
     /// The interrupted run this one resumes committed the stage: it was not run again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub committed_earlier: bool,

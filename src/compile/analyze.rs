@@ -234,6 +234,8 @@ fn table_plan(t: &TableInfo) -> TablePlan {
         partition_by: t.partition_columns.clone(),
         optional: t.optional && t.version.is_none(),
         columns: column_plans(t.schema.fields()),
+        deletion_vectors: t.deletion_vectors.clone(),
+        vectors_enabled: t.vectors_enabled,
     }
 }
 

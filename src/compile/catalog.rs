@@ -30,6 +30,10 @@ pub struct TableInfo {
     pub partition_columns: Vec<String>,
     /// Declared `optional`: when absent it is neither read nor created.
     pub optional: bool,
+    /// Declared `deletion_vectors`.
+    pub deletion_vectors: Option<crate::spec::VectorOptions>,
+    /// The table has them on already (false when the run creates it).
+    pub vectors_enabled: bool,
 }
 
 impl TableInfo {
@@ -83,6 +87,8 @@ pub async fn open(
                     schema: provider.schema(),
                     partition_columns: snapshot.metadata().partition_columns().to_vec(),
                     optional: table.optional,
+                    deletion_vectors: table.deletion_vectors.clone(),
+                    vectors_enabled: crate::delta::vectors::enabled(&delta),
                 };
                 register(ctx, name, provider)?;
                 info
@@ -101,6 +107,8 @@ pub async fn open(
                     schema: schema.clone(),
                     partition_columns: table.partition_by.iter().map(|p| p.value.clone()).collect(),
                     optional: table.optional,
+                    deletion_vectors: table.deletion_vectors.clone(),
+                    vectors_enabled: false,
                 };
                 if !table.optional {
                     register(ctx, name, Arc::new(DeclaredTable::new(schema)))?;

@@ -9,6 +9,7 @@ pub mod location;
 mod observe;
 pub mod schema;
 pub mod table;
+pub mod vectors;
 
 pub use commit::{app_id, finish_app_id, RunTag};
 pub use location::{local_table_exists, table_url};

@@ -52,12 +52,13 @@ pub async fn open_if_exists(url: &url::Url) -> Result<Option<DeltaTable>, String
 }
 
 /// Creates the table `name` at `location` with `schema` (converted to what Delta
-/// stores) and partition columns.
+/// stores) and partition columns, with deletion vectors on if `deletion_vectors`.
 pub async fn create(
     name: &str,
     location: &str,
     schema: &Schema,
     partition_by: &[String],
+    deletion_vectors: bool,
 ) -> Result<DeltaTable, String> {
     let schema = super::schema::for_delta(schema);
     let kernel: StructType = (&schema)
@@ -68,7 +69,14 @@ pub async fn create(
         std::fs::create_dir_all(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     }
-    CreateBuilder::new()
+    let mut builder = CreateBuilder::new();
+    if deletion_vectors {
+        builder = builder.with_configuration_property(
+            deltalake::TableProperty::EnableDeletionVectors,
+            Some("true"),
+        );
+    }
+    builder
         .with_location(url.as_str())
         .with_table_name(name)
         .with_columns(kernel.fields().cloned())
@@ -83,10 +91,11 @@ pub async fn open_or_create(
     location: &str,
     schema: &Schema,
     partition_by: &[String],
+    deletion_vectors: bool,
 ) -> Result<DeltaTable, String> {
     match open_if_exists(&table_url(location)?).await? {
         Some(table) => Ok(table),
-        None => create(name, location, schema, partition_by).await,
+        None => create(name, location, schema, partition_by, deletion_vectors).await,
     }
 }
 

@@ -9,8 +9,9 @@ use crate::delta;
 use crate::plan::{Plan, TablePlan};
 
 /// Opens every table of the plan, creating those the run creates, and checks the
-/// others against the schema and partitioning the plan was bound to. Nothing is
-/// written before every check has passed.
+/// others against the schema and partitioning the plan was bound to; turns deletion
+/// vectors on where declared and not yet on. Nothing is written before every check
+/// has passed.
 pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, String> {
     let mut existing = BTreeMap::new();
     for t in &plan.tables {
@@ -36,12 +37,30 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
             }
         }
     }
+    for t in plan.tables.iter().filter(|t| t.deletion_vectors.is_some()) {
+        if let Some(table) = existing.remove(&t.name) {
+            let table = if delta::vectors::enabled(&table) {
+                table
+            } else {
+                delta::vectors::enable(table).await?
+            };
+            existing.insert(t.name.clone(), table);
+        }
+    }
     for t in plan
         .tables
         .iter()
         .filter(|t| t.version.is_none() && !t.optional)
     {
-        delta::create(&t.name, &t.location, &t.arrow_schema()?, &t.partition_by).await?;
+        let vectors = t.deletion_vectors.is_some();
+        delta::create(
+            &t.name,
+            &t.location,
+            &t.arrow_schema()?,
+            &t.partition_by,
+            vectors,
+        )
+        .await?;
         existing.insert(
             t.name.clone(),
             delta::open(&t.name, &t.location, None).await?,

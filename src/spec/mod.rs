@@ -65,6 +65,30 @@ pub struct TableSpec {
     /// A table that may be absent: then it is not created and templates see
     /// `tables.<name>.exists` false (and must not read it).
     pub optional: bool,
+    /// `deletion_vectors:` MERGE marks changed rows deleted instead of rewriting
+    /// their files (None: off).
+    pub deletion_vectors: Option<VectorOptions>,
+}
+
+/// How a MERGE writes into a table with deletion vectors.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct VectorOptions {
+    /// A file whose changed share of live rows is above this is rewritten instead of
+    /// getting a vector (a vector plus a copy of nearly every row costs more).
+    pub rewrite_above: f64,
+}
+
+impl VectorOptions {
+    /// Measured on the summary pipeline (docs/deletion-vectors.md).
+    pub const DEFAULT_REWRITE_ABOVE: f64 = 0.5;
+}
+
+impl Default for VectorOptions {
+    fn default() -> Self {
+        VectorOptions {
+            rewrite_above: Self::DEFAULT_REWRITE_ABOVE,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

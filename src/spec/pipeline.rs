@@ -16,7 +16,9 @@ const TABLE_KEYS: &[&str] = &[
     "partition_by",
     "max_full_scans",
     "optional",
+    "deletion_vectors",
 ];
+const VECTOR_KEYS: &[&str] = &["rewrite_above"];
 const COLUMN_KEYS: &[&str] = &["name", "type", "nullable"];
 const STAGE_KEYS: &[&str] = &[
     "name",
@@ -108,6 +110,7 @@ impl Loader<'_> {
             };
             let description = self.optional_string(map, "description")?.map(|s| s.value);
             let optional = self.flag(map, "optional")?;
+            let deletion_vectors = self.deletion_vectors(map.get_node("deletion_vectors"))?;
             tables.insert(
                 name.value.clone(),
                 TableSpec {
@@ -118,10 +121,46 @@ impl Loader<'_> {
                     partition_by,
                     max_full_scans,
                     optional,
+                    deletion_vectors,
                 },
             );
         }
         Ok(tables)
+    }
+
+    /// `deletion_vectors: true | false | {rewrite_above: R}`.
+    fn deletion_vectors(&self, node: Option<&Node>) -> Result<Option<VectorOptions>> {
+        let Some(node) = node else { return Ok(None) };
+        if let Some(s) = node.as_scalar() {
+            return match s.as_bool() {
+                Some(on) => Ok(on.then(VectorOptions::default)),
+                None => Err(self.error(
+                    self.scalar_span(s),
+                    Code::BadValue,
+                    "`deletion_vectors` must be true, false or `{rewrite_above: R}`",
+                    "not a boolean",
+                )),
+            };
+        }
+        let map = self.mapping(node, "deletion_vectors")?;
+        self.check_keys(map, VECTOR_KEYS, "deletion_vectors")?;
+        let mut options = VectorOptions::default();
+        if let Some(s) = map.get_scalar("rewrite_above") {
+            options.rewrite_above = s
+                .as_str()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    self.error(
+                        self.scalar_span(s),
+                        Code::BadValue,
+                        "`rewrite_above` must be a share of a file's rows, from 0 to 1",
+                        "not a number from 0 to 1",
+                    )
+                })?;
+        }
+        Ok(Some(options))
     }
 
     fn columns(&self, node: &Node, table: &str) -> Result<Vec<ColumnSpec>> {

@@ -1,0 +1,283 @@
+//! Deletion vectors (Delta protocol, `deletionVectors` table feature): which tables
+//! have them, the vectors a file already has, the physical rows of a data file, and
+//! writing one commit's new vectors into one vector file.
+//!
+//! The vector format (version byte, size, magic, portable RoaringTreemap, CRC-32) is
+//! written by the Delta kernel's `StreamingDeletionVectorWriter`; reading existing
+//! vectors is delta-rs's own (`DeltaScan::deletion_vectors`). Written here: the
+//! vector file's name and its descriptor (`u` storage: the z85 form of a UUID).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use buoyant_kernel::actions::deletion_vector_writer::{
+    KernelDeletionVector, StreamingDeletionVectorWriter,
+};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::catalog::Session;
+use deltalake::delta_datafusion::{DeltaScanConfig, DeltaScanNext};
+use deltalake::kernel::{DeletionVectorDescriptor, StorageType};
+use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
+#[allow(deprecated)] // its replacement, SpawnedReader, is for a separate I/O runtime
+use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
+use deltalake::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask, RowNumber};
+use deltalake::parquet::file::metadata::PageIndexPolicy;
+use deltalake::{DeltaTable, ObjectStore, Path};
+use futures::TryStreamExt;
+
+/// The column with each row's position in its data file.
+pub const ROW_NUMBER: &str = "__sqlplan_row_number";
+
+/// The table has `delta.enableDeletionVectors = true`.
+pub fn enabled(table: &DeltaTable) -> bool {
+    table
+        .snapshot()
+        .ok()
+        .and_then(|s| s.table_config().enable_deletion_vectors)
+        .unwrap_or(false)
+}
+
+/// Turns deletion vectors on for an existing table: the property and the
+/// `deletionVectors` reader/writer feature, in one commit.
+pub async fn enable(table: DeltaTable) -> Result<DeltaTable, String> {
+    table
+        .set_tbl_properties()
+        .with_properties(HashMap::from([(
+            "delta.enableDeletionVectors".to_string(),
+            "true".to_string(),
+        )]))
+        .with_raise_if_not_exists(false)
+        .await
+        .map_err(|e| format!("cannot enable deletion vectors: {e}"))
+}
+
+/// The keep masks (true: the row is live) of those `paths` (relative, as in the log)
+/// that have a deletion vector, read by delta-rs.
+pub async fn keep_masks(
+    table: &DeltaTable,
+    session: &dyn Session,
+    paths: &[String],
+) -> Result<HashMap<String, Vec<bool>>, String> {
+    if paths.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| e.to_string())?
+        .snapshot()
+        .clone();
+    let scan = DeltaScanNext::new(snapshot, DeltaScanConfig::default())
+        .map_err(|e| e.to_string())?
+        .with_file_paths(paths.iter().cloned());
+    let selections = scan
+        .deletion_vectors(session)
+        .await
+        .map_err(|e| format!("reading deletion vectors: {e}"))?;
+    let root = table.table_url().clone();
+    let mut by_path = HashMap::new();
+    for s in selections {
+        let path = relative_path(&root, &s.filepath).ok_or_else(|| {
+            format!(
+                "deletion vector of a file outside the table: {}",
+                s.filepath
+            )
+        })?;
+        by_path.insert(path, s.keep_mask);
+    }
+    Ok(by_path)
+}
+
+/// `file:///w/summary/m=1/a.parquet` → `m=1/a.parquet` (percent-decoded like the log).
+fn relative_path(root: &url::Url, file: &str) -> Option<String> {
+    let file = Path::from_url_path(url::Url::parse(file).ok()?.path()).ok()?;
+    let root = Path::from_url_path(root.path()).ok()?;
+    let parts: Vec<String> = file
+        .prefix_match(&root)?
+        .map(|p| p.as_ref().to_string())
+        .collect();
+    Some(parts.join("/"))
+}
+
+/// One data file of a table, as far as reading its rows goes.
+#[derive(Clone, Debug)]
+pub struct DataFile {
+    /// Relative to the table root, as the log has it.
+    pub path: String,
+    pub size: u64,
+}
+
+/// Rows of a data file: the `columns` (by name; absent ones are skipped) and
+/// `ROW_NUMBER`, for the rows in `ranges` (all when None). Returns the batches and
+/// the file's physical row count.
+pub async fn read_rows(
+    store: Arc<dyn ObjectStore>,
+    file: &DataFile,
+    columns: &[String],
+    ranges: Option<Vec<Range<usize>>>,
+) -> Result<(Vec<RecordBatch>, usize), String> {
+    let err = |e: &dyn std::fmt::Display| format!("reading {}: {e}", file.path);
+    #[allow(deprecated)]
+    let reader =
+        ParquetObjectReader::new(store, Path::from(file.path.as_str())).with_file_size(file.size);
+    let row_number =
+        Arc::new(Field::new(ROW_NUMBER, DataType::Int64, false).with_extension_type(RowNumber));
+    // Page indexes let a selection of rows skip whole pages; a full read needs none.
+    let pages = if ranges.is_some() {
+        PageIndexPolicy::Optional
+    } else {
+        PageIndexPolicy::Skip
+    };
+    let options = ArrowReaderOptions::new()
+        .with_page_index_policy(pages)
+        .with_virtual_columns(vec![row_number])
+        .map_err(|e| err(&e))?;
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(|e| err(&e))?;
+    let total = builder.metadata().file_metadata().num_rows() as usize;
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.iter().any(|c| c == f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let mut builder = builder.with_projection(mask).with_batch_size(8192);
+    if let Some(ranges) = ranges {
+        builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(
+            ranges.into_iter(),
+            total,
+        ));
+    }
+    let batches = builder
+        .build()
+        .map_err(|e| err(&e))?
+        .try_collect()
+        .await
+        .map_err(|e| err(&e))?;
+    Ok((batches, total))
+}
+
+/// Sorted positions as runs of consecutive rows.
+pub fn ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for p in sorted {
+        let p = p as usize;
+        match out.last_mut() {
+            Some(r) if r.end == p => r.end = p + 1,
+            _ => out.push(p..p + 1),
+        }
+    }
+    out
+}
+
+/// The vectors of one commit, written into one file beside the data.
+#[derive(Default)]
+pub struct VectorFile {
+    vectors: Vec<(String, KernelDeletionVector)>,
+}
+
+impl VectorFile {
+    /// Adds the vector of data file `path`: these deleted positions.
+    pub fn add(&mut self, path: &str, deleted: impl IntoIterator<Item = u64>) {
+        let mut dv = KernelDeletionVector::new();
+        dv.add_deleted_row_indexes(deleted);
+        self.vectors.push((path.to_string(), dv));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
+    /// The file's bytes (the kernel's format) and each data file's descriptor.
+    fn encode(
+        self,
+        uuid: uuid::Uuid,
+    ) -> Result<(Vec<u8>, Vec<(String, DeletionVectorDescriptor)>), String> {
+        let mut bytes = Vec::new();
+        let mut descriptors = Vec::with_capacity(self.vectors.len());
+        let mut writer = StreamingDeletionVectorWriter::new(&mut bytes);
+        for (path, dv) in self.vectors {
+            let written = writer
+                .write_deletion_vector(dv)
+                .map_err(|e| format!("writing a deletion vector: {e}"))?;
+            descriptors.push((
+                path,
+                DeletionVectorDescriptor {
+                    storage_type: StorageType::UuidRelativePath,
+                    path_or_inline_dv: z85::encode(uuid.as_bytes()),
+                    offset: Some(written.offset),
+                    size_in_bytes: written.size_in_bytes,
+                    cardinality: written.cardinality,
+                },
+            ));
+        }
+        writer
+            .finalize()
+            .map_err(|e| format!("writing a deletion vector: {e}"))?;
+        Ok((bytes, descriptors))
+    }
+
+    /// Writes the file into the table root (if any vector was added); returns each
+    /// data file's descriptor and the bytes written.
+    pub async fn write(
+        self,
+        store: &dyn ObjectStore,
+    ) -> Result<(HashMap<String, DeletionVectorDescriptor>, u64), String> {
+        if self.vectors.is_empty() {
+            return Ok((HashMap::new(), 0));
+        }
+        let uuid = uuid::Uuid::new_v4();
+        let (bytes, descriptors) = self.encode(uuid)?;
+        let name = format!("deletion_vector_{uuid}.bin");
+        let size = bytes.len() as u64;
+        store
+            .put(&Path::from(name.as_str()), bytes.into())
+            .await
+            .map_err(|e| format!("writing {name}: {e}"))?;
+        Ok((descriptors.into_iter().collect(), size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_become_runs() {
+        assert_eq!(ranges([1, 2, 3, 7, 9, 10]), vec![1..4, 7..8, 9..11]);
+        assert!(ranges([]).is_empty());
+    }
+
+    #[test]
+    fn relative_paths_are_decoded() {
+        let root = url::Url::parse("file:///w/summary/").unwrap();
+        assert_eq!(
+            relative_path(&root, "file:///w/summary/m=2024-01/a%20b.parquet").as_deref(),
+            Some("m=2024-01/a b.parquet")
+        );
+    }
+
+    #[test]
+    fn vectors_share_one_file_at_increasing_offsets() {
+        let mut f = VectorFile::default();
+        f.add("a", [0, 2, 4]);
+        f.add("b", [1]);
+        let (bytes, d) = f.encode(uuid::Uuid::nil()).unwrap();
+        assert_eq!(bytes[0], 1, "version byte");
+        let (a, b) = (&d[0].1, &d[1].1);
+        assert_eq!(a.offset, Some(1));
+        assert_eq!(b.offset, Some(1 + 4 + a.size_in_bytes + 4));
+        assert_eq!((a.cardinality, b.cardinality), (3, 1));
+        assert_eq!(
+            bytes.len() as i32,
+            b.offset.unwrap() + 4 + b.size_in_bytes + 4
+        );
+        assert_eq!(a.path_or_inline_dv.len(), 20, "z85 of 16 bytes");
+    }
+}

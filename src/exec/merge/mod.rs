@@ -1,0 +1,201 @@
+//! MERGE: planned by DataFusion (names and types checked at plan time), its source
+//! computed once and checked for duplicate keys, then written one of two ways:
+//! copy-on-write by delta-rs's merge builder (`cow`), or, on a table with
+//! deletion vectors, by sqlplan's own writer that marks the changed rows deleted and
+//! appends their new versions (`vectors`).
+
+mod cow;
+mod vectors;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::datasource::MemTable;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::dml::MergeIntoClause;
+use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, WriteOp};
+use datafusion::prelude::DataFrame;
+
+use super::context::{df_err, Executor, StageResult};
+use super::error::StageError;
+use crate::plan::StagePlan;
+use crate::report::StageMetrics;
+
+/// A MERGE statement with its source computed.
+pub(super) struct Merge {
+    /// The target table (expressions qualify its columns with this name).
+    pub target: String,
+    pub source_alias: String,
+    pub on: Expr,
+    pub clauses: Vec<MergeIntoClause>,
+    /// The target's columns as the statement was planned against them.
+    pub target_schema: SchemaRef,
+    pub source_schema: SchemaRef,
+    pub source: Vec<RecordBatch>,
+    pub literal_bounds: Vec<String>,
+}
+
+impl Merge {
+    fn source_rows(&self) -> u64 {
+        self.source.iter().map(|b| b.num_rows() as u64).sum()
+    }
+
+    fn source_frame(&self, exec: &Executor) -> StageResult<DataFrame> {
+        let mem = MemTable::try_new(self.source_schema.clone(), vec![self.source.clone()])
+            .map_err(df_err)?;
+        exec.ctx
+            .read_table(Arc::new(mem))
+            .map_err(df_err)?
+            .alias(&self.source_alias)
+            .map_err(df_err)
+    }
+}
+
+impl Executor {
+    pub(super) async fn merge(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
+        let merge = self.plan_merge(sql).await?;
+        let source = merge.source_frame(self)?;
+        check_unique_keys(&source, &source_keys(&merge.on, &merge.target)).await?;
+        let table = self.table(&merge.target).await?;
+        let options = self
+            .plan
+            .tables
+            .iter()
+            .find(|t| t.name == merge.target)
+            .and_then(|t| t.deletion_vectors.clone());
+        match options {
+            Some(options) if crate::delta::vectors::enabled(&table) => {
+                match vectors::key_columns(&merge) {
+                    Some(keys) => {
+                        self.merge_with_vectors(stage, merge, keys, table, &options)
+                            .await
+                    }
+                    None => self.merge_copy_on_write(stage, merge, source, table).await,
+                }
+            }
+            _ => self.merge_copy_on_write(stage, merge, source, table).await,
+        }
+    }
+
+    /// Plans the statement and computes its source once.
+    async fn plan_merge(&self, sql: &str) -> StageResult<Merge> {
+        let state = self.ctx.state();
+        let LogicalPlan::Dml(dml) = state.create_logical_plan(sql).await.map_err(df_err)? else {
+            return Err("not a MERGE".into());
+        };
+        let WriteOp::MergeInto(op) = dml.op else {
+            return Err("not a MERGE".into());
+        };
+        let source_alias = dml
+            .input
+            .schema()
+            .iter()
+            .next()
+            .and_then(|(q, _)| q.cloned())
+            .map(|q| q.table().to_string())
+            .ok_or("MERGE source without a name")?;
+        let source = DataFrame::new(state, (*dml.input).clone());
+        let (source, literal_bounds) = self.bounded(source).await?;
+        let task = Arc::new(source.task_ctx());
+        let physical = source.create_physical_plan().await.map_err(df_err)?;
+        let source_schema = physical.schema();
+        let batches = datafusion::physical_plan::collect(physical, task)
+            .await
+            .map_err(df_err)?;
+        Ok(Merge {
+            target: dml.table_name.table().to_string(),
+            source_alias,
+            on: op.on,
+            clauses: op.clauses,
+            target_schema: dml.target.schema().clone(),
+            source_schema,
+            source: batches,
+            literal_bounds,
+        })
+    }
+}
+
+/// Source columns equated with target columns in ON: the MERGE key.
+fn source_keys(on: &Expr, target: &str) -> Vec<Expr> {
+    key_pairs(on, target).into_iter().map(|(_, s)| s).collect()
+}
+
+/// `target.column = <source expression>` conjuncts of ON, as (target column,
+/// source expression).
+fn key_pairs(on: &Expr, target: &str) -> Vec<(String, Expr)> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let mut keys = Vec::new();
+    for conjunct in datafusion::logical_expr::utils::split_conjunction(on) {
+        if let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = conjunct
+        {
+            match (target_column(left, target), target_column(right, target)) {
+                (Some(t), None) if is_source_side(right, target) => {
+                    keys.push((t, (**right).clone()))
+                }
+                (None, Some(t)) if is_source_side(left, target) => keys.push((t, (**left).clone())),
+                _ => {}
+            }
+        }
+    }
+    keys
+}
+
+fn target_column(e: &Expr, target: &str) -> Option<String> {
+    match e {
+        Expr::Column(c) if c.relation.as_ref().is_some_and(|r| r.table() == target) => {
+            Some(c.name.clone())
+        }
+        _ => None,
+    }
+}
+
+/// An expression of one source column (and no target column).
+fn is_source_side(e: &Expr, target: &str) -> bool {
+    let refs = e.column_refs();
+    refs.len() == 1
+        && refs
+            .iter()
+            .all(|c| !c.relation.as_ref().is_some_and(|r| r.table() == target))
+}
+
+/// Two source rows for one target key would make the result depend on which one
+/// happens to be applied: an error that names the key, never a silent pick.
+async fn check_unique_keys(source: &DataFrame, keys: &[Expr]) -> StageResult<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let dup = source
+        .clone()
+        .aggregate(keys.to_vec(), vec![count(lit(1)).alias("sqlplan_rows")])
+        .and_then(|d| d.filter(col("sqlplan_rows").gt(lit(1))))
+        .and_then(|d| d.limit(0, Some(1)))
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)?;
+    let Some(batch) = dup.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(());
+    };
+    let key: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "{} = {}",
+                k,
+                array_value_to_string(batch.column(i), 0).unwrap_or_default()
+            )
+        })
+        .collect();
+    let n = array_value_to_string(batch.column(keys.len()), 0).unwrap_or_default();
+    Err(StageError::DuplicateKey(format!(
+        "the MERGE source has {n} rows for one target key ({}); deduplicate the source",
+        key.join(", ")
+    )))
+}

@@ -1,0 +1,716 @@
+//! MERGE into a table with deletion vectors: only the changed rows are written.
+//!
+//! 1. Candidate files come from the log: those whose partition values some source
+//!    key has (every file when no key column is a partition column).
+//! 2. Their key columns (and the target columns the clauses read) are read with each
+//!    row's physical position, skipping rows an existing vector already deletes; a
+//!    row matches when its key is a source key.
+//! 3. DataFusion evaluates the WHEN clauses over the source joined with the matched
+//!    rows (first applicable clause wins), giving the rows to write and the
+//!    positions to delete.
+//! 4. Per file: every row deleted → the file is removed; the changed share of its
+//!    live rows above the table's `rewrite_above` → the file is rewritten without
+//!    them; otherwise it gets a vector: the union of its old one and the new
+//!    positions. Files without a matched row are not touched.
+//! 5. One commit: removes, re-adds with vectors, new files, the run's transaction.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::common::{Column, JoinType, ScalarValue};
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClauseKind};
+use datafusion::logical_expr::{cast as cast_expr, col, lit, when, Expr};
+use datafusion::prelude::DataFrame;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, LogicalFileView};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
+use futures::{StreamExt, TryStreamExt};
+
+use super::super::context::{df_err, Executor, StageResult};
+use super::super::error::StageError;
+use super::{key_pairs, Merge};
+use crate::delta::vectors::{self as dv, DataFile, VectorFile, ROW_NUMBER};
+use crate::plan::{StagePlan, VectorOptions};
+use crate::report::StageMetrics;
+
+/// Helper columns: a source row's index, and a matched target row's file and position.
+const SOURCE_ROW: &str = "__sqlplan_source_row";
+const MATCHED_SOURCE_ROW: &str = "__sqlplan_matched_source_row";
+const FILE: &str = "__sqlplan_file";
+const POSITION: &str = "__sqlplan_position";
+const ACTION: &str = "__sqlplan_action";
+
+/// Data files read at once.
+const CONCURRENT_FILES: usize = 4;
+
+/// The MERGE key as (target column, source expression), when this writer can run
+/// the statement: ON is only such equalities and no clause is NOT MATCHED BY SOURCE
+/// (which needs every target row; delta-rs's merge does that).
+pub(super) fn key_columns(merge: &Merge) -> Option<Vec<(String, Expr)>> {
+    let pairs = key_pairs(&merge.on, &merge.target);
+    let conjuncts = datafusion::logical_expr::utils::split_conjunction(&merge.on).len();
+    let by_source = merge
+        .clauses
+        .iter()
+        .any(|c| c.kind.canonical() == MergeIntoClauseKind::NotMatchedBySource);
+    (!pairs.is_empty() && pairs.len() == conjuncts && !by_source).then_some(pairs)
+}
+
+/// What one clause does to the row it applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Update,
+    Delete,
+    Insert,
+}
+
+/// A candidate data file and what the key pass found in it.
+struct Candidate {
+    view: LogicalFileView,
+    path: String,
+    partition: HashMap<String, Option<String>>,
+    /// Its existing vector as a keep mask (true: live), if it has one.
+    keep: Option<Arc<Vec<bool>>>,
+    rows: usize,
+}
+
+impl Executor {
+    pub(super) async fn merge_with_vectors(
+        &self,
+        stage: &StagePlan,
+        merge: Merge,
+        keys: Vec<(String, Expr)>,
+        table: DeltaTable,
+        options: &VectorOptions,
+    ) -> StageResult<StageMetrics> {
+        let target_fields: BTreeMap<String, DataType> = merge
+            .target_schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let snapshot = table.snapshot().map_err(df_err)?.clone();
+        let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        let key_types: Vec<DataType> = keys.iter().map(|(c, _)| target_fields[c].clone()).collect();
+
+        // The source, each row numbered.
+        let (source_schema, source) = numbered(&merge.source_schema, &merge.source)?;
+        let source_df = frame(self, source_schema, source, &merge.source_alias)?;
+        let keyed = source_df
+            .clone()
+            .select(
+                keys.iter()
+                    .zip(&key_types)
+                    .map(|((c, e), t)| cast_expr(e.clone(), t.clone()).alias(c))
+                    .chain([col(SOURCE_ROW)])
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+        let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
+            .map_err(df_err)?;
+        let lookup = SourceKeys::new(&converter, &keyed, &keys, &partitions)?;
+
+        // 1. Candidate files, with their existing vectors.
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for view in snapshot.log_data().iter() {
+            let partition = view.partition_values_map();
+            if lookup.may_hold(&partition) {
+                candidates.push(Candidate {
+                    path: view.path().to_string(),
+                    partition,
+                    keep: None,
+                    rows: 0,
+                    view,
+                });
+            }
+        }
+        let with_vectors: Vec<String> = candidates
+            .iter()
+            .filter(|c| c.view.deletion_vector_descriptor().is_some())
+            .map(|c| c.path.clone())
+            .collect();
+        let mut masks = dv::keep_masks(&table, &self.ctx.state(), &with_vectors).await?;
+        for c in &mut candidates {
+            c.keep = masks.remove(&c.path).map(Arc::new);
+        }
+
+        // 2. The key pass: matched rows with their position and source row.
+        let referenced = referenced_columns(&merge, &keys, &target_fields);
+        let read: Vec<String> = referenced
+            .iter()
+            .filter(|c| !partitions.contains(c))
+            .cloned()
+            .collect();
+        let matched_schema = Arc::new(Schema::new(
+            referenced
+                .iter()
+                .map(|c| Field::new(c, target_fields[c].clone(), true))
+                .chain([
+                    Field::new(FILE, DataType::UInt32, false),
+                    Field::new(POSITION, DataType::UInt64, false),
+                    Field::new(MATCHED_SOURCE_ROW, DataType::UInt64, false),
+                ])
+                .collect::<Vec<_>>(),
+        ));
+        let store = table.object_store();
+        let pass = Arc::new(KeyPass {
+            read,
+            lookup,
+            converter,
+            keys: keys.iter().map(|(c, _)| c.clone()).collect(),
+            key_types,
+            referenced: referenced.clone(),
+            target_fields: target_fields.clone(),
+            matched_schema: matched_schema.clone(),
+        });
+        let jobs: Vec<_> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let file = KeyPassFile {
+                    index: i as u32,
+                    file: DataFile {
+                        path: c.path.clone(),
+                        size: c.view.size() as u64,
+                    },
+                    partition: c.partition.clone(),
+                    keep: c.keep.clone(),
+                };
+                pass.clone().scan(store.clone(), file)
+            })
+            .collect();
+        let scans: Vec<(u32, usize, Vec<RecordBatch>)> = futures::stream::iter(jobs)
+            .buffer_unordered(CONCURRENT_FILES)
+            .try_collect()
+            .await?;
+        let mut matched = Vec::new();
+        for (i, rows, batches) in scans {
+            candidates[i as usize].rows = rows;
+            matched.extend(batches);
+        }
+
+        // 3. The clauses, over the source joined with the matched rows.
+        let acts: Vec<Act> = merge
+            .clauses
+            .iter()
+            .map(|c| match &c.action {
+                MergeIntoAction::Update(_) => Act::Update,
+                MergeIntoAction::Delete => Act::Delete,
+                MergeIntoAction::Insert { .. } => Act::Insert,
+            })
+            .collect();
+        let matched_df = frame(self, matched_schema, matched, &merge.target)?;
+        let joined = source_df
+            .join(
+                matched_df,
+                JoinType::Left,
+                &[SOURCE_ROW],
+                &[MATCHED_SOURCE_ROW],
+                None,
+            )
+            .map_err(df_err)?;
+        let table_schema = snapshot.snapshot().arrow_schema();
+        let outcome = joined
+            .with_column(ACTION, action_expr(&merge)?)
+            .map_err(df_err)?
+            .filter(col(ACTION).gt(lit(0u32)))
+            .map_err(df_err)?
+            .select(output_exprs(&merge, &table_schema)?)
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+
+        // Rows to write, positions to delete.
+        let mut new_rows = Vec::new();
+        let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let (mut updated, mut inserted, mut deleted_rows) = (0u64, 0u64, 0u64);
+        for b in &outcome {
+            let action = b
+                .column_by_name(ACTION)
+                .ok_or("no action")?
+                .as_primitive::<UInt32Type>();
+            let file = b
+                .column_by_name(FILE)
+                .ok_or("no file")?
+                .as_primitive::<UInt32Type>();
+            let pos = b
+                .column_by_name(POSITION)
+                .ok_or("no position")?
+                .as_primitive::<UInt64Type>();
+            let mut keep = Vec::with_capacity(b.num_rows());
+            for i in 0..b.num_rows() {
+                let act = acts[action.value(i) as usize - 1];
+                match act {
+                    Act::Update => updated += 1,
+                    Act::Delete => deleted_rows += 1,
+                    Act::Insert => inserted += 1,
+                }
+                if act != Act::Insert {
+                    deleted.entry(file.value(i)).or_default().push(pos.value(i));
+                }
+                keep.push(act != Act::Delete);
+            }
+            if acts.iter().any(|a| *a != Act::Delete) {
+                let rows = filter_record_batch(b, &BooleanArray::from(keep)).map_err(df_err)?;
+                new_rows.push(
+                    rows.project(&(0..table_schema.fields().len()).collect::<Vec<_>>())
+                        .map_err(df_err)?,
+                );
+            }
+        }
+
+        // 4. Per file: remove, rewrite or give it a vector.
+        let mut writer = RecordBatchWriter::for_table(&table)
+            .map_err(df_err)?
+            .with_writer_properties(crate::delta::writer_properties());
+        let writer_schema = writer.arrow_schema();
+        let mut vectors = VectorFile::default();
+        let mut actions: Vec<Action> = Vec::new();
+        let (mut removed, mut rewritten, mut by_vector, mut vector_rows) = (0u64, 0u64, 0u64, 0u64);
+        let mut vector_files: Vec<(usize, u64)> = Vec::new();
+        for (&i, positions) in &mut deleted {
+            let c = &candidates[i as usize];
+            positions.sort_unstable();
+            positions.dedup();
+            let already: Vec<u64> = c
+                .keep
+                .as_ref()
+                .map(|k| (0..k.len() as u64).filter(|p| !k[*p as usize]).collect())
+                .unwrap_or_default();
+            let live = c.rows - already.len();
+            actions.push(Action::Remove(c.view.remove_action(true)));
+            if positions.len() == live {
+                removed += 1;
+            } else if positions.len() as f64 > options.rewrite_above * live as f64 {
+                rewritten += 1;
+                let gone: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
+                let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
+                let all: Vec<String> = table_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .filter(|n| !partitions.contains(n))
+                    .collect();
+                let file = DataFile {
+                    path: c.path.clone(),
+                    size: c.view.size() as u64,
+                };
+                let (batches, _) = dv::read_rows(store.clone(), &file, &all, Some(kept)).await?;
+                for b in batches {
+                    let b = conform(&b, &writer_schema, &c.partition)?;
+                    writer.write(b).await.map_err(df_err)?;
+                }
+            } else {
+                by_vector += 1;
+                vector_rows += positions.len() as u64;
+                let all: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
+                vectors.add(&c.path, all);
+                vector_files.push((i as usize, positions.len() as u64));
+            }
+        }
+        for b in new_rows {
+            if b.num_rows() > 0 {
+                writer
+                    .write(conform(&b, &writer_schema, &HashMap::new())?)
+                    .await
+                    .map_err(df_err)?;
+            }
+        }
+        let adds = writer.flush().await.map_err(df_err)?;
+        let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
+        for (i, _) in &vector_files {
+            let c = &candidates[*i];
+            #[allow(deprecated)]
+            let mut add = c.view.add_action();
+            add.deletion_vector = Some(
+                descriptors
+                    .get(&c.path)
+                    .cloned()
+                    .ok_or("a deletion vector went missing")?,
+            );
+            add.data_change = true;
+            actions.push(Action::Add(add));
+        }
+        let data_bytes: i64 = adds.iter().map(|a| a.size).sum();
+        let files_added = adds.len() as u64;
+        actions.extend(adds.into_iter().map(Action::Add));
+
+        // 5. One commit.
+        let operation = DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: Some(merge.on.to_string()),
+            matched_predicates: vec![],
+            not_matched_predicates: vec![],
+            not_matched_by_source_predicates: vec![],
+        };
+        let commit = CommitBuilder::from(self.props(stage))
+            .with_actions(actions)
+            .build(Some(&snapshot), table.log_store(), operation)
+            .await
+            .map_err(df_err)?;
+        let mut table = table;
+        table
+            .update_incremental(Some(commit.version()))
+            .await
+            .map_err(df_err)?;
+        let version = self.committed(&merge.target, table).await?;
+        Ok(StageMetrics {
+            literal_bounds: merge.literal_bounds.clone(),
+            rows_out: Some(merge.source_rows()),
+            rows_inserted: Some(inserted),
+            rows_updated: Some(updated),
+            rows_deleted: Some(deleted_rows),
+            files_added: Some(files_added),
+            files_removed: Some(removed + rewritten),
+            files_scanned: Some(candidates.len() as u64),
+            bytes_written: Some(data_bytes as u64 + vector_bytes),
+            files_with_vectors: Some(by_vector),
+            files_rewritten: Some(rewritten),
+            rows_deleted_by_vector: Some(vector_rows),
+            version,
+            ..Default::default()
+        })
+    }
+}
+
+/// The key pass over candidate files: what it reads and how it matches.
+struct KeyPass {
+    read: Vec<String>,
+    lookup: SourceKeys,
+    converter: RowConverter,
+    keys: Vec<String>,
+    key_types: Vec<DataType>,
+    referenced: Vec<String>,
+    target_fields: BTreeMap<String, DataType>,
+    matched_schema: SchemaRef,
+}
+
+struct KeyPassFile {
+    index: u32,
+    file: DataFile,
+    partition: HashMap<String, Option<String>>,
+    keep: Option<Arc<Vec<bool>>>,
+}
+
+impl KeyPass {
+    /// The file's live rows whose key is a source key: the referenced columns, the
+    /// file, position and source row. Also returns the file's physical row count.
+    async fn scan(
+        self: Arc<Self>,
+        store: Arc<dyn deltalake::ObjectStore>,
+        f: KeyPassFile,
+    ) -> StageResult<(u32, usize, Vec<RecordBatch>)> {
+        let (batches, rows) = dv::read_rows(store, &f.file, &self.read, None).await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let key_arrays = self
+                .keys
+                .iter()
+                .zip(&self.key_types)
+                .map(|(k, t)| column_of(b, k, t, &f.partition))
+                .collect::<StageResult<Vec<_>>>()?;
+            let keys = self
+                .converter
+                .convert_columns(&key_arrays)
+                .map_err(df_err)?;
+            let positions = b
+                .column_by_name(ROW_NUMBER)
+                .ok_or("no row numbers")?
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let (mut take_idx, mut pos, mut src) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..b.num_rows() {
+                let p = positions.value(i) as u64;
+                if f.keep.as_ref().is_some_and(|k| !k[p as usize]) {
+                    continue; // deleted by the file's vector already
+                }
+                if let Some(s) = self.lookup.rows.get(&keys.row(i).owned()) {
+                    take_idx.push(i as u32);
+                    pos.push(p);
+                    src.push(*s);
+                }
+            }
+            if take_idx.is_empty() {
+                continue;
+            }
+            let idx = UInt32Array::from(take_idx);
+            let mut columns = self
+                .referenced
+                .iter()
+                .map(|r| {
+                    let a = column_of(b, r, &self.target_fields[r], &f.partition)?;
+                    take(&a, &idx, None).map_err(df_err)
+                })
+                .collect::<StageResult<Vec<ArrayRef>>>()?;
+            columns.push(Arc::new(UInt32Array::from(vec![f.index; idx.len()])));
+            columns.push(Arc::new(UInt64Array::from(pos)));
+            columns.push(Arc::new(UInt64Array::from(src)));
+            out.push(RecordBatch::try_new(self.matched_schema.clone(), columns).map_err(df_err)?);
+        }
+        Ok((f.index, rows, out))
+    }
+}
+
+/// The source keys: each (non-null) key → its source row, and the values of key
+/// columns that are partition columns (to skip files).
+struct SourceKeys {
+    rows: HashMap<OwnedRow, u64>,
+    partition_values: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl SourceKeys {
+    fn new(
+        converter: &RowConverter,
+        keyed: &[RecordBatch],
+        keys: &[(String, Expr)],
+        partitions: &[String],
+    ) -> StageResult<Self> {
+        let mut rows = HashMap::new();
+        let mut partition_values: BTreeMap<String, BTreeSet<String>> = keys
+            .iter()
+            .filter(|(c, _)| partitions.contains(c))
+            .map(|(c, _)| (c.clone(), BTreeSet::new()))
+            .collect();
+        for b in keyed {
+            let arrays = &b.columns()[..keys.len()];
+            let converted = converter.convert_columns(arrays).map_err(df_err)?;
+            let source_row = b.column(keys.len()).as_primitive::<UInt64Type>();
+            for i in 0..b.num_rows() {
+                if arrays.iter().any(|a| a.is_null(i)) {
+                    continue; // NULL = NULL is not a match
+                }
+                rows.insert(converted.row(i).owned(), source_row.value(i));
+                for (k, (c, _)) in keys.iter().enumerate() {
+                    if let Some(values) = partition_values.get_mut(c) {
+                        values.insert(
+                            datafusion::arrow::util::display::array_value_to_string(&arrays[k], i)
+                                .map_err(df_err)?,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(SourceKeys {
+            rows,
+            partition_values,
+        })
+    }
+
+    /// A file with these partition values may hold a source key.
+    fn may_hold(&self, partition: &HashMap<String, Option<String>>) -> bool {
+        self.partition_values.iter().all(|(c, values)| {
+            partition
+                .get(c)
+                .and_then(|v| v.as_ref())
+                .is_some_and(|v| values.contains(v))
+        })
+    }
+}
+
+/// Target columns the clauses read, the keys, and those an UPDATE keeps.
+fn referenced_columns(
+    merge: &Merge,
+    keys: &[(String, Expr)],
+    target_fields: &BTreeMap<String, DataType>,
+) -> Vec<String> {
+    let mut cols: BTreeSet<String> = keys.iter().map(|(c, _)| c.clone()).collect();
+    for clause in &merge.clauses {
+        let mut exprs: Vec<&Expr> = clause.predicate.iter().collect();
+        match &clause.action {
+            MergeIntoAction::Update(sets) => {
+                exprs.extend(sets.iter().map(|(_, e)| e));
+                for name in target_fields.keys() {
+                    if !sets.iter().any(|(c, _)| c == name) {
+                        cols.insert(name.clone());
+                    }
+                }
+            }
+            MergeIntoAction::Insert { values, .. } => exprs.extend(values),
+            MergeIntoAction::Delete => {}
+        }
+        for e in exprs {
+            for c in e.column_refs() {
+                if c.relation
+                    .as_ref()
+                    .is_some_and(|r| r.table() == merge.target)
+                {
+                    cols.insert(c.name.clone());
+                }
+            }
+        }
+    }
+    // In the target's column order.
+    target_fields
+        .keys()
+        .filter(|c| cols.contains(*c))
+        .cloned()
+        .collect()
+}
+
+/// The numbered clause (1-based) that applies to each joined row, 0 for none.
+fn action_expr(merge: &Merge) -> StageResult<Expr> {
+    let matched = Expr::Column(Column::new(Some(merge.target.clone()), POSITION)).is_not_null();
+    let mut case: Option<datafusion::logical_expr::conditional_expressions::CaseBuilder> = None;
+    for (i, clause) in merge.clauses.iter().enumerate() {
+        let side = if clause.kind.canonical() == MergeIntoClauseKind::Matched {
+            matched.clone()
+        } else {
+            datafusion::logical_expr::not(matched.clone())
+        };
+        let condition = match &clause.predicate {
+            Some(p) => side.and(p.clone()),
+            None => side,
+        };
+        let value = lit(i as u32 + 1);
+        case = Some(match case {
+            None => when(condition, value),
+            Some(mut c) => c.when(condition, value),
+        });
+    }
+    match case {
+        Some(mut c) => c.otherwise(lit(0u32)).map_err(df_err),
+        None => Ok(lit(0u32)),
+    }
+}
+
+/// The table's columns as each row's clause sets them, then the action, file and
+/// position.
+fn output_exprs(merge: &Merge, table_schema: &SchemaRef) -> StageResult<Vec<Expr>> {
+    let names: Vec<String> = merge
+        .target_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let target_col = |c: &str| Expr::Column(Column::new(Some(merge.target.clone()), c));
+    let mut out = Vec::new();
+    for field in table_schema.fields() {
+        let name = field.name();
+        let mut case: Option<datafusion::logical_expr::conditional_expressions::CaseBuilder> = None;
+        for (i, clause) in merge.clauses.iter().enumerate() {
+            let value = match &clause.action {
+                MergeIntoAction::Update(sets) => Some(
+                    sets.iter()
+                        .find(|(c, _)| c == name)
+                        .map(|(_, e)| e.clone())
+                        .unwrap_or_else(|| target_col(name)),
+                ),
+                MergeIntoAction::Insert { columns, values } => {
+                    let columns = if columns.is_empty() { &names } else { columns };
+                    Some(
+                        columns
+                            .iter()
+                            .position(|c| c == name)
+                            .map(|p| values[p].clone())
+                            .unwrap_or(lit(ScalarValue::Null)),
+                    )
+                }
+                MergeIntoAction::Delete => None,
+            };
+            if let Some(v) = value {
+                let condition = col(ACTION).eq(lit(i as u32 + 1));
+                case = Some(match case {
+                    None => when(condition, v),
+                    Some(mut c) => c.when(condition, v),
+                });
+            }
+        }
+        let value = match case {
+            Some(c) => c.end().map_err(df_err)?,
+            None => lit(ScalarValue::Null),
+        };
+        out.push(cast_expr(value, field.data_type().clone()).alias(name));
+    }
+    out.push(col(ACTION));
+    out.push(Expr::Column(Column::new(Some(merge.target.clone()), FILE)).alias(FILE));
+    out.push(Expr::Column(Column::new(Some(merge.target.clone()), POSITION)).alias(POSITION));
+    Ok(out)
+}
+
+/// The source batches with a row number column.
+fn numbered(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> StageResult<(SchemaRef, Vec<RecordBatch>)> {
+    let mut fields = schema.fields().to_vec();
+    fields.push(Arc::new(Field::new(SOURCE_ROW, DataType::UInt64, false)));
+    let numbered_schema = Arc::new(Schema::new(fields));
+    let mut next = 0u64;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let n = b.num_rows() as u64;
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from_iter_values(next..next + n)));
+        next += n;
+        out.push(RecordBatch::try_new(numbered_schema.clone(), columns).map_err(df_err)?);
+    }
+    Ok((numbered_schema, out))
+}
+
+fn frame(
+    exec: &Executor,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    alias: &str,
+) -> StageResult<DataFrame> {
+    let mem = MemTable::try_new(schema, vec![batches]).map_err(df_err)?;
+    exec.ctx
+        .read_table(Arc::new(mem))
+        .map_err(df_err)?
+        .alias(alias)
+        .map_err(df_err)
+}
+
+/// Column `name` of a batch read from a data file, as `data_type`: read, or the
+/// file's partition value.
+fn column_of(
+    batch: &RecordBatch,
+    name: &str,
+    data_type: &DataType,
+    partition: &HashMap<String, Option<String>>,
+) -> StageResult<ArrayRef> {
+    if let Some(value) = partition.get(name) {
+        let scalar = match value {
+            Some(v) => ScalarValue::try_from_string(v.clone(), data_type).map_err(df_err)?,
+            None => ScalarValue::try_from(data_type).map_err(df_err)?,
+        };
+        return scalar.to_array_of_size(batch.num_rows()).map_err(df_err);
+    }
+    let array = batch
+        .column_by_name(name)
+        .ok_or_else(|| StageError::Engine(format!("column `{name}` is not in the data file")))?;
+    cast(array, data_type).map_err(df_err)
+}
+
+/// A batch as the writer takes it: its columns in the writer's order and types,
+/// partition columns filled from the file's values when absent.
+fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    partition: &HashMap<String, Option<String>>,
+) -> StageResult<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if batch.column_by_name(f.name()).is_some() || !partition.contains_key(f.name()) {
+                column_of(batch, f.name(), f.data_type(), &HashMap::new())
+            } else {
+                column_of(batch, f.name(), f.data_type(), partition)
+            }
+        })
+        .collect::<StageResult<Vec<_>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(df_err)
+}
