@@ -313,11 +313,17 @@ impl Plan {
                 _ if t.optional => "absent, optional: not read".to_string(),
                 _ => "created by the run".to_string(),
             };
-            let parts = if t.partition_by.is_empty() {
+            let mut parts = if t.partition_by.is_empty() {
                 String::new()
             } else {
                 format!(", partitioned by {}", t.partition_by.join(", "))
             };
+            if t.deletion_vectors.is_some() {
+                parts.push_str(match (t.vectors_enabled, t.version) {
+                    (false, Some(_)) => ", deletion vectors (turned on by the run)",
+                    _ => ", deletion vectors",
+                });
+            }
             let _ = writeln!(
                 out,
                 "  {:<20} {} ({state}{parts}, {} columns)",
@@ -404,6 +410,18 @@ impl Plan {
         }
         if let Some(w) = &s.writes {
             let _ = writeln!(out, "  writes: {w}");
+            let vectors = self
+                .tables
+                .iter()
+                .find(|t| &t.name == w)
+                .and_then(|t| t.deletion_vectors.as_ref());
+            if let (StageKind::Merge, Some(v)) = (s.kind, vectors) {
+                let _ = writeln!(
+                    out,
+                    "  with deletion vectors: a changed row is marked deleted in its file and its new version appended; a file is rewritten when over {}% of its live rows change, removed when all do (copy-on-write instead if ON is not key equalities only or a clause is NOT MATCHED BY SOURCE)",
+                    (v.rewrite_above * 100.0).round()
+                );
+            }
         }
         for c in &s.checks {
             let action = match c.action {

@@ -13,3 +13,4 @@ mod planning;
 mod run;
 mod summary_model;
 mod summary_property;
+mod vectors;
