@@ -137,6 +137,9 @@ pub enum Maintenance {
         filter: Option<String>,
         zorder_by: Vec<String>,
         target_size: Option<u64>,
+        /// Only partitions whose share of rows deleted by vectors is above this.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deleted_above: Option<f64>,
     },
     Vacuum {
         retain_hours: u64,
@@ -445,8 +448,15 @@ impl Plan {
                         filter,
                         zorder_by,
                         target_size,
+                        deleted_above,
                     } => format!(
-                        "optimize{}{}{}",
+                        "optimize{}{}{}{}",
+                        deleted_above
+                            .map(|d| format!(
+                                " the partitions with over {}% of their rows deleted by vectors (all their files rewritten without those rows)",
+                                (d * 100.0 * 100.0).round() / 100.0
+                            ))
+                            .unwrap_or_default(),
                         filter
                             .as_ref()
                             .map(|f| format!(" where {f}"))

@@ -23,6 +23,8 @@ pub struct Rendered {
 pub struct RenderedStage {
     /// Rendered SQL, or the rendered partition filter of an optimize stage.
     pub text: Option<String>,
+    /// The rendered `deleted_above` of an optimize stage.
+    pub deleted_above: Option<String>,
     pub lines: LineMap,
     /// The rendered SQL of each `expect:` check, in declared order.
     pub checks: Vec<String>,
@@ -131,28 +133,26 @@ pub async fn render(spec: &PipelineSpec, warehouse: &crate::delta::Warehouse) ->
                 RenderedStage {
                     lines: LineMap::build(&template.text, &sql),
                     text: Some(sql),
+                    deleted_above: None,
                     checks: Vec::new(),
                 }
             }
-            StageBody::Optimize(o) => match &o.filter {
-                Some(f) => RenderedStage {
-                    text: Some(render_yaml_value(
-                        &env,
-                        spec,
-                        f,
-                        Value::Object(ctx.clone()),
-                    )?),
+            StageBody::Optimize(o) => {
+                let render = |f: &Option<Spanned<String>>| {
+                    f.as_ref()
+                        .map(|f| render_yaml_value(&env, spec, f, Value::Object(ctx.clone())))
+                        .transpose()
+                };
+                RenderedStage {
+                    text: render(&o.filter)?,
+                    deleted_above: render(&o.deleted_above)?,
                     lines: LineMap::default(),
                     checks: Vec::new(),
-                },
-                None => RenderedStage {
-                    text: None,
-                    lines: LineMap::default(),
-                    checks: Vec::new(),
-                },
-            },
+                }
+            }
             StageBody::Vacuum(_) => RenderedStage {
                 text: None,
+                deleted_above: None,
                 lines: LineMap::default(),
                 checks: Vec::new(),
             },

@@ -52,9 +52,7 @@ pub async fn bind(
     for (index, stage) in spec.stages.iter().enumerate() {
         let r = &rendered.stages[index];
         let b = match (&stage.body, &parsed[index]) {
-            (StageBody::Optimize(o), _) => {
-                bind_optimize(spec, stage, o, r.text.as_deref(), tables, ctx).await?
-            }
+            (StageBody::Optimize(o), _) => bind_optimize(spec, stage, o, r, tables, ctx).await?,
             (StageBody::Vacuum(v), _) => BoundStage {
                 writes: Some(check_table(spec, &v.table, tables)?.name.clone()),
                 maintenance: Some(Maintenance::Vacuum {
@@ -347,15 +345,44 @@ async fn bind_optimize(
     spec: &PipelineSpec,
     stage: &StageSpec,
     o: &crate::spec::OptimizeSpec,
-    filter: Option<&str>,
+    rendered: &crate::render::RenderedStage,
     tables: &BTreeMap<String, TableInfo>,
     ctx: &SessionContext,
 ) -> Result<BoundStage> {
+    let filter = rendered.text.as_deref();
     let table = check_table(spec, &o.table, tables)?;
     let yaml_problem = |span, code, message: String, label: &str| {
         Problem::invalid(code, message)
             .in_source(&spec.yaml)
             .label(span, label)
+    };
+    let deleted_above = match (&o.deleted_above, &rendered.deleted_above) {
+        (Some(spanned), Some(text)) => {
+            let share = text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r));
+            let Some(share) = share else {
+                return Err(yaml_problem(
+                    spanned.span,
+                    Code::BadValue,
+                    format!("`deleted_above` of stage `{}` is `{text}`: it must be a share of rows, from 0 to 1", stage.name.value),
+                    "not a number from 0 to 1",
+                ));
+            };
+            if !o.zorder_by.is_empty() {
+                return Err(yaml_problem(
+                    spanned.span,
+                    Code::BadValue,
+                    "`deleted_above` compacts partitions; it does not z-order (use two stages)"
+                        .to_string(),
+                    "with zorder_by",
+                ));
+            }
+            Some(share)
+        }
+        _ => None,
     };
     if let (Some(text), Some(spanned)) = (filter, &o.filter) {
         let expr = Parser::new(&GenericDialect {})
@@ -429,6 +456,7 @@ async fn bind_optimize(
             filter: filter.map(str::to_string),
             zorder_by: o.zorder_by.iter().map(|c| c.value.clone()).collect(),
             target_size: o.target_size,
+            deleted_above,
         }),
         ..empty(StageKind::Optimize)
     })

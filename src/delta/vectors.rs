@@ -14,9 +14,11 @@ use std::sync::Arc;
 use buoyant_kernel::actions::deletion_vector_writer::{
     KernelDeletionVector, StreamingDeletionVectorWriter,
 };
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
 use deltalake::delta_datafusion::{DeltaScanConfig, DeltaScanNext};
 use deltalake::kernel::{DeletionVectorDescriptor, StorageType};
 use deltalake::logstore::object_store::ObjectStoreExt;
@@ -242,6 +244,77 @@ impl VectorFile {
             .map_err(|e| format!("writing {name}: {e}"))?;
         Ok((descriptors.into_iter().collect(), size))
     }
+}
+
+/// Column `name` of a batch read from a data file, as `data_type`: read, or the
+/// file's partition value.
+pub fn column_of(
+    batch: &RecordBatch,
+    name: &str,
+    data_type: &DataType,
+    partition: &HashMap<String, Option<String>>,
+) -> Result<ArrayRef, String> {
+    if let Some(value) = partition.get(name) {
+        let scalar = match value {
+            Some(v) => {
+                ScalarValue::try_from_string(v.clone(), data_type).map_err(|e| e.to_string())?
+            }
+            None => ScalarValue::try_from(data_type).map_err(|e| e.to_string())?,
+        };
+        return scalar
+            .to_array_of_size(batch.num_rows())
+            .map_err(|e| e.to_string());
+    }
+    let array = batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("column `{name}` is not in the data file"))?;
+    cast(array, data_type).map_err(|e| e.to_string())
+}
+
+/// A batch as the writer takes it: its columns in the writer's order and types,
+/// partition columns filled from the file's values when absent.
+pub fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    partition: &HashMap<String, Option<String>>,
+) -> Result<RecordBatch, String> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if batch.column_by_name(f.name()).is_some() || !partition.contains_key(f.name()) {
+                column_of(batch, f.name(), f.data_type(), &HashMap::new())
+            } else {
+                column_of(batch, f.name(), f.data_type(), partition)
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// Rows of a data file (those in `kept`, all when None), every column, the
+/// partition columns filled from its values, as `schema` has them.
+pub async fn live_rows(
+    store: Arc<dyn ObjectStore>,
+    file: &DataFile,
+    partition: &HashMap<String, Option<String>>,
+    kept: Option<Vec<Range<usize>>>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, String> {
+    if kept.as_ref().is_some_and(|k| k.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let columns: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| !partition.contains_key(n))
+        .collect();
+    let (batches, _) = read_rows(store, file, &columns, kept).await?;
+    batches
+        .iter()
+        .map(|b| conform(b, schema, partition))
+        .collect()
 }
 
 #[cfg(test)]

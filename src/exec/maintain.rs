@@ -23,8 +23,18 @@ impl Executor {
         {
             Maintenance::Optimize {
                 filter,
+                target_size,
+                deleted_above: Some(share),
+                ..
+            } => {
+                self.compact_deleted(stage, table, *share, filter.as_deref(), *target_size)
+                    .await
+            }
+            Maintenance::Optimize {
+                filter,
                 zorder_by,
                 target_size,
+                deleted_above: None,
             } => {
                 let owned = match filter {
                     Some(f) => partition_filters(f)?,
@@ -93,7 +103,7 @@ impl Executor {
 }
 
 /// An optimize filter (`ds = 'a' AND ds IN ('b')`) as delta-rs partition filters.
-fn partition_filters(filter: &str) -> StageResult<Vec<(String, FilterOp, Vec<String>)>> {
+pub(super) fn partition_filters(filter: &str) -> StageResult<Vec<(String, FilterOp, Vec<String>)>> {
     let expr = Parser::new(&GenericDialect {})
         .try_with_sql(filter)
         .and_then(|mut p| p.parse_expr())

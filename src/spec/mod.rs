@@ -148,6 +148,9 @@ pub struct OptimizeSpec {
     pub filter: Option<Spanned<String>>,
     pub zorder_by: Vec<Spanned<String>>,
     pub target_size: Option<u64>,
+    /// Compact only the partitions whose share of rows deleted by deletion vectors
+    /// is above this (templated, a number from 0 to 1).
+    pub deleted_above: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug)]

@@ -33,7 +33,13 @@ const STAGE_KEYS: &[&str] = &[
     "vacuum",
     "expect",
 ];
-const OPTIMIZE_KEYS: &[&str] = &["table", "where", "zorder_by", "target_size"];
+const OPTIMIZE_KEYS: &[&str] = &[
+    "table",
+    "where",
+    "zorder_by",
+    "target_size",
+    "deleted_above",
+];
 const VACUUM_KEYS: &[&str] = &["table", "retain_hours"];
 
 impl Loader<'_> {
@@ -351,6 +357,7 @@ impl Loader<'_> {
                     filter: self.optional_string(m, "where")?,
                     zorder_by: self.string_list(m.get_node("zorder_by"), "zorder_by")?,
                     target_size,
+                    deleted_above: self.optional_string(m, "deleted_above")?,
                 }))
             }
             "vacuum" => {

@@ -4,6 +4,8 @@
 //! base_ts of every row, latest_summary, and the run's counts by kind (§3.1).
 //! Between the two random batches, a run deletes the newest months of some accounts,
 //! so that deleted rows often lie above the latest month.
+//! A second property runs several batches in a row on one warehouse, compacting
+//! the partitions with rows deleted by vectors after some of them.
 //! Cases: 4 by default; SQLPLAN_PROPTEST_CASES=N for more.
 
 use proptest::prelude::*;
@@ -84,7 +86,11 @@ fn records(raw: &[Raw], first_index: usize) -> Vec<Record> {
 }
 
 fn accounts_rows(raw: &[Raw], first_index: usize) -> Vec<Value> {
-    records(raw, first_index)
+    accounts_rows_of(&records(raw, first_index), raw)
+}
+
+fn accounts_rows_of(records: &[Record], raw: &[Raw]) -> Vec<Value> {
+    records
         .iter()
         .zip(raw)
         .map(|(r, &(_, _, balance, past_due, ..))| {
@@ -218,5 +224,47 @@ proptest! {
         let path = project.path().join("random.tests.yaml");
         let out = sqlplan_in(&repo(), &["test", "pipelines/summary.yaml", "--fixtures", path.to_str().unwrap()]);
         prop_assert_eq!(out.code, 0, "first {:?}\ndeleted {:?}\nsecond {:?}\nreread {}\n{}\n{}", first, deleted, second, reread, out.stdout, out.stderr);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 20, ..ProptestConfig::default() })]
+    /// Each batch's times start later than the previous one's but overlap it, so
+    /// some records fall at or below the watermark and are not read (the model
+    /// skips them too). After a batch with `compact`, the run's compaction stages
+    /// rewrite every partition that has a deleted row (`compact_deleted_above: 0`);
+    /// after the others, none (`1`).
+    #[test]
+    fn several_batches_with_compaction_between_some_equal_the_model(
+        batches in prop::collection::vec((prop::collection::vec(raw_record(), 0..8), prop::bool::ANY), 3..6),
+    ) {
+        let mut model = Summary::new();
+        let mut watermark: Option<i64> = None;
+        let mut index = 0;
+        let mut steps = Vec::new();
+        for (n, (raw, compact)) in batches.iter().enumerate() {
+            let mut batch = records(raw, index);
+            for r in &mut batch {
+                r.base_ts += n as i64 * 1500;
+            }
+            let read: Vec<Record> = batch
+                .iter()
+                .filter(|r| watermark.is_none_or(|w| r.base_ts > w))
+                .cloned()
+                .collect();
+            let counts = apply(&mut model, &read);
+            watermark = read.iter().map(|r| r.base_ts).max().max(watermark);
+            steps.push(json!({
+                "given": {"accounts": accounts_rows_of(&batch, raw)},
+                "expect": expected(&model, &counts),
+                "vars": {"compact_deleted_above": if *compact { "0" } else { "1" }},
+            }));
+            index += raw.len();
+        }
+        let fixture = json!({"cases": [{"name": "batches", "steps": steps}]});
+        let project = Project::new(&[("batches.tests.yaml", &fixture.to_string())]);
+        let path = project.path().join("batches.tests.yaml");
+        let out = sqlplan_in(&repo(), &["test", "pipelines/summary.yaml", "--fixtures", path.to_str().unwrap()]);
+        prop_assert_eq!(out.code, 0, "batches {:?}\n{}\n{}", batches, out.stdout, out.stderr);
     }
 }

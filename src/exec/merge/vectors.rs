@@ -20,7 +20,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::{Column, JoinType, ScalarValue};
@@ -36,7 +36,6 @@ use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 
 use super::super::context::{df_err, Executor, StageResult};
-use super::super::error::StageError;
 use super::{key_pairs, Merge};
 use crate::delta::vectors::{self as dv, DataFile, VectorFile, ROW_NUMBER};
 use crate::plan::{StagePlan, VectorOptions};
@@ -298,19 +297,19 @@ impl Executor {
                 rewritten += 1;
                 let gone: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
                 let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
-                let all: Vec<String> = table_schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .filter(|n| !partitions.contains(n))
-                    .collect();
                 let file = DataFile {
                     path: c.path.clone(),
                     size: c.view.size() as u64,
                 };
-                let (batches, _) = dv::read_rows(store.clone(), &file, &all, Some(kept)).await?;
-                for b in batches {
-                    let b = conform(&b, &writer_schema, &c.partition)?;
+                let live = dv::live_rows(
+                    store.clone(),
+                    &file,
+                    &c.partition,
+                    Some(kept),
+                    &writer_schema,
+                )
+                .await?;
+                for b in live {
                     writer.write(b).await.map_err(df_err)?;
                 }
             } else {
@@ -324,7 +323,7 @@ impl Executor {
         for b in new_rows {
             if b.num_rows() > 0 {
                 writer
-                    .write(conform(&b, &writer_schema, &HashMap::new())?)
+                    .write(dv::conform(&b, &writer_schema, &HashMap::new())?)
                     .await
                     .map_err(df_err)?;
             }
@@ -420,8 +419,8 @@ impl KeyPass {
                 .keys
                 .iter()
                 .zip(&self.key_types)
-                .map(|(k, t)| column_of(b, k, t, &f.partition))
-                .collect::<StageResult<Vec<_>>>()?;
+                .map(|(k, t)| dv::column_of(b, k, t, &f.partition))
+                .collect::<Result<Vec<_>, String>>()?;
             let keys = self
                 .converter
                 .convert_columns(&key_arrays)
@@ -450,7 +449,7 @@ impl KeyPass {
                 .referenced
                 .iter()
                 .map(|r| {
-                    let a = column_of(b, r, &self.target_fields[r], &f.partition)?;
+                    let a = dv::column_of(b, r, &self.target_fields[r], &f.partition)?;
                     take(&a, &idx, None).map_err(df_err)
                 })
                 .collect::<StageResult<Vec<ArrayRef>>>()?;
@@ -671,46 +670,4 @@ fn frame(
         .map_err(df_err)?
         .alias(alias)
         .map_err(df_err)
-}
-
-/// Column `name` of a batch read from a data file, as `data_type`: read, or the
-/// file's partition value.
-fn column_of(
-    batch: &RecordBatch,
-    name: &str,
-    data_type: &DataType,
-    partition: &HashMap<String, Option<String>>,
-) -> StageResult<ArrayRef> {
-    if let Some(value) = partition.get(name) {
-        let scalar = match value {
-            Some(v) => ScalarValue::try_from_string(v.clone(), data_type).map_err(df_err)?,
-            None => ScalarValue::try_from(data_type).map_err(df_err)?,
-        };
-        return scalar.to_array_of_size(batch.num_rows()).map_err(df_err);
-    }
-    let array = batch
-        .column_by_name(name)
-        .ok_or_else(|| StageError::Engine(format!("column `{name}` is not in the data file")))?;
-    cast(array, data_type).map_err(df_err)
-}
-
-/// A batch as the writer takes it: its columns in the writer's order and types,
-/// partition columns filled from the file's values when absent.
-fn conform(
-    batch: &RecordBatch,
-    schema: &SchemaRef,
-    partition: &HashMap<String, Option<String>>,
-) -> StageResult<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            if batch.column_by_name(f.name()).is_some() || !partition.contains_key(f.name()) {
-                column_of(batch, f.name(), f.data_type(), &HashMap::new())
-            } else {
-                column_of(batch, f.name(), f.data_type(), partition)
-            }
-        })
-        .collect::<StageResult<Vec<_>>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(df_err)
 }
