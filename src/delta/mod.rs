@@ -7,6 +7,7 @@ pub mod commit;
 pub mod failpoint;
 pub mod location;
 mod observe;
+pub mod scan;
 pub mod schema;
 pub mod table;
 pub mod vectors;

@@ -141,9 +141,11 @@ fn selected(
         let pass = match op {
             FilterOp::Eq | FilterOp::In => hit,
             FilterOp::Ne | FilterOp::NotIn => value.is_some() && !hit,
-            _ => return Err(super::error::StageError::Unsupported(format!(
+            _ => {
+                return Err(super::error::StageError::Unsupported(format!(
                 "optimize with `deleted_above`: filter `{column}` with `=`, `<>`, `IN` or `NOT IN`"
-            ))),
+            )))
+            }
         };
         if !pass {
             return Ok(false);

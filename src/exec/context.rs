@@ -88,7 +88,7 @@ impl Executor {
         }
         let ctx = crate::session::new_context();
         for (name, table) in &tables {
-            ctx.register_table(name.as_str(), table.table_provider().await.map_err(df_err)?)
+            ctx.register_table(name.as_str(), delta::scan::provider(table).await?)
                 .map_err(df_err)?;
         }
         let partitions = plan
@@ -143,7 +143,7 @@ impl Executor {
         if version == before {
             return Ok(None);
         }
-        let provider = table.table_provider().await.map_err(df_err)?;
+        let provider = delta::scan::provider(&table).await?;
         self.ctx.deregister_table(name).map_err(df_err)?;
         self.ctx.register_table(name, provider).map_err(df_err)?;
         self.tables.lock().await.insert(name.to_string(), table);

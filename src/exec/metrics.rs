@@ -29,9 +29,12 @@ pub(super) async fn collect_with_scan_metrics(
 }
 
 /// Scan metrics of an executed physical plan: files chosen from the Delta log
-/// (`count_files_scanned`) and Parquet bytes read.
+/// (`count_files_scanned` of delta-rs's scan, or the files of sqlplan's own scan of
+/// a table with deletion vectors) and Parquet bytes read.
 pub(super) fn scan_stats(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> ScanStats {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
     let mut stats = ScanStats::default();
     let _ = plan.apply(|node| {
         if let Some(m) = node.metrics() {
@@ -46,8 +49,32 @@ pub(super) fn scan_stats(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan
         }
         Ok(TreeNodeRecursion::Continue)
     });
+    // Parquet scans not under a delta-rs scan (which counts its own files).
+    fn own_scans(
+        node: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        files: &mut Option<u64>,
+    ) {
+        if node
+            .metrics()
+            .is_some_and(|m| m.sum_by_name("count_files_scanned").is_some())
+        {
+            return;
+        }
+        if let Some(config) = node
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
+        {
+            let n: usize = config.file_groups.iter().map(|g| g.len()).sum();
+            *files.get_or_insert(0) += n as u64;
+        }
+        for child in node.children() {
+            own_scans(child, files);
+        }
+    }
+    own_scans(plan, &mut stats.files);
     stats
 }
+
 pub(super) fn metric(m: &BTreeMap<String, serde_json::Value>, key: &str) -> Option<u64> {
     m.get(key).and_then(|v| {
         v.as_u64()

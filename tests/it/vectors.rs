@@ -36,7 +36,7 @@ fn batch(ids: &[i64], values: &[&str], ds: &[&str]) -> RecordBatch {
 async fn project(clauses: &str, rewrite_above: f64, changes: RecordBatch) -> Project {
     let clauses: String = clauses.lines().map(|l| format!("      {l}\n")).collect();
     let pipeline = format!(
-        "name: m\ntables:\n  target:\n    location: warehouse/target\n    deletion_vectors: {{rewrite_above: {rewrite_above}}}\n  changes:\n    location: warehouse/changes\nstages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id AND t.ds = c.ds\n{clauses}"
+        "name: m\ntables:\n  target:\n    location: warehouse/target\n    deletion_vectors: {{rewrite_above: {rewrite_above}}}\n  changes:\n    location: warehouse/changes\nstages:\n  - name: apply\n    query: |\n      MERGE INTO target t USING changes c ON t.id = c.id AND t.ds = c.ds\n{clauses}  - name: seen\n    query: SELECT id, v FROM target WHERE ds = 'x' AND id BETWEEN 2 AND 4 ORDER BY id\n    materialize: true\n    report: true\n"
     );
     let project = Project::new(&[("pipeline.yaml", &pipeline)]);
     let ids: Vec<i64> = (1..=12).collect();
@@ -80,13 +80,26 @@ fn actions<'a>(commit: &'a [Value], kind: &str) -> Vec<&'a Value> {
     commit.iter().filter_map(|a| a.get(kind)).collect()
 }
 
-fn run(project: &Project) -> Value {
+/// Runs the pipeline; returns the MERGE's metrics and what the stage after it read
+/// of the table (ds = 'x', ids 2 to 4: through sqlplan's scan of a table with
+/// vectors).
+fn run_and_read(project: &Project) -> (Value, Vec<String>) {
     let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(project.path().join("report.json")).unwrap())
             .unwrap();
-    stage(&report, "apply")["metrics"].clone()
+    let seen = stage(&report, "seen")["metrics"]["reported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{},{}", r["id"], r["v"].as_str().unwrap()))
+        .collect();
+    (stage(&report, "apply")["metrics"].clone(), seen)
+}
+
+fn run(project: &Project) -> Value {
+    run_and_read(project).0
 }
 
 async fn rows(project: &Project) -> Vec<String> {

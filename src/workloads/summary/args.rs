@@ -41,6 +41,10 @@ pub struct BenchSummaryArgs {
     /// The pipeline to measure.
     #[arg(long, default_value = "pipelines/summary.yaml")]
     pub pipeline: PathBuf,
+    /// MERGE without deletion vectors (delta-rs's copy-on-write), to compare: the
+    /// tables' `deletion_vectors` is ignored.
+    #[arg(long)]
+    pub copy_on_write: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -20,6 +20,77 @@ pub struct BenchOptions {
     pub jobs: Option<usize>,
     /// Monthly batches run in a row (the first one generated with the history).
     pub batches: u32,
+    /// Ignore the tables' `deletion_vectors` (MERGE copies on write).
+    pub copy_on_write: bool,
+}
+
+/// The plan of a measured run (without deletion vectors if `copy_on_write`).
+async fn bench_plan(
+    pipeline: &Path,
+    warehouse: &str,
+    copy_on_write: bool,
+) -> Result<crate::plan::Plan> {
+    let vars = [("warehouse".to_string(), warehouse.to_string())];
+    let mut plan = crate::build_plan(pipeline, None, &vars).await?;
+    if copy_on_write {
+        for t in &mut plan.tables {
+            t.deletion_vectors = None;
+        }
+    }
+    Ok(plan)
+}
+
+/// What a run wrote and changed, and `summary` after it: the figures every batch
+/// reports (bytes written against the bytes of the rows changed, at the table's
+/// average stored row size).
+async fn run_figures(run: &crate::report::RunReport, warehouse: &Path) -> Value {
+    let seconds = |name: &str| {
+        run.stages
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.wall_ms)
+            .map(|w| w / 1e3)
+    };
+    let merges = run
+        .stages
+        .iter()
+        .filter(|s| s.kind == crate::plan::StageKind::Merge);
+    let changed: u64 = merges
+        .clone()
+        .map(|s| {
+            let m = &s.metrics;
+            m.rows_updated.unwrap_or(0) + m.rows_inserted.unwrap_or(0) + m.rows_deleted.unwrap_or(0)
+        })
+        .sum();
+    let written: u64 = run
+        .stages
+        .iter()
+        .filter_map(|s| s.metrics.bytes_written)
+        .sum();
+    let mut figures = json!({
+        "existing_seconds": seconds("existing"),
+        "merge_summary_seconds": seconds("merge_summary"),
+        "merge_latest_seconds": seconds("merge_latest"),
+        "compact_seconds": seconds("compact_summary").zip(seconds("compact_latest")).map(|(a, b)| a + b),
+        "rows_changed": changed,
+        "bytes_written": written,
+        "summary": table_size(&warehouse.join("summary")).await,
+        "latest_summary": table_size(&warehouse.join("latest_summary")).await,
+    });
+    let (Some(bytes), Some(rows)) = (
+        figures["summary"]["bytes"].as_f64(),
+        figures["summary"]["rows"].as_f64(),
+    ) else {
+        return figures;
+    };
+    if rows > 0.0 && changed > 0 {
+        let row_bytes = bytes / rows;
+        figures["stored_bytes_per_row"] = json!((row_bytes * 10.0).round() / 10.0);
+        figures["written_per_changed_row_bytes"] = json!((written as f64 / changed as f64).round());
+        figures["written_over_changed_bytes"] =
+            json!(((written as f64 / (changed as f64 * row_bytes)) * 100.0).round() / 100.0);
+    }
+    figures
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux: VmHWM).
@@ -103,8 +174,8 @@ pub async fn summary(
             })
         }
     };
-    let vars = [("warehouse".to_string(), warehouse.clone())];
-    let (plan, plan_measure) = measured(crate::build_plan(pipeline, None, &vars)).await?;
+    let (plan, plan_measure) =
+        measured(bench_plan(pipeline, &warehouse, options.copy_on_write)).await?;
     let scans: serde_json::Map<String, Value> = plan
         .scans
         .iter()
@@ -146,6 +217,10 @@ pub async fn summary(
                 "bytes_scanned": m.bytes_scanned,
                 "files_added": m.files_added,
                 "files_removed": m.files_removed,
+                "bytes_written": m.bytes_written,
+                "files_with_vectors": m.files_with_vectors,
+                "files_rewritten": m.files_rewritten,
+                "rows_deleted_by_vector": m.rows_deleted_by_vector,
             })
         })
         .collect();
@@ -154,13 +229,12 @@ pub async fn summary(
         .iter()
         .flat_map(|s| s.metrics.reported.iter().cloned().map(Value::Object))
         .collect();
-    let mut months = vec![json!({
-        "batch": 1,
-        "run": run_measure.clone(),
-        "summary": table_size(&gen.warehouse.join("summary")).await,
-    })];
+    let mut first = run_figures(&run, &gen.warehouse).await;
+    first["batch"] = json!(1);
+    first["run"] = run_measure.clone();
+    let mut months = vec![first];
     for n in 2..=options.batches {
-        months.push(next_month(pipeline, gen, &run_options, n).await?);
+        months.push(next_month(pipeline, gen, &run_options, n, options.copy_on_write).await?);
     }
     Ok(json!({
         "benchmark": "summary",
@@ -169,6 +243,7 @@ pub async fn summary(
         "peak_rss_note": "peak resident memory of the process during each phase, including what it still held from earlier phases",
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "jobs": run_options.jobs,
+        "merge": if options.copy_on_write { "copy-on-write (delta-rs)" } else { "deletion vectors where declared" },
         "accounts": gen.accounts,
         "months": gen.months,
         "batch_records": gen.batch_records,
@@ -189,13 +264,10 @@ async fn next_month(
     gen: &SummaryOptions,
     run_options: &crate::exec::RunOptions,
     n: u32,
+    copy_on_write: bool,
 ) -> Result<Value> {
     let (batch, generate) = measured(super::generate::next_batch(pipeline, None, gen)).await?;
-    let vars = [(
-        "warehouse".to_string(),
-        gen.warehouse.to_string_lossy().into_owned(),
-    )];
-    let plan = crate::build_plan(pipeline, None, &vars).await?;
+    let plan = bench_plan(pipeline, &gen.warehouse.to_string_lossy(), copy_on_write).await?;
     let (run, measure) = measured(crate::exec::run(plan, run_options)).await?;
     if !run.succeeded() {
         return Err(Problem::failed(
@@ -203,26 +275,17 @@ async fn next_month(
             format!("the run of batch {n} failed:\n{}", run.to_text()),
         ));
     }
-    let seconds = |name: &str| {
-        run.stages
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.wall_ms)
-            .map(|w| w / 1e3)
-    };
-    Ok(json!({
-        "batch": n,
-        "month": batch.batch_month,
-        "records": batch.batch_rows,
-        "generate": generate,
-        "run": measure,
-        "merge_summary_seconds": seconds("merge_summary"),
-        "existing_seconds": seconds("existing"),
-        "summary": table_size(&gen.warehouse.join("summary")).await,
-    }))
+    let mut figures = run_figures(&run, &gen.warehouse).await;
+    figures["batch"] = json!(n);
+    figures["month"] = json!(batch.batch_month);
+    figures["records"] = json!(batch.batch_rows);
+    figures["generate"] = generate;
+    figures["run"] = measure;
+    Ok(figures)
 }
 
-/// Files, bytes and rows of a table's current version (from its log).
+/// Files, bytes and rows of a table's current version (from its log), and the rows
+/// its deletion vectors delete.
 async fn table_size(path: &Path) -> Value {
     let Ok(url) = crate::delta::table_url(&path.to_string_lossy()) else {
         return Value::Null;
@@ -231,10 +294,18 @@ async fn table_size(path: &Path) -> Value {
         Ok(Some(t)) => match t.snapshot() {
             Ok(s) => {
                 let files: Vec<_> = s.log_data().iter().collect();
+                let rows: usize = files.iter().filter_map(|f| f.num_records()).sum();
+                let deleted: i64 = files
+                    .iter()
+                    .filter_map(|f| f.deletion_vector_descriptor())
+                    .map(|d| d.cardinality)
+                    .sum();
                 json!({
                     "files": files.len(),
                     "bytes": files.iter().map(|f| f.size()).sum::<i64>(),
-                    "rows": files.iter().filter_map(|f| f.num_records()).sum::<usize>(),
+                    "rows": rows,
+                    "deleted_rows": deleted,
+                    "deleted_share": if rows > 0 { (deleted as f64 / rows as f64 * 1e4).round() / 1e4 } else { 0.0 },
                 })
             }
             Err(_) => Value::Null,
@@ -297,18 +368,23 @@ pub fn summary_text(report: &Value) -> String {
     out.pop();
     out.push('\n');
     let batches = report["batches"].as_array().map_or(&[][..], Vec::as_slice);
-    if batches.len() > 1 {
-        out += "  month by month (summary after each run):\n";
-        for b in batches {
-            out += &format!(
-                "    batch {:>2}: run {}; summary {} files, {:.1} MB, {} rows\n",
-                b["batch"],
-                m(&b["run"]),
-                b["summary"]["files"],
-                b["summary"]["bytes"].as_f64().unwrap_or_default() / 1e6,
-                b["summary"]["rows"]
-            );
-        }
+    out += &format!(
+        "  merge: {}; month by month (summary after each run):\n",
+        report["merge"].as_str().unwrap_or("")
+    );
+    for b in batches {
+        out += &format!(
+            "    batch {:>2}: run {}; {} rows changed, {:.1} MB written ({}× their stored size); summary {} files, {:.1} MB, {} rows, {:.1}% deleted by vectors\n",
+            b["batch"],
+            m(&b["run"]),
+            b["rows_changed"],
+            b["bytes_written"].as_f64().unwrap_or_default() / 1e6,
+            b["written_over_changed_bytes"],
+            b["summary"]["files"],
+            b["summary"]["bytes"].as_f64().unwrap_or_default() / 1e6,
+            b["summary"]["rows"],
+            b["summary"]["deleted_share"].as_f64().unwrap_or_default() * 100.0
+        );
     }
     out
 }

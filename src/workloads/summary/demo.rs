@@ -194,6 +194,7 @@ pub async fn bench(args: &BenchSummaryArgs) -> Result<String, Problem> {
         from: args.from.clone(),
         jobs: args.jobs,
         batches: args.batches,
+        copy_on_write: args.copy_on_write,
     };
     let progress = AccountProgress::new(args.accounts);
     let report = super::bench::summary(&args.pipeline, &options, &|done, total| {
