@@ -320,13 +320,11 @@ impl Executor {
                 vector_files.push((i as usize, positions.len() as u64));
             }
         }
-        for b in new_rows {
-            if b.num_rows() > 0 {
-                writer
-                    .write(dv::conform(&b, &writer_schema, &HashMap::new())?)
-                    .await
-                    .map_err(df_err)?;
-            }
+        if let Some(rows) = sorted_by_key(&new_rows, &keys)? {
+            writer
+                .write(dv::conform(&rows, &writer_schema, &HashMap::new())?)
+                .await
+                .map_err(df_err)?;
         }
         let adds = writer.flush().await.map_err(df_err)?;
         let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
@@ -383,6 +381,37 @@ impl Executor {
             ..Default::default()
         })
     }
+}
+
+/// The rows to write in key order, so that the new files' key statistics let later
+/// reads skip row groups as they do in key-ordered files.
+fn sorted_by_key(
+    rows: &[RecordBatch],
+    keys: &[(String, Expr)],
+) -> StageResult<Option<RecordBatch>> {
+    use datafusion::arrow::compute::{
+        concat_batches, lexsort_to_indices, take_record_batch, SortColumn,
+    };
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let all = concat_batches(&first.schema(), rows).map_err(df_err)?;
+    if all.num_rows() == 0 {
+        return Ok(None);
+    }
+    let columns = keys
+        .iter()
+        .filter_map(|(k, _)| all.column_by_name(k))
+        .map(|c| SortColumn {
+            values: c.clone(),
+            options: None,
+        })
+        .collect::<Vec<_>>();
+    if columns.is_empty() {
+        return Ok(Some(all));
+    }
+    let order = lexsort_to_indices(&columns, None).map_err(df_err)?;
+    take_record_batch(&all, &order).map(Some).map_err(df_err)
 }
 
 /// The key pass over candidate files: what it reads and how it matches.
