@@ -246,6 +246,36 @@ impl RunReport {
                 m.version.map_or("-".into(), |v| v.to_string()),
             );
         }
+        let written: Vec<&StageReport> = self
+            .stages
+            .iter()
+            .filter(|s| s.metrics.bytes_written.is_some() || s.metrics.files_with_vectors.is_some())
+            .collect();
+        if !written.is_empty() {
+            let _ = writeln!(out, "\nwritten:");
+        }
+        for s in written {
+            let m = &s.metrics;
+            let mut parts = Vec::new();
+            if let Some(v) = m.files_with_vectors {
+                parts.push(format!(
+                    "{v} files given a deletion vector ({} rows deleted by vector), {} rewritten",
+                    m.rows_deleted_by_vector.unwrap_or(0),
+                    m.files_rewritten.unwrap_or(0)
+                ));
+            } else if let Some(r) = m.rows_deleted_by_vector {
+                parts.push(format!("{r} rows deleted by vectors purged"));
+            }
+            parts.push(format!(
+                "{} files added, {} removed",
+                m.files_added.unwrap_or(0),
+                m.files_removed.unwrap_or(0)
+            ));
+            if let Some(b) = m.bytes_written {
+                parts.push(format!("{:.1} MB written", b as f64 / 1e6));
+            }
+            let _ = writeln!(out, "  {}: {}", s.name, parts.join("; "));
+        }
         for s in self
             .stages
             .iter()

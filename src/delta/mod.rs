@@ -15,4 +15,6 @@ pub mod vectors;
 pub use commit::{app_id, finish_app_id, RunTag};
 pub use location::{local_table_exists, table_url};
 pub use observe::Warehouse;
-pub use table::{append_empty, create, open, open_if_exists, open_or_create, writer_properties};
+pub use table::{
+    append_empty, bytes_added, create, open, open_if_exists, open_or_create, writer_properties,
+};

@@ -132,3 +132,24 @@ pub async fn append_empty(
         .await
         .map_err(|e| e.to_string())
 }
+
+/// Bytes of the data files `after` has and `before` had not: what a commit wrote.
+pub fn bytes_added(before: &DeltaTable, after: &DeltaTable) -> Option<u64> {
+    let old: std::collections::HashSet<String> = before
+        .snapshot()
+        .ok()?
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect();
+    Some(
+        after
+            .snapshot()
+            .ok()?
+            .log_data()
+            .iter()
+            .filter(|f| !old.contains(f.path().as_ref()))
+            .map(|f| f.size().max(0) as u64)
+            .sum(),
+    )
+}

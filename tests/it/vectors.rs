@@ -377,3 +377,34 @@ async fn python_deltalake_reads_tables_with_vectors_like_delta_rs() {
         );
     }
 }
+
+/// After a MERGE wrote vectors, `vacuum` (retaining nothing) keeps the vector file the
+/// live entries reference, delta-rs's `optimize` on the table still works, and the
+/// table reads the same afterwards.
+#[tokio::test]
+async fn vacuum_keeps_referenced_vectors_and_optimize_still_works() {
+    let p = project(UPSERT, 0.5, batch(&[2, 13], &["B", "N"], &["x", "y"])).await;
+    let with_maintenance = std::fs::read_to_string(p.path().join("pipeline.yaml")).unwrap()
+        + "  - name: clean\n    vacuum: {table: target, retain_hours: 0}\n  - name: after_clean\n    query: SELECT id, v FROM target ORDER BY id\n    materialize: true\n    report: true\n  - name: compact\n    optimize: {table: target}\n";
+    std::fs::write(p.path().join("pipeline.yaml"), with_maintenance).unwrap();
+    run(&p);
+    let target = p.warehouse().join("target");
+    let vector_files = std::fs::read_dir(&target)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("deletion_vector_")
+        })
+        .count();
+    assert_eq!(
+        vector_files, 1,
+        "the referenced vector file survives vacuum"
+    );
+    assert_eq!(
+        rows(&p).await,
+        expected(&[(2, "B")], &[], &[(13, "N", "y")])
+    );
+}

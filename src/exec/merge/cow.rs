@@ -111,7 +111,9 @@ impl Executor {
             }
             .map_err(df_err)?;
         }
+        let before = self.table(&target).await?;
         let (table, m) = mb.await.map_err(df_err)?;
+        let bytes_written = delta::bytes_added(&before, &table);
         let version = self.committed(&target, table).await?;
         Ok(StageMetrics {
             literal_bounds,
@@ -122,6 +124,7 @@ impl Executor {
             files_added: Some(m.num_target_files_added as u64),
             files_removed: Some(m.num_target_files_removed as u64),
             files_scanned: Some(m.num_target_files_scanned as u64),
+            bytes_written,
             version,
             ..Default::default()
         })
