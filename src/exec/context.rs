@@ -2,7 +2,7 @@
 //! registered, the latest handle of every Delta table, and the dispatch of a stage
 //! to its kind (a file each: materialize, write, merge, maintain).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -149,6 +149,35 @@ impl Executor {
         self.tables.lock().await.insert(name.to_string(), table);
         self.refresh_views(name).await?;
         Ok(version)
+    }
+
+    /// Frees the materialized relations `finished` read that no stage will read any
+    /// more (every reader done, none of them a view, which is planned again after
+    /// commits): a run's peak memory is then what its live relations hold, not
+    /// everything it computed.
+    pub(super) async fn release(&self, finished: &StagePlan, done: &BTreeSet<String>) {
+        for relation in &finished.reads {
+            let materialized = self
+                .plan
+                .stages
+                .iter()
+                .any(|s| &s.name == relation && s.kind == StageKind::Materialized);
+            if !materialized {
+                continue;
+            }
+            let readers: Vec<&StagePlan> = self
+                .plan
+                .stages
+                .iter()
+                .filter(|s| s.reads.contains(relation))
+                .collect();
+            let unused = readers
+                .iter()
+                .all(|s| s.kind != StageKind::View && done.contains(&s.name));
+            if unused && self.materialized.lock().await.remove(relation) {
+                let _ = self.ctx.deregister_table(relation.as_str());
+            }
+        }
     }
 
     /// Adds literal key bounds from materialized relations to the Delta scans they

@@ -144,6 +144,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
                 reports.insert(f.name.clone(), StageReport::new(stage, f.result, f.started, f.finished));
                 if ok {
                     done.insert(f.name);
+                    executor.release(stage, &done).await;
                 } else if stop.is_none() {
                     stop = Some(StageStatus::Failed);
                 }
