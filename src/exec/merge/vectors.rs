@@ -221,6 +221,12 @@ impl Executor {
             )
             .map_err(df_err)?;
         let table_schema = snapshot.snapshot().arrow_schema();
+        // In key order, so that the new files' key statistics let later reads skip
+        // row groups as they do in key-ordered files.
+        let order: Vec<_> = keys
+            .iter()
+            .map(|(c, _)| col(c.as_str()).sort(true, false))
+            .collect();
         let outcome = joined
             .with_column(ACTION, action_expr(&merge)?)
             .map_err(df_err)?
@@ -228,15 +234,21 @@ impl Executor {
             .map_err(df_err)?
             .select(output_exprs(&merge, &table_schema)?)
             .map_err(df_err)?
+            .sort(order)
+            .map_err(df_err)?
             .collect()
             .await
             .map_err(df_err)?;
 
-        // Rows to write, positions to delete.
-        let mut new_rows = Vec::new();
+        // Rows to write (written as they come), positions to delete.
+        let mut writer = RecordBatchWriter::for_table(&table)
+            .map_err(df_err)?
+            .with_writer_properties(crate::delta::writer_properties());
+        let writer_schema = writer.arrow_schema();
         let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let (mut updated, mut inserted, mut deleted_rows) = (0u64, 0u64, 0u64);
-        for b in &outcome {
+        let columns: Vec<usize> = (0..table_schema.fields().len()).collect();
+        for b in outcome {
             let action = b
                 .column_by_name(ACTION)
                 .ok_or("no action")?
@@ -262,20 +274,15 @@ impl Executor {
                 }
                 keep.push(act != Act::Delete);
             }
-            if acts.iter().any(|a| *a != Act::Delete) {
-                let rows = filter_record_batch(b, &BooleanArray::from(keep)).map_err(df_err)?;
-                new_rows.push(
-                    rows.project(&(0..table_schema.fields().len()).collect::<Vec<_>>())
-                        .map_err(df_err)?,
-                );
+            let rows = filter_record_batch(&b, &BooleanArray::from(keep)).map_err(df_err)?;
+            if rows.num_rows() > 0 {
+                let rows = rows.project(&columns).map_err(df_err)?;
+                let rows = dv::conform(&rows, &writer_schema, &HashMap::new())?;
+                writer.write(rows).await.map_err(df_err)?;
             }
         }
 
         // 4. Per file: remove, rewrite or give it a vector.
-        let mut writer = RecordBatchWriter::for_table(&table)
-            .map_err(df_err)?
-            .with_writer_properties(crate::delta::writer_properties());
-        let writer_schema = writer.arrow_schema();
         let mut vectors = VectorFile::default();
         let mut actions: Vec<Action> = Vec::new();
         let (mut removed, mut rewritten, mut by_vector, mut vector_rows) = (0u64, 0u64, 0u64, 0u64);
@@ -319,12 +326,6 @@ impl Executor {
                 vectors.add(&c.path, all);
                 vector_files.push((i as usize, positions.len() as u64));
             }
-        }
-        if let Some(rows) = sorted_by_key(&new_rows, &keys)? {
-            writer
-                .write(dv::conform(&rows, &writer_schema, &HashMap::new())?)
-                .await
-                .map_err(df_err)?;
         }
         let adds = writer.flush().await.map_err(df_err)?;
         let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
@@ -381,37 +382,6 @@ impl Executor {
             ..Default::default()
         })
     }
-}
-
-/// The rows to write in key order, so that the new files' key statistics let later
-/// reads skip row groups as they do in key-ordered files.
-fn sorted_by_key(
-    rows: &[RecordBatch],
-    keys: &[(String, Expr)],
-) -> StageResult<Option<RecordBatch>> {
-    use datafusion::arrow::compute::{
-        concat_batches, lexsort_to_indices, take_record_batch, SortColumn,
-    };
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let all = concat_batches(&first.schema(), rows).map_err(df_err)?;
-    if all.num_rows() == 0 {
-        return Ok(None);
-    }
-    let columns = keys
-        .iter()
-        .filter_map(|(k, _)| all.column_by_name(k))
-        .map(|c| SortColumn {
-            values: c.clone(),
-            options: None,
-        })
-        .collect::<Vec<_>>();
-    if columns.is_empty() {
-        return Ok(Some(all));
-    }
-    let order = lexsort_to_indices(&columns, None).map_err(df_err)?;
-    take_record_batch(&all, &order).map(Some).map_err(df_err)
 }
 
 /// The key pass over candidate files: what it reads and how it matches.
