@@ -418,11 +418,15 @@ impl Plan {
                 .iter()
                 .find(|t| &t.name == w)
                 .and_then(|t| t.deletion_vectors.as_ref());
-            if let (StageKind::Merge, Some(v)) = (s.kind, vectors) {
+            let fallback = " (copy-on-write instead if ON is not key equalities only or a clause is NOT MATCHED BY SOURCE)";
+            if let (StageKind::Merge | StageKind::Delete, Some(v)) = (s.kind, vectors) {
                 let _ = writeln!(
                     out,
-                    "  with deletion vectors: a changed row is marked deleted in its file and its new version appended; a file is rewritten when over {}% of its live rows change, removed when all do (copy-on-write instead if ON is not key equalities only or a clause is NOT MATCHED BY SOURCE)",
-                    (v.rewrite_above * 100.0).round()
+                    "  with deletion vectors: a {} row is marked deleted in its file{}; a file is rewritten when over {}% of its live rows change, removed when all do{}",
+                    if s.kind == StageKind::Merge { "changed" } else { "deleted" },
+                    if s.kind == StageKind::Merge { " and its new version appended" } else { "" },
+                    (v.rewrite_above * 100.0).round(),
+                    if s.kind == StageKind::Merge { fallback } else { "" }
                 );
             }
         }

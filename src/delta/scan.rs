@@ -79,18 +79,17 @@ impl VectorScan {
             .cloned()
             .partition(|f| !self.partitions.contains(f.name()))
     }
+}
 
-    /// A file's partition values, typed as the schema has them.
-    fn partition_values(
-        &self,
-        fields: &[FieldRef],
-        raw: &HashMap<String, Option<String>>,
-    ) -> Result<Vec<ScalarValue>> {
-        fields
-            .iter()
-            .map(|f| typed(raw.get(f.name()).cloned().flatten(), f.data_type()))
-            .collect()
-    }
+/// A file's partition values (as the log has them), typed as `fields` say.
+pub fn partition_values(
+    fields: &[FieldRef],
+    raw: &HashMap<String, Option<String>>,
+) -> Result<Vec<ScalarValue>> {
+    fields
+        .iter()
+        .map(|f| typed(raw.get(f.name()).cloned().flatten(), f.data_type()))
+        .collect()
 }
 
 fn typed(value: Option<String>, data_type: &DataType) -> Result<ScalarValue> {
@@ -138,7 +137,7 @@ impl TableProvider for VectorScan {
         let files: Vec<_> = snapshot.log_data().iter().collect();
         let values = files
             .iter()
-            .map(|f| self.partition_values(&partition_fields, &f.partition_values_map()))
+            .map(|f| partition_values(&partition_fields, &f.partition_values_map()))
             .collect::<Result<Vec<_>>>()?;
         let keep = partition_pass(state, &partition_fields, &values, &filters)?;
         let selected: Vec<usize> = (0..files.len()).filter(|i| keep[*i]).collect();
@@ -240,7 +239,7 @@ fn selection(keep: &[bool]) -> RowSelection {
 
 /// Per file: do its partition values pass every filter that reads only partition
 /// columns? (NULL counts as not passing, as in a WHERE.)
-fn partition_pass(
+pub fn partition_pass(
     state: &dyn Session,
     fields: &[FieldRef],
     values: &[Vec<ScalarValue>],

@@ -5,6 +5,7 @@
 //! they commit (a Delta commit is atomic, so nothing is half-written).
 
 pub mod bounds;
+mod changes;
 mod compact;
 mod context;
 mod error;

@@ -89,6 +89,18 @@ impl Executor {
         };
         let target = stage.writes.clone().ok_or("DELETE without a target")?;
         let table = self.table(&target).await?;
+        let vectors = self
+            .plan
+            .tables
+            .iter()
+            .find(|t| t.name == target)
+            .and_then(|t| t.deletion_vectors.clone());
+        if let Some(options) = vectors.filter(|_| delta::vectors::enabled(&table)) {
+            let predicate = delete.selection.as_ref().map(|s| s.to_string());
+            return self
+                .delete_with_vectors(stage, &target, table, predicate, options.rewrite_above)
+                .await;
+        }
         let mut op = table
             .delete()
             .with_session_state(Arc::new(self.ctx.state()))

@@ -408,3 +408,38 @@ async fn vacuum_keeps_referenced_vectors_and_optimize_still_works() {
         expected(&[(2, "B")], &[], &[(13, "N", "y")])
     );
 }
+
+/// DELETE on a table with vectors: the rows it hits are deleted by vector; a later
+/// DELETE that takes a file's last live rows removes the file.
+#[tokio::test]
+async fn delete_writes_vectors_and_removes_emptied_files() {
+    let p = project(UPSERT, 0.5, batch(&[], &[], &[])).await;
+    let pipeline = "name: d\ntables:\n  target:\n    location: warehouse/target\n    deletion_vectors: true\nstages:\n  - name: first\n    query: DELETE FROM target WHERE id IN (3, 4) OR v = 'v12'\n  - name: second\n    query: DELETE FROM target WHERE ds = 'y'\n";
+    std::fs::write(p.path().join("pipeline.yaml"), pipeline).unwrap();
+    let out = p.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.path().join("report.json")).unwrap())
+            .unwrap();
+    let first = &stage(&report, "first")["metrics"];
+    assert_eq!(
+        (
+            first["rows_deleted"].as_u64(),
+            first["files_with_vectors"].as_u64(),
+            first["rows_deleted_by_vector"].as_u64(),
+            first["files_removed"].as_u64()
+        ),
+        (Some(3), Some(2), Some(3), Some(0))
+    );
+    let second = &stage(&report, "second")["metrics"];
+    assert_eq!(
+        (
+            second["rows_deleted"].as_u64(),
+            second["files_scanned"].as_u64(),
+            second["files_removed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "only the ds=y file is read; its last live row goes, and the file with it"
+    );
+    assert_eq!(rows(&p).await, expected(&[], &[3, 4, 11, 12], &[]));
+}

@@ -28,16 +28,15 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClauseKind};
 use datafusion::logical_expr::{cast as cast_expr, col, lit, when, Expr};
 use datafusion::prelude::DataFrame;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 
+use super::super::changes::candidates;
 use super::super::context::{df_err, Executor, StageResult};
 use super::{key_pairs, Merge};
-use crate::delta::vectors::{self as dv, DataFile, VectorFile, ROW_NUMBER};
+use crate::delta::vectors::{self as dv, DataFile, ROW_NUMBER};
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
 
@@ -70,16 +69,6 @@ enum Act {
     Update,
     Delete,
     Insert,
-}
-
-/// A candidate data file and what the key pass found in it.
-struct Candidate {
-    view: LogicalFileView,
-    path: String,
-    partition: HashMap<String, Option<String>>,
-    /// Its existing vector as a keep mask (true: live), if it has one.
-    keep: Option<Arc<Vec<bool>>>,
-    rows: usize,
 }
 
 impl Executor {
@@ -122,28 +111,7 @@ impl Executor {
         let lookup = SourceKeys::new(&converter, &keyed, &keys, &partitions)?;
 
         // 1. Candidate files, with their existing vectors.
-        let mut candidates: Vec<Candidate> = Vec::new();
-        for view in snapshot.log_data().iter() {
-            let partition = view.partition_values_map();
-            if lookup.may_hold(&partition) {
-                candidates.push(Candidate {
-                    path: view.path().to_string(),
-                    partition,
-                    keep: None,
-                    rows: 0,
-                    view,
-                });
-            }
-        }
-        let with_vectors: Vec<String> = candidates
-            .iter()
-            .filter(|c| c.view.deletion_vector_descriptor().is_some())
-            .map(|c| c.path.clone())
-            .collect();
-        let mut masks = dv::keep_masks(&table, &self.ctx.state(), &with_vectors).await?;
-        for c in &mut candidates {
-            c.keep = masks.remove(&c.path).map(Arc::new);
-        }
+        let mut candidates = candidates(self, &table, |p| lookup.may_hold(p)).await?;
 
         // 2. The key pass: matched rows with their position and source row.
         let referenced = referenced_columns(&merge, &keys, &target_fields);
@@ -282,71 +250,7 @@ impl Executor {
             }
         }
 
-        // 4. Per file: remove, rewrite or give it a vector.
-        let mut vectors = VectorFile::default();
-        let mut actions: Vec<Action> = Vec::new();
-        let (mut removed, mut rewritten, mut by_vector, mut vector_rows) = (0u64, 0u64, 0u64, 0u64);
-        let mut vector_files: Vec<(usize, u64)> = Vec::new();
-        for (&i, positions) in &mut deleted {
-            let c = &candidates[i as usize];
-            positions.sort_unstable();
-            positions.dedup();
-            let already: Vec<u64> = c
-                .keep
-                .as_ref()
-                .map(|k| (0..k.len() as u64).filter(|p| !k[*p as usize]).collect())
-                .unwrap_or_default();
-            let live = c.rows - already.len();
-            actions.push(Action::Remove(c.view.remove_action(true)));
-            if positions.len() == live {
-                removed += 1;
-            } else if positions.len() as f64 > options.rewrite_above * live as f64 {
-                rewritten += 1;
-                let gone: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
-                let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
-                let file = DataFile {
-                    path: c.path.clone(),
-                    size: c.view.size() as u64,
-                };
-                let live = dv::live_rows(
-                    store.clone(),
-                    &file,
-                    &c.partition,
-                    Some(kept),
-                    &writer_schema,
-                )
-                .await?;
-                for b in live {
-                    writer.write(b).await.map_err(df_err)?;
-                }
-            } else {
-                by_vector += 1;
-                vector_rows += positions.len() as u64;
-                let all: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
-                vectors.add(&c.path, all);
-                vector_files.push((i as usize, positions.len() as u64));
-            }
-        }
-        let adds = writer.flush().await.map_err(df_err)?;
-        let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
-        for (i, _) in &vector_files {
-            let c = &candidates[*i];
-            #[allow(deprecated)]
-            let mut add = c.view.add_action();
-            add.deletion_vector = Some(
-                descriptors
-                    .get(&c.path)
-                    .cloned()
-                    .ok_or("a deletion vector went missing")?,
-            );
-            add.data_change = true;
-            actions.push(Action::Add(add));
-        }
-        let data_bytes: i64 = adds.iter().map(|a| a.size).sum();
-        let files_added = adds.len() as u64;
-        actions.extend(adds.into_iter().map(Action::Add));
-
-        // 5. One commit.
+        // 4-5. Per file: remove, rewrite or give it a vector; one commit.
         let operation = DeltaOperation::Merge {
             predicate: None,
             merge_predicate: Some(merge.on.to_string()),
@@ -354,32 +258,26 @@ impl Executor {
             not_matched_predicates: vec![],
             not_matched_by_source_predicates: vec![],
         };
-        let commit = CommitBuilder::from(self.props(stage))
-            .with_actions(actions)
-            .build(Some(&snapshot), table.log_store(), operation)
-            .await
-            .map_err(df_err)?;
-        let mut table = table;
-        table
-            .update_incremental(Some(commit.version()))
-            .await
-            .map_err(df_err)?;
-        let version = self.committed(&merge.target, table).await?;
+        let w = self
+            .commit_changes(
+                stage,
+                &merge.target,
+                table,
+                &candidates,
+                deleted,
+                writer,
+                options.rewrite_above,
+                operation,
+            )
+            .await?;
         Ok(StageMetrics {
             literal_bounds: merge.literal_bounds.clone(),
             rows_out: Some(merge.source_rows()),
             rows_inserted: Some(inserted),
             rows_updated: Some(updated),
             rows_deleted: Some(deleted_rows),
-            files_added: Some(files_added),
-            files_removed: Some(removed + rewritten),
             files_scanned: Some(candidates.len() as u64),
-            bytes_written: Some(data_bytes as u64 + vector_bytes),
-            files_with_vectors: Some(by_vector),
-            files_rewritten: Some(rewritten),
-            rows_deleted_by_vector: Some(vector_rows),
-            version,
-            ..Default::default()
+            ..w.metrics()
         })
     }
 }

@@ -1,0 +1,351 @@
+//! Writing what a statement changed in a table with deletion vectors (MERGE and
+//! DELETE): per data file with deleted positions, remove it (every live row gone),
+//! rewrite it without them (more than `rewrite_above` of its live rows gone), or give
+//! it a vector (the union of its old one and the new positions); files without
+//! deleted positions are not touched. One commit with the new files, the vectors and
+//! the run's transaction.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, LogicalFileView};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
+
+use super::context::{df_err, Executor, StageResult};
+use crate::delta::vectors::{self as dv, DataFile, VectorFile};
+use crate::plan::StagePlan;
+use crate::report::StageMetrics;
+
+/// A data file a statement may change, with its existing vector.
+pub(super) struct Candidate {
+    pub view: LogicalFileView,
+    pub path: String,
+    pub partition: HashMap<String, Option<String>>,
+    /// Its existing vector as a keep mask (true: live), if it has one.
+    pub keep: Option<Arc<Vec<bool>>>,
+    /// Physical rows (known once the file was read).
+    pub rows: usize,
+}
+
+impl Candidate {
+    pub fn file(&self) -> DataFile {
+        DataFile {
+            path: self.path.clone(),
+            size: self.view.size() as u64,
+        }
+    }
+}
+
+/// The files of `table` whose partition values `wanted` accepts, with their vectors.
+pub(super) async fn candidates(
+    exec: &Executor,
+    table: &DeltaTable,
+    wanted: impl Fn(&HashMap<String, Option<String>>) -> bool,
+) -> StageResult<Vec<Candidate>> {
+    let snapshot = table.snapshot().map_err(df_err)?;
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for view in snapshot.log_data().iter() {
+        let partition = view.partition_values_map();
+        if wanted(&partition) {
+            candidates.push(Candidate {
+                path: view.path().to_string(),
+                partition,
+                keep: None,
+                rows: view.num_records().unwrap_or(0),
+                view,
+            });
+        }
+    }
+    let with_vectors: Vec<String> = candidates
+        .iter()
+        .filter(|c| c.view.deletion_vector_descriptor().is_some())
+        .map(|c| c.path.clone())
+        .collect();
+    let mut masks = dv::keep_masks(table, &exec.ctx.state(), &with_vectors).await?;
+    for c in &mut candidates {
+        c.keep = masks.remove(&c.path).map(Arc::new);
+    }
+    Ok(candidates)
+}
+
+/// What `commit_changes` wrote.
+pub(super) struct Written {
+    files_added: u64,
+    removed: u64,
+    rewritten: u64,
+    with_vectors: u64,
+    rows_by_vector: u64,
+    bytes: u64,
+    version: Option<i64>,
+}
+
+impl Written {
+    pub fn metrics(&self) -> StageMetrics {
+        StageMetrics {
+            files_added: Some(self.files_added),
+            files_removed: Some(self.removed + self.rewritten),
+            bytes_written: Some(self.bytes),
+            files_with_vectors: Some(self.with_vectors),
+            files_rewritten: Some(self.rewritten),
+            rows_deleted_by_vector: Some(self.rows_by_vector),
+            version: self.version,
+            ..Default::default()
+        }
+    }
+}
+
+impl Executor {
+    /// Deletes `deleted` (candidate index → positions) and commits, with the rows
+    /// already given to `writer` (new and updated rows).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn commit_changes(
+        &self,
+        stage: &StagePlan,
+        target: &str,
+        table: DeltaTable,
+        candidates: &[Candidate],
+        mut deleted: BTreeMap<u32, Vec<u64>>,
+        mut writer: RecordBatchWriter,
+        rewrite_above: f64,
+        operation: DeltaOperation,
+    ) -> StageResult<Written> {
+        let snapshot = table.snapshot().map_err(df_err)?.clone();
+        let store = table.object_store();
+        let writer_schema = writer.arrow_schema();
+        let mut vectors = VectorFile::default();
+        let mut actions: Vec<Action> = Vec::new();
+        let mut vector_files: Vec<usize> = Vec::new();
+        let (mut removed, mut rewritten, mut rows_by_vector) = (0u64, 0u64, 0u64);
+        for (&i, positions) in &mut deleted {
+            let c = &candidates[i as usize];
+            positions.sort_unstable();
+            positions.dedup();
+            let already: Vec<u64> = c
+                .keep
+                .as_ref()
+                .map(|k| (0..k.len() as u64).filter(|p| !k[*p as usize]).collect())
+                .unwrap_or_default();
+            let live = c.rows - already.len();
+            actions.push(Action::Remove(c.view.remove_action(true)));
+            let gone: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
+            if positions.len() == live {
+                removed += 1;
+            } else if positions.len() as f64 > rewrite_above * live as f64 {
+                rewritten += 1;
+                let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
+                let rows = dv::live_rows(
+                    store.clone(),
+                    &c.file(),
+                    &c.partition,
+                    Some(kept),
+                    &writer_schema,
+                )
+                .await?;
+                for b in rows {
+                    writer.write(b).await.map_err(df_err)?;
+                }
+            } else {
+                rows_by_vector += positions.len() as u64;
+                vectors.add(&c.path, gone);
+                vector_files.push(i as usize);
+            }
+        }
+        let adds = writer.flush().await.map_err(df_err)?;
+        let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
+        for i in &vector_files {
+            let c = &candidates[*i];
+            #[allow(deprecated)] // the Add of a file view, to give it a new vector
+            let mut add = c.view.add_action();
+            add.deletion_vector = Some(
+                descriptors
+                    .get(&c.path)
+                    .cloned()
+                    .ok_or("a deletion vector went missing")?,
+            );
+            add.data_change = true;
+            actions.push(Action::Add(add));
+        }
+        let data_bytes: i64 = adds.iter().map(|a| a.size).sum();
+        let files_added = adds.len() as u64;
+        actions.extend(adds.into_iter().map(Action::Add));
+        let commit = CommitBuilder::from(self.props(stage))
+            .with_actions(actions)
+            .build(Some(&snapshot), table.log_store(), operation)
+            .await
+            .map_err(df_err)?;
+        let mut table = table;
+        table
+            .update_incremental(Some(commit.version()))
+            .await
+            .map_err(df_err)?;
+        let version = self.committed(target, table).await?;
+        Ok(Written {
+            files_added,
+            removed,
+            rewritten,
+            with_vectors: vector_files.len() as u64,
+            rows_by_vector,
+            bytes: data_bytes.max(0) as u64 + vector_bytes,
+            version,
+        })
+    }
+}
+
+impl Executor {
+    /// DELETE on a table with deletion vectors: the rows the predicate holds for
+    /// (read: its columns and each row's position, in the files its partition
+    /// conjuncts leave) are deleted by vector, or their files rewritten or removed.
+    pub(super) async fn delete_with_vectors(
+        &self,
+        stage: &StagePlan,
+        target: &str,
+        table: DeltaTable,
+        predicate: Option<String>,
+        rewrite_above: f64,
+    ) -> StageResult<StageMetrics> {
+        use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+        use datafusion::arrow::datatypes::{Int64Type, Schema};
+        use datafusion::common::ToDFSchema;
+        use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+
+        let state = self.ctx.state();
+        let df = self.ctx.table(target).await.map_err(df_err)?;
+        let schema = df.schema().as_arrow().clone();
+        let condition = predicate
+            .as_deref()
+            .map(|p| df.parse_sql_expr(p).map(unnormalize_col))
+            .transpose()
+            .map_err(df_err)?;
+        let partitions: Vec<String> = table
+            .snapshot()
+            .map_err(df_err)?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        let partition_fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .filter(|f| partitions.contains(f.name()))
+            .cloned()
+            .collect();
+        let all = candidates(self, &table, |_| true).await?;
+        let values = all
+            .iter()
+            .map(|c| crate::delta::scan::partition_values(&partition_fields, &c.partition))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(df_err)?;
+        let kept = crate::delta::scan::partition_pass(
+            &state,
+            &partition_fields,
+            &values,
+            condition.as_slice(),
+        )
+        .map_err(df_err)?;
+        // The predicate over just the columns it reads.
+        let used: Vec<_> = match &condition {
+            Some(c) => {
+                let refs = c.column_refs();
+                schema
+                    .fields()
+                    .iter()
+                    .filter(|f| refs.iter().any(|r| &r.name == f.name()))
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let used_schema = std::sync::Arc::new(Schema::new(used.clone()));
+        let physical = match &condition {
+            Some(c) => Some(
+                state
+                    .create_physical_expr(
+                        c.clone(),
+                        &used_schema.clone().to_dfschema().map_err(df_err)?,
+                    )
+                    .map_err(df_err)?,
+            ),
+            None => None,
+        };
+        let read: Vec<String> = used
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !partitions.contains(n))
+            .collect();
+        let store = table.object_store();
+        let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let mut rows_deleted = 0u64;
+        let mut scanned = 0u64;
+        let mut candidates = all;
+        for (i, c) in candidates.iter_mut().enumerate() {
+            if !kept[i] {
+                continue;
+            }
+            scanned += 1;
+            let (batches, rows) = dv::read_rows(store.clone(), &c.file(), &read, None).await?;
+            c.rows = rows;
+            for b in &batches {
+                let columns = used
+                    .iter()
+                    .map(|f| dv::column_of(b, f.name(), f.data_type(), &c.partition))
+                    .collect::<Result<Vec<_>, String>>()?;
+                let options = datafusion::arrow::array::RecordBatchOptions::new()
+                    .with_row_count(Some(b.num_rows()));
+                let input = datafusion::arrow::array::RecordBatch::try_new_with_options(
+                    used_schema.clone(),
+                    columns,
+                    &options,
+                )
+                .map_err(df_err)?;
+                let hit: Option<BooleanArray> = match &physical {
+                    Some(p) => Some(
+                        p.evaluate(&input)
+                            .and_then(|v| v.into_array(input.num_rows()))
+                            .map_err(df_err)?
+                            .as_boolean()
+                            .clone(),
+                    ),
+                    None => None,
+                };
+                let positions = b
+                    .column_by_name(dv::ROW_NUMBER)
+                    .ok_or("no row numbers")?
+                    .as_primitive::<Int64Type>();
+                for r in 0..b.num_rows() {
+                    let p = positions.value(r) as u64;
+                    let live = c.keep.as_ref().is_none_or(|k| k[p as usize]);
+                    let matches = hit.as_ref().is_none_or(|h| h.is_valid(r) && h.value(r));
+                    if live && matches {
+                        deleted.entry(i as u32).or_default().push(p);
+                        rows_deleted += 1;
+                    }
+                }
+            }
+        }
+        let writer = RecordBatchWriter::for_table(&table)
+            .map_err(df_err)?
+            .with_writer_properties(crate::delta::writer_properties());
+        let operation = DeltaOperation::Delete {
+            predicate: predicate.clone(),
+        };
+        let w = self
+            .commit_changes(
+                stage,
+                target,
+                table,
+                &candidates,
+                deleted,
+                writer,
+                rewrite_above,
+                operation,
+            )
+            .await?;
+        Ok(StageMetrics {
+            rows_deleted: Some(rows_deleted),
+            files_scanned: Some(scanned),
+            ..w.metrics()
+        })
+    }
+}
