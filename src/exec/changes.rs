@@ -98,6 +98,31 @@ impl Written {
 }
 
 impl Executor {
+    /// Commits `actions` (sqlplan's own, not a delta-rs operation's) on the table's
+    /// current snapshot with the stage's commit properties; later stages read the
+    /// new version.
+    pub(super) async fn commit_actions(
+        &self,
+        stage: &StagePlan,
+        target: &str,
+        table: DeltaTable,
+        actions: Vec<Action>,
+        operation: DeltaOperation,
+    ) -> StageResult<Option<i64>> {
+        let snapshot = table.snapshot().map_err(df_err)?.clone();
+        let commit = CommitBuilder::from(self.props(stage))
+            .with_actions(actions)
+            .build(Some(&snapshot), table.log_store(), operation)
+            .await
+            .map_err(df_err)?;
+        let mut table = table;
+        table
+            .update_incremental(Some(commit.version()))
+            .await
+            .map_err(df_err)?;
+        self.committed(target, table).await
+    }
+
     /// Deletes `deleted` (candidate index → positions) and commits, with the rows
     /// already given to `writer` (new and updated rows).
     #[allow(clippy::too_many_arguments)]
@@ -112,7 +137,6 @@ impl Executor {
         rewrite_above: f64,
         operation: DeltaOperation,
     ) -> StageResult<Written> {
-        let snapshot = table.snapshot().map_err(df_err)?.clone();
         let store = table.object_store();
         let writer_schema = writer.arrow_schema();
         let mut vectors = VectorFile::default();
@@ -171,17 +195,9 @@ impl Executor {
         let data_bytes: i64 = adds.iter().map(|a| a.size).sum();
         let files_added = adds.len() as u64;
         actions.extend(adds.into_iter().map(Action::Add));
-        let commit = CommitBuilder::from(self.props(stage))
-            .with_actions(actions)
-            .build(Some(&snapshot), table.log_store(), operation)
-            .await
-            .map_err(df_err)?;
-        let mut table = table;
-        table
-            .update_incremental(Some(commit.version()))
-            .await
-            .map_err(df_err)?;
-        let version = self.committed(target, table).await?;
+        let version = self
+            .commit_actions(stage, target, table, actions, operation)
+            .await?;
         Ok(Written {
             files_added,
             removed,

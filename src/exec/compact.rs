@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -108,17 +107,9 @@ impl Executor {
             predicate: filter.map(str::to_string),
             target_size: target_size.unwrap_or(0) as i64,
         };
-        let commit = CommitBuilder::from(self.props(stage))
-            .with_actions(actions)
-            .build(Some(&snapshot), table.log_store(), operation)
-            .await
-            .map_err(df_err)?;
-        let mut table = table;
-        table
-            .update_incremental(Some(commit.version()))
-            .await
-            .map_err(df_err)?;
-        let version = self.committed(&target, table).await?;
+        let version = self
+            .commit_actions(stage, &target, table, actions, operation)
+            .await?;
         Ok(StageMetrics {
             files_added: Some(added),
             files_removed: Some(chosen.len() as u64),

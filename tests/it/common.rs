@@ -187,3 +187,20 @@ pub fn stage<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("no stage `{name}` in the report"))
 }
+
+/// Whether python3 can run `code` (an import of the `deltalake` package). Where it
+/// cannot, a test skips, unless SQLPLAN_REQUIRE_PYTHON_DELTALAKE is set (as in CI).
+pub fn python_deltalake(code: &str) -> bool {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", code])
+        .output();
+    if probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SQLPLAN_REQUIRE_PYTHON_DELTALAKE").is_none(),
+        "python3 with the deltalake package is required here (pip install deltalake pyarrow)"
+    );
+    eprintln!("skipped: python3 -c '{code}' failed");
+    false
+}

@@ -616,15 +616,7 @@ stages:
 /// only where the module is missing and SQLPLAN_REQUIRE_PYTHON_DELTALAKE is unset.
 #[tokio::test]
 async fn python_deltalake_reads_what_sqlplan_wrote() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import deltalake"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("SQLPLAN_REQUIRE_PYTHON_DELTALAKE").is_none(),
-            "python3 with the deltalake package is required here (pip install deltalake pyarrow)"
-        );
-        eprintln!("skipped: python3 -c 'import deltalake' failed");
+    if !crate::common::python_deltalake("import deltalake") {
         return;
     }
     let project = merge_project(

@@ -309,15 +309,7 @@ async fn the_plan_says_which_merge_writes_vectors_and_that_the_run_turns_them_on
 /// exactly as delta-rs does.
 #[tokio::test]
 async fn python_deltalake_reads_tables_with_vectors_like_delta_rs() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "from deltalake import QueryBuilder"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("SQLPLAN_REQUIRE_PYTHON_DELTALAKE").is_none(),
-            "python3 with the deltalake package is required here (pip install deltalake pyarrow)"
-        );
-        eprintln!("skipped: python3 -c 'from deltalake import QueryBuilder' failed");
+    if !crate::common::python_deltalake("from deltalake import QueryBuilder") {
         return;
     }
     let project = Project::new(&[]);
