@@ -39,17 +39,18 @@ impl Candidate {
     }
 }
 
-/// The files of `table` whose partition values `wanted` accepts, with their vectors.
+/// The files of `table` that `wanted` accepts (by their log entry and partition
+/// values), with their vectors.
 pub(super) async fn candidates(
     exec: &Executor,
     table: &DeltaTable,
-    wanted: impl Fn(&HashMap<String, Option<String>>) -> bool,
+    wanted: impl Fn(&LogicalFileView, &HashMap<String, Option<String>>) -> bool,
 ) -> StageResult<Vec<Candidate>> {
     let snapshot = table.snapshot().map_err(df_err)?;
     let mut candidates: Vec<Candidate> = Vec::new();
     for view in snapshot.log_data().iter() {
         let partition = view.partition_values_map();
-        if wanted(&partition) {
+        if wanted(&view, &partition) {
             candidates.push(Candidate {
                 path: view.path().to_string(),
                 partition,
@@ -247,7 +248,7 @@ impl Executor {
             .filter(|f| partitions.contains(f.name()))
             .cloned()
             .collect();
-        let all = candidates(self, &table, |_| true).await?;
+        let all = candidates(self, &table, |_, _| true).await?;
         let values = all
             .iter()
             .map(|c| crate::delta::scan::partition_values(&partition_fields, &c.partition))

@@ -435,3 +435,28 @@ async fn delete_writes_vectors_and_removes_emptied_files() {
     );
     assert_eq!(rows(&p).await, expected(&[], &[3, 4, 11, 12], &[]));
 }
+
+/// Candidate files come from the log: partition values, then the key statistics
+/// of each file against the source keys' range. Only the file that can hold id 2
+/// is read.
+#[tokio::test]
+async fn only_files_whose_partition_and_key_statistics_fit_the_source_are_read() {
+    let p = project(UPSERT, 0.5, batch(&[2], &["B"], &["x"])).await;
+    let url = url::Url::from_directory_path(p.warehouse().join("target")).unwrap();
+    deltalake::open_table(url)
+        .await
+        .unwrap()
+        .write(vec![batch(&[101, 102], &["a", "b"], &["x", "x"])])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap();
+    let m = run(&p);
+    assert_eq!(
+        (m["files_scanned"].as_u64(), m["files_with_vectors"].as_u64()),
+        (Some(1), Some(1)),
+        "{m}"
+    );
+    let mut want = expected(&[(2, "B")], &[], &[(101, "a", "x"), (102, "b", "x")]);
+    want.sort_by_key(|r| r.split(',').next().unwrap().parse::<i64>().unwrap());
+    assert_eq!(rows(&p).await, want);
+}

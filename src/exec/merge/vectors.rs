@@ -39,6 +39,7 @@ use super::{key_pairs, Merge};
 use crate::delta::vectors::{self as dv, DataFile, ROW_NUMBER};
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
+use deltalake::kernel::LogicalFileView;
 
 /// Helper columns: a source row's index, and a matched target row's file and position.
 const SOURCE_ROW: &str = "__sqlplan_source_row";
@@ -111,7 +112,7 @@ impl Executor {
         let lookup = SourceKeys::new(&converter, &keyed, &keys, &partitions)?;
 
         // 1. Candidate files, with their existing vectors.
-        let mut candidates = candidates(self, &table, |p| lookup.may_hold(p)).await?;
+        let mut candidates = candidates(self, &table, |f, p| lookup.may_hold(f, p)).await?;
 
         // 2. The key pass: matched rows with their position and source row.
         let referenced = referenced_columns(&merge, &keys, &target_fields);
@@ -364,6 +365,9 @@ impl KeyPass {
 struct SourceKeys {
     rows: HashMap<OwnedRow, u64>,
     partition_values: BTreeMap<String, BTreeSet<String>>,
+    /// The least and greatest source value of each integer key column that is not
+    /// a partition column (against the files' statistics).
+    ranges: BTreeMap<String, (serde_json::Value, serde_json::Value)>,
 }
 
 impl SourceKeys {
@@ -398,20 +402,88 @@ impl SourceKeys {
                 }
             }
         }
+        let mut ranges = BTreeMap::new();
+        for (k, (c, _)) in keys.iter().enumerate() {
+            if partitions.contains(c) {
+                continue;
+            }
+            let columns: Vec<&ArrayRef> = keyed.iter().map(|b| b.column(k)).collect();
+            if let Some(range) = key_range(&columns) {
+                ranges.insert(c.clone(), range);
+            }
+        }
         Ok(SourceKeys {
             rows,
             partition_values,
+            ranges,
         })
     }
 
-    /// A file with these partition values may hold a source key.
-    fn may_hold(&self, partition: &HashMap<String, Option<String>>) -> bool {
-        self.partition_values.iter().all(|(c, values)| {
+    /// A file with these partition values and key statistics may hold a source key.
+    fn may_hold(
+        &self,
+        file: &LogicalFileView,
+        partition: &HashMap<String, Option<String>>,
+    ) -> bool {
+        let partitions_match = self.partition_values.iter().all(|(c, values)| {
             partition
                 .get(c)
                 .and_then(|v| v.as_ref())
                 .is_some_and(|v| values.contains(v))
+        });
+        if !partitions_match || self.ranges.is_empty() {
+            return partitions_match;
+        }
+        let Some(stats) = file
+            .stats()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        else {
+            return true;
+        };
+        self.ranges.iter().all(|(c, (lo, hi))| {
+            let (min, max) = (&stats["minValues"][c], &stats["maxValues"][c]);
+            !(below(max, lo) || below(hi, min))
         })
+    }
+}
+
+/// The least and greatest non-null value of integer key arrays, as JSON values
+/// comparable with Delta's file statistics. (Not strings: writers may truncate
+/// their statistics.)
+fn key_range(columns: &[&ArrayRef]) -> Option<(serde_json::Value, serde_json::Value)> {
+    use datafusion::arrow::compute::{max, min};
+    let mut range: Option<(serde_json::Value, serde_json::Value)> = None;
+    let mut widen = |lo: serde_json::Value, hi: serde_json::Value| {
+        range = Some(match range.take() {
+            None => (lo, hi),
+            Some((a, b)) => (
+                if below(&lo, &a) { lo } else { a },
+                if below(&b, &hi) { hi } else { b },
+            ),
+        });
+    };
+    for c in columns {
+        match c.data_type() {
+            t if t.is_integer() => {
+                let c = datafusion::arrow::compute::cast(c, &DataType::Int64).ok()?;
+                let c = c.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                if let (Some(lo), Some(hi)) = (min(c), max(c)) {
+                    widen(lo.into(), hi.into());
+                }
+            }
+            _ => return None,
+        }
+    }
+    range
+}
+
+/// `a < b` for two integers; false for anything else (unknown).
+fn below(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a, b) {
+        (serde_json::Value::Number(a), serde_json::Value::Number(b)) => {
+            matches!((a.as_i64(), b.as_i64()), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
     }
 }
 
