@@ -204,10 +204,7 @@ fn environment(root: &Path, loaded: Arc<Mutex<BTreeMap<String, Source>>>) -> Env
     env.set_debug(true);
     let root: PathBuf = root.to_path_buf();
     env.set_loader(move |name: &str| {
-        if name.split('/').any(|part| part == "..") {
-            return Ok(None);
-        }
-        match std::fs::read_to_string(root.join(name)) {
+        match crate::spec::read_project_file(&root, name) {
             Ok(text) => {
                 loaded
                     .lock()
@@ -215,10 +212,19 @@ fn environment(root: &Path, loaded: Arc<Mutex<BTreeMap<String, Source>>>) -> Env
                     .insert(name.to_string(), Source::new(name, text.clone()));
                 Ok(Some(text))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(minijinja::Error::new(
+            Err(crate::spec::ProjectFileError::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(crate::spec::ProjectFileError::Io(e)) => Err(minijinja::Error::new(
                 minijinja::ErrorKind::InvalidOperation,
                 format!("cannot read template {name}: {e}"),
+            )),
+            // Not read: a template may come from an untrusted pull request.
+            Err(crate::spec::ProjectFileError::Outside(why)) => Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("{why}: templates include and import only files under the project root"),
             )),
         }
     });

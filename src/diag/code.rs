@@ -98,6 +98,9 @@ pub enum Code {
     MalformedYaml,
     /// A required key is missing.
     MissingKey,
+    /// A file a pipeline names (`sql:`, an include or import) lies outside the
+    /// project root: an absolute path, a `..` escape or a symlink out.
+    OutsideProject,
     /// A stage's `sql:` file cannot be read.
     MissingSqlFile,
     /// A table does not exist and declares no schema to create it with.
@@ -232,6 +235,7 @@ impl Code {
             Code::Interrupted => "interrupted",
             Code::MalformedYaml => "malformed_yaml",
             Code::MissingKey => "missing_key",
+            Code::OutsideProject => "outside_project",
             Code::MissingSqlFile => "missing_sql_file",
             Code::MissingTable => "missing_table",
             Code::NoStages => "no_stages",
@@ -325,6 +329,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::Interrupted,
     Code::MalformedYaml,
     Code::MissingKey,
+    Code::OutsideProject,
     Code::MissingSqlFile,
     Code::MissingTable,
     Code::NoStages,

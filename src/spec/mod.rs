@@ -288,3 +288,47 @@ mod tests {
         }
     }
 }
+
+/// Why a file a pipeline names cannot be read.
+#[derive(Debug)]
+pub enum ProjectFileError {
+    /// Outside the project root (the reason); nothing was read.
+    Outside(String),
+    Io(std::io::Error),
+}
+
+/// Reads `relative`, a path a pipeline or template names, confined to the project
+/// `root`: a pipeline may come from an untrusted pull request, so no absolute path,
+/// no `..` and no symlink that leads out of the root is followed.
+pub fn read_project_file(
+    root: &Path,
+    relative: &str,
+) -> std::result::Result<String, ProjectFileError> {
+    let path = Path::new(relative);
+    if relative.is_empty() || path.has_root() || path.is_absolute() {
+        return Err(ProjectFileError::Outside(format!(
+            "`{relative}` is an absolute path; name files relative to the project root"
+        )));
+    }
+    if path.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(ProjectFileError::Outside(format!(
+            "`{relative}` leaves the project root (`..`)"
+        )));
+    }
+    let root = root.canonicalize().map_err(ProjectFileError::Io)?;
+    let full = root
+        .join(path)
+        .canonicalize()
+        .map_err(ProjectFileError::Io)?;
+    if !full.starts_with(&root) {
+        return Err(ProjectFileError::Outside(format!(
+            "`{relative}` is a link to a file outside the project root"
+        )));
+    }
+    std::fs::read_to_string(&full).map_err(ProjectFileError::Io)
+}

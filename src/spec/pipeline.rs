@@ -301,18 +301,24 @@ impl Loader<'_> {
         match key {
             "sql" => {
                 let path = self.string(node, "sql")?;
-                let full = self.root.join(&path.value);
-                let text = std::fs::read_to_string(&full).map_err(|e| {
-                    self.error(
-                        path.span,
-                        Code::MissingSqlFile,
-                        format!("cannot read SQL file `{}`: {e}", path.value),
-                        "this file",
-                    )
-                    .help(format!(
-                        "paths are relative to the project root {}",
-                        self.root.display()
-                    ))
+                let text = read_project_file(self.root, &path.value).map_err(|e| match e {
+                    ProjectFileError::Outside(why) => self
+                        .error(path.span, Code::OutsideProject, why, "outside the project")
+                        .help(format!(
+                            "a pipeline reads only files under its project root {}",
+                            self.root.display()
+                        )),
+                    ProjectFileError::Io(e) => self
+                        .error(
+                            path.span,
+                            Code::MissingSqlFile,
+                            format!("cannot read SQL file `{}`: {e}", path.value),
+                            "this file",
+                        )
+                        .help(format!(
+                            "paths are relative to the project root {}",
+                            self.root.display()
+                        )),
                 })?;
                 Ok(StageBody::SqlFile {
                     template: Source::new(path.value.clone(), text),

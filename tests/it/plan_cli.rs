@@ -95,3 +95,41 @@ fn help_teaches_the_commands() {
     assert!(out.stdout.contains("--var"));
     assert!(out.stdout.contains("Examples:"));
 }
+
+/// A pipeline may come from an untrusted pull request: a `sql:` file or an include
+/// that is a symlink out of the project is refused (exit 2) and nothing of the
+/// file it points at is printed. (Absolute paths and `..` escapes are diagnostic
+/// cases in tests/diagnostics/outside_*.)
+#[test]
+fn a_symlink_out_of_the_project_is_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.sql");
+    std::fs::write(&secret, "SELECT 'TOP-SECRET-VALUE' AS id").unwrap();
+    let pipeline = "name: evil\ntables:\n  t:\n    location: ./wh/t\n    schema:\n      - {name: id, type: BIGINT}\nstages:\n  - name: steal\n    sql: sql/innocent.sql\n  - name: steal_by_include\n    sql: sql/includes.sql\n";
+    for (target, include) in [(true, false), (false, true)] {
+        let project = crate::common::Project::new(&[("pipeline.yaml", pipeline)]);
+        let sql = project.path().join("sql");
+        std::fs::create_dir_all(&sql).unwrap();
+        let plain = "SELECT CAST(1 AS BIGINT) AS id";
+        if target {
+            std::os::unix::fs::symlink(&secret, sql.join("innocent.sql")).unwrap();
+        } else {
+            std::fs::write(sql.join("innocent.sql"), plain).unwrap();
+        }
+        if include {
+            std::os::unix::fs::symlink(&secret, sql.join("linked.sql")).unwrap();
+            std::fs::write(sql.join("includes.sql"), "{% include \"sql/linked.sql\" %}").unwrap();
+        } else {
+            std::fs::write(sql.join("includes.sql"), plain).unwrap();
+        }
+        let out = project.sqlplan(&["plan", "pipeline.yaml"]);
+        assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("is a link to a file"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("TOP-SECRET"), "{}", out.stderr);
+        assert!(!out.stdout.contains("TOP-SECRET"), "{}", out.stdout);
+    }
+}

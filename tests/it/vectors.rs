@@ -452,7 +452,10 @@ async fn only_files_whose_partition_and_key_statistics_fit_the_source_are_read()
         .unwrap();
     let m = run(&p);
     assert_eq!(
-        (m["files_scanned"].as_u64(), m["files_with_vectors"].as_u64()),
+        (
+            m["files_scanned"].as_u64(),
+            m["files_with_vectors"].as_u64()
+        ),
         (Some(1), Some(1)),
         "{m}"
     );
