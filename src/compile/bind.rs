@@ -118,6 +118,7 @@ async fn bind_sql(
     let optimized = state
         .optimize(&plan)
         .map_err(|e| df_problem(sql, &e, "types"))?;
+    super::assign::check_merge(sql, &plan)?;
     let kind = match parsed.kind {
         StatementKind::Select if sql.stage.materialize => StageKind::Materialized,
         StatementKind::Select => StageKind::View,

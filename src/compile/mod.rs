@@ -5,6 +5,7 @@
 //! template the user wrote.
 
 pub mod analyze;
+pub mod assign;
 pub mod bind;
 pub mod catalog;
 pub mod dag;

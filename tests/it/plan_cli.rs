@@ -124,11 +124,7 @@ fn a_symlink_out_of_the_project_is_not_followed() {
         }
         let out = project.sqlplan(&["plan", "pipeline.yaml"]);
         assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
-        assert!(
-            out.stderr.contains("is a link to a file"),
-            "{}",
-            out.stderr
-        );
+        assert!(out.stderr.contains("is a link to a file"), "{}", out.stderr);
         assert!(!out.stderr.contains("TOP-SECRET"), "{}", out.stderr);
         assert!(!out.stdout.contains("TOP-SECRET"), "{}", out.stdout);
     }
