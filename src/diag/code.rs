@@ -133,6 +133,8 @@ pub enum Code {
     ReportUnwritable,
     /// A run could not start: a table cannot be opened or created, its schema drifted, or an unfinished run cannot be resumed.
     RunSetup,
+    /// Another run of the pipeline holds the warehouse's run lock.
+    RunInProgress,
     /// Every stage succeeded but the run's finish commit failed; the next run resumes it.
     RunUnfinished,
     /// A table would be scanned in full more often than its `max_full_scans`.
@@ -250,6 +252,7 @@ impl Code {
             Code::ReportNotARelation => "report_not_a_relation",
             Code::ReportUnwritable => "report_unwritable",
             Code::RunSetup => "run_setup",
+            Code::RunInProgress => "run_in_progress",
             Code::RunUnfinished => "run_unfinished",
             Code::ScanBudget => "scan_budget",
             Code::SeveralStatements => "several_statements",
@@ -344,6 +347,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::ReportNotARelation,
     Code::ReportUnwritable,
     Code::RunSetup,
+    Code::RunInProgress,
     Code::RunUnfinished,
     Code::ScanBudget,
     Code::SeveralStatements,

@@ -10,6 +10,7 @@ mod compact;
 mod context;
 mod error;
 mod expect;
+pub mod lock;
 mod maintain;
 mod materialize;
 mod merge;
@@ -69,6 +70,8 @@ struct Finished {
 /// Runs the plan; the report says what every stage did. A failed stage yields a
 /// report with `failed` status (the caller exits 1), not an `Err`.
 pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem> {
+    let _lock = lock::acquire(&plan)
+        .map_err(|e| Problem::failed(Code::RunInProgress, e).help("nothing was written"))?;
     let executor = Arc::new(
         Executor::new(plan, options.spill_threshold, options.abandon)
             .await

@@ -435,3 +435,44 @@ async fn a_crash_between_two_finish_commits_is_finished_by_the_next_run() {
         (Some("1"), Some("2"))
     );
 }
+
+/// One run at a time: while another process holds the pipeline's run lock on the
+/// warehouse, `run` refuses at once (exit 1), naming the holder, and writes
+/// nothing; once the holder is gone (a killed run releases it with its process),
+/// the next run proceeds.
+#[tokio::test]
+async fn a_second_run_refuses_while_one_holds_the_warehouse() {
+    let p = two_tables().await;
+    let dir = p.warehouse().join("_sqlplan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("two.lock"))
+        .unwrap();
+    held.lock().unwrap();
+    std::io::Write::write_all(&mut held, b"process 4242 since 2026-12-03T10:00:00Z").unwrap();
+    let refused = run_two(&p, &[], None);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    // miette wraps long messages: compare with the line breaks taken out.
+    let message = stderr(&refused)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        message.contains("another run of pipeline `two` is in progress")
+            && message.contains("(process 4242 since 2026-12-"),
+        "{message}"
+    );
+    assert!(
+        !p.warehouse().join("a").join("_delta_log").exists(),
+        "the refused run wrote nothing"
+    );
+    drop(held);
+    let out = run_two(&p, &[], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(rows(&p, "a").await, ["1,x", "2,x"]);
+}

@@ -1,0 +1,75 @@
+//! One run of a pipeline at a time on a warehouse. A run holds an exclusive lock on
+//! `_sqlplan/<pipeline>.lock` beside the folder of its first finish table (in the
+//! warehouse, where the folder of the table the run may create is not touched) for
+//! as long as it lives; a second run refuses at once, naming the
+//! run that holds it. The lock is the operating system's (`flock`): it goes with the
+//! process, so a run that was killed blocks nobody, and the next run resumes it.
+//! Tables on object stores are not locked (no such lock there).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+
+use crate::plan::Plan;
+
+/// Held for the run's lifetime; dropping it (or the process ending) releases it.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Takes the pipeline's lock on its warehouse, or says who holds it.
+pub fn acquire(plan: &Plan) -> Result<Option<RunLock>, String> {
+    let Some(table) = super::tables::finish_tables(plan).into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(location) = plan
+        .tables
+        .iter()
+        .find(|t| t.name == table)
+        .map(|t| &t.location)
+    else {
+        return Ok(None);
+    };
+    let url = crate::delta::table_url(location)?;
+    let Ok(dir) = url.to_file_path() else {
+        return Ok(None);
+    };
+    let dir = dir
+        .parent()
+        .map_or_else(|| dir.clone(), std::path::Path::to_path_buf)
+        .join("_sqlplan");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{}.lock", plan.pipeline));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(format!(
+                "another run of pipeline `{}` is in progress on this warehouse ({}); wait for it to end (a run whose process is gone holds no lock, and the next run resumes it)",
+                plan.pipeline,
+                if holder.trim().is_empty() { "holder unknown".to_string() } else { holder.trim().to_string() }
+            ));
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", path.display()));
+        }
+    }
+    let holder = format!(
+        "process {} since {}",
+        std::process::id(),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = file.write_all(holder.as_bytes());
+    let _ = file.flush();
+    Ok(Some(RunLock { _file: file }))
+}
