@@ -195,6 +195,35 @@ fn render_locations(
     Ok(locations)
 }
 
+/// `{{ value | literal }}`: a value as an SQL literal — a string quoted with its
+/// quotes doubled, a number or boolean as itself, none as NULL, a list as literals
+/// separated by commas (for `IN (…)`). Vars may come from a command line or a pull
+/// request: every template that puts one inside SQL quotes uses this, so a value
+/// can never end the literal and add SQL of its own.
+pub fn literal(value: minijinja::Value) -> std::result::Result<String, minijinja::Error> {
+    use minijinja::value::ValueKind;
+    Ok(match value.kind() {
+        ValueKind::Undefined | ValueKind::None => "NULL".to_string(),
+        ValueKind::Bool => if value.is_true() { "TRUE" } else { "FALSE" }.to_string(),
+        ValueKind::Number => value.to_string(),
+        ValueKind::Seq => {
+            let items: std::result::Result<Vec<String>, _> =
+                value.try_iter()?.map(literal).collect();
+            items?.join(", ")
+        }
+        ValueKind::String => format!("'{}'", value.as_str().unwrap_or("").replace('\'', "''")),
+        _ => {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!(
+                    "`literal` takes strings, numbers, booleans, none or lists, not {}",
+                    value.kind()
+                ),
+            ))
+        }
+    })
+}
+
 /// One environment for the whole pipeline: strict undefined, debug info on (for
 /// error ranges in release builds), and a loader for `{% import %}` of shared macros
 /// by path relative to the project root.
@@ -202,6 +231,7 @@ fn environment(root: &Path, loaded: Arc<Mutex<BTreeMap<String, Source>>>) -> Env
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_debug(true);
+    env.add_filter("literal", literal);
     let root: PathBuf = root.to_path_buf();
     env.set_loader(move |name: &str| {
         match crate::spec::read_project_file(&root, name) {
@@ -376,6 +406,23 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+#[cfg(test)]
+mod literal_tests {
+    use super::literal;
+    use minijinja::Value;
+
+    #[test]
+    fn values_become_sql_literals() {
+        let text = |v: Value| literal(v).unwrap();
+        assert_eq!(text(Value::from("it's")), "'it''s'");
+        assert_eq!(text(Value::from("x' OR true --")), "'x'' OR true --'");
+        assert_eq!(text(Value::from(36)), "36");
+        assert_eq!(text(Value::from(true)), "TRUE");
+        assert_eq!(text(Value::from(())), "NULL");
+        assert_eq!(text(Value::from(vec!["1", "4"])), "'1', '4'");
+    }
 }
 
 #[cfg(test)]

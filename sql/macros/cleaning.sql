@@ -13,7 +13,7 @@ CASE WHEN date_part('year', {{ expr }}) < 1000 THEN NULL ELSE {{ expr }} END
 
 {#- A default for NULL or empty strings. -#}
 {% macro default_if_blank(expr, default) -%}
-CASE WHEN {{ expr }} IS NULL OR {{ expr }} = '' THEN '{{ default }}' ELSE {{ expr }} END
+CASE WHEN {{ expr }} IS NULL OR {{ expr }} = '' THEN {{ default | string | literal }} ELSE {{ expr }} END
 {%- endmacro %}
 
 {#- Applies a named preparation: sentinel, date, default_999, or none. -#}

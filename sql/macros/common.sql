@@ -7,5 +7,5 @@
 
 {#- `'a', 'b'` : a list of string literals for IN (...) -#}
 {% macro string_literals(values) -%}
-{%- for v in values %}'{{ v | replace("'", "''") }}'{% if not loop.last %}, {% endif %}{% endfor -%}
+{%- for v in values %}{{ v | string | literal }}{% if not loop.last %}, {% endif %}{% endfor -%}
 {%- endmacro %}

@@ -27,5 +27,5 @@ CASE WHEN ({{ p }}) >= 0 AND ({{ p }}) < {{ n }}
 
 {#- The elements joined with no separator, NULL shown as `?`. -#}
 {% macro grid(arr, null_mark="?") -%}
-array_to_string({{ arr }}, '', '{{ null_mark }}')
+array_to_string({{ arr }}, '', {{ null_mark | literal }})
 {%- endmacro %}

@@ -129,3 +129,28 @@ fn a_symlink_out_of_the_project_is_not_followed() {
         assert!(!out.stdout.contains("TOP-SECRET"), "{}", out.stdout);
     }
 }
+
+/// A var cannot inject SQL: the templates put vars in literals through the
+/// `literal` filter, so a quote in a value stays inside the string. The summary
+/// pipeline's watermark with an injection attempt is a bad timestamp (exit 2).
+#[test]
+fn a_var_cannot_end_its_literal() {
+    let wh = tempfile::tempdir().unwrap();
+    let out = sqlplan_in(
+        &repo(),
+        &[
+            "plan",
+            "pipelines/summary.yaml",
+            "--var",
+            &format!("warehouse={}", wh.path().display()),
+            "--var",
+            "watermark=2020-01-01' OR true --",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("Error parsing timestamp"),
+        "{}",
+        out.stderr
+    );
+}
