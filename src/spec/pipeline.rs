@@ -40,7 +40,10 @@ const OPTIMIZE_KEYS: &[&str] = &[
     "target_size",
     "deleted_above",
 ];
-const VACUUM_KEYS: &[&str] = &["table", "retain_hours"];
+const VACUUM_KEYS: &[&str] = &["table", "retain_hours", "below_delta_default"];
+/// Delta's default retention (7 days): what readers of older versions and
+/// interrupted runs (which resume on the versions they started from) rely on.
+const DELTA_DEFAULT_RETAIN_HOURS: u64 = 168;
 
 impl Loader<'_> {
     pub(super) fn pipeline(&self, overrides: &[(String, String)]) -> Result<PipelineSpec> {
@@ -373,10 +376,21 @@ impl Loader<'_> {
                     self.error_at(node.span(), Code::MissingKey, "`vacuum` needs an explicit `retain_hours`")
                         .help("e.g. `retain_hours: 168` (7 days, Delta's default); files younger than that are kept")
                 })?;
+                let retain = self.parse_u64(hours, "retain_hours")?;
+                if retain < DELTA_DEFAULT_RETAIN_HOURS && !self.flag(m, "below_delta_default")? {
+                    return Err(self
+                        .error(
+                            self.scalar_span(hours),
+                            Code::BadValue,
+                            format!("`retain_hours: {retain}` is below Delta's default of {DELTA_DEFAULT_RETAIN_HOURS} hours"),
+                            "shorter than 7 days",
+                        )
+                        .help("files an older version still needs (time travel, a reader, an interrupted run that resumes on the versions it started from) would be removed; if that is intended, add `below_delta_default: true`"));
+                }
                 Ok(StageBody::Vacuum(VacuumSpec {
                     table: self.required_string(m, "table", node.span())?,
                     retain_hours: Spanned {
-                        value: self.parse_u64(hours, "retain_hours")?,
+                        value: retain,
                         span: self.scalar_span(hours),
                     },
                 }))

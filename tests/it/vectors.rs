@@ -377,7 +377,7 @@ async fn python_deltalake_reads_tables_with_vectors_like_delta_rs() {
 async fn vacuum_keeps_referenced_vectors_and_optimize_still_works() {
     let p = project(UPSERT, 0.5, batch(&[2, 13], &["B", "N"], &["x", "y"])).await;
     let with_maintenance = std::fs::read_to_string(p.path().join("pipeline.yaml")).unwrap()
-        + "  - name: clean\n    vacuum: {table: target, retain_hours: 0}\n  - name: after_clean\n    query: SELECT id, v FROM target ORDER BY id\n    materialize: true\n    report: true\n  - name: compact\n    optimize: {table: target}\n";
+        + "  - name: clean\n    vacuum: {table: target, retain_hours: 0, below_delta_default: true}\n  - name: after_clean\n    query: SELECT id, v FROM target ORDER BY id\n    materialize: true\n    report: true\n  - name: compact\n    optimize: {table: target}\n";
     std::fs::write(p.path().join("pipeline.yaml"), with_maintenance).unwrap();
     run(&p);
     let target = p.warehouse().join("target");
