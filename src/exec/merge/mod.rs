@@ -5,6 +5,7 @@
 //! appends their new versions (`vectors`).
 
 mod cow;
+mod keys;
 mod vectors;
 
 use std::sync::Arc;
@@ -43,14 +44,28 @@ impl Merge {
     }
 
     fn source_frame(&self, exec: &Executor) -> StageResult<DataFrame> {
-        let mem = MemTable::try_new(self.source_schema.clone(), vec![self.source.clone()])
-            .map_err(df_err)?;
-        exec.ctx
-            .read_table(Arc::new(mem))
-            .map_err(df_err)?
-            .alias(&self.source_alias)
-            .map_err(df_err)
+        frame(
+            exec,
+            self.source_schema.clone(),
+            self.source.clone(),
+            &self.source_alias,
+        )
     }
+}
+
+/// In-memory batches as a relation named `alias`.
+fn frame(
+    exec: &Executor,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    alias: &str,
+) -> StageResult<DataFrame> {
+    let mem = MemTable::try_new(schema, vec![batches]).map_err(df_err)?;
+    exec.ctx
+        .read_table(Arc::new(mem))
+        .map_err(df_err)?
+        .alias(alias)
+        .map_err(df_err)
 }
 
 impl Executor {
