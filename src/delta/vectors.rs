@@ -103,6 +103,19 @@ fn relative_path(root: &url::Url, file: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// Physical rows of these files (their `numRecords`) and how many of them their
+/// deletion vectors delete.
+pub fn row_counts<'a>(
+    files: impl IntoIterator<Item = &'a deltalake::kernel::LogicalFileView>,
+) -> (usize, i64) {
+    files.into_iter().fold((0, 0), |(rows, deleted), f| {
+        (
+            rows + f.num_records().unwrap_or(0),
+            deleted + f.deletion_vector_descriptor().map_or(0, |d| d.cardinality),
+        )
+    })
+}
+
 /// One data file of a table, as far as reading its rows goes.
 #[derive(Clone, Debug)]
 pub struct DataFile {

@@ -47,12 +47,7 @@ impl Executor {
         let chosen: Vec<LogicalFileView> = partitions
             .into_values()
             .filter(|files| {
-                let rows: usize = files.iter().filter_map(|f| f.num_records()).sum();
-                let deleted: i64 = files
-                    .iter()
-                    .filter_map(|f| f.deletion_vector_descriptor())
-                    .map(|d| d.cardinality)
-                    .sum();
+                let (rows, deleted) = dv::row_counts(files);
                 rows > 0 && deleted as f64 > share * rows as f64
             })
             .flatten()

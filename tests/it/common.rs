@@ -204,3 +204,23 @@ pub fn python_deltalake(code: &str) -> bool {
     eprintln!("skipped: python3 -c '{code}' failed");
     false
 }
+
+/// Rows of the small `(id BIGINT, v STRING, ds STRING)` tables the run tests use.
+pub fn id_v_ds(ids: &[i64], values: &[&str], ds: &[&str]) -> datafusion::arrow::array::RecordBatch {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, true),
+        Field::new("ds", DataType::Utf8, true),
+    ]));
+    datafusion::arrow::array::RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(Int64Array::from(ids.to_vec())),
+            std::sync::Arc::new(StringArray::from(values.to_vec())),
+            std::sync::Arc::new(StringArray::from(ds.to_vec())),
+        ],
+    )
+    .unwrap()
+}

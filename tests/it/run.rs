@@ -3,27 +3,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use serde_json::Value;
 
 use crate::common::{create_table, file_count, read_table, stage, Project};
 
 fn batch(ids: &[i64], values: &[&str], ds: &[&str]) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("v", DataType::Utf8, true),
-        Field::new("ds", DataType::Utf8, true),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from(ids.to_vec())),
-            Arc::new(StringArray::from(values.to_vec())),
-            Arc::new(StringArray::from(ds.to_vec())),
-        ],
-    )
-    .unwrap()
+    crate::common::id_v_ds(ids, values, ds)
 }
 
 fn report(project: &Project) -> Value {

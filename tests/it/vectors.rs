@@ -3,31 +3,14 @@
 //! delta-rs and by Python's `deltalake`, and the plan's account of it.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::RecordBatch;
 use serde_json::Value;
 
 use crate::common::{create_table, read_table, stage, Project};
 
 fn batch(ids: &[i64], values: &[&str], ds: &[&str]) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("v", DataType::Utf8, true),
-        Field::new("ds", DataType::Utf8, true),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from(ids.to_vec())),
-            Arc::new(StringArray::from(values.to_vec())),
-            Arc::new(StringArray::from(
-                values.iter().zip(ds).map(|(_, d)| *d).collect::<Vec<_>>(),
-            )),
-        ],
-    )
-    .unwrap()
+    crate::common::id_v_ds(ids, values, ds)
 }
 
 /// `target` (partitioned by ds, created without vectors: the run turns them on)

@@ -294,12 +294,7 @@ async fn table_size(path: &Path) -> Value {
         Ok(Some(t)) => match t.snapshot() {
             Ok(s) => {
                 let files: Vec<_> = s.log_data().iter().collect();
-                let rows: usize = files.iter().filter_map(|f| f.num_records()).sum();
-                let deleted: i64 = files
-                    .iter()
-                    .filter_map(|f| f.deletion_vector_descriptor())
-                    .map(|d| d.cardinality)
-                    .sum();
+                let (rows, deleted) = crate::delta::vectors::row_counts(&files);
                 json!({
                     "files": files.len(),
                     "bytes": files.iter().map(|f| f.size()).sum::<i64>(),
