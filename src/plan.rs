@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use serde::Serialize;
 use serde_json::Value;
 
-pub use crate::spec::VectorOptions;
+pub use crate::spec::{VarType, VectorOptions};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -18,6 +18,8 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub vars: BTreeMap<String, Value>,
+    /// Each var's type: the value a `state:` stage returns is checked against it.
+    pub var_types: BTreeMap<String, VarType>,
     pub tables: Vec<TablePlan>,
     /// Stage names per level; the stages of one level may run at the same time.
     pub levels: Vec<Vec<String>>,
@@ -305,7 +307,12 @@ impl Plan {
         if !self.vars.is_empty() {
             let _ = writeln!(out, "\nvars");
             for (k, v) in &self.vars {
-                let _ = writeln!(out, "  {k} = {}", var_text(v));
+                let ty = self
+                    .var_types
+                    .get(k)
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "  {k}{ty} = {}", var_text(v));
             }
         }
         let _ = writeln!(out, "\ntables");

@@ -69,7 +69,23 @@ pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehous
             .filter(|r| !r.finish || r.run.is_some_and(|run| finished.contains(&run)))
             .find_map(|r| r.values.get(&name));
         if let Some(value) = value {
-            spec.vars.get_mut(&name).expect("state vars are vars").value = value.clone().into();
+            // The log is input too: a value that is not of the var's type (written by
+            // another tool, or by hand) stops here, before any template sees it.
+            let var = spec.vars.get_mut(&name).expect("state vars are vars");
+            var.value = var.ty.parse_text(value).map_err(|e| {
+                Problem::invalid(
+                    Code::BadStateValue,
+                    format!(
+                        "state `{name}` recorded on `{}` is not {}: {e}",
+                        table.value, var.ty.article()
+                    ),
+                )
+                .in_source(&spec.yaml)
+                .label(var.span, format!("declared as {}", var.ty))
+                .help(format!(
+                    "nothing was run; `--var {name}=…` sets a value for this run, and its finish commit records it"
+                ))
+            })?;
         }
     }
     Ok(())

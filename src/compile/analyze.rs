@@ -60,6 +60,11 @@ pub fn analyze(
             .iter()
             .map(|(k, v)| (k.clone(), v.value.clone()))
             .collect(),
+        var_types: spec
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.ty.clone()))
+            .collect(),
         tables: tables.values().map(table_plan).collect(),
         levels: level_names,
         stages,

@@ -40,6 +40,11 @@ pub enum Code {
     BadValue,
     /// A `--var` value does not have the type of the variable's default.
     BadVarValue,
+    /// A var's `type:` is not a known type name.
+    BadVarType,
+    /// A state value recorded in a table's log (or returned by its `state:` stage)
+    /// does not have the state variable's type.
+    BadStateValue,
     /// `bench --from` could not copy the warehouse.
     BenchCopy,
     /// The benchmark's run of the pipeline failed.
@@ -208,6 +213,8 @@ impl Code {
             Code::BadStateStage => "bad_state_stage",
             Code::BadValue => "bad_value",
             Code::BadVarValue => "bad_var_value",
+            Code::BadVarType => "bad_var_type",
+            Code::BadStateValue => "bad_state_value",
             Code::BenchCopy => "bench_copy",
             Code::BenchRunFailed => "bench_run_failed",
             Code::BenchWorkdir => "bench_workdir",
@@ -303,6 +310,8 @@ pub const ALL_CODES: &[Code] = &[
     Code::BadStateStage,
     Code::BadValue,
     Code::BadVarValue,
+    Code::BadVarType,
+    Code::BadStateValue,
     Code::BenchCopy,
     Code::BenchRunFailed,
     Code::BenchWorkdir,

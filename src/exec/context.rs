@@ -261,6 +261,15 @@ impl Executor {
                 .filter(|v| !v.is_null());
             if let Some(v) = value {
                 let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                if let Some(ty) = self.plan.var_types.get(state) {
+                    ty.parse_text(&text)
+                        .map_err(|reason| StageError::StateType {
+                            stage: stage.name.clone(),
+                            state: state.clone(),
+                            value: text.clone(),
+                            reason,
+                        })?;
+                }
                 self.states.lock().await.insert(state.clone(), text);
             }
         }

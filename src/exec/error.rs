@@ -17,6 +17,15 @@ pub enum StageError {
     /// A `state:` stage did not return exactly one value.
     #[error("state stage `{stage}` returned {rows} rows; one is expected")]
     StateNotSingle { stage: String, rows: usize },
+    /// A `state:` stage returned a value that is not of its variable's type; it is
+    /// not recorded (the next run would refuse to read it back).
+    #[error("state stage `{stage}` returned `{value}` for `{state}`: {reason}")]
+    StateType {
+        stage: String,
+        state: String,
+        value: String,
+        reason: String,
+    },
     /// A table could not be opened or created, or the plan and the tables disagree.
     #[error("{0}")]
     Table(String),

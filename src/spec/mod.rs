@@ -14,10 +14,12 @@ use crate::diag::{Code, Problem, Result, Source};
 
 mod expect;
 mod pipeline;
+mod types;
 mod vars;
 pub mod yaml;
 
 pub use expect::{CheckAction, CheckSpec, ExpectSpec, QUARANTINE_COLUMNS};
+pub use types::VarType;
 pub use yaml::{yaml_value, YamlReader};
 
 /// A value together with where it was written in the pipeline YAML.
@@ -46,6 +48,8 @@ pub struct PipelineSpec {
 #[derive(Clone, Debug)]
 pub struct Var {
     pub value: Value,
+    /// What the var may hold; every value it takes is checked against it.
+    pub ty: VarType,
     pub span: SourceSpan,
     /// True when `--var` replaced the default.
     pub overridden: bool,

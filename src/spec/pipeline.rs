@@ -333,7 +333,7 @@ impl Loader<'_> {
                     self.error_at(node.span(), Code::BadValue, "`query` must be SQL text")
                 })?;
                 let marker = scalar.span().start().expect("loader marks scalars");
-                let offset = self.char_to_byte(marker.character());
+                let offset = self.marker_byte(&marker);
                 let block = matches!(self.source.text[offset..].chars().next(), Some('|' | '>'));
                 let origin = if block {
                     InlineOrigin {

@@ -1,16 +1,21 @@
-//! `vars:` and `state:`: declared variables, their defaults and `--var` overrides
-//! typed by the default.
+//! `vars:` and `state:`: declared variables, their types, their defaults and
+//! `--var` overrides. Every value a var takes is checked against its type
+//! (`types.rs`): a var is input from a command line or a pull request.
 
 use std::collections::BTreeMap;
 
+use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 use serde_json::Value;
 
-use super::yaml::{check_identifier, coerce_scalar, to_json};
+use super::types::{VarType, TYPE_NAMES};
+use super::yaml::{check_identifier, to_json};
 use super::{Loader, Spanned, Var};
 use crate::diag::{did_you_mean, Code, Problem, Result};
 
-const STATE_KEYS: &[&str] = &["table", "default"];
+const STATE_KEYS: &[&str] = &["table", "type", "default"];
+/// A var given as a mapping with `type:` and only these keys is a declaration.
+const DECLARATION_KEYS: &[&str] = &["type", "default", "description"];
 
 impl Loader<'_> {
     pub(super) fn state(
@@ -25,18 +30,8 @@ impl Loader<'_> {
             let map = self.mapping(value, &format!("state `{}`", name.value))?;
             self.check_keys(map, STATE_KEYS, "state")?;
             let table = self.required_string(map, "table", value.span())?;
-            let default = map.get_node("default").map(to_json).unwrap_or(Value::Null);
-            out.insert(
-                name.value.clone(),
-                (
-                    table,
-                    Var {
-                        value: default,
-                        span: name.span,
-                        overridden: false,
-                    },
-                ),
-            );
+            let var = self.typed_var(map, name.span, &name.value)?;
+            out.insert(name.value.clone(), (table, var));
         }
         Ok(out)
     }
@@ -65,14 +60,20 @@ impl Loader<'_> {
                         )
                         .label(v.span, "state variable"));
                 }
-                vars.insert(
-                    key.as_str().to_string(),
-                    Var {
-                        value: to_json(value),
-                        span: self.scalar_span(key),
-                        overridden: false,
-                    },
-                );
+                let span = self.scalar_span(key);
+                let var = match declaration(value) {
+                    Some(map) => self.typed_var(map, span, key.as_str())?,
+                    None => {
+                        let value = to_json(value);
+                        Var {
+                            ty: VarType::of_default(&value),
+                            value,
+                            span,
+                            overridden: false,
+                        }
+                    }
+                };
+                vars.insert(key.as_str().to_string(), var);
             }
         }
         for (key, raw) in overrides {
@@ -89,61 +90,67 @@ impl Loader<'_> {
                 });
                 return Err(p);
             };
-            var.value = parse_override(key, raw, &var.value)?;
+            var.value = var.ty.parse_text(raw).map_err(|e| {
+                Problem::invalid(Code::BadVarValue, format!("`--var {key}={raw}`: {e}"))
+                    .in_source(self.source)
+                    .label(var.span, format!("declared as {}", var.ty))
+            })?;
             var.overridden = true;
         }
         Ok(vars)
     }
+
+    /// `{type: T, default: V}` (or a state's mapping): the type, and the default
+    /// checked against it.
+    fn typed_var(
+        &self,
+        map: &MarkedMappingNode,
+        span: miette::SourceSpan,
+        name: &str,
+    ) -> Result<Var> {
+        let default = map.get_node("default");
+        let value = default.map(to_json).unwrap_or(Value::Null);
+        let ty = match map.get_scalar("type") {
+            None => VarType::of_default(&value),
+            Some(t) => VarType::parse(t.as_str()).ok_or_else(|| {
+                self.error(
+                    self.scalar_span(t),
+                    Code::BadVarType,
+                    format!("`{}` is not a var type", t.as_str()),
+                    "unknown type",
+                )
+                .help(format!("types: {TYPE_NAMES}"))
+            })?,
+        };
+        // A state variable without a default has none until a run records it.
+        let value = match default {
+            Some(node) => ty.check(&value).map_err(|e| {
+                let span = node
+                    .as_scalar()
+                    .map_or_else(|| self.node_span(node.span()), |s| self.scalar_span(s));
+                self.error(
+                    span,
+                    Code::BadVarValue,
+                    format!("the default of `{name}` does not have its type {ty}: {e}"),
+                    &format!("not {}", ty.article()),
+                )
+            })?,
+            None => Value::Null,
+        };
+        Ok(Var {
+            value,
+            ty,
+            span,
+            overridden: false,
+        })
+    }
 }
 
-/// A `--var` value takes the type of the declared default: text stays text, a list
-/// or map default expects YAML (`[a, b]`, `{k: v}`).
-fn parse_override(key: &str, raw: &str, default: &Value) -> Result<Value> {
-    let mismatch = |expected: &str| {
-        Problem::invalid(
-            Code::BadVarValue,
-            format!(
-                "`--var {key}={raw}`: expected {expected}, like the declared default `{default}`"
-            ),
-        )
-    };
-    match default {
-        Value::String(_) => Ok(Value::String(raw.to_string())),
-        Value::Null => Ok(coerce_scalar(raw)),
-        Value::Bool(_) => match coerce_scalar(raw) {
-            v @ Value::Bool(_) => Ok(v),
-            _ => Err(mismatch("true or false")),
-        },
-        Value::Number(_) => match coerce_scalar(raw) {
-            v @ Value::Number(_) => Ok(v),
-            _ => Err(mismatch("a number")),
-        },
-        Value::Array(_) | Value::Object(_) => {
-            let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
-            let options = if default.is_array() {
-                options.toplevel_sequence()
-            } else {
-                options
-            };
-            let node = marked_yaml::parse_yaml_with_options(0, raw, options).map_err(|_| {
-                mismatch(if default.is_array() {
-                    "a YAML list like `[a, b]`"
-                } else {
-                    "a YAML map like `{k: v}`"
-                })
-            })?;
-            let value = to_json(&node);
-            if value.is_array() == default.is_array() && value.is_object() == default.is_object() {
-                Ok(value)
-            } else {
-                Err(mismatch(if default.is_array() {
-                    "a YAML list like `[a, b]`"
-                } else {
-                    "a YAML map like `{k: v}`"
-                }))
-            }
-        }
-    }
+/// A var's YAML value that declares its type rather than being a map default.
+fn declaration(value: &Node) -> Option<&MarkedMappingNode> {
+    let map = value.as_mapping()?;
+    (map.get_node("type").is_some() && map.keys().all(|k| DECLARATION_KEYS.contains(&k.as_str())))
+        .then_some(map)
 }
 
 #[cfg(test)]
@@ -152,19 +159,14 @@ mod tests {
 
     #[test]
     fn overrides_take_the_type_of_the_default() {
+        let parse = |raw: &str, default: Value| VarType::of_default(&default).parse_text(raw);
+        assert_eq!(parse("5", Value::from(1)).unwrap(), Value::from(5));
+        assert!(parse("five", Value::from(1)).is_err());
+        assert_eq!(parse("5", Value::from("x")).unwrap(), Value::from("5"));
         assert_eq!(
-            parse_override("n", "5", &Value::from(1)).unwrap(),
-            Value::from(5)
-        );
-        assert!(parse_override("n", "five", &Value::from(1)).is_err());
-        assert_eq!(
-            parse_override("s", "5", &Value::from("x")).unwrap(),
-            Value::from("5")
-        );
-        assert_eq!(
-            parse_override("l", "[a, b]", &serde_json::json!(["z"])).unwrap(),
+            parse("[a, b]", serde_json::json!(["z"])).unwrap(),
             serde_json::json!(["a", "b"])
         );
-        assert!(parse_override("l", "{a: 1}", &serde_json::json!(["z"])).is_err());
+        assert!(parse("{a: 1}", serde_json::json!(["z"])).is_err());
     }
 }

@@ -158,7 +158,7 @@ impl<'a> YamlReader<'a> {
         let Some(start) = s.span().start() else {
             return (0, 0).into();
         };
-        let offset = self.char_to_byte(start.character());
+        let offset = self.marker_byte(start);
         let rest = &self.source.text[offset..];
         let first_line = rest.lines().next().unwrap_or("");
         let len = if rest.starts_with(s.as_str()) && !s.as_str().is_empty() {
@@ -171,25 +171,32 @@ impl<'a> YamlReader<'a> {
         (offset, len).into()
     }
 
-    pub fn char_to_byte(&self, chars: usize) -> usize {
-        self.source
-            .text
-            .char_indices()
-            .nth(chars)
-            .map_or(self.source.text.len(), |(b, _)| b)
+    /// The byte offset of a marker, from its line and column: the loader's character
+    /// index counts a block scalar's text in bytes (yaml-rust2), so every marker after
+    /// a `|` block with non-ASCII text would point a few characters too far.
+    pub fn marker_byte(&self, marker: &marked_yaml::Marker) -> usize {
+        let text = &self.source.text;
+        let line_start = text
+            .split_inclusive('\n')
+            .take(marker.line().saturating_sub(1))
+            .map(str::len)
+            .sum::<usize>();
+        let line = text[line_start..].split('\n').next().unwrap_or("");
+        line_start
+            + line
+                .char_indices()
+                .nth(marker.column().saturating_sub(1))
+                .map_or(line.len(), |(b, _)| b)
     }
 
     pub fn node_span(&self, span: &marked_yaml::Span) -> SourceSpan {
         match (span.start(), span.end()) {
             (Some(s), Some(e)) if e.character() > s.character() => {
-                let (a, b) = (
-                    self.char_to_byte(s.character()),
-                    self.char_to_byte(e.character()),
-                );
+                let (a, b) = (self.marker_byte(s), self.marker_byte(e));
                 let text = self.source.text[a..b].trim_end();
                 (a, text.len()).into()
             }
-            (Some(s), _) => (self.char_to_byte(s.character()), 1).into(),
+            (Some(s), _) => (self.marker_byte(s), 1).into(),
             _ => (0, 0).into(),
         }
     }
@@ -229,7 +236,7 @@ impl<'a> YamlReader<'a> {
             | E::MappingKeyMustBeScalar(m)
             | E::UnexpectedTag(m) => (*m, format!("malformed YAML: {e}")),
         };
-        let offset = self.char_to_byte(marker.character());
+        let offset = self.marker_byte(&marker);
         Problem::invalid(Code::MalformedYaml, message)
             .in_source(self.source)
             .label((offset, 0), "here")

@@ -13,4 +13,5 @@ mod planning;
 mod run;
 mod summary_model;
 mod summary_property;
+mod trust;
 mod vectors;

@@ -148,8 +148,15 @@ fn a_var_cannot_end_its_literal() {
         ],
     );
     assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    // Refused at the command line by the var's type, before any template renders.
+    assert!(out.stderr.contains("bad_var_value"), "{}", out.stderr);
     assert!(
-        out.stderr.contains("Error parsing timestamp"),
+        out.stderr.contains("expected a timestamp"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("declared as timestamp"),
         "{}",
         out.stderr
     );

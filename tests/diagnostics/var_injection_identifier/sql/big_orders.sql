@@ -1,0 +1,3 @@
+SELECT id, amount
+FROM orders
+WHERE {{ sort_column }} > {{ min_amount }}
