@@ -79,6 +79,30 @@ pub enum Command {
         #[arg(long)]
         abandon: bool,
     },
+    /// List the pipeline's recent runs from the run ledger: what to look at first
+    /// when a run went wrong.
+    ///
+    /// Every run writes a row to the ledger (`_sqlplan/runs`, a Delta table beside
+    /// the tables it finishes on) when it starts and another when it ends. Per
+    /// attempt (a resumed run is a second attempt of the same number): start time,
+    /// status — succeeded, failed, cancelled, abandoned, running (its process is
+    /// alive) or interrupted (its process is gone: the next run resumes it) —, time,
+    /// stages by status, bytes read and written, and the error; then, for the newest,
+    /// each stage and the version it committed. JSON adds the vars, the plan
+    /// fingerprint and every table's version at the run's start.
+    #[command(
+        after_help = "Examples:\n  sqlplan runs pipelines/summary.yaml --var warehouse=/data/wh\n  sqlplan runs pipelines/summary.yaml --format json --limit 1"
+    )]
+    Runs {
+        #[command(flatten)]
+        input: PipelineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        /// At most this many attempts, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Run data fixtures: rows in, pipeline runs, rows expected out.
     ///
     /// Each case of the fixture file runs on its own temporary warehouse (`warehouse`
@@ -291,6 +315,28 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
                     Code::Interrupted,
                     "the run was interrupted; running stages were cancelled before committing",
                 ),
+            })
+        }
+        Command::Runs {
+            input,
+            format,
+            limit,
+        } => {
+            let plan =
+                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            let failed = |e: String| Problem::failed(Code::LedgerUnreadable, e);
+            let Some(location) = crate::ledger::location(&plan).map_err(failed)? else {
+                return Ok("this pipeline writes no table: its runs are not recorded\n".into());
+            };
+            let mut entries = crate::ledger::read(&location, &plan.pipeline)
+                .await
+                .map_err(failed)?;
+            entries.truncate(limit);
+            Ok(match format {
+                PlanFormat::Text => crate::ledger::to_text(&location, &entries),
+                PlanFormat::Json => {
+                    serde_json::to_string_pretty(&entries).expect("entries serialise") + "\n"
+                }
             })
         }
         Command::Test {

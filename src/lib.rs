@@ -14,6 +14,7 @@ pub mod delta;
 pub mod diag;
 pub mod exec;
 pub mod fixtures;
+pub mod ledger;
 pub mod plan;
 pub mod pruning;
 pub mod render;

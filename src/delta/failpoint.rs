@@ -9,6 +9,11 @@
 //!
 //! and `finish` is the step that ends a run (the commit carrying its state; with
 //! several state tables, `after:finish:<table>` follows each one's commit).
+//!
+//! `<point>=pause` stops there instead of dying: the process prints
+//! `failpoint <point>: paused` on standard error and goes on when a line arrives on
+//! standard input — so a test can act (start a second run, commit to a table as
+//! another writer) at an exact moment of a live run.
 //! `commit:` points work on local tables (the only ones whose store is wrapped).
 
 use std::collections::BTreeMap;
@@ -37,11 +42,21 @@ fn points() -> &'static [String] {
     })
 }
 
-/// Dies here when `point` is armed.
+/// Dies (or pauses) here when `point` is armed.
 pub fn hit(point: &str) {
-    if points().iter().any(|p| p == point) {
-        eprintln!("sqlplan: failpoint `{point}`: the process stops here");
-        std::process::abort();
+    for armed in points() {
+        match armed.strip_suffix("=pause") {
+            Some(p) if p == point => {
+                eprintln!("sqlplan: failpoint {point}: paused");
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+            }
+            _ if armed == point => {
+                eprintln!("sqlplan: failpoint `{point}`: the process stops here");
+                std::process::abort();
+            }
+            _ => {}
+        }
     }
 }
 

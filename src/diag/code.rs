@@ -45,6 +45,8 @@ pub enum Code {
     /// A state value recorded in a table's log (or returned by its `state:` stage)
     /// does not have the state variable's type.
     BadStateValue,
+    /// The run ledger (`_sqlplan/runs`) cannot be read.
+    LedgerUnreadable,
     /// `bench --from` could not copy the warehouse.
     BenchCopy,
     /// The benchmark's run of the pipeline failed.
@@ -215,6 +217,7 @@ impl Code {
             Code::BadVarValue => "bad_var_value",
             Code::BadVarType => "bad_var_type",
             Code::BadStateValue => "bad_state_value",
+            Code::LedgerUnreadable => "ledger_unreadable",
             Code::BenchCopy => "bench_copy",
             Code::BenchRunFailed => "bench_run_failed",
             Code::BenchWorkdir => "bench_workdir",
@@ -312,6 +315,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::BadVarValue,
     Code::BadVarType,
     Code::BadStateValue,
+    Code::LedgerUnreadable,
     Code::BenchCopy,
     Code::BenchRunFailed,
     Code::BenchWorkdir,

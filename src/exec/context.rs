@@ -25,6 +25,8 @@ pub struct Executor {
     /// This run resumes an interrupted one; these stages of it committed (→ version).
     pub resumed: bool,
     pub(super) committed_earlier: BTreeMap<String, i64>,
+    /// `--abandon` ended this unfinished run, restoring these tables (→ version).
+    pub abandoned: Option<(delta::RunTag, BTreeMap<String, i64>)>,
     pub ctx: SessionContext,
     /// Materialized relations larger than this many bytes are spilled to disk.
     pub(super) spill_threshold: u64,
@@ -54,12 +56,14 @@ impl Executor {
     pub async fn new(plan: Plan, spill_threshold: u64, abandon: bool) -> StageResult<Self> {
         let mut tables = super::tables::open_tables(&plan).await?;
         let mut start = super::resume::find(&plan, &tables, abandon).await?;
+        let mut abandoned = None;
         if let super::resume::Start::Abandon {
             unfinished,
             restore,
         } = start
         {
             super::resume::abandon(&plan, &tables, &unfinished, &restore).await?;
+            abandoned = Some((unfinished, restore));
             for t in &plan.tables {
                 if tables.contains_key(&t.name) {
                     tables.insert(
@@ -102,6 +106,7 @@ impl Executor {
             tag: start.tag,
             resumed: start.resumed,
             committed_earlier: start.committed,
+            abandoned,
             spill_threshold,
             spill_dir: tempfile::Builder::new()
                 .prefix("sqlplan-spill")

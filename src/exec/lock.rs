@@ -19,25 +19,12 @@ pub struct RunLock {
 
 /// Takes the pipeline's lock on its warehouse, or says who holds it.
 pub fn acquire(plan: &Plan) -> Result<Option<RunLock>, String> {
-    let Some(table) = super::tables::finish_tables(plan).into_iter().next() else {
+    let Some(url) = super::tables::control_url(plan)? else {
         return Ok(None);
     };
-    let Some(location) = plan
-        .tables
-        .iter()
-        .find(|t| t.name == table)
-        .map(|t| &t.location)
-    else {
-        return Ok(None);
-    };
-    let url = crate::delta::table_url(location)?;
     let Ok(dir) = url.to_file_path() else {
         return Ok(None);
     };
-    let dir = dir
-        .parent()
-        .map_or_else(|| dir.clone(), std::path::Path::to_path_buf)
-        .join("_sqlplan");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(format!("{}.lock", plan.pipeline));
     let mut file = OpenOptions::new()

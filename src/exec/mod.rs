@@ -32,6 +32,7 @@ use crate::plan::{Plan, StagePlan};
 use crate::report::StageMetrics;
 use crate::report::{RunReport, StageReport, StageStatus};
 use context::Executor;
+pub use tables::control_url;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -80,6 +81,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
             })?,
     );
     let plan = &executor.plan;
+    let ledger = Ledger::start(&executor).await?;
     let start = Instant::now();
     let progress = Progress::new(options.progress, options.quiet);
     let preds: BTreeMap<&str, BTreeSet<&str>> = plan
@@ -187,16 +189,60 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         stages,
         start.elapsed(),
     );
-    if report.succeeded() {
-        executor.finish().await.map_err(|e| {
-            Problem::failed(
-                Code::RunUnfinished,
-                format!("every stage succeeded but the run's finish commit failed: {e}"),
-            )
+    let finished = match report.succeeded() {
+        true => executor
+            .finish()
+            .await
+            .map_err(|e| format!("every stage succeeded but the run's finish commit failed: {e}")),
+        false => Ok(()),
+    };
+    ledger.end(&report, finished.as_ref().err().cloned()).await;
+    finished.map_err(|e| {
+        Problem::failed(Code::RunUnfinished, e)
             .help("state did not move; the next run resumes this one")
-        })?;
-    }
+    })?;
     Ok(report)
+}
+
+/// The run's rows in the run ledger (`ledger.rs`): the start row is written before
+/// any stage runs (a run that cannot record itself does not start); the end row
+/// after the finish commit. A failure to write the end row is reported, not fatal:
+/// every write of the run is committed by then, and the tables' logs, not the
+/// ledger, decide resumption.
+struct Ledger {
+    location: Option<String>,
+    entry: crate::ledger::Entry,
+}
+
+impl Ledger {
+    async fn start(executor: &Executor) -> Result<Ledger, Problem> {
+        let plan = &executor.plan;
+        let setup = |e: String| Problem::failed(Code::RunSetup, e).help("no stage ran");
+        let location = crate::ledger::location(plan).map_err(setup)?;
+        if let (Some(location), Some((tag, restored))) = (&location, &executor.abandoned) {
+            let entry = crate::ledger::Entry::abandoned(plan, tag, restored);
+            crate::ledger::append(location, &entry)
+                .await
+                .map_err(setup)?;
+        }
+        let entry = crate::ledger::Entry::start(plan, &executor.tag, executor.resumed);
+        if let Some(location) = &location {
+            crate::ledger::append(location, &entry)
+                .await
+                .map_err(setup)?;
+        }
+        Ok(Ledger { location, entry })
+    }
+
+    async fn end(&self, report: &RunReport, error: Option<String>) {
+        let Some(location) = &self.location else {
+            return;
+        };
+        let entry = self.entry.end(report, error);
+        if let Err(e) = crate::ledger::append(location, &entry).await {
+            eprintln!("sqlplan: warning: the run's end was not recorded in the ledger: {e}");
+        }
+    }
 }
 
 /// Per-stage progress: spinners on a terminal, one log line per event otherwise.

@@ -94,3 +94,26 @@ pub fn finish_tables(plan: &Plan) -> BTreeSet<String> {
     }
     tables
 }
+
+/// The folder `_sqlplan/` beside the first finish table: the run lock and the run
+/// ledger live there, in the warehouse the run writes to (None when nothing writes).
+pub fn control_url(plan: &Plan) -> Result<Option<url::Url>, String> {
+    let Some(table) = finish_tables(plan).into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(location) = plan
+        .tables
+        .iter()
+        .find(|t| t.name == table)
+        .map(|t| &t.location)
+    else {
+        return Ok(None);
+    };
+    let mut url = delta::table_url(location)?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    url.join("../_sqlplan/")
+        .map(Some)
+        .map_err(|e| format!("no folder beside {url}: {e}"))
+}

@@ -93,3 +93,174 @@ async fn a_state_stage_value_of_another_type_is_not_recorded() {
         plan.stdout
     );
 }
+
+const TWO_STAGES: &str = r#"name: two
+state: {mark: {table: b, type: int, default: 0}}
+tables:
+  src: {location: warehouse/src}
+  a: {location: warehouse/a, schema: [{name: id, type: BIGINT}, {name: v, type: STRING}]}
+  b: {location: warehouse/b, schema: [{name: id, type: BIGINT}, {name: v, type: STRING}]}
+stages:
+  - name: write_a
+    query: "INSERT INTO a SELECT id, 'run' FROM src"
+  - name: write_b
+    query: "INSERT INTO b SELECT id, 'run' FROM src"
+    after: [write_a]
+  - name: mark
+    query: SELECT max(id) AS mark FROM src
+    materialize: true
+    state: mark
+"#;
+
+async fn two_stages() -> Project {
+    let p = Project::new(&[("pipeline.yaml", TWO_STAGES)]);
+    let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::new(schema),
+        vec![std::sync::Arc::new(Int64Array::from(vec![1, 2]))],
+    )
+    .unwrap();
+    create_table(&p.warehouse().join("src"), batch, &[]).await;
+    p
+}
+
+/// A `sqlplan run` process held at a failpoint (`<point>=pause`) until released.
+struct Paused {
+    child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl Paused {
+    fn start(project: &Project, point: &str) -> Paused {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+            .args(["run", "pipeline.yaml"])
+            .current_dir(project.path())
+            .env("NO_COLOR", "1")
+            .env("SQLPLAN_FAILPOINT", format!("{point}=pause"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = stderr.read_line(&mut line).unwrap();
+            assert!(n > 0, "the run ended before {point}: {seen}");
+            seen.push_str(&line);
+            if line.contains(&format!("failpoint {point}: paused")) {
+                break;
+            }
+        }
+        Paused { child, stderr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the run go on and waits for it: (exit code, the rest of its stderr).
+    fn release(mut self) -> (i32, String) {
+        use std::io::{Read, Write};
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin.write_all(b"\n").unwrap();
+        drop(stdin);
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), rest)
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn runs(p: &Project) -> Vec<serde_json::Value> {
+    let out = p.sqlplan(&["runs", "pipeline.yaml", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// Two processes: the second refuses at once, naming the first, and writes nothing;
+/// the ledger shows the first as running. Killed, the first blocks nobody: the next
+/// run resumes it, and the ledger shows both attempts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_refuses_while_one_lives_and_a_killed_run_is_resumed() {
+    let p = two_stages().await;
+    let first = Paused::start(&p, "before:write_b");
+    let second = p.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("run_in_progress"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains(&format!(
+            "another run of pipeline `two` is in progress on this warehouse (process {} since",
+            first.pid()
+        )),
+        "{}",
+        second.stderr
+    );
+    let ledger = runs(&p);
+    assert_eq!(ledger.len(), 1, "the refused run is not a run: {ledger:#?}");
+    assert_eq!(ledger[0]["status"], "running");
+    assert_eq!(ledger[0]["run"], 1);
+
+    first.kill();
+    let ledger = runs(&p);
+    assert_eq!(ledger[0]["status"], "interrupted");
+
+    let third = p.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert!(
+        third.stdout.contains("run 1 of two (resumed)"),
+        "{}",
+        third.stdout
+    );
+    let ledger = runs(&p);
+    assert_eq!(ledger.len(), 2, "{ledger:#?}");
+    let (resumed, killed) = (&ledger[0], &ledger[1]);
+    assert_eq!(resumed["status"], "succeeded");
+    assert_eq!(resumed["resumed"], true);
+    assert_eq!(resumed["run"], 1);
+    assert_eq!(killed["status"], "interrupted");
+    let stage = |name: &str| {
+        resumed["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stage("write_a")["status"], "committed");
+    assert_eq!(stage("write_a")["version"], 1);
+    assert_eq!(stage("write_b")["status"], "succeeded");
+    assert_eq!(stage("write_b")["version"], 1);
+    // What the run read: every table's version at its start (a, b just created).
+    assert_eq!(
+        resumed["read_versions"],
+        serde_json::json!({"a": 0, "b": 0, "src": 1})
+    );
+    assert_eq!(resumed["read_versions"], killed["read_versions"]);
+    assert_eq!(resumed["plan_hash"], killed["plan_hash"]);
+
+    let text = p.sqlplan(&["runs", "pipeline.yaml"]);
+    assert!(text.stdout.contains("interrupted"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("the next run resumes it"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("1 committed, 2 succeeded"),
+        "{}",
+        text.stdout
+    );
+}

@@ -1,0 +1,475 @@
+//! The run ledger: a Delta table `_sqlplan/runs` beside the tables a pipeline's runs
+//! finish on, with a row when a run starts and a row when it ends. It is what a
+//! person on call reads first (`sqlplan runs`): which run, when, how it ended, what
+//! it read (every table's version at its start), what each stage did and committed,
+//! and what it cost.
+//!
+//! Rows are only ever appended. A run that dies leaves its start row alone; read
+//! back, it shows as `running` while its process lives and `interrupted` after. The
+//! ledger is a record, not a control: resume decides from the tables' own logs
+//! (`exec/resume.rs`), so a lost ledger row never loses or repeats a write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::delta;
+use crate::report::{RunReport, StageStatus};
+
+/// The ledger's folder name under the control folder (`_sqlplan/`).
+const TABLE: &str = "runs";
+
+/// One attempt of a run: a fresh run, or a resumption of an interrupted one (same
+/// number, later start).
+#[derive(Clone, Debug, Serialize)]
+pub struct Entry {
+    pub pipeline: String,
+    pub run: i64,
+    pub started: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<DateTime<Utc>>,
+    /// `running` or `interrupted` (no end row: the process is alive, or gone),
+    /// `succeeded`, `failed`, `cancelled`, `abandoned`.
+    pub status: String,
+    pub resumed: bool,
+    /// The fingerprint of the plan and vars (as in every commit of the run).
+    pub plan_hash: String,
+    pub vars: Value,
+    /// Every table's version when the run started (what it reads).
+    pub read_versions: BTreeMap<String, i64>,
+    /// Per stage, at the end: status, the version it committed, time and bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_scanned: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
+    /// `pid@host` of the process that ran it.
+    pub process: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub sqlplan_version: String,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct StageEntry {
+    pub name: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_scanned: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
+}
+
+impl Entry {
+    /// The start row of a run about to execute.
+    pub fn start(plan: &crate::plan::Plan, tag: &delta::RunTag, resumed: bool) -> Entry {
+        Entry {
+            pipeline: plan.pipeline.clone(),
+            run: tag.run_number,
+            started: now(),
+            ended: None,
+            status: "running".into(),
+            resumed,
+            plan_hash: tag.plan_hash.clone(),
+            vars: serde_json::to_value(&plan.vars).unwrap_or(Value::Null),
+            read_versions: tag.start_versions.clone(),
+            stages: Vec::new(),
+            seconds: None,
+            bytes_scanned: None,
+            bytes_written: None,
+            process: process(),
+            error: None,
+            sqlplan_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// The end row: the start row with how the run ended. `error` is set when the
+    /// run failed after its stages (the finish commit).
+    pub fn end(&self, report: &RunReport, error: Option<String>) -> Entry {
+        let stages: Vec<StageEntry> = report
+            .stages
+            .iter()
+            .map(|s| StageEntry {
+                name: s.name.clone(),
+                status: status_name(s.status).into(),
+                version: s.metrics.version,
+                seconds: s.wall_ms.map(|ms| ms / 1e3),
+                bytes_scanned: s.metrics.bytes_scanned,
+                bytes_written: s.metrics.bytes_written,
+            })
+            .collect();
+        let total =
+            |f: fn(&StageEntry) -> Option<u64>| stages.iter().filter_map(f).reduce(|a, b| a + b);
+        let error = error.or_else(|| {
+            report
+                .failed_stage()
+                .map(|s| format!("stage `{}`: {}", s.name, s.error.as_deref().unwrap_or("")))
+        });
+        Entry {
+            ended: Some(now()),
+            status: if error.is_some() {
+                "failed".into()
+            } else {
+                status_name(report.status).into()
+            },
+            bytes_scanned: total(|s| s.bytes_scanned),
+            bytes_written: total(|s| s.bytes_written),
+            seconds: Some(report.wall_ms / 1e3),
+            stages,
+            error,
+            ..self.clone()
+        }
+    }
+
+    /// The end row of an unfinished run that `--abandon` ended (its start is not
+    /// known here: the restore is what ended it).
+    pub fn abandoned(
+        plan: &crate::plan::Plan,
+        tag: &delta::RunTag,
+        restored: &BTreeMap<String, i64>,
+    ) -> Entry {
+        let mut entry = Entry::start(plan, tag, false);
+        // Its plan and vars are in its commits, not here: this run's may differ.
+        entry.plan_hash = String::new();
+        entry.vars = Value::Null;
+        entry.process = String::new();
+        entry.ended = Some(entry.started);
+        entry.status = "abandoned".into();
+        entry.error = Some(format!(
+            "abandoned by a later run: {}",
+            restored
+                .iter()
+                .map(|(t, v)| format!("`{t}` restored to version {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        entry
+    }
+}
+
+fn status_name(status: StageStatus) -> &'static str {
+    match status {
+        StageStatus::Succeeded => "succeeded",
+        StageStatus::Failed => "failed",
+        StageStatus::Cancelled => "cancelled",
+        StageStatus::Skipped => "skipped",
+        StageStatus::Committed => "committed",
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    // Microseconds: what the table keeps, so a start row and its end row agree.
+    let t = Utc::now();
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn process() -> String {
+    format!("{}@{}", std::process::id(), host())
+}
+
+/// Whether the process that wrote a start row still lives (on this host; a process
+/// of another host is taken as alive).
+fn alive(process: &str) -> bool {
+    match process.split_once('@') {
+        Some((pid, h)) if h == host() => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        _ => true,
+    }
+}
+
+/// Where the ledger of runs finishing on these tables lives: `_sqlplan/runs` beside
+/// the first finish table.
+pub fn location(plan: &crate::plan::Plan) -> Result<Option<String>, String> {
+    Ok(crate::exec::control_url(plan)?.map(|u| format!("{}{TABLE}", u.as_str())))
+}
+
+fn schema() -> Schema {
+    let text = |name: &str| Field::new(name, DataType::Utf8, true);
+    let micros = |name: &str, nullable: bool| {
+        Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            nullable,
+        )
+    };
+    Schema::new(vec![
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("run", DataType::Int64, false),
+        micros("started", false),
+        micros("ended", true),
+        text("status"),
+        Field::new("resumed", DataType::Boolean, true),
+        text("plan_hash"),
+        text("vars"),
+        text("read_versions"),
+        text("stages"),
+        Field::new("seconds", DataType::Float64, true),
+        Field::new("bytes_scanned", DataType::Int64, true),
+        Field::new("bytes_written", DataType::Int64, true),
+        text("process"),
+        text("error"),
+        text("sqlplan_version"),
+    ])
+}
+
+fn to_batch(entry: &Entry) -> Result<RecordBatch, String> {
+    let text = |s: Option<String>| Arc::new(StringArray::from(vec![s])) as ArrayRef;
+    let int = |n: Option<u64>| Arc::new(Int64Array::from(vec![n.map(|n| n as i64)])) as ArrayRef;
+    let micros = |t: Option<DateTime<Utc>>| {
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![t.map(|t| t.timestamp_micros())])
+                .with_timezone("UTC"),
+        ) as ArrayRef
+    };
+    let columns: Vec<ArrayRef> = vec![
+        text(Some(entry.pipeline.clone())),
+        Arc::new(Int64Array::from(vec![entry.run])),
+        micros(Some(entry.started)),
+        micros(entry.ended),
+        text(Some(entry.status.clone())),
+        Arc::new(BooleanArray::from(vec![entry.resumed])),
+        text(Some(entry.plan_hash.clone())),
+        text(Some(json(&entry.vars))),
+        text(Some(json(&entry.read_versions))),
+        text(entry.ended.map(|_| json(&entry.stages))),
+        Arc::new(Float64Array::from(vec![entry.seconds])),
+        int(entry.bytes_scanned),
+        int(entry.bytes_written),
+        text(Some(entry.process.clone())),
+        text(entry.error.clone()),
+        text(Some(entry.sqlplan_version.clone())),
+    ];
+    RecordBatch::try_new(Arc::new(schema()), columns).map_err(|e| e.to_string())
+}
+
+/// JSON text of a value (the ledger keeps maps and lists as JSON).
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Appends one row (one Delta commit), creating the ledger on first use.
+pub async fn append(location: &str, entry: &Entry) -> Result<(), String> {
+    let table = delta::open_or_create("runs", location, &schema(), &[], false).await?;
+    table
+        .write(vec![to_batch(entry)?])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_writer_properties(delta::writer_properties())
+        .await
+        .map_err(|e| format!("cannot append to the run ledger at {location}: {e}"))?;
+    Ok(())
+}
+
+/// The ledger's attempts of `pipeline`, newest first: each start row paired with its
+/// end row (same pipeline, run and start time).
+pub async fn read(location: &str, pipeline: &str) -> Result<Vec<Entry>, String> {
+    let Some(table) = delta::open_if_exists(&delta::table_url(location)?).await? else {
+        return Ok(Vec::new());
+    };
+    let ctx = crate::session::new_context();
+    ctx.register_table("runs", delta::scan::provider(&table).await?)
+        .map_err(|e| e.to_string())?;
+    let batches = ctx
+        .sql("SELECT * FROM runs")
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut attempts: BTreeMap<(i64, i64), Entry> = BTreeMap::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let entry = from_row(batch, row)?;
+            if entry.pipeline != pipeline {
+                continue;
+            }
+            let key = (entry.started.timestamp_micros(), entry.run);
+            // An end row replaces its start row.
+            let replaces = attempts.get(&key).is_none_or(|e| e.ended.is_none());
+            if replaces {
+                attempts.insert(key, entry);
+            }
+        }
+    }
+    let mut out: Vec<Entry> = attempts.into_values().rev().collect();
+    for entry in &mut out {
+        if entry.ended.is_none() && entry.status == "running" && !alive(&entry.process) {
+            entry.status = "interrupted".into();
+        }
+    }
+    Ok(out)
+}
+
+fn from_row(batch: &RecordBatch, row: usize) -> Result<Entry, String> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| format!("the run ledger has no column `{name}`"))
+    };
+    let text = |name: &str| -> Result<Option<String>, String> {
+        let c = column(name)?;
+        let c = datafusion::arrow::compute::cast(c, &DataType::Utf8).map_err(|e| e.to_string())?;
+        let c = c
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        Ok((!c.is_null(row)).then(|| c.value(row).to_string()))
+    };
+    let int = |name: &str| -> Result<Option<i64>, String> {
+        let c = datafusion::arrow::compute::cast(column(name)?, &DataType::Int64)
+            .map_err(|e| e.to_string())?;
+        let c = c
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64");
+        Ok((!c.is_null(row)).then(|| c.value(row)))
+    };
+    let time = |name: &str| -> Result<Option<DateTime<Utc>>, String> {
+        let c = datafusion::arrow::compute::cast(
+            column(name)?,
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )
+        .map_err(|e| e.to_string())?;
+        let c = c
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("cast to timestamp");
+        Ok((!c.is_null(row))
+            .then(|| DateTime::from_timestamp_micros(c.value(row)))
+            .flatten())
+    };
+    let parsed = |name: &str| -> Result<Value, String> {
+        Ok(text(name)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null))
+    };
+    let seconds = datafusion::arrow::compute::cast(column("seconds")?, &DataType::Float64)
+        .map_err(|e| e.to_string())?;
+    let seconds = seconds
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("cast to Float64");
+    let resumed = column("resumed")?
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .is_some_and(|c| !c.is_null(row) && c.value(row));
+    Ok(Entry {
+        pipeline: text("pipeline")?.unwrap_or_default(),
+        run: int("run")?.unwrap_or_default(),
+        started: time("started")?.ok_or("a ledger row without a start time")?,
+        ended: time("ended")?,
+        status: text("status")?.unwrap_or_default(),
+        resumed,
+        plan_hash: text("plan_hash")?.unwrap_or_default(),
+        vars: parsed("vars")?,
+        read_versions: serde_json::from_value(parsed("read_versions")?).unwrap_or_default(),
+        stages: serde_json::from_value(parsed("stages")?).unwrap_or_default(),
+        seconds: (!seconds.is_null(row)).then(|| seconds.value(row)),
+        bytes_scanned: int("bytes_scanned")?.map(|n| n as u64),
+        bytes_written: int("bytes_written")?.map(|n| n as u64),
+        process: text("process")?.unwrap_or_default(),
+        error: text("error")?,
+        sqlplan_version: text("sqlplan_version")?.unwrap_or_default(),
+    })
+}
+
+/// `sqlplan runs` as text: one line per attempt, newest first, then the stages of
+/// the newest.
+pub fn to_text(location: &str, entries: &[Entry]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("ledger {location}\n");
+    if entries.is_empty() {
+        out.push_str("no runs recorded\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>5} {:<20} {:<12} {:>9} {:<24} {:>10} {:>10}  {}",
+        "run", "started (UTC)", "status", "time s", "stages", "MB read", "MB written", "note"
+    );
+    let mb = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6));
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{:>5} {:<20} {:<12} {:>9} {:<24} {:>10} {:>10}  {}",
+            e.run,
+            e.started.format("%Y-%m-%d %H:%M:%S"),
+            e.status,
+            e.seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            stage_counts(e),
+            mb(e.bytes_scanned),
+            mb(e.bytes_written),
+            note(e)
+        );
+    }
+    let newest = &entries[0];
+    if !newest.stages.is_empty() {
+        let _ = writeln!(out, "\nrun {} ({}), by stage:", newest.run, newest.status);
+        for s in &newest.stages {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<10} {:>9} {}",
+                s.name,
+                s.status,
+                s.seconds.map_or("-".into(), |t| format!("{t:.1}s")),
+                s.version
+                    .map_or(String::new(), |v| format!("committed version {v}"))
+            );
+        }
+    }
+    out
+}
+
+fn stage_counts(e: &Entry) -> String {
+    if e.stages.is_empty() {
+        return "-".into();
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &e.stages {
+        *counts.entry(s.status.as_str()).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn note(e: &Entry) -> String {
+    let mut parts = Vec::new();
+    if e.resumed {
+        parts.push("resumed".to_string());
+    }
+    match e.status.as_str() {
+        "running" => parts.push(format!("process {}", e.process)),
+        "interrupted" => parts.push(format!(
+            "process {} is gone; the next run resumes it",
+            e.process
+        )),
+        _ => {}
+    }
+    if let Some(error) = &e.error {
+        parts.push(error.lines().next().unwrap_or_default().to_string());
+    }
+    parts.join("; ")
+}
