@@ -188,3 +188,46 @@ pub async fn state_records(table: &DeltaTable, pipeline: &str) -> Result<Vec<Sta
     }
     Ok(out)
 }
+
+/// Who made each commit of `table` (opened at its newest version) after `version`,
+/// oldest first: `version N: OPERATION by WRITER`, the writer being a sqlplan
+/// pipeline's stage or the engine that says so in its commit.
+pub async fn describe_since(table: &DeltaTable, version: i64) -> Result<Vec<String>, String> {
+    use futures::TryStreamExt;
+    let Some(newest) = table.version().map(|v| v as i64) else {
+        return Ok(Vec::new());
+    };
+    let depth = usize::try_from(newest - version).unwrap_or(0);
+    if depth == 0 {
+        return Ok(Vec::new());
+    }
+    let infos: Vec<_> = table
+        .history(Some(depth))
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out: Vec<String> = infos
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let by = match (c.info.get(PIPELINE_KEY), c.info.get(STAGE_KEY)) {
+                (Some(p), Some(s)) => format!(
+                    "sqlplan pipeline `{}` stage `{}`",
+                    p.as_str().unwrap_or_default(),
+                    s.as_str().unwrap_or_default()
+                ),
+                _ => c
+                    .engine_info
+                    .clone()
+                    .unwrap_or_else(|| "another writer".into()),
+            };
+            format!(
+                "version {}: {} by {by}",
+                newest - i as i64,
+                c.operation.as_deref().unwrap_or("a commit")
+            )
+        })
+        .collect();
+    out.reverse();
+    Ok(out)
+}

@@ -246,7 +246,13 @@ impl Executor {
         if let Some(&version) = self.committed_earlier.get(&stage.name) {
             return self.adopt(stage, version).await;
         }
-        let mut metrics = self.execute(stage).await?;
+        let mut metrics = match self.execute(stage).await {
+            // delta-rs retries past commits that do not conflict; this one does.
+            Err(StageError::Engine(e) | StageError::Table(e)) if e.contains("Commit failed:") => {
+                return Err(self.conflict(stage, e).await);
+            }
+            other => other?,
+        };
         if stage.report {
             metrics.reported = self.rows_of(&stage.name).await?;
         }
@@ -279,6 +285,39 @@ impl Executor {
             }
         }
         Ok(metrics)
+    }
+
+    /// Names the commits another writer made to the stage's table since the stage
+    /// read it, for the error of a commit Delta's conflict check refused.
+    async fn conflict(&self, stage: &StagePlan, reason: String) -> StageError {
+        let Some(target) = stage.writes.clone() else {
+            return StageError::Engine(reason);
+        };
+        let read = match self.table(&target).await {
+            Ok(t) => t.version().map_or(-1, |v| v as i64),
+            Err(e) => return e,
+        };
+        let since = match self.location(&target) {
+            Ok(location) => match delta::open(&target, &location, None).await {
+                Ok(newest) => delta::commit::describe_since(&newest, read)
+                    .await
+                    .map(|c| c.join("; "))
+                    .unwrap_or_else(|e| format!("its history is unreadable: {e}")),
+                Err(e) => format!("it cannot be opened: {e}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        StageError::Conflict {
+            table: target,
+            read,
+            since,
+            reason: reason
+                .split("Commit failed: ")
+                .nth(1)
+                .unwrap_or(&reason)
+                .trim_end_matches('.')
+                .to_string(),
+        }
     }
 
     /// A stage the interrupted run committed: later stages read the version it

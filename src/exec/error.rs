@@ -26,6 +26,18 @@ pub enum StageError {
         value: String,
         reason: String,
     },
+    /// Another writer committed to the stage's table after the stage read it, and
+    /// Delta's conflict check refused this commit (non-conflicting commits are
+    /// retried past by delta-rs): nothing of the stage was committed.
+    #[error(
+        "another writer committed to `{table}` after this stage read version {read} ({since}), and Delta's conflict check refused this stage's commit: {reason}. Nothing of the stage was committed; running again recomputes it from the table as it is now (a resumed run reads the versions of its start: if that conflicts again, `--abandon` ends it)"
+    )]
+    Conflict {
+        table: String,
+        read: i64,
+        since: String,
+        reason: String,
+    },
     /// A table could not be opened or created, or the plan and the tables disagree.
     #[error("{0}")]
     Table(String),

@@ -264,3 +264,147 @@ async fn a_second_run_refuses_while_one_lives_and_a_killed_run_is_resumed() {
         text.stdout
     );
 }
+
+/// Another writer appends to `b` after the run wrote its data files and before it
+/// commits them: two blind appends do not conflict, so Delta's conflict check lets
+/// the run's commit through at the next version, and both writes are kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_append_during_an_insert_is_retried_past() {
+    let p = two_stages().await;
+    let first = Paused::start(&p, "commit:write_b");
+    foreign_append(&p.warehouse().join("b"), 100).await;
+    let (code, stderr) = first.release();
+    assert_eq!(code, 0, "{stderr}");
+    let rows =
+        crate::common::read_table(&p.warehouse().join("b"), "SELECT * FROM t ORDER BY id").await;
+    assert_eq!(rows, ["1,run", "2,run", "100,foreign"]);
+    assert_eq!(runs(&p)[0]["status"], "succeeded");
+}
+
+async fn foreign_append(table: &std::path::Path, id: i64) {
+    use datafusion::arrow::array::StringArray;
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("v", DataType::Utf8, true),
+    ]);
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::new(schema),
+        vec![
+            std::sync::Arc::new(Int64Array::from(vec![id])),
+            std::sync::Arc::new(StringArray::from(vec!["foreign"])),
+        ],
+    )
+    .unwrap();
+    let url = url::Url::from_directory_path(table).unwrap();
+    let t = deltalake::open_table(url).await.unwrap();
+    t.write(vec![batch])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap();
+}
+
+const UPSERT: &str = r#"name: upsert
+tables:
+  src: {location: warehouse/src}
+  t: {location: warehouse/t}
+stages:
+  - name: upsert
+    query: |
+      MERGE INTO t USING src ON t.id = src.id
+      WHEN MATCHED THEN UPDATE SET v = 'run'
+      WHEN NOT MATCHED THEN INSERT (id, v) VALUES (src.id, 'run')
+"#;
+
+/// Another writer deletes the rows the run's MERGE rewrites, between the MERGE's
+/// read and its commit: the commits conflict (both remove the same file), Delta's
+/// check refuses the run's commit, and the run fails clean: nothing of its MERGE is
+/// in the table, the other writer's delete stands, and the message says what
+/// happened and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflicting_foreign_write_during_a_merge_fails_the_run_clean() {
+    conflicting_foreign_write(UPSERT, 1).await;
+}
+
+/// The same with deletion vectors: sqlplan's own MERGE commit (a vector on the file
+/// the other writer removed) goes through the same check. The run turns vectors on
+/// first (one commit), so the MERGE reads version 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflicting_foreign_write_during_a_merge_with_vectors_fails_the_run_clean() {
+    let pipeline = UPSERT.replace(
+        "t: {location: warehouse/t}",
+        "t: {location: warehouse/t, deletion_vectors: true}",
+    );
+    conflicting_foreign_write(&pipeline, 2).await;
+}
+
+async fn conflicting_foreign_write(pipeline: &str, read: i64) {
+    let p = Project::new(&[("pipeline.yaml", pipeline)]);
+    create_table(
+        &p.warehouse().join("src"),
+        crate::common::id_v_ds(&[1, 3], &["s", "s"], &["x", "x"]),
+        &[],
+    )
+    .await;
+    let t = p.warehouse().join("t");
+    {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![
+                std::sync::Arc::new(Int64Array::from(vec![1, 2])),
+                std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                    "old", "old",
+                ])),
+            ],
+        )
+        .unwrap();
+        create_table(&t, batch, &[]).await;
+    }
+    let first = Paused::start(&p, "commit:upsert");
+    {
+        let url = url::Url::from_directory_path(&t).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        table.delete().with_predicate("id = 2").await.unwrap();
+    }
+    let (code, stderr) = first.release();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("FAILED upsert after"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another writer committed to `t` after this stage read version {read} (version {}: DELETE by delta-rs",
+            read + 1
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Delta's conflict check refused this stage's commit"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Nothing of the stage was committed"),
+        "{stderr}"
+    );
+    let rows = crate::common::read_table(&t, "SELECT * FROM t ORDER BY id").await;
+    assert_eq!(
+        rows,
+        ["1,old"],
+        "the other writer's delete stands, the MERGE is not in"
+    );
+    let ledger = runs(&p);
+    assert_eq!(ledger[0]["status"], "failed");
+    assert!(
+        ledger[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("another writer"),
+        "{ledger:#?}"
+    );
+    // Nothing of the run committed: the next run starts afresh on the table as it is.
+    let again = p.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let rows = crate::common::read_table(&t, "SELECT * FROM t ORDER BY id").await;
+    assert_eq!(rows, ["1,run", "3,run"]);
+}
