@@ -251,6 +251,41 @@ pub async fn abandon(
     unfinished: &RunTag,
     restore: &BTreeMap<String, i64>,
 ) -> Result<(), String> {
+    // Nothing is lost: a restore undoes every commit after the start version, so it
+    // is refused when one of them is not the unfinished run's own.
+    for (name, version) in restore {
+        let table = tables
+            .get(name)
+            .ok_or_else(|| format!("unknown table `{name}`"))?;
+        let newest = table.version().map_or(0, |v| v as i64);
+        let depth = usize::try_from(newest - version).unwrap_or(0);
+        let foreign: Vec<i64> = delta::commit::history(table, depth)
+            .await?
+            .into_iter()
+            .filter(|c| c.version > *version)
+            .filter(|c| {
+                c.info.get(delta::commit::PIPELINE_KEY).and_then(Value::as_str)
+                    != Some(&plan.pipeline)
+                    || c.info.get(delta::commit::RUN_KEY).and_then(Value::as_i64)
+                        != Some(unfinished.run_number)
+            })
+            .map(|c| c.version)
+            .collect();
+        if !foreign.is_empty() {
+            let described = delta::commit::describe_since(table, *version).await?;
+            return Err(format!(
+                "--abandon would restore `{name}` to version {version}, the version run {} started from, and so also undo what others committed since ({}); nothing was restored. Undo run {}'s commits to `{name}` by hand, or resume it without --abandon",
+                unfinished.run_number,
+                described
+                    .iter()
+                    .filter(|d| foreign.iter().any(|v| d.starts_with(&format!("version {v}:"))))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                unfinished.run_number,
+            ));
+        }
+    }
     for (name, version) in restore {
         let table = tables
             .get(name)

@@ -408,3 +408,31 @@ async fn conflicting_foreign_write(pipeline: &str, read: i64) {
     let rows = crate::common::read_table(&t, "SELECT * FROM t ORDER BY id").await;
     assert_eq!(rows, ["1,run", "3,run"]);
 }
+
+/// `--abandon` restores the tables the unfinished run wrote to their start versions;
+/// when another writer committed to one of them since, that restore would undo its
+/// work too, so it is refused and nothing is restored.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandon_refuses_to_undo_another_writers_commit() {
+    let p = two_stages().await;
+    let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        .args(["run", "pipeline.yaml"])
+        .current_dir(p.path())
+        .env("SQLPLAN_FAILPOINT", "after:write_a")
+        .output()
+        .unwrap();
+    assert_ne!(crashed.status.code(), Some(0));
+    foreign_append(&p.warehouse().join("a"), 100).await;
+    let out = p.sqlplan(&["run", "pipeline.yaml", "--abandon"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "no stage ran: {}", out.stdout);
+    let message = out.stderr.replace('\n', " ");
+    assert!(message.contains("--abandon would restore `a` to version 0"), "{}", out.stderr);
+    assert!(message.contains("nothing was restored"), "{}", out.stderr);
+    let rows = crate::common::read_table(&p.warehouse().join("a"), "SELECT * FROM t ORDER BY id").await;
+    assert_eq!(rows, ["1,run", "2,run", "100,foreign"]);
+    // Resuming is still possible: run 1 finishes (b is written once).
+    let resumed = p.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(resumed.stdout.contains("(resumed)"), "{}", resumed.stdout);
+}
