@@ -283,6 +283,13 @@ pub async fn append(location: &str, entry: &Entry) -> Result<(), String> {
 /// The ledger's attempts of `pipeline`, newest first: each start row paired with its
 /// end row (same pipeline, run and start time).
 pub async fn read(location: &str, pipeline: &str) -> Result<Vec<Entry>, String> {
+    let mut out = read_all(location).await?;
+    out.retain(|e| e.pipeline == pipeline);
+    Ok(out)
+}
+
+/// Every attempt of every pipeline, newest first.
+async fn read_all(location: &str) -> Result<Vec<Entry>, String> {
     let Some(table) = delta::open_if_exists(&delta::table_url(location)?).await? else {
         return Ok(Vec::new());
     };
@@ -296,17 +303,17 @@ pub async fn read(location: &str, pipeline: &str) -> Result<Vec<Entry>, String> 
         .collect()
         .await
         .map_err(|e| e.to_string())?;
-    let mut attempts: BTreeMap<(i64, i64), Entry> = BTreeMap::new();
+    let mut attempts: BTreeMap<(i64, String, i64), Entry> = BTreeMap::new();
     for batch in &batches {
         for row in 0..batch.num_rows() {
             let entry = from_row(batch, row)?;
-            if entry.pipeline != pipeline {
-                continue;
-            }
-            let key = (entry.started.timestamp_micros(), entry.run);
+            let key = (
+                entry.started.timestamp_micros(),
+                entry.pipeline.clone(),
+                entry.run,
+            );
             // An end row replaces its start row.
-            let replaces = attempts.get(&key).is_none_or(|e| e.ended.is_none());
-            if replaces {
+            if attempts.get(&key).is_none_or(|e| e.ended.is_none()) {
                 attempts.insert(key, entry);
             }
         }
@@ -318,6 +325,28 @@ pub async fn read(location: &str, pipeline: &str) -> Result<Vec<Entry>, String> 
         }
     }
     Ok(out)
+}
+
+/// Runs of any pipeline in this ledger that did not end (no attempt succeeded or was
+/// abandoned): each may be resumed, reading the tables as of its start versions, so
+/// maintenance must keep what those versions need. One entry per run: its newest
+/// attempt.
+pub async fn unfinished(location: &str) -> Result<Vec<Entry>, String> {
+    let mut runs: BTreeMap<(String, i64), Vec<Entry>> = BTreeMap::new();
+    for entry in read_all(location).await? {
+        runs.entry((entry.pipeline.clone(), entry.run))
+            .or_default()
+            .push(entry);
+    }
+    Ok(runs
+        .into_values()
+        .filter(|attempts| {
+            !attempts
+                .iter()
+                .any(|a| a.status == "succeeded" || a.status == "abandoned")
+        })
+        .filter_map(|attempts| attempts.into_iter().max_by_key(|a| a.started))
+        .collect())
 }
 
 fn from_row(batch: &RecordBatch, row: usize) -> Result<Entry, String> {

@@ -231,3 +231,22 @@ pub async fn describe_since(table: &DeltaTable, version: i64) -> Result<Vec<Stri
     out.reverse();
     Ok(out)
 }
+
+/// When `version` of `table` (opened at its newest version) was committed, in
+/// milliseconds since the epoch.
+pub async fn commit_time(table: &DeltaTable, version: i64) -> Result<Option<i64>, String> {
+    use futures::TryStreamExt;
+    let Some(newest) = table.version().map(|v| v as i64) else {
+        return Ok(None);
+    };
+    let depth = usize::try_from(newest - version + 1).unwrap_or(0);
+    if depth == 0 {
+        return Ok(None);
+    }
+    let infos: Vec<_> = table
+        .history(Some(depth))
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(infos.last().and_then(|c| c.timestamp))
+}

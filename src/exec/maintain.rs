@@ -75,9 +75,10 @@ impl Executor {
                 })
             }
             Maintenance::Vacuum { retain_hours } => {
+                let retention = self.retention(&target, &table, *retain_hours).await?;
                 let (table, m) = table
                     .vacuum()
-                    .with_retention_period(chrono::Duration::hours(*retain_hours as i64))
+                    .with_retention_period(retention)
                     // The retention is explicit in the pipeline; Delta's 7-day floor
                     // would otherwise reject shorter ones.
                     .with_enforce_retention_duration(false)
@@ -99,6 +100,64 @@ impl Executor {
                 })
             }
         }
+    }
+}
+
+impl Executor {
+    /// The vacuum's retention: the pipeline's, raised when a run that may still be
+    /// resumed — this one (unfinished until its finish commit), or an unfinished run
+    /// in the ledger — reads `target` as of a version whose files the pipeline's
+    /// retention would remove. Files a version needs are those removed after it was
+    /// committed, so keeping every file removed since then keeps the version readable.
+    async fn retention(
+        &self,
+        target: &str,
+        table: &deltalake::DeltaTable,
+        retain_hours: u64,
+    ) -> StageResult<chrono::Duration> {
+        let asked = chrono::Duration::hours(retain_hours as i64);
+        let mut readers: Vec<(i64, String)> = Vec::new();
+        if let Some(&v) = self.tag.start_versions.get(target) {
+            readers.push((
+                v,
+                format!("this run (run {}) started from it", self.tag.run_number),
+            ));
+        }
+        if let Some(location) = crate::ledger::location(&self.plan)? {
+            for run in crate::ledger::unfinished(&location).await? {
+                let same = run.pipeline == self.plan.pipeline && run.run == self.tag.run_number;
+                if let (false, Some(&v)) = (same, run.read_versions.get(target)) {
+                    readers.push((
+                        v,
+                        format!(
+                            "run {} of `{}` is {} and reads it",
+                            run.run, run.pipeline, run.status
+                        ),
+                    ));
+                }
+            }
+        }
+        let Some((version, reader)) = readers.into_iter().min_by_key(|(v, _)| *v) else {
+            return Ok(asked);
+        };
+        let Some(committed) = crate::delta::commit::commit_time(table, version).await? else {
+            return Ok(asked);
+        };
+        // A minute of margin for clocks and the time the vacuum itself takes.
+        let needed =
+            chrono::Duration::milliseconds(chrono::Utc::now().timestamp_millis() - committed)
+                + chrono::Duration::minutes(1);
+        if needed <= asked {
+            return Ok(asked);
+        }
+        let shown = match needed.num_minutes() {
+            m if m < 120 => format!("{m} min"),
+            m => format!("{:.1} h", m as f64 / 60.0),
+        };
+        eprintln!(
+            "sqlplan: vacuum `{target}`: retention raised from {retain_hours} h to {shown} to keep version {version}: {reader}"
+        );
+        Ok(needed)
     }
 }
 

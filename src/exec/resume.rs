@@ -264,7 +264,9 @@ pub async fn abandon(
             .into_iter()
             .filter(|c| c.version > *version)
             .filter(|c| {
-                c.info.get(delta::commit::PIPELINE_KEY).and_then(Value::as_str)
+                c.info
+                    .get(delta::commit::PIPELINE_KEY)
+                    .and_then(Value::as_str)
                     != Some(&plan.pipeline)
                     || c.info.get(delta::commit::RUN_KEY).and_then(Value::as_i64)
                         != Some(unfinished.run_number)

@@ -427,12 +427,79 @@ async fn abandon_refuses_to_undo_another_writers_commit() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stdout.is_empty(), "no stage ran: {}", out.stdout);
     let message = out.stderr.replace('\n', " ");
-    assert!(message.contains("--abandon would restore `a` to version 0"), "{}", out.stderr);
+    assert!(
+        message.contains("--abandon would restore `a` to version 0"),
+        "{}",
+        out.stderr
+    );
     assert!(message.contains("nothing was restored"), "{}", out.stderr);
-    let rows = crate::common::read_table(&p.warehouse().join("a"), "SELECT * FROM t ORDER BY id").await;
+    let rows =
+        crate::common::read_table(&p.warehouse().join("a"), "SELECT * FROM t ORDER BY id").await;
     assert_eq!(rows, ["1,run", "2,run", "100,foreign"]);
     // Resuming is still possible: run 1 finishes (b is written once).
     let resumed = p.sqlplan(&["run", "pipeline.yaml"]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert!(resumed.stdout.contains("(resumed)"), "{}", resumed.stdout);
+}
+
+const VACUUM: &str = r#"name: keep
+tables:
+  src: {location: warehouse/src}
+  a: {location: warehouse/a, schema: [{name: id, type: BIGINT}]}
+  b: {location: warehouse/b, schema: [{name: n, type: BIGINT}]}
+stages:
+  - name: snap
+    query: SELECT count(*) AS n FROM a
+    materialize: true
+  - name: overwrite_a
+    query: INSERT OVERWRITE a SELECT id FROM src
+    after: [snap]
+  - name: clean
+    vacuum: {table: a, retain_hours: 0, below_delta_default: true}
+    after: [overwrite_a]
+  - name: write_b
+    query: INSERT INTO b SELECT n FROM snap
+    after: [clean]
+"#;
+
+/// A vacuum inside a run keeps what a resumption needs: here `snap` reads `a` as of
+/// the run's start, the run overwrites `a`, vacuums it with no retention, and dies.
+/// The resumed run computes `snap` again from `a` at its start version, whose files
+/// the vacuum would have removed; it raises its retention to keep them instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vacuum_keeps_the_files_an_unfinished_run_reads() {
+    let p = Project::new(&[("pipeline.yaml", VACUUM)]);
+    let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::new(schema),
+        vec![std::sync::Arc::new(Int64Array::from(vec![1, 2, 3]))],
+    )
+    .unwrap();
+    create_table(&p.warehouse().join("src"), batch, &[]).await;
+    let first = p.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        .args(["run", "pipeline.yaml"])
+        .current_dir(p.path())
+        .env("SQLPLAN_FAILPOINT", "after:clean")
+        .output()
+        .unwrap();
+    assert_ne!(crashed.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert!(
+        stderr.contains("vacuum `a`: retention raised from 0 h to")
+            && stderr.contains("min to keep version 1: this run (run 2) started from it"),
+        "{stderr}"
+    );
+    let resumed = p.sqlplan(&["run", "pipeline.yaml"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(
+        resumed.stdout.contains("run 2 of keep (resumed)"),
+        "{}",
+        resumed.stdout
+    );
+    // Run 1 saw an empty `a`, run 2 the three rows run 1 wrote.
+    let rows =
+        crate::common::read_table(&p.warehouse().join("b"), "SELECT * FROM t ORDER BY n").await;
+    assert_eq!(rows, ["0", "3"]);
 }
