@@ -56,6 +56,12 @@ pub struct Entry {
     pub bytes_written: Option<u64>,
     /// `pid@host` of the process that ran it.
     pub process: String,
+    /// A later run number of the pipeline started: this attempt's run is over
+    /// whatever its status says (a run takes the next number only once the last one
+    /// finished or was abandoned; this one died after its finish commit, before its
+    /// end row).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub sqlplan_version: String,
@@ -93,6 +99,7 @@ impl Entry {
             bytes_scanned: None,
             bytes_written: None,
             process: process(),
+            superseded: false,
             error: None,
             sqlplan_version: env!("CARGO_PKG_VERSION").into(),
         }
@@ -268,15 +275,30 @@ fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// Appends one row (one Delta commit), creating the ledger on first use.
+/// Files the ledger may hold before an append compacts it (each append adds one).
+const COMPACT_ABOVE: usize = 64;
+
+/// Appends one row (one Delta commit), creating the ledger on first use; every
+/// `COMPACT_ABOVE` rows or so, compacts it into one file, so that reading it stays
+/// one small scan however many runs it records.
 pub async fn append(location: &str, entry: &Entry) -> Result<(), String> {
+    let failed = |e: deltalake::DeltaTableError| {
+        format!("cannot append to the run ledger at {location}: {e}")
+    };
     let table = delta::open_or_create("runs", location, &schema(), &[], false).await?;
-    table
+    let table = table
         .write(vec![to_batch(entry)?])
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .with_writer_properties(delta::writer_properties())
         .await
-        .map_err(|e| format!("cannot append to the run ledger at {location}: {e}"))?;
+        .map_err(failed)?;
+    let files = table
+        .snapshot()
+        .map(|s| s.log_data().num_files())
+        .unwrap_or_default();
+    if files > COMPACT_ABOVE {
+        table.optimize().await.map_err(failed)?;
+    }
     Ok(())
 }
 
@@ -319,10 +341,16 @@ async fn read_all(location: &str) -> Result<Vec<Entry>, String> {
         }
     }
     let mut out: Vec<Entry> = attempts.into_values().rev().collect();
+    let mut newest_run: BTreeMap<String, i64> = BTreeMap::new();
+    for entry in &out {
+        let n = newest_run.entry(entry.pipeline.clone()).or_default();
+        *n = (*n).max(entry.run);
+    }
     for entry in &mut out {
         if entry.ended.is_none() && entry.status == "running" && !alive(&entry.process) {
             entry.status = "interrupted".into();
         }
+        entry.superseded = newest_run[&entry.pipeline] > entry.run;
     }
     Ok(out)
 }
@@ -343,7 +371,7 @@ pub async fn unfinished(location: &str) -> Result<Vec<Entry>, String> {
         .filter(|attempts| {
             !attempts
                 .iter()
-                .any(|a| a.status == "succeeded" || a.status == "abandoned")
+                .any(|a| a.superseded || a.status == "succeeded" || a.status == "abandoned")
         })
         .filter_map(|attempts| attempts.into_iter().max_by_key(|a| a.started))
         .collect())
@@ -417,6 +445,7 @@ fn from_row(batch: &RecordBatch, row: usize) -> Result<Entry, String> {
         bytes_scanned: int("bytes_scanned")?.map(|n| n as u64),
         bytes_written: int("bytes_written")?.map(|n| n as u64),
         process: text("process")?.unwrap_or_default(),
+        superseded: false,
         error: text("error")?,
         sqlplan_version: text("sqlplan_version")?.unwrap_or_default(),
     })
@@ -491,6 +520,10 @@ fn note(e: &Entry) -> String {
     }
     match e.status.as_str() {
         "running" => parts.push(format!("process {}", e.process)),
+        "interrupted" if e.superseded => parts.push(format!(
+            "process {} is gone; a later run started, so this one had finished (its end was not recorded)",
+            e.process
+        )),
         "interrupted" => parts.push(format!(
             "process {} is gone; the next run resumes it",
             e.process

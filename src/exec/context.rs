@@ -31,7 +31,9 @@ pub struct Executor {
     /// Materialized relations larger than this many bytes are spilled to disk.
     pub(super) spill_threshold: u64,
     /// Where they go; removed with the executor.
-    pub(super) spill_dir: tempfile::TempDir,
+    /// Created on the first spill, so a run that never spills (most) leaves nothing
+    /// behind even when it is killed.
+    pub(super) spill_dir: std::sync::OnceLock<tempfile::TempDir>,
     pub(super) tables: Mutex<BTreeMap<String, DeltaTable>>,
     /// State values computed by `state:` stages; the run's finish commit records them.
     pub(super) states: Mutex<BTreeMap<String, String>>,
@@ -108,10 +110,7 @@ impl Executor {
             committed_earlier: start.committed,
             abandoned,
             spill_threshold,
-            spill_dir: tempfile::Builder::new()
-                .prefix("sqlplan-spill")
-                .tempdir()
-                .map_err(|e| format!("cannot create a spill directory: {e}"))?,
+            spill_dir: std::sync::OnceLock::new(),
             ctx,
             tables: Mutex::new(tables),
             views: Mutex::new(Vec::new()),

@@ -154,7 +154,16 @@ impl Executor {
         std::path::PathBuf,
         datafusion::parquet::arrow::ArrowWriter<std::fs::File>,
     )> {
-        let path = self.spill_dir.path().join(format!("{name}.parquet"));
+        if self.spill_dir.get().is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("sqlplan-spill")
+                .tempdir()
+                .map_err(|e| format!("cannot create a spill directory: {e}"))?;
+            // Two stages spilling at once: the loser's directory is dropped (removed).
+            let _ = self.spill_dir.set(dir);
+        }
+        let dir = self.spill_dir.get().expect("set above");
+        let path = dir.path().join(format!("{name}.parquet"));
         let file = std::fs::File::create(&path)
             .map_err(|e| format!("cannot spill to {}: {e}", path.display()))?;
         let writer =

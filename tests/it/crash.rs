@@ -223,6 +223,41 @@ async fn a_crash_at_every_failpoint_is_repaired_by_the_next_run() {
         if point.starts_with("after:merge") || point == "commit:finish" {
             assert!(resumed.contains("(resumed)"), "{point}: {resumed}");
         }
+        // The resumed run's report names what it did not run again.
+        if let Some(stage) = point
+            .strip_prefix("after:merge_")
+            .map(|s| format!("merge_{s}"))
+        {
+            let line = resumed
+                .lines()
+                .find(|l| l.starts_with(&format!("{stage} ")))
+                .unwrap_or("");
+            assert!(line.contains(" committed "), "{point}: {resumed}");
+        }
+        // The ledger holds the crashed attempt, then the one that finished.
+        let ledger = run_sqlplan(
+            &[
+                "runs",
+                "pipelines/summary.yaml",
+                "--format",
+                "json",
+                "--var",
+                &format!("warehouse={}", wh.display()),
+            ],
+            None,
+        );
+        let ledger: serde_json::Value = serde_json::from_slice(&ledger.stdout).unwrap();
+        let statuses: Vec<&str> = ledger
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["succeeded", "succeeded", "interrupted"],
+            "{point}"
+        );
         std::fs::remove_dir_all(&wh).unwrap();
     }
     assert!(

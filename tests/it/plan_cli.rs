@@ -130,9 +130,8 @@ fn a_symlink_out_of_the_project_is_not_followed() {
     }
 }
 
-/// A var cannot inject SQL: the templates put vars in literals through the
-/// `literal` filter, so a quote in a value stays inside the string. The summary
-/// pipeline's watermark with an injection attempt is a bad timestamp (exit 2).
+/// A var cannot inject SQL. A typed var refuses a value that is not of its type: the
+/// summary pipeline's watermark with an injection attempt is not a timestamp (exit 2).
 #[test]
 fn a_var_cannot_end_its_literal() {
     let wh = tempfile::tempdir().unwrap();
@@ -159,5 +158,31 @@ fn a_var_cannot_end_its_literal() {
         out.stderr.contains("declared as timestamp"),
         "{}",
         out.stderr
+    );
+}
+
+/// A string var may hold any text, quotes included: the templates put it in a
+/// literal through the `literal` filter, so the quote stays inside the string and
+/// the statement keeps its shape.
+#[test]
+fn a_quote_in_a_string_var_stays_inside_its_literal() {
+    let wh = tempfile::tempdir().unwrap();
+    let out = sqlplan_in(
+        &repo(),
+        &[
+            "plan",
+            "pipelines/examples/orders.yaml",
+            "--var",
+            &format!("warehouse={}", wh.path().display()),
+            "--var",
+            "statuses=[\"placed') OR true --\"]",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("AND status IN ('placed'') OR true --')"),
+        "{}",
+        out.stdout
     );
 }
