@@ -74,6 +74,7 @@ impl Executor {
             }
         }
         let scan = scan_stats(&plan);
+        super::metrics::profile(&stage.name, &plan);
         let mut checks = BTreeMap::new();
         let mut quarantined = None;
         if let Some(c) = &checker {

@@ -28,6 +28,25 @@ pub(super) async fn collect_with_scan_metrics(
     Ok((batches, scan_stats(&plan)))
 }
 
+/// `SQLPLAN_PROFILE=<stage>[,<stage>…]` (or `all`): prints a materialized stage's
+/// executed physical plan with each operator's metrics (rows, time, bytes) on
+/// standard error, to see where a slow stage spends its time.
+pub(super) fn profile(stage: &str, plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
+    let Ok(wanted) = std::env::var("SQLPLAN_PROFILE") else {
+        return;
+    };
+    if wanted
+        .split(',')
+        .any(|w| w.trim() == stage || w.trim() == "all")
+    {
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(true);
+        eprintln!("sqlplan: profile of `{stage}`:\n{shown}");
+    }
+}
+
 /// Scan metrics of an executed physical plan: files chosen from the Delta log
 /// (`count_files_scanned` of delta-rs's scan, or the files of sqlplan's own scan of
 /// a table with deletion vectors) and Parquet bytes read.
