@@ -222,6 +222,15 @@ pub struct TableScans {
     pub pruned: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_full_scans: Option<u64>,
+    /// Every scan of the table together.
+    pub estimate: Estimate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_scan_bytes: Option<u64>,
+    /// What the run's writes to the table may rewrite (or mark with vectors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrites: Option<Estimate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rewrite_bytes: Option<u64>,
     pub scans: Vec<ScanPlan>,
 }
 
@@ -266,6 +275,100 @@ pub struct ScanPlan {
     pub access: Access,
     pub columns: Vec<String>,
     pub filters: Vec<String>,
+    /// What it will read, from the Delta log (`compile/estimate.rs`).
+    pub estimate: Estimate,
+}
+
+/// At least `min`, at most `max`; exact when they are equal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Span {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Span {
+    pub fn exact(n: u64) -> Span {
+        Span { min: n, max: n }
+    }
+
+    /// From nothing to `max`: a bound known only at run time can remove everything.
+    pub fn up_to(self) -> Span {
+        Span {
+            min: 0,
+            max: self.max,
+        }
+    }
+
+    fn add(self, other: Span) -> Span {
+        Span {
+            min: self.min + other.min,
+            max: self.max + other.max,
+        }
+    }
+}
+
+/// Files and bytes a scan reads (or a write may rewrite), estimated from the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Estimate {
+    pub files: Span,
+    pub bytes: Span,
+}
+
+impl Estimate {
+    pub fn exact(files: u64, bytes: u64) -> Estimate {
+        Estimate {
+            files: Span::exact(files),
+            bytes: Span::exact(bytes),
+        }
+    }
+
+    pub fn up_to(self) -> Estimate {
+        Estimate {
+            files: self.files.up_to(),
+            bytes: self.bytes.up_to(),
+        }
+    }
+
+    pub fn add(self, other: Estimate) -> Estimate {
+        Estimate {
+            files: self.files.add(other.files),
+            bytes: self.bytes.add(other.bytes),
+        }
+    }
+
+    /// `12 files, 3.4 MB` or `0–360 files, 0 B–846.0 MB` for a range.
+    pub fn text(&self) -> String {
+        let files = if self.files.min == self.files.max {
+            format!(
+                "{} file{}",
+                self.files.max,
+                if self.files.max == 1 { "" } else { "s" }
+            )
+        } else {
+            format!("{}–{} files", self.files.min, self.files.max)
+        };
+        let bytes = if self.bytes.min == self.bytes.max {
+            size_text(self.bytes.max)
+        } else {
+            format!(
+                "{}–{}",
+                size_text(self.bytes.min),
+                size_text(self.bytes.max)
+            )
+        };
+        format!("{files}, {bytes}")
+    }
+}
+
+/// Bytes for people: `512 B`, `3.4 KB`, `846.0 MB`, `1.2 GB` (powers of 1000).
+pub fn size_text(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} KB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.1} GB", b / 1e9),
+    }
 }
 
 /// A variable's value as compact JSON; a long list gets one element per line so
@@ -350,6 +453,15 @@ impl Plan {
             self.stage_text(&mut out, s, explain);
         }
         let _ = writeln!(out, "\nscans");
+        let total = self
+            .scans
+            .iter()
+            .fold(Estimate::default(), |a, t| a.add(t.estimate));
+        let _ = writeln!(
+            out,
+            "  the run reads {} (estimated from the Delta logs)",
+            total.text()
+        );
         out.push_str(&self.scans_text(true));
         let _ = writeln!(out, "\nwarnings");
         if self.warnings.is_empty() {
@@ -379,13 +491,33 @@ impl Plan {
                 t.full,
                 t.pruned
             );
+            if !t.scans.is_empty() {
+                let budget = t
+                    .max_scan_bytes
+                    .map(|b| format!(" (budget {})", size_text(b)))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "    reads {}{budget}", t.estimate.text());
+            }
+            if let Some(r) = &t.rewrites {
+                let budget = t
+                    .max_rewrite_bytes
+                    .map(|b| format!(" (budget {})", size_text(b)))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "    writes may rewrite {}{budget}", r.text());
+            }
             for s in &t.scans {
                 let via = s
                     .via
                     .as_ref()
                     .map(|v| format!(" via {v}"))
                     .unwrap_or_default();
-                let _ = writeln!(out, "    {}{via}: {}", s.stage, s.access.label());
+                let _ = writeln!(
+                    out,
+                    "    {}{via}: {}; {}",
+                    s.stage,
+                    s.access.label(),
+                    s.estimate.text()
+                );
                 if !s.filters.is_empty() {
                     for f in &s.filters {
                         let _ = writeln!(out, "      filter: {f}");

@@ -9,26 +9,28 @@ use datafusion::logical_expr::{Expr, LogicalPlan, WriteOp};
 use super::bind::BoundStage;
 use super::catalog::TableInfo;
 use super::dag::{Dag, StageAccess};
+use super::estimate;
 use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::plan::{
-    Access, ColumnPlan, Dependency, Lint, Plan, ScanPlan, StageKind, StagePlan, TablePlan,
-    TableScans,
+    Access, ColumnPlan, Dependency, Estimate, Lint, Plan, ScanPlan, StageKind, StagePlan,
+    TablePlan, TableScans,
 };
 use crate::pruning::{self, sql_text, Catalog};
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, StageBody};
 
-pub fn analyze(
+pub async fn analyze(
     spec: &PipelineSpec,
     rendered: &Rendered,
     tables: &BTreeMap<String, TableInfo>,
     bound: Vec<BoundStage>,
+    ctx: &datafusion::prelude::SessionContext,
 ) -> Result<Plan> {
     let dag = dependencies(spec, &bound)?;
     let levels = dag
         .levels()
         .map_err(|cycle| cycle_problem(spec, &dag, &cycle))?;
-    let scans = scans(spec, tables, &bound)?;
+    let scans = scans(spec, rendered, tables, &bound, ctx).await?;
     let warnings = lints(spec, &bound);
 
     let mut order: Vec<usize> = (0..bound.len()).collect();
@@ -259,10 +261,12 @@ fn column_plans(fields: &datafusion::arrow::datatypes::Fields) -> Vec<ColumnPlan
 
 /// Every scan of a declared table, attributed to the stage that executes it: a
 /// view's scans belong to each of its readers (that is what a view costs).
-fn scans(
+async fn scans(
     spec: &PipelineSpec,
+    rendered: &Rendered,
     tables: &BTreeMap<String, TableInfo>,
     bound: &[BoundStage],
+    ctx: &datafusion::prelude::SessionContext,
 ) -> Result<Vec<TableScans>> {
     let views: BTreeSet<String> = bound
         .iter()
@@ -289,6 +293,8 @@ fn scans(
     };
     let mut per_table: BTreeMap<String, Vec<ScanPlan>> =
         tables.keys().map(|t| (t.clone(), Vec::new())).collect();
+    // What each stage's write may rewrite, by table.
+    let mut rewrites: BTreeMap<String, Vec<(usize, Estimate)>> = BTreeMap::new();
     for (i, b) in bound.iter().enumerate() {
         if b.kind == StageKind::View {
             continue;
@@ -307,11 +313,31 @@ fn scans(
                 None => classify(&f.filters, info),
             };
             let mut filters: Vec<String> = f.filters.iter().map(sql_text).collect();
+            let merge_target = f.access == Some(Access::KeyRange);
+            let mut estimate = match (info.exists(), merge_target) {
+                (false, _) => Estimate::default(),
+                // delta-rs picks a MERGE's target files from the source at run time.
+                (true, true) => estimate::scan(ctx, &f.table, &[])
+                    .await
+                    .unwrap_or_default()
+                    .up_to(),
+                (true, false) => estimate::scan(ctx, &f.table, &f.filters)
+                    .await
+                    .unwrap_or_default(),
+            };
             if let Some(bound) = f.driven_by {
                 if access != Access::Partitions {
                     access = Access::Bounds;
                 }
                 filters.push(format!("{bound} (literal at run time)"));
+                estimate = estimate.up_to();
+            }
+            let writes_here = b.writes.as_deref() == Some(f.table.as_str());
+            if writes_here && matches!(b.kind, StageKind::Merge | StageKind::Delete) {
+                rewrites
+                    .entry(f.table.clone())
+                    .or_default()
+                    .push((i, estimate));
             }
             per_table
                 .get_mut(&f.table)
@@ -322,7 +348,24 @@ fn scans(
                     access,
                     columns: f.columns,
                     filters,
+                    estimate,
                 });
+        }
+        // An overwrite may replace every file of the table (of the partitions its
+        // rows land in: known at run time).
+        if b.kind == StageKind::InsertOverwrite {
+            if let Some(table) = b
+                .writes
+                .as_ref()
+                .filter(|t| tables.get(*t).is_some_and(TableInfo::exists))
+            {
+                let all = estimate::scan(ctx, table, &[]).await.unwrap_or_default();
+                let partitioned = !tables[table].partition_columns.is_empty();
+                rewrites
+                    .entry(table.clone())
+                    .or_default()
+                    .push((i, if partitioned { all.up_to() } else { all }));
+            }
         }
     }
     let mut out = Vec::new();
@@ -342,15 +385,114 @@ fn scans(
                     .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));
             }
         }
+        let table_spec = &spec.tables[&table];
+        let estimate = scans
+            .iter()
+            .fold(Estimate::default(), |a, s| a.add(s.estimate));
+        let by_stage: Vec<(usize, Estimate)> = scans
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    spec.stages.iter().position(|st| st.name.value == s.stage)?,
+                    s.estimate,
+                ))
+            })
+            .collect();
+        if let Some(b) = &table_spec.max_scan_bytes {
+            check_bytes(spec, rendered, &table, "read", estimate, b, &by_stage)?;
+        }
+        let table_rewrites = rewrites.remove(&table);
+        let rewrite = table_rewrites
+            .as_ref()
+            .map(|r| r.iter().fold(Estimate::default(), |a, (_, e)| a.add(*e)));
+        if let (Some(b), Some(r)) = (&table_spec.max_rewrite_bytes, rewrite) {
+            check_bytes(
+                spec,
+                rendered,
+                &table,
+                "rewrite",
+                r,
+                b,
+                table_rewrites.as_deref().unwrap_or_default(),
+            )?;
+        }
         out.push(TableScans {
             pruned: scans.len() - full,
             full,
             max_full_scans: budget.map(|b| b.value),
+            estimate,
+            max_scan_bytes: table_spec.max_scan_bytes.as_ref().map(|b| b.value),
+            rewrites: rewrite,
+            max_rewrite_bytes: table_spec.max_rewrite_bytes.as_ref().map(|b| b.value),
             table,
             scans,
         });
     }
     Ok(out)
+}
+
+/// A byte budget of `table`: the run's estimate (its maximum) must not pass it. The
+/// diagnostic points at the budget and at the template of the stage that
+/// contributes most.
+fn check_bytes(
+    spec: &PipelineSpec,
+    rendered: &Rendered,
+    table: &str,
+    what: &str,
+    estimate: Estimate,
+    budget: &crate::spec::Spanned<u64>,
+    by_stage: &[(usize, Estimate)],
+) -> Result<()> {
+    if estimate.bytes.max <= budget.value {
+        return Ok(());
+    }
+    let mb = crate::plan::size_text;
+    let mut stages: Vec<&(usize, Estimate)> = by_stage.iter().collect();
+    stages.sort_by_key(|(i, e)| (std::cmp::Reverse(e.bytes.max), *i));
+    let listed: Vec<String> = stages
+        .iter()
+        .map(|(i, e)| format!("{} {}", spec.stages[*i].name.value, e.text()))
+        .collect();
+    let key = if what == "read" {
+        "max_scan_bytes"
+    } else {
+        "max_rewrite_bytes"
+    };
+    let mut problem = Problem::invalid(
+        Code::ByteBudget,
+        format!(
+            "the run may {what} up to {} of `{table}`; its budget `{key}` is {}",
+            mb(estimate.bytes.max),
+            mb(budget.value)
+        ),
+    )
+    .in_source(&spec.yaml)
+    .label(budget.span, "budget")
+    .help(format!(
+        "by stage: {}. Estimated from the Delta log: filter on partition or key columns with literals so that Delta can skip files, or raise the budget",
+        listed.join("; ")
+    ));
+    if let Some(&&(i, e)) = stages.first() {
+        let r = &rendered.stages[i];
+        if let (Some(sql), Some(_)) = (&r.text, spec.stages[i].template()) {
+            let at = super::StageSql {
+                spec,
+                stage: &spec.stages[i],
+                sql,
+                lines: &r.lines,
+            };
+            problem = problem.with_related(vec![at.problem_at_start(
+                Code::ByteBudget,
+                format!(
+                    "stage `{}` may {what} {}",
+                    spec.stages[i].name.value,
+                    e.text()
+                ),
+                "this stage",
+            )]);
+        }
+    }
+    Err(problem)
 }
 
 /// A scan found in a stage's plan, before classification.

@@ -9,6 +9,7 @@ pub mod assign;
 pub mod bind;
 pub mod catalog;
 pub mod dag;
+pub mod estimate;
 pub mod parse;
 
 use crate::diag::{Problem, Result, Source};
@@ -38,7 +39,7 @@ pub async fn compile(
         });
     }
     let bound = bind::bind(spec, rendered, &parsed, &tables, &ctx).await?;
-    analyze::analyze(spec, rendered, &tables, bound)
+    analyze::analyze(spec, rendered, &tables, bound, &ctx).await
 }
 
 /// A stage's rendered SQL together with what is needed to point into its template.

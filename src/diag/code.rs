@@ -47,6 +47,9 @@ pub enum Code {
     BadStateValue,
     /// The run ledger (`_sqlplan/runs`) cannot be read.
     LedgerUnreadable,
+    /// A table's estimated bytes read or rewritten pass its `max_scan_bytes` or
+    /// `max_rewrite_bytes`.
+    ByteBudget,
     /// `bench --from` could not copy the warehouse.
     BenchCopy,
     /// The benchmark's run of the pipeline failed.
@@ -218,6 +221,7 @@ impl Code {
             Code::BadVarType => "bad_var_type",
             Code::BadStateValue => "bad_state_value",
             Code::LedgerUnreadable => "ledger_unreadable",
+            Code::ByteBudget => "byte_budget",
             Code::BenchCopy => "bench_copy",
             Code::BenchRunFailed => "bench_run_failed",
             Code::BenchWorkdir => "bench_workdir",
@@ -316,6 +320,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::BadVarType,
     Code::BadStateValue,
     Code::LedgerUnreadable,
+    Code::ByteBudget,
     Code::BenchCopy,
     Code::BenchRunFailed,
     Code::BenchWorkdir,

@@ -66,6 +66,10 @@ pub struct TableSpec {
     pub partition_by: Vec<Spanned<String>>,
     /// Scan budget enforced by `plan`: at most this many full scans per run.
     pub max_full_scans: Option<Spanned<u64>>,
+    /// Byte budgets enforced by `plan` against the estimates from the Delta log: what
+    /// the run's scans of the table read, and what its writes may rewrite, at most.
+    pub max_scan_bytes: Option<Spanned<u64>>,
+    pub max_rewrite_bytes: Option<Spanned<u64>>,
     /// A table that may be absent: then it is not created and templates see
     /// `tables.<name>.exists` false (and must not read it).
     pub optional: bool,

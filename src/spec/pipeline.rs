@@ -15,6 +15,8 @@ const TABLE_KEYS: &[&str] = &[
     "schema",
     "partition_by",
     "max_full_scans",
+    "max_scan_bytes",
+    "max_rewrite_bytes",
     "optional",
     "deletion_vectors",
 ];
@@ -117,6 +119,18 @@ impl Loader<'_> {
                     span: self.scalar_span(s),
                 }),
             };
+            let bytes = |key: &str| -> Result<Option<Spanned<u64>>> {
+                map.get_scalar(key)
+                    .map(|s| {
+                        Ok(Spanned {
+                            value: self.parse_bytes(s, key)?,
+                            span: self.scalar_span(s),
+                        })
+                    })
+                    .transpose()
+            };
+            let max_scan_bytes = bytes("max_scan_bytes")?;
+            let max_rewrite_bytes = bytes("max_rewrite_bytes")?;
             let description = self.optional_string(map, "description")?.map(|s| s.value);
             let optional = self.flag(map, "optional")?;
             let deletion_vectors = self.deletion_vectors(map.get_node("deletion_vectors"))?;
@@ -129,6 +143,8 @@ impl Loader<'_> {
                     schema,
                     partition_by,
                     max_full_scans,
+                    max_scan_bytes,
+                    max_rewrite_bytes,
                     optional,
                     deletion_vectors,
                 },

@@ -145,6 +145,19 @@ impl<'a> YamlReader<'a> {
         })
     }
 
+    /// A size: a whole number of bytes, or a number with a unit (`500 MB`, `2 GiB`;
+    /// KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024).
+    pub fn parse_bytes(&self, s: &MarkedScalarNode, key: &str) -> Result<u64> {
+        parse_size(s.as_str()).ok_or_else(|| {
+            self.error(
+                self.scalar_span(s),
+                Code::BadValue,
+                format!("`{key}` must be a size: bytes, or a number with a unit like `500 MB` or `2 GiB`"),
+                "not a size",
+            )
+        })
+    }
+
     pub fn scalar_spanned(&self, s: &MarkedScalarNode) -> Spanned<String> {
         Spanned {
             value: s.as_str().to_string(),
@@ -262,6 +275,30 @@ pub fn check_identifier(l: &YamlReader<'_>, name: &Spanned<String>, what: &str) 
         .help("names become SQL identifiers: use lowercase letters, digits and `_`, starting with a letter"))
 }
 
+/// `123`, `500 MB`, `1.5GiB` → bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * scale;
+    (bytes.is_finite() && bytes >= 0.0).then(|| bytes.round() as u64)
+}
+
 /// Untyped YAML → JSON-like value: plain scalars are coerced (numbers, booleans,
 /// null), quoted scalars stay strings.
 pub fn to_json(node: &Node) -> Value {
@@ -306,6 +343,16 @@ pub fn coerce_scalar(s: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("500 MB"), Some(500_000_000));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("1.5 kb"), Some(1500));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
 
     #[test]
     fn plain_scalars_are_coerced_quoted_are_not() {

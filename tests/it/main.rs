@@ -4,6 +4,7 @@
 mod common;
 mod crash;
 mod diagnostics;
+mod estimates;
 mod expectations;
 mod fixtures;
 mod generate;
