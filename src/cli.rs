@@ -35,16 +35,32 @@ pub enum Command {
     /// make and whether it is full or pruned; then warnings. Only Delta logs are read.
     /// The same inputs always give byte-identical output.
     ///
-    /// Exit codes: 0 the pipeline is valid, 2 it is not (a diagnostic says where).
+    /// Every scan says how many files and bytes it will read, estimated from the Delta
+    /// log (a range when a bound is only known at run time).
+    ///
+    /// With --baseline REF it reviews a change instead: the plan of REF (a git
+    /// revision of the project, or a file saved with `plan --format json`) against
+    /// the working tree's, on the same warehouse and vars — stages added, removed and
+    /// reordered, each changed stage's rendered SQL as a diff, scans whose access got
+    /// worse or whose estimated bytes grew, budgets crossed, warnings.
+    ///
+    /// Exit codes: 0 the pipeline is valid (with --baseline: and unchanged), 3 it
+    /// changed (with --baseline), 2 it is invalid or crosses a budget.
     #[command(
-        after_help = "Examples:\n  sqlplan plan pipelines/examples/orders.yaml\n  sqlplan plan pipelines/summary.yaml --var warehouse=/data/wh --explain\n  sqlplan plan pipelines/examples/orders.yaml --format json > plan.json"
+        after_help = "Examples:\n  sqlplan plan pipelines/examples/orders.yaml\n  sqlplan plan pipelines/summary.yaml --var warehouse=/data/wh --explain\n  sqlplan plan pipelines/examples/orders.yaml --format json > plan.json\n  sqlplan plan pipelines/summary.yaml --baseline origin/main --format markdown > review.md"
     )]
     Plan {
         #[command(flatten)]
         input: PipelineArgs,
-        /// Output format.
+        /// Output format (markdown: with --baseline, for a pull-request comment).
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
+        /// Review against this git revision or saved plan JSON instead of printing
+        /// the plan.
+        #[arg(long, value_name = "REF")]
+        baseline: Option<String>,
+        #[command(flatten)]
+        selection: Selection,
         /// Also show DataFusion's optimized logical plan of every stage.
         #[arg(long)]
         explain: bool,
@@ -63,6 +79,8 @@ pub enum Command {
     Run {
         #[command(flatten)]
         input: PipelineArgs,
+        #[command(flatten)]
+        selection: Selection,
         /// Stages running at the same time, at most [default: the number of cores].
         #[arg(long)]
         jobs: Option<usize>,
@@ -202,10 +220,30 @@ pub struct PipelineArgs {
     pub root: Option<PathBuf>,
 }
 
+/// Part of a pipeline: `--select`, `--exclude`.
+#[derive(Debug, clap::Args)]
+pub struct Selection {
+    /// Run only these stages: `STAGE`, `STAGE+` (and every stage after it), `+STAGE`
+    /// (and every stage it depends on), `+STAGE+`. Repeatable. A selected stage
+    /// that reads a relation of a stage left out is refused; a table is read as it is.
+    #[arg(long = "select", value_name = "SELECTOR")]
+    pub select: Vec<String>,
+    /// Leave these stages out (same forms). Repeatable.
+    #[arg(long = "exclude", value_name = "SELECTOR")]
+    pub exclude: Vec<String>,
+}
+
+impl Selection {
+    fn apply(&self, plan: crate::Plan) -> Result<crate::Plan, Problem> {
+        crate::select::select(plan, &self.select, &self.exclude)
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PlanFormat {
     Text,
     Json,
+    Markdown,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -239,8 +277,8 @@ pub fn main() -> i32 {
     };
     match runtime.block_on(execute(cli.command)) {
         Ok(output) => {
-            print!("{output}");
-            0
+            print!("{}", output.stdout);
+            output.code
         }
         Err(problem) => {
             report(&problem);
@@ -249,30 +287,87 @@ pub fn main() -> i32 {
     }
 }
 
+/// What a command prints on standard output, and the exit code it ends with.
+pub struct Output {
+    pub stdout: String,
+    pub code: i32,
+}
+
+impl From<String> for Output {
+    fn from(stdout: String) -> Self {
+        Output { stdout, code: 0 }
+    }
+}
+
 /// Runs one command and returns what it prints on standard output.
-pub async fn execute(command: Command) -> Result<String, Problem> {
+pub async fn execute(command: Command) -> Result<Output, Problem> {
+    match command {
+        Command::Plan {
+            input,
+            format,
+            baseline: Some(reference),
+            ..
+        } => review(&input, format, &reference).await,
+        other => run_command(other).await.map(Output::from),
+    }
+}
+
+/// `plan --baseline REF`: exit 0 unchanged, 3 changed, 2 a budget crossed.
+async fn review(
+    input: &PipelineArgs,
+    format: PlanFormat,
+    reference: &str,
+) -> Result<Output, Problem> {
+    let baseline = crate::review::baseline(
+        &input.pipeline,
+        input.root.as_deref(),
+        &input.vars,
+        reference,
+    )
+    .await?;
+    let plan = crate::review_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+    let current: serde_json::Value =
+        serde_json::from_str(&plan.to_json(false)).expect("plans serialise");
+    let review = crate::review::diff(&baseline, &current);
+    let stdout = match format {
+        PlanFormat::Json => review.to_json(),
+        PlanFormat::Text => review.to_text(&plan.pipeline, false),
+        PlanFormat::Markdown => review.to_text(&plan.pipeline, true),
+    };
+    Ok(Output {
+        stdout,
+        code: review.exit_code(),
+    })
+}
+
+async fn run_command(command: Command) -> Result<String, Problem> {
     match command {
         Command::Plan {
             input,
             format,
             explain,
+            selection,
+            ..
         } => {
-            let plan =
-                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            let plan = selection.apply(
+                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?,
+            )?;
             Ok(match format {
-                PlanFormat::Text => plan.to_text(explain),
+                PlanFormat::Text | PlanFormat::Markdown => plan.to_text(explain),
                 PlanFormat::Json => plan.to_json(explain),
             })
         }
         Command::Run {
             input,
+            selection,
             jobs,
             report,
             spill_threshold,
             abandon,
         } => {
-            let plan =
-                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            let plan = selection.apply(
+                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?,
+            )?;
             let mut options = crate::exec::RunOptions {
                 spill_threshold,
                 abandon,
@@ -333,7 +428,9 @@ pub async fn execute(command: Command) -> Result<String, Problem> {
                 .map_err(failed)?;
             entries.truncate(limit);
             Ok(match format {
-                PlanFormat::Text => crate::ledger::to_text(&location, &entries),
+                PlanFormat::Text | PlanFormat::Markdown => {
+                    crate::ledger::to_text(&location, &entries)
+                }
                 PlanFormat::Json => {
                     serde_json::to_string_pretty(&entries).expect("entries serialise") + "\n"
                 }

@@ -462,8 +462,8 @@ pub fn to_text(location: &str, entries: &[Entry]) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:>5} {:<20} {:<12} {:>9} {:<24} {:>10} {:>10}  {}",
-        "run", "started (UTC)", "status", "time s", "stages", "MB read", "MB written", "note"
+        "\n{:>5} {:<20} {:<12} {:>9} {:<24} {:>10} {:>10}  note",
+        "run", "started (UTC)", "status", "time s", "stages", "MB read", "MB written"
     );
     let mb = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6));
     for e in entries {

@@ -19,6 +19,8 @@ pub mod plan;
 pub mod pruning;
 pub mod render;
 pub mod report;
+pub mod review;
+pub mod select;
 pub mod session;
 pub mod spec;
 pub mod state;
@@ -29,16 +31,37 @@ use std::path::Path;
 pub use diag::Problem;
 pub use plan::Plan;
 
-/// Builds the Plan of a pipeline: what `plan` prints and `run` executes.
+/// Builds the Plan of a pipeline: what `plan` prints and `run` executes. A scan
+/// budget the plan passes is an error.
 pub async fn build_plan(
     pipeline: &Path,
     root: Option<&Path>,
     vars: &[(String, String)],
+) -> Result<Plan, Problem> {
+    plan_with(pipeline, root, vars, compile::Budgets::Enforce).await
+}
+
+/// The Plan for a review (`plan --baseline`): a budget the plan passes is a warning
+/// of the plan (code `scan_budget` or `byte_budget`), so that the review can show it
+/// beside the rest of the change.
+pub async fn review_plan(
+    pipeline: &Path,
+    root: Option<&Path>,
+    vars: &[(String, String)],
+) -> Result<Plan, Problem> {
+    plan_with(pipeline, root, vars, compile::Budgets::Report).await
+}
+
+async fn plan_with(
+    pipeline: &Path,
+    root: Option<&Path>,
+    vars: &[(String, String)],
+    budgets: compile::Budgets,
 ) -> Result<Plan, Problem> {
     let mut spec = spec::load(pipeline, root, vars)?;
     // Every table's Delta log, read once for state, render and the catalog.
     let warehouse = delta::Warehouse::observe(&render::locations(&spec)?).await;
     state::resolve(&mut spec, &warehouse).await?;
     let rendered = render::render(&spec, &warehouse).await?;
-    compile::compile(&spec, &rendered, &warehouse).await
+    compile::compile(&spec, &rendered, &warehouse, budgets).await
 }

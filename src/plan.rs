@@ -31,6 +31,9 @@ pub struct Plan {
     /// State variables → the table whose commits record them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub state: BTreeMap<String, String>,
+    /// Stages `--select`/`--exclude` left out (they do not run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_selected: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -234,7 +237,7 @@ pub struct TableScans {
     pub scans: Vec<ScanPlan>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
     /// Every file of the table.
@@ -255,7 +258,7 @@ impl Access {
         self == Access::Full
     }
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Access::Full => "FULL",
             Access::Partitions => "pruned by partition",
@@ -443,6 +446,14 @@ impl Plan {
                 t.name,
                 t.location,
                 t.columns.len()
+            );
+        }
+        if !self.not_selected.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nselection: {} stages run; not selected: {}",
+                self.stages.len(),
+                self.not_selected.join(", ")
             );
         }
         let _ = writeln!(out, "\norder");

@@ -25,13 +25,25 @@ pub async fn analyze(
     tables: &BTreeMap<String, TableInfo>,
     bound: Vec<BoundStage>,
     ctx: &datafusion::prelude::SessionContext,
+    budgets: super::Budgets,
 ) -> Result<Plan> {
     let dag = dependencies(spec, &bound)?;
     let levels = dag
         .levels()
         .map_err(|cycle| cycle_problem(spec, &dag, &cycle))?;
-    let scans = scans(spec, rendered, tables, &bound, ctx).await?;
-    let warnings = lints(spec, &bound);
+    let mut crossed = Vec::new();
+    let scans = scans(spec, rendered, tables, &bound, ctx, &mut crossed).await?;
+    let mut warnings = lints(spec, &bound);
+    match budgets {
+        super::Budgets::Enforce => {
+            if let Some(problem) = crossed.into_iter().next() {
+                return Err(problem);
+            }
+        }
+        super::Budgets::Report => {
+            warnings.extend(crossed.iter().map(|p| budget_lint(spec, p)));
+        }
+    }
 
     let mut order: Vec<usize> = (0..bound.len()).collect();
     order.sort_by_key(|&i| (levels[i], i));
@@ -77,6 +89,7 @@ pub async fn analyze(
             .iter()
             .map(|(k, t)| (k.clone(), t.value.clone()))
             .collect(),
+        not_selected: Vec::new(),
     })
 }
 
@@ -267,6 +280,7 @@ async fn scans(
     tables: &BTreeMap<String, TableInfo>,
     bound: &[BoundStage],
     ctx: &datafusion::prelude::SessionContext,
+    crossed: &mut Vec<Problem>,
 ) -> Result<Vec<TableScans>> {
     let views: BTreeSet<String> = bound
         .iter()
@@ -379,7 +393,7 @@ async fn scans(
                     .filter(|s| s.access.is_full())
                     .map(|s| s.stage.as_str())
                     .collect();
-                return Err(Problem::invalid(Code::ScanBudget, format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
+                crossed.push(Problem::invalid(Code::ScanBudget, format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
                     .in_source(&spec.yaml)
                     .label(b.span, "budget")
                     .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));
@@ -399,22 +413,26 @@ async fn scans(
             })
             .collect();
         if let Some(b) = &table_spec.max_scan_bytes {
-            check_bytes(spec, rendered, &table, "read", estimate, b, &by_stage)?;
+            crossed
+                .extend(check_bytes(spec, rendered, &table, "read", estimate, b, &by_stage).err());
         }
         let table_rewrites = rewrites.remove(&table);
         let rewrite = table_rewrites
             .as_ref()
             .map(|r| r.iter().fold(Estimate::default(), |a, (_, e)| a.add(*e)));
         if let (Some(b), Some(r)) = (&table_spec.max_rewrite_bytes, rewrite) {
-            check_bytes(
-                spec,
-                rendered,
-                &table,
-                "rewrite",
-                r,
-                b,
-                table_rewrites.as_deref().unwrap_or_default(),
-            )?;
+            crossed.extend(
+                check_bytes(
+                    spec,
+                    rendered,
+                    &table,
+                    "rewrite",
+                    r,
+                    b,
+                    table_rewrites.as_deref().unwrap_or_default(),
+                )
+                .err(),
+            );
         }
         out.push(TableScans {
             pruned: scans.len() - full,
@@ -429,6 +447,17 @@ async fn scans(
         });
     }
     Ok(out)
+}
+
+/// A crossed budget as a warning of a review plan.
+fn budget_lint(spec: &PipelineSpec, problem: &Problem) -> Lint {
+    Lint {
+        code: problem.code.as_str(),
+        stage: String::new(),
+        at: spec.yaml.name.clone(),
+        message: problem.message.clone(),
+        help: problem.help.clone().unwrap_or_default(),
+    }
 }
 
 /// A byte budget of `table`: the run's estimate (its maximum) must not pass it. The

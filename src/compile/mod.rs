@@ -17,12 +17,22 @@ use crate::plan::Plan;
 use crate::render::{LineMap, Rendered};
 use crate::spec::{PipelineSpec, StageSpec};
 
+/// What a scan budget the plan passes is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budgets {
+    /// An error: `plan` and `run` stop (exit 2).
+    Enforce,
+    /// A warning of the plan, for a review to show.
+    Report,
+}
+
 /// Compiles a rendered pipeline into its Plan. Reads Delta logs, never data files,
 /// and writes nothing.
 pub async fn compile(
     spec: &PipelineSpec,
     rendered: &Rendered,
     warehouse: &crate::delta::Warehouse,
+    budgets: Budgets,
 ) -> Result<Plan> {
     let ctx = crate::session::new_context();
     let tables = catalog::open(spec, rendered, warehouse, &ctx).await?;
@@ -39,7 +49,7 @@ pub async fn compile(
         });
     }
     let bound = bind::bind(spec, rendered, &parsed, &tables, &ctx).await?;
-    analyze::analyze(spec, rendered, &tables, bound, &ctx).await
+    analyze::analyze(spec, rendered, &tables, bound, &ctx, budgets).await
 }
 
 /// A stage's rendered SQL together with what is needed to point into its template.

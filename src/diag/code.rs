@@ -50,6 +50,11 @@ pub enum Code {
     /// A table's estimated bytes read or rewritten pass its `max_scan_bytes` or
     /// `max_rewrite_bytes`.
     ByteBudget,
+    /// `plan --baseline REF`: REF is neither a saved plan nor a git revision that plans.
+    BadBaseline,
+    /// `--select`/`--exclude` names no stage, leaves none, or leaves out a stage whose
+    /// output a selected stage needs.
+    BadSelector,
     /// `bench --from` could not copy the warehouse.
     BenchCopy,
     /// The benchmark's run of the pipeline failed.
@@ -222,6 +227,8 @@ impl Code {
             Code::BadStateValue => "bad_state_value",
             Code::LedgerUnreadable => "ledger_unreadable",
             Code::ByteBudget => "byte_budget",
+            Code::BadBaseline => "bad_baseline",
+            Code::BadSelector => "bad_selector",
             Code::BenchCopy => "bench_copy",
             Code::BenchRunFailed => "bench_run_failed",
             Code::BenchWorkdir => "bench_workdir",
@@ -321,6 +328,8 @@ pub const ALL_CODES: &[Code] = &[
     Code::BadStateValue,
     Code::LedgerUnreadable,
     Code::ByteBudget,
+    Code::BadBaseline,
+    Code::BadSelector,
     Code::BenchCopy,
     Code::BenchRunFailed,
     Code::BenchWorkdir,
