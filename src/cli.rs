@@ -141,6 +141,9 @@ pub enum Command {
         /// Project root (as for `plan`).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Also write the results as JUnit XML to this file (for CI dashboards).
+        #[arg(long, value_name = "FILE.xml")]
+        junit: Option<PathBuf>,
     },
     /// The summary pipeline end to end on a small generated warehouse.
     ///
@@ -440,10 +443,26 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             pipeline,
             fixtures,
             root,
+            junit,
         } => {
             let fixtures = fixtures.unwrap_or_else(|| crate::fixtures::default_fixtures(&pipeline));
-            let (report, ok) = crate::fixtures::run(&pipeline, root.as_deref(), &fixtures).await?;
-            if ok {
+            let results = crate::fixtures::run(&pipeline, root.as_deref(), &fixtures).await?;
+            if let Some(path) = junit {
+                let name = pipeline
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let xml = crate::fixtures::to_junit(&name, &results)
+                    .map_err(|e| Problem::failed(Code::ReportUnwritable, e))?;
+                std::fs::write(&path, xml).map_err(|e| {
+                    Problem::failed(
+                        Code::ReportUnwritable,
+                        format!("cannot write {}: {e}", path.display()),
+                    )
+                })?;
+            }
+            let report = crate::fixtures::to_text(&results);
+            if results.iter().all(|r| r.passed()) {
                 return Ok(report);
             }
             print!("{report}");

@@ -7,7 +7,7 @@ use crate::common::{repo, sqlplan_in, Project};
 fn the_example_fixtures_pass() {
     let out = sqlplan_in(&repo(), &["test", "pipelines/examples/orders.yaml"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("2 passed, 0 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("3 passed, 0 failed"), "{}", out.stdout);
     assert!(out.stderr.is_empty(), "quiet: {}", out.stderr);
 }
 
@@ -22,6 +22,22 @@ fn a_wrong_expectation_fails_with_a_diff() {
         expect:
           customer_totals:
             - {customer_id: 7, amount: 11}
+  - name: a relation expected wrong
+    steps:
+      - given:
+          orders:
+            - {order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}
+        expect:
+          day_totals:
+            - {customer_id: 7, orders: 2}
+  - name: a write stage is no relation
+    steps:
+      - given:
+          orders:
+            - {order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}
+        expect:
+          merge_totals:
+            - {customer_id: 7}
 "#;
     let project = Project::new(&[("wrong.tests.yaml", fixtures)]);
     let path = project.path().join("wrong.tests.yaml");
@@ -32,9 +48,37 @@ fn a_wrong_expectation_fails_with_a_diff() {
             "pipelines/examples/orders.yaml",
             "--fixtures",
             path.to_str().unwrap(),
+            "--junit",
+            project.path().join("junit.xml").to_str().unwrap(),
         ],
     );
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    // The relation's rows are compared like a table's.
+    assert!(
+        out.stdout
+            .contains(r#"step 1, day_totals: missing    {"customer_id":7.0,"orders":2.0}"#),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("FAIL a write stage is no relation: `merge_totals` under `expect:` is a stage that writes"),
+        "{}",
+        out.stdout
+    );
+    // JUnit: a diff is a failure, a case that cannot run an error.
+    let xml = std::fs::read_to_string(project.path().join("junit.xml")).unwrap();
+    assert!(
+        xml.contains(r#"<testsuite name="orders" tests="3" disabled="0" errors="1" failures="2">"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="wrong total" classname="orders""#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<failure message="2 row difference(s)">"#),
+        "{xml}"
+    );
     assert!(out.stdout.contains("FAIL wrong total"), "{}", out.stdout);
     assert!(
         out.stdout
@@ -48,7 +92,7 @@ fn a_wrong_expectation_fails_with_a_diff() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("0 passed, 1 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 passed, 3 failed"), "{}", out.stdout);
 }
 
 /// The spec's worked examples (docs/summary-pipeline.md §4) as fixtures of
