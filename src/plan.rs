@@ -12,8 +12,13 @@ use serde_json::Value;
 
 pub use crate::spec::{VarType, VectorOptions};
 
+/// The version of the plan's JSON form (`plan --format json`): bumped when a field
+/// changes meaning or goes away, so tools can tell what they read.
+pub const FORMAT_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
+    pub format_version: u32,
     pub pipeline: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

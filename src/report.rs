@@ -142,8 +142,12 @@ impl StageReport {
     }
 }
 
+/// The version of the run report's JSON form (`run --report`).
+pub const FORMAT_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
+    pub format_version: u32,
     pub pipeline: String,
     /// The run number carried by this run's Delta commits (application transactions).
     pub run_number: i64,
@@ -176,6 +180,7 @@ impl RunReport {
             StageStatus::Succeeded
         };
         RunReport {
+            format_version: FORMAT_VERSION,
             pipeline: plan.pipeline.clone(),
             run_number,
             resumed,

@@ -67,6 +67,7 @@ pub async fn analyze(
         .collect();
     let _ = rendered;
     Ok(Plan {
+        format_version: crate::plan::FORMAT_VERSION,
         pipeline: spec.name.value.clone(),
         description: spec.description.clone(),
         vars: spec

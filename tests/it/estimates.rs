@@ -73,6 +73,9 @@ async fn estimates_from_the_log_match_what_the_run_reads() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p.path().join("run.json")).unwrap()).unwrap();
+    // Machine contracts carry their format's version.
+    assert_eq!(plan["format_version"], 1);
+    assert_eq!(report["format_version"], 1);
     let scan = |table: &str, stage: &str| {
         plan["scans"]
             .as_array()
