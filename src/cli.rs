@@ -121,6 +121,14 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Print the JSON Schema of a machine-readable output: `plan` (`plan --format
+    /// json`) or `report` (`run --report`). Both carry `format_version`.
+    #[command(after_help = "Example:\n  sqlplan schema plan > plan.schema.json")]
+    Schema {
+        /// Which output.
+        #[arg(value_enum)]
+        what: SchemaOf,
+    },
     /// Run data fixtures: rows in, pipeline runs, rows expected out.
     ///
     /// Each case of the fixture file runs on its own temporary warehouse (`warehouse`
@@ -240,6 +248,12 @@ impl Selection {
     fn apply(&self, plan: crate::Plan) -> Result<crate::Plan, Problem> {
         crate::select::select(plan, &self.select, &self.exclude)
     }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SchemaOf {
+    Plan,
+    Report,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -470,6 +484,13 @@ async fn run_command(command: Command) -> Result<String, Problem> {
                 Code::FixturesFailed,
                 "some fixture cases failed (see above)",
             ))
+        }
+        Command::Schema { what } => {
+            let schema = match what {
+                SchemaOf::Plan => schemars::schema_for!(crate::plan::Plan),
+                SchemaOf::Report => schemars::schema_for!(crate::report::RunReport),
+            };
+            Ok(serde_json::to_string_pretty(&schema).expect("schemas serialise") + "\n")
         }
         Command::Demo(args) => summary::demo::demo(&args).await,
         Command::Bench(BenchTarget::Summary(args)) => summary::demo::bench(&args).await,

@@ -16,7 +16,7 @@ pub use crate::spec::{VarType, VectorOptions};
 /// changes meaning or goes away, so tools can tell what they read.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Plan {
     pub format_version: u32,
     pub pipeline: String,
@@ -41,7 +41,7 @@ pub struct Plan {
     pub not_selected: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct TablePlan {
     pub name: String,
     pub location: String,
@@ -102,7 +102,7 @@ impl TablePlan {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ColumnPlan {
     pub name: String,
     #[serde(rename = "type")]
@@ -110,7 +110,7 @@ pub struct ColumnPlan {
     pub nullable: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageKind {
     /// A SELECT evaluated by each reader.
@@ -140,7 +140,7 @@ impl StageKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Maintenance {
     Optimize {
@@ -156,7 +156,7 @@ pub enum Maintenance {
     },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct StagePlan {
     pub name: String,
     /// Position in the pipeline (program order), from 0.
@@ -197,7 +197,7 @@ pub struct StagePlan {
 }
 
 /// A lint: a valid pipeline that probably does not do what its author meant.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Lint {
     /// The diagnostic code (`sqlplan::<code>`).
     pub code: &'static str,
@@ -210,20 +210,20 @@ pub struct Lint {
 
 /// A row check: rows for which `sql` is not true are dropped into the quarantine
 /// table or fail the run (`action`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct CheckPlan {
     pub name: String,
     pub sql: String,
     pub action: crate::spec::CheckAction,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Dependency {
     pub stage: String,
     pub reasons: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct TableScans {
     pub table: String,
     pub full: usize,
@@ -242,7 +242,9 @@ pub struct TableScans {
     pub scans: Vec<ScanPlan>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
     /// Every file of the table.
@@ -274,7 +276,7 @@ impl Access {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ScanPlan {
     pub stage: String,
     /// The view through which the stage reads the table, if any.
@@ -288,7 +290,7 @@ pub struct ScanPlan {
 }
 
 /// At least `min`, at most `max`; exact when they are equal.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Span {
     pub min: u64,
     pub max: u64,
@@ -316,7 +318,7 @@ impl Span {
 }
 
 /// Files and bytes a scan reads (or a write may rewrite), estimated from the log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Estimate {
     pub files: Span,
     pub bytes: Span,
@@ -519,7 +521,16 @@ impl Plan {
                     .max_rewrite_bytes
                     .map(|b| format!(" (budget {})", size_text(b)))
                     .unwrap_or_default();
-                let _ = writeln!(out, "    writes may rewrite {}{budget}", r.text());
+                let vectors = self
+                    .tables
+                    .iter()
+                    .any(|tp| tp.name == t.table && tp.deletion_vectors.is_some());
+                let how = if vectors {
+                    "may rewrite or mark with deletion vectors"
+                } else {
+                    "may rewrite"
+                };
+                let _ = writeln!(out, "    writes {how} {}{budget}", r.text());
             }
             for s in &t.scans {
                 let via = s

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::plan::{Plan, StageKind, StagePlan};
 
 /// What a stage did, as far as DataFusion and delta-rs tell.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct StageMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows_out: Option<u64>,
@@ -62,7 +62,7 @@ pub struct StageMetrics {
     pub committed_earlier: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageStatus {
     Succeeded,
@@ -75,7 +75,7 @@ pub enum StageStatus {
     Committed,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct StageReport {
     pub name: String,
     pub kind: StageKind,
@@ -145,7 +145,7 @@ impl StageReport {
 /// The version of the run report's JSON form (`run --report`).
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RunReport {
     pub format_version: u32,
     pub pipeline: String,

@@ -105,7 +105,13 @@ pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i
 /// One commit of a table, newest first in `history`.
 pub struct Commit {
     pub version: i64,
+    /// The commit's metadata (sqlplan's keys among them).
     pub info: BTreeMap<String, serde_json::Value>,
+    pub operation: Option<String>,
+    /// The writer's `engineInfo` (e.g. `delta-rs:1.1.3`).
+    pub engine: Option<String>,
+    /// Milliseconds since the epoch.
+    pub timestamp: Option<i64>,
 }
 
 /// The table's last `depth` commits, newest first, with their versions.
@@ -125,6 +131,9 @@ pub async fn history(table: &DeltaTable, depth: usize) -> Result<Vec<Commit>, St
         .enumerate()
         .map(|(i, c)| Commit {
             version: newest as i64 - i as i64,
+            operation: c.operation,
+            engine: c.engine_info,
+            timestamp: c.timestamp,
             info: c.info.into_iter().collect(),
         })
         .collect())
@@ -193,37 +202,26 @@ pub async fn state_records(table: &DeltaTable, pipeline: &str) -> Result<Vec<Sta
 /// oldest first: `version N: OPERATION by WRITER`, the writer being a sqlplan
 /// pipeline's stage or the engine that says so in its commit.
 pub async fn describe_since(table: &DeltaTable, version: i64) -> Result<Vec<String>, String> {
-    use futures::TryStreamExt;
-    let Some(newest) = table.version().map(|v| v as i64) else {
-        return Ok(Vec::new());
-    };
+    let newest = table.version().map_or(version, |v| v as i64);
     let depth = usize::try_from(newest - version).unwrap_or(0);
     if depth == 0 {
         return Ok(Vec::new());
     }
-    let infos: Vec<_> = table
-        .history(Some(depth))
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out: Vec<String> = infos
+    let mut out: Vec<String> = history(table, depth)
+        .await?
         .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
+        .map(|c| {
             let by = match (c.info.get(PIPELINE_KEY), c.info.get(STAGE_KEY)) {
                 (Some(p), Some(s)) => format!(
                     "sqlplan pipeline `{}` stage `{}`",
                     p.as_str().unwrap_or_default(),
                     s.as_str().unwrap_or_default()
                 ),
-                _ => c
-                    .engine_info
-                    .clone()
-                    .unwrap_or_else(|| "another writer".into()),
+                _ => c.engine.unwrap_or_else(|| "another writer".into()),
             };
             format!(
                 "version {}: {} by {by}",
-                newest - i as i64,
+                c.version,
                 c.operation.as_deref().unwrap_or("a commit")
             )
         })
@@ -235,18 +233,13 @@ pub async fn describe_since(table: &DeltaTable, version: i64) -> Result<Vec<Stri
 /// When `version` of `table` (opened at its newest version) was committed, in
 /// milliseconds since the epoch.
 pub async fn commit_time(table: &DeltaTable, version: i64) -> Result<Option<i64>, String> {
-    use futures::TryStreamExt;
-    let Some(newest) = table.version().map(|v| v as i64) else {
-        return Ok(None);
-    };
+    let newest = table.version().map_or(-1, |v| v as i64);
     let depth = usize::try_from(newest - version + 1).unwrap_or(0);
     if depth == 0 {
         return Ok(None);
     }
-    let infos: Vec<_> = table
-        .history(Some(depth))
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(infos.last().and_then(|c| c.timestamp))
+    Ok(history(table, depth)
+        .await?
+        .last()
+        .and_then(|c| c.timestamp))
 }

@@ -43,7 +43,7 @@ pub struct CheckSpec {
 }
 
 /// What happens to a row that fails a check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckAction {
     /// Removed from the relation and written to the quarantine table.

@@ -79,7 +79,7 @@ pub struct TableSpec {
 }
 
 /// How a MERGE writes into a table with deletion vectors.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct VectorOptions {
     /// A file whose changed share of live rows is above this is rewritten instead of
     /// getting a vector (a vector plus a copy of nearly every row costs more).

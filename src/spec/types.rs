@@ -15,8 +15,9 @@ use serde_json::Value;
 
 use super::yaml::coerce_scalar;
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(into = "String")]
+#[schemars(with = "String")]
 pub enum VarType {
     String,
     Int,

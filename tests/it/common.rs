@@ -224,3 +224,29 @@ pub fn id_v_ds(ids: &[i64], values: &[&str], ds: &[&str]) -> datafusion::arrow::
     )
     .unwrap()
 }
+
+/// One `id BIGINT` column.
+pub fn ids(ids: &[i64]) -> datafusion::arrow::array::RecordBatch {
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    datafusion::arrow::array::RecordBatch::try_from_iter(vec![(
+        "id",
+        std::sync::Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef,
+    )])
+    .unwrap()
+}
+
+/// `id BIGINT` and one text column named `name`.
+pub fn id_text(ids: &[i64], name: &str, texts: &[&str]) -> datafusion::arrow::array::RecordBatch {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    datafusion::arrow::array::RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            std::sync::Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef,
+        ),
+        (
+            name,
+            std::sync::Arc::new(StringArray::from(texts.to_vec())) as ArrayRef,
+        ),
+    ])
+    .unwrap()
+}

@@ -2,24 +2,10 @@
 //! reads: equal where the log decides, within the range where a bound is only known
 //! at run time; and byte budgets enforced by `plan`.
 
-use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
 use crate::common::{create_table, settings, stage, Project};
 
-fn rows(ids: &[i64], ds: &[&str]) -> RecordBatch {
-    let schema = Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("ds", DataType::Utf8, true),
-    ]);
-    RecordBatch::try_new(
-        std::sync::Arc::new(schema),
-        vec![
-            std::sync::Arc::new(Int64Array::from(ids.to_vec())),
-            std::sync::Arc::new(StringArray::from(ds.to_vec())),
-        ],
-    )
-    .unwrap()
+fn rows(ids: &[i64], ds: &[&str]) -> datafusion::arrow::array::RecordBatch {
+    crate::common::id_text(ids, "ds", ds)
 }
 
 const PIPELINE: &str = r#"name: estimated
@@ -157,4 +143,91 @@ async fn a_byte_budget_stops_plan_naming_the_stage() {
     let out = p.sqlplan(&["plan", "pipeline.yaml"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("(budget 1.0 MB)"), "{}", out.stdout);
+}
+
+/// The same on a generated summary warehouse: for every stage, the estimate from the
+/// plan against the files the run measured — equal where the log decides, within the
+/// range where a bound is known only at run time.
+#[tokio::test(flavor = "multi_thread")]
+async fn estimates_hold_on_a_generated_summary_warehouse() {
+    use crate::common::{repo, sqlplan_in};
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let warehouse = format!("warehouse={}", wh.display());
+    let generated = sqlplan_in(
+        &repo(),
+        &[
+            "generate",
+            "summary",
+            "--warehouse",
+            wh.to_str().unwrap(),
+            "--accounts",
+            "150",
+            "--months",
+            "14",
+            "--batch-records",
+            "300",
+            "--seed",
+            "5",
+        ],
+    );
+    assert_eq!(generated.code, 0, "{}", generated.stderr);
+    let plan = sqlplan_in(
+        &repo(),
+        &[
+            "plan",
+            "pipelines/summary.yaml",
+            "--format",
+            "json",
+            "--var",
+            &warehouse,
+        ],
+    );
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let report_path = dir.path().join("run.json");
+    let run = sqlplan_in(
+        &repo(),
+        &[
+            "run",
+            "pipelines/summary.yaml",
+            "--var",
+            &warehouse,
+            "--report",
+            report_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report_path).unwrap()).unwrap();
+    // Per stage: the sum of its scans' estimates.
+    let mut estimated: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for table in plan["scans"].as_array().unwrap() {
+        for scan in table["scans"].as_array().unwrap() {
+            let e = estimated
+                .entry(scan["stage"].as_str().unwrap().to_string())
+                .or_default();
+            e.0 += scan["estimate"]["files"]["min"].as_u64().unwrap();
+            e.1 += scan["estimate"]["files"]["max"].as_u64().unwrap();
+        }
+    }
+    let mut exact = 0;
+    for (name, (min, max)) in &estimated {
+        let Some(files) = stage(&report, name)["metrics"]["files_scanned"].as_u64() else {
+            continue;
+        };
+        if min == max {
+            assert_eq!(files, *max, "{name}: estimated {max} files, read {files}");
+            exact += 1;
+        } else {
+            assert!(
+                (*min..=*max).contains(&files),
+                "{name}: estimated {min}–{max} files, read {files}"
+            );
+        }
+    }
+    assert!(
+        exact >= 2,
+        "the batch's scans are decided by the log: {estimated:?}"
+    );
 }

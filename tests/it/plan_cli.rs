@@ -186,3 +186,58 @@ fn a_quote_in_a_string_var_stays_inside_its_literal() {
         out.stdout
     );
 }
+
+/// `sqlplan schema plan|report`: JSON Schemas that describe what `plan --format json`
+/// and `run --report` write — every top-level field of a real plan and report is a
+/// property of its schema, and the schema requires `format_version`.
+#[test]
+fn the_schemas_describe_the_plan_and_the_report() {
+    let wh = tempfile::tempdir().unwrap();
+    let warehouse = format!("warehouse={}", wh.path().display());
+    let plan = sqlplan_in(
+        &repo(),
+        &[
+            "plan",
+            "pipelines/examples/orders.yaml",
+            "--format",
+            "json",
+            "--var",
+            &warehouse,
+        ],
+    );
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let report_path = wh.path().join("report.json");
+    let run = sqlplan_in(
+        &repo(),
+        &[
+            "run",
+            "pipelines/examples/orders.yaml",
+            "--var",
+            &warehouse,
+            "--report",
+            report_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = std::fs::read_to_string(&report_path).unwrap();
+    for (what, document) in [("plan", plan.stdout.as_str()), ("report", report.as_str())] {
+        let out = sqlplan_in(&repo(), &["schema", what]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let schema: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let document: serde_json::Value = serde_json::from_str(document).unwrap();
+        let properties = schema["properties"].as_object().unwrap();
+        for key in document.as_object().unwrap().keys() {
+            assert!(
+                properties.contains_key(key),
+                "{what}: `{key}` is not in the schema"
+            );
+        }
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(required.contains(&"format_version"), "{what}: {required:?}");
+    }
+}

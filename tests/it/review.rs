@@ -1,9 +1,6 @@
 //! `plan --baseline REF`: the review of a change, against a git revision of the
 //! project or a saved plan, on the same warehouse. One snapshot per kind of change.
 
-use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
 use crate::common::{create_table, settings, Project};
 
 const PIPELINE: &str = r#"name: reviewed
@@ -22,19 +19,8 @@ stages:
     materialize: true
 "#;
 
-fn rows(ids: &[i64], ds: &[&str]) -> RecordBatch {
-    let schema = Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("ds", DataType::Utf8, true),
-    ]);
-    RecordBatch::try_new(
-        std::sync::Arc::new(schema),
-        vec![
-            std::sync::Arc::new(Int64Array::from(ids.to_vec())),
-            std::sync::Arc::new(StringArray::from(ds.to_vec())),
-        ],
-    )
-    .unwrap()
+fn rows(ids: &[i64], ds: &[&str]) -> datafusion::arrow::array::RecordBatch {
+    crate::common::id_text(ids, "ds", ds)
 }
 
 fn git(p: &Project, args: &[&str]) {

@@ -1,9 +1,6 @@
 //! `--select` / `--exclude`: part of a pipeline, with its inputs checked.
 
-use datafusion::arrow::array::{Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
-use crate::common::{create_table, Project};
+use crate::common::{create_table, ids, Project};
 
 const PIPELINE: &str = r#"name: parts
 tables:
@@ -23,13 +20,7 @@ stages:
 
 async fn project() -> Project {
     let p = Project::new(&[("pipeline.yaml", PIPELINE)]);
-    let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
-    let batch = RecordBatch::try_new(
-        std::sync::Arc::new(schema),
-        vec![std::sync::Arc::new(Int64Array::from(vec![1, 2, 3]))],
-    )
-    .unwrap();
-    create_table(&p.warehouse().join("src"), batch, &[]).await;
+    create_table(&p.warehouse().join("src"), ids(&[1, 2, 3]), &[]).await;
     p
 }
 

@@ -1,10 +1,7 @@
 //! Input a run cannot trust: vars read back from a table's log, a second run of the
 //! same pipeline, another writer committing to a table during a run.
 
-use datafusion::arrow::array::{Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
-use crate::common::{create_table, Project};
+use crate::common::{create_table, id_text, ids, Project};
 
 /// A state variable recorded on `marks`: the `mark` stage returns its value.
 fn state_pipeline(state_type: &str, mark_sql: &str) -> String {
@@ -27,13 +24,7 @@ stages:
 
 async fn state_project(state_type: &str, mark_sql: &str) -> Project {
     let p = Project::new(&[("pipeline.yaml", &state_pipeline(state_type, mark_sql))]);
-    let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
-    let batch = RecordBatch::try_new(
-        std::sync::Arc::new(schema),
-        vec![std::sync::Arc::new(Int64Array::from(vec![1, 2]))],
-    )
-    .unwrap();
-    create_table(&p.warehouse().join("src"), batch, &[]).await;
+    create_table(&p.warehouse().join("src"), ids(&[1, 2]), &[]).await;
     p
 }
 
@@ -114,13 +105,7 @@ stages:
 
 async fn two_stages() -> Project {
     let p = Project::new(&[("pipeline.yaml", TWO_STAGES)]);
-    let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
-    let batch = RecordBatch::try_new(
-        std::sync::Arc::new(schema),
-        vec![std::sync::Arc::new(Int64Array::from(vec![1, 2]))],
-    )
-    .unwrap();
-    create_table(&p.warehouse().join("src"), batch, &[]).await;
+    create_table(&p.warehouse().join("src"), ids(&[1, 2]), &[]).await;
     p
 }
 
@@ -282,19 +267,7 @@ async fn a_foreign_append_during_an_insert_is_retried_past() {
 }
 
 async fn foreign_append(table: &std::path::Path, id: i64) {
-    use datafusion::arrow::array::StringArray;
-    let schema = Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("v", DataType::Utf8, true),
-    ]);
-    let batch = RecordBatch::try_new(
-        std::sync::Arc::new(schema),
-        vec![
-            std::sync::Arc::new(Int64Array::from(vec![id])),
-            std::sync::Arc::new(StringArray::from(vec!["foreign"])),
-        ],
-    )
-    .unwrap();
+    let batch = id_text(&[id], "v", &["foreign"]);
     let url = url::Url::from_directory_path(table).unwrap();
     let t = deltalake::open_table(url).await.unwrap();
     t.write(vec![batch])
@@ -346,23 +319,7 @@ async fn conflicting_foreign_write(pipeline: &str, read: i64) {
     )
     .await;
     let t = p.warehouse().join("t");
-    {
-        let schema = Schema::new(vec![
-            Field::new("id", DataType::Int64, true),
-            Field::new("v", DataType::Utf8, true),
-        ]);
-        let batch = RecordBatch::try_new(
-            std::sync::Arc::new(schema),
-            vec![
-                std::sync::Arc::new(Int64Array::from(vec![1, 2])),
-                std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec![
-                    "old", "old",
-                ])),
-            ],
-        )
-        .unwrap();
-        create_table(&t, batch, &[]).await;
-    }
+    create_table(&t, id_text(&[1, 2], "v", &["old", "old"]), &[]).await;
     let first = Paused::start(&p, "commit:upsert");
     {
         let url = url::Url::from_directory_path(&t).unwrap();
@@ -470,13 +427,7 @@ stages:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vacuum_keeps_the_files_an_unfinished_run_reads() {
     let p = Project::new(&[("pipeline.yaml", VACUUM)]);
-    let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
-    let batch = RecordBatch::try_new(
-        std::sync::Arc::new(schema),
-        vec![std::sync::Arc::new(Int64Array::from(vec![1, 2, 3]))],
-    )
-    .unwrap();
-    create_table(&p.warehouse().join("src"), batch, &[]).await;
+    create_table(&p.warehouse().join("src"), ids(&[1, 2, 3]), &[]).await;
     let first = p.sqlplan(&["run", "pipeline.yaml"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
