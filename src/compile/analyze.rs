@@ -331,8 +331,9 @@ async fn scans(
             let merge_target = f.access == Some(Access::KeyRange);
             let mut estimate = match (info.exists(), merge_target) {
                 (false, _) => Estimate::default(),
-                // delta-rs picks a MERGE's target files from the source at run time.
-                (true, true) => estimate::scan(ctx, &f.table, &[])
+                // The source's keys pick a MERGE's target files at run time, within
+                // what the ON clause's literal predicates on the target leave.
+                (true, true) => estimate::scan(ctx, &f.table, &target_only(&f.table, &f.filters))
                     .await
                     .unwrap_or_default()
                     .up_to(),
@@ -658,23 +659,39 @@ fn classify(filters: &[Expr], table: &TableInfo) -> Access {
 /// A MERGE target is pruned by partition when ON holds a literal predicate on the
 /// target's partition columns alone; otherwise by the source's key range.
 fn merge_target_access(table: &str, on: &[Expr], info: &TableInfo) -> Access {
-    let target_only: Vec<Expr> = on
-        .iter()
+    match classify(&target_only(table, on), info) {
+        Access::Partitions => Access::Partitions,
+        _ => Access::KeyRange,
+    }
+}
+
+/// The conjuncts of a MERGE's ON that name only target columns (literal predicates
+/// such as `t.ds = '2024-01-02'`), unqualified, as filters of a scan of the target.
+fn target_only(table: &str, on: &[Expr]) -> Vec<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    on.iter()
         .flat_map(|e| {
             datafusion::logical_expr::utils::split_conjunction(e)
                 .into_iter()
                 .cloned()
         })
         .filter(|c| {
-            c.column_refs()
-                .iter()
-                .all(|col| col.relation.as_ref().is_some_and(|r| r.table() == table))
+            !c.column_refs().is_empty()
+                && c.column_refs()
+                    .iter()
+                    .all(|col| col.relation.as_ref().is_some_and(|r| r.table() == table))
         })
-        .collect();
-    match classify(&target_only, info) {
-        Access::Partitions => Access::Partitions,
-        _ => Access::KeyRange,
-    }
+        .filter_map(|c| {
+            c.transform(|e| match e {
+                Expr::Column(col) => Ok(Transformed::yes(Expr::Column(
+                    datafusion::common::Column::new_unqualified(col.name),
+                ))),
+                other => Ok(Transformed::no(other)),
+            })
+            .ok()
+            .map(|t| t.data)
+        })
+        .collect()
 }
 
 // ---- lints ------------------------------------------------------------------------

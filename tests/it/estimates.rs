@@ -25,6 +25,10 @@ stages:
   - name: joined
     query: SELECT t.id FROM t JOIN keys ON t.id = keys.id
     materialize: true
+  - name: drop_b
+    query: |
+      MERGE INTO t USING keys ON t.id = keys.id AND t.ds = 'b'
+      WHEN MATCHED THEN DELETE
 "#;
 
 /// `t`: three partitions, a file each; `u`: two files, ids 1–3 and 100–101.
@@ -104,6 +108,14 @@ async fn estimates_from_the_log_match_what_the_run_reads() {
     );
     let (files_read, _) = measured("joined");
     assert!(files_read <= 3, "{files_read}");
+    // A MERGE target: the source's keys decide at run time, within the partition the
+    // ON clause names.
+    let e = scan("t", "drop_b");
+    assert_eq!(
+        (e["files"]["min"].as_u64(), e["files"]["max"].as_u64()),
+        (Some(0), Some(1)),
+        "{e}"
+    );
     // The text plan says the same, with totals.
     let text = p.sqlplan(&["plan", "pipeline.yaml"]);
     assert!(
