@@ -27,13 +27,14 @@ pub enum VarType {
     Timestamp,
     Identifier,
     List(Box<VarType>),
-    Map,
+    /// A map whose values are all of this type (keys are names).
+    Map(Box<VarType>),
     Any,
 }
 
 /// Names `type:` accepts, for messages.
 pub const TYPE_NAMES: &str =
-    "string, int, number, bool, date, timestamp, identifier, list, list[T], map, any";
+    "string, int, number, bool, date, timestamp, identifier, list, list[T], map, map[T], any";
 
 impl VarType {
     pub fn parse(name: &str) -> Option<VarType> {
@@ -44,6 +45,12 @@ impl VarType {
         {
             return Some(VarType::List(Box::new(VarType::parse(inner)?)));
         }
+        if let Some(inner) = name
+            .strip_prefix("map[")
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            return Some(VarType::Map(Box::new(VarType::parse(inner)?)));
+        }
         Some(match name {
             "string" => VarType::String,
             "int" => VarType::Int,
@@ -53,7 +60,7 @@ impl VarType {
             "timestamp" => VarType::Timestamp,
             "identifier" => VarType::Identifier,
             "list" => VarType::List(Box::new(VarType::Any)),
-            "map" => VarType::Map,
+            "map" => VarType::Map(Box::new(VarType::Any)),
             "any" => VarType::Any,
             _ => return None,
         })
@@ -71,13 +78,13 @@ impl VarType {
                 let first = kinds.next().unwrap_or(VarType::Any);
                 let element = match first {
                     // Lists of lists or maps keep their shape unchecked.
-                    VarType::List(_) | VarType::Map => VarType::Any,
+                    VarType::List(_) | VarType::Map(_) => VarType::Any,
                     ref k if kinds.all(|other| other == *k) => first,
                     _ => VarType::Any,
                 };
                 VarType::List(Box::new(element))
             }
-            Value::Object(_) => VarType::Map,
+            Value::Object(_) => VarType::Map(Box::new(VarType::Any)),
             Value::Null => VarType::Any,
         }
     }
@@ -98,8 +105,17 @@ impl VarType {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
-            (VarType::Map, v @ Value::Object(_)) => Ok(v.clone()),
-            (VarType::List(_) | VarType::Map, _) => Err(wrong()),
+            (VarType::Map(element), Value::Object(entries)) => entries
+                .iter()
+                .map(|(k, v)| {
+                    element
+                        .check(v)
+                        .map(|v| (k.clone(), v))
+                        .map_err(|e| format!("`{k}`: {e}"))
+                })
+                .collect::<Result<serde_json::Map<_, _>, _>>()
+                .map(Value::Object),
+            (VarType::List(_) | VarType::Map(_), _) => Err(wrong()),
             // Scalars may arrive as text (from `--var` or a commit's properties).
             (_, Value::String(s)) => self.parse_text(s),
             (VarType::String, Value::Number(_) | Value::Bool(_)) => {
@@ -141,7 +157,7 @@ impl VarType {
             VarType::Identifier => is_identifier(text)
                 .then(|| Value::String(text.to_string()))
                 .ok_or_else(wrong),
-            VarType::List(_) | VarType::Map => {
+            VarType::List(_) | VarType::Map(_) => {
                 let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
                 let options = if matches!(self, VarType::List(_)) {
                     options.toplevel_sequence()
@@ -182,7 +198,10 @@ impl VarType {
             VarType::List(element) => {
                 format!("a YAML list like `[a, b]` of {}", element.described())
             }
-            VarType::Map => "a YAML map like `{k: v}`".into(),
+            VarType::Map(element) if **element == VarType::Any => "a YAML map like `{k: v}`".into(),
+            VarType::Map(element) => {
+                format!("a YAML map like `{{k: v}}` of {}", element.described())
+            }
             VarType::Any => "any value".into(),
         }
     }
@@ -200,7 +219,8 @@ impl fmt::Display for VarType {
             VarType::Identifier => f.write_str("identifier"),
             VarType::List(element) if **element == VarType::Any => f.write_str("list"),
             VarType::List(element) => write!(f, "list[{element}]"),
-            VarType::Map => f.write_str("map"),
+            VarType::Map(element) if **element == VarType::Any => f.write_str("map"),
+            VarType::Map(element) => write!(f, "map[{element}]"),
             VarType::Any => f.write_str("any"),
         }
     }
@@ -309,6 +329,16 @@ mod tests {
             ("list", "[a, 1]", Some(json!(["a", 1]))),
             ("map", "{k: v}", Some(json!({"k": "v"}))),
             ("map", "[k]", None),
+            (
+                "list[map[identifier]]",
+                "[{from: a, to: b}]",
+                Some(json!([{"from": "a", "to": "b"}])),
+            ),
+            (
+                "list[map[identifier]]",
+                "[{from: a, to: \"b; DROP TABLE x\"}]",
+                None,
+            ),
         ];
         for (name, text, expected) in cases {
             let ty = VarType::parse(name).unwrap();
@@ -331,7 +361,12 @@ mod tests {
         );
         assert_eq!(VarType::of_default(&json!([{"a": 1}])).to_string(), "list");
         assert_eq!(VarType::of_default(&json!({"a": 1})).to_string(), "map");
-        for name in ["list[list[int]]", "timestamp", "identifier"] {
+        for name in [
+            "list[list[int]]",
+            "timestamp",
+            "identifier",
+            "list[map[identifier]]",
+        ] {
             assert_eq!(VarType::parse(name).unwrap().to_string(), name);
         }
         assert_eq!(VarType::parse("list[foo]"), None);
