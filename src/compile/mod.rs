@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod dag;
 pub mod estimate;
 pub mod parse;
+mod scans;
 
 use crate::diag::{Problem, Result, Source};
 use crate::plan::Plan;
