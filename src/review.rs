@@ -383,7 +383,7 @@ fn scans(base: &Value, current: &Value, r: &mut Review) {
     };
     let bytes = |s: &Value| s["estimate"]["bytes"]["max"].as_u64().unwrap_or(0);
     let estimate = |s: &Value| {
-        serde_json::from_value::<EstimateJson>(s["estimate"].clone())
+        serde_json::from_value::<crate::plan::Estimate>(s["estimate"].clone())
             .map(|e| e.text())
             .unwrap_or_default()
     };
@@ -418,34 +418,6 @@ fn access(scan: &Value) -> String {
     serde_json::from_value::<crate::plan::Access>(scan["access"].clone())
         .map(|a| a.label().to_string())
         .unwrap_or_else(|_| text(scan, "access").to_string())
-}
-
-#[derive(serde::Deserialize)]
-struct EstimateJson {
-    files: SpanJson,
-    bytes: SpanJson,
-}
-
-#[derive(serde::Deserialize)]
-struct SpanJson {
-    min: u64,
-    max: u64,
-}
-
-impl EstimateJson {
-    fn text(&self) -> String {
-        crate::plan::Estimate {
-            files: crate::plan::Span {
-                min: self.files.min,
-                max: self.files.max,
-            },
-            bytes: crate::plan::Span {
-                min: self.bytes.min,
-                max: self.bytes.max,
-            },
-        }
-        .text()
-    }
 }
 
 impl Review {

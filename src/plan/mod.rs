@@ -295,7 +295,9 @@ pub struct ScanPlan {
 }
 
 /// At least `min`, at most `max`; exact when they are equal.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema, serde::Deserialize,
+)]
 pub struct Span {
     pub min: u64,
     pub max: u64,
@@ -323,7 +325,9 @@ impl Span {
 }
 
 /// Files and bytes a scan reads (or a write may rewrite), estimated from the log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema, serde::Deserialize,
+)]
 pub struct Estimate {
     pub files: Span,
     pub bytes: Span,
