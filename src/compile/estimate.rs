@@ -19,9 +19,44 @@ use datafusion::prelude::SessionContext;
 
 pub use crate::plan::{Estimate, Span};
 
+/// Estimates for one plan: a pipeline often scans a table several times with the
+/// same filters (every file, or the same partition), and each is planned once.
+pub struct Estimator<'a> {
+    ctx: &'a SessionContext,
+    known: std::collections::BTreeMap<(String, String), Estimate>,
+}
+
+impl<'a> Estimator<'a> {
+    pub fn new(ctx: &'a SessionContext) -> Self {
+        Estimator {
+            ctx,
+            known: Default::default(),
+        }
+    }
+
+    /// What a scan of `table` with `filters` reads (nothing when the table cannot be
+    /// planned, e.g. it does not exist yet).
+    pub async fn scan(&mut self, table: &str, filters: &[Expr]) -> Estimate {
+        let key = (
+            table.to_string(),
+            filters
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        );
+        if let Some(e) = self.known.get(&key) {
+            return *e;
+        }
+        let e = scan(self.ctx, table, filters).await.unwrap_or_default();
+        self.known.insert(key, e);
+        e
+    }
+}
+
 /// The files and bytes a scan of `table` with `filters` reads (exact), or None when
 /// the table does not exist yet (the run creates it: nothing to read).
-pub async fn scan(ctx: &SessionContext, table: &str, filters: &[Expr]) -> Option<Estimate> {
+async fn scan(ctx: &SessionContext, table: &str, filters: &[Expr]) -> Option<Estimate> {
     let provider = ctx.table_provider(table).await.ok()?;
     let state = ctx.state();
     // Filters the provider cannot use would be applied above the scan: drop them,

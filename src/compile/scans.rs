@@ -55,6 +55,7 @@ pub(super) async fn scans(
         tables.keys().map(|t| (t.clone(), Vec::new())).collect();
     // What each stage's write may rewrite, by table.
     let mut rewrites: BTreeMap<String, Vec<(usize, Estimate)>> = BTreeMap::new();
+    let mut estimator = estimate::Estimator::new(ctx);
     for (i, b) in bound.iter().enumerate() {
         if b.kind == StageKind::View {
             continue;
@@ -78,13 +79,11 @@ pub(super) async fn scans(
                 (false, _) => Estimate::default(),
                 // The source's keys pick a MERGE's target files at run time, within
                 // what the ON clause's literal predicates on the target leave.
-                (true, true) => estimate::scan(ctx, &f.table, &target_only(&f.table, &f.filters))
+                (true, true) => estimator
+                    .scan(&f.table, &target_only(&f.table, &f.filters))
                     .await
-                    .unwrap_or_default()
                     .up_to(),
-                (true, false) => estimate::scan(ctx, &f.table, &f.filters)
-                    .await
-                    .unwrap_or_default(),
+                (true, false) => estimator.scan(&f.table, &f.filters).await,
             };
             if let Some(bound) = f.driven_by {
                 if access != Access::Partitions {
@@ -120,7 +119,7 @@ pub(super) async fn scans(
                 .as_ref()
                 .filter(|t| tables.get(*t).is_some_and(TableInfo::exists))
             {
-                let all = estimate::scan(ctx, table, &[]).await.unwrap_or_default();
+                let all = estimator.scan(table, &[]).await;
                 let partitioned = !tables[table].partition_columns.is_empty();
                 rewrites
                     .entry(table.clone())
