@@ -58,6 +58,18 @@ pub fn select(mut plan: Plan, select: &[String], exclude: &[String]) -> Result<P
         t.scans.retain(|s| chosen.contains(&s.stage));
         t.full = t.scans.iter().filter(|s| s.access.is_full()).count();
         t.pruned = t.scans.len() - t.full;
+        t.estimate = t
+            .scans
+            .iter()
+            .fold(Default::default(), |a, s| a.add(s.estimate));
+        // What the selected writers may rewrite: at most the whole pipeline's.
+        if !plan
+            .stages
+            .iter()
+            .any(|s| s.writes.as_ref() == Some(&t.table))
+        {
+            t.rewrites = None;
+        }
     }
     plan.not_selected = left_out;
     Ok(plan)

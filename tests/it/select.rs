@@ -77,6 +77,32 @@ async fn a_selection_runs_its_stages_and_refuses_missing_inputs() {
         "{}",
         out.stdout
     );
+    // The estimates count the selected stages' scans only.
+    let json = p.sqlplan(&[
+        "plan",
+        "pipeline.yaml",
+        "--select",
+        "read_a",
+        "--format",
+        "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let src = json["scans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "src")
+        .unwrap();
+    assert_eq!(src["scans"].as_array().unwrap().len(), 0);
+    assert_eq!(src["estimate"]["files"]["max"], 0, "{src}");
+    assert!(
+        json["scans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["rewrites"].is_null()),
+        "nothing selected writes"
+    );
     // A name that is no stage.
     let out = p.sqlplan(&["plan", "pipeline.yaml", "--select", "red_a"]);
     assert_eq!(out.code, 2);
