@@ -11,6 +11,7 @@ pub mod scan;
 pub mod schema;
 pub mod table;
 pub mod vectors;
+pub mod writer;
 
 pub use commit::{app_id, finish_app_id, RunTag};
 pub use location::{local_table_exists, table_url};

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 
 use super::context::{df_err, Executor, StageResult};
 use crate::delta::vectors::{self as dv, DataFile, VectorFile};
+use crate::delta::writer::FileWriter;
 use crate::plan::StagePlan;
 use crate::report::StageMetrics;
 
@@ -134,7 +134,7 @@ impl Executor {
         table: DeltaTable,
         candidates: &[Candidate],
         mut deleted: BTreeMap<u32, Vec<u64>>,
-        mut writer: RecordBatchWriter,
+        mut writer: FileWriter,
         rewrite_above: f64,
         operation: DeltaOperation,
     ) -> StageResult<Written> {
@@ -170,7 +170,7 @@ impl Executor {
                 )
                 .await?;
                 for b in rows {
-                    writer.write(b).await.map_err(df_err)?;
+                    writer.write(b).await?;
                 }
             } else {
                 rows_by_vector += positions.len() as u64;
@@ -178,7 +178,7 @@ impl Executor {
                 vector_files.push(i as usize);
             }
         }
-        let adds = writer.flush().await.map_err(df_err)?;
+        let adds = writer.flush().await?;
         let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
         for i in &vector_files {
             let c = &candidates[*i];
@@ -341,9 +341,7 @@ impl Executor {
                 }
             }
         }
-        let writer = RecordBatchWriter::for_table(&table)
-            .map_err(df_err)?
-            .with_writer_properties(crate::delta::writer_properties());
+        let writer = FileWriter::for_table(&table, None)?;
         let operation = DeltaOperation::Delete {
             predicate: predicate.clone(),
         };

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use crate::delta::writer::FileWriter;
 use deltalake::{DeltaTable, FilterOp};
 
 use super::context::{df_err, Executor, StageResult};
@@ -65,12 +65,7 @@ impl Executor {
             .map(|f| f.path().to_string())
             .collect();
         let mut masks = dv::keep_masks(&table, &self.ctx.state(), &paths).await?;
-        let mut writer = RecordBatchWriter::for_table(&table)
-            .map_err(df_err)?
-            .with_writer_properties(crate::delta::writer_properties());
-        if let Some(size) = target_size {
-            writer = writer.with_target_file_size(size);
-        }
+        let mut writer = FileWriter::for_table(&table, target_size)?;
         let schema = writer.arrow_schema();
         let store = table.object_store();
         let mut actions: Vec<Action> = Vec::new();
@@ -87,11 +82,11 @@ impl Executor {
             };
             let values: HashMap<String, Option<String>> = f.partition_values_map();
             for b in dv::live_rows(store.clone(), &file, &values, kept, &schema).await? {
-                writer.write(b).await.map_err(df_err)?;
+                writer.write(b).await?;
             }
             actions.push(Action::Remove(f.remove_action(false)));
         }
-        let mut adds = writer.flush().await.map_err(df_err)?;
+        let mut adds = writer.flush().await?;
         let bytes: i64 = adds.iter().map(|a| a.size).sum();
         let added = adds.len() as u64;
         for a in &mut adds {

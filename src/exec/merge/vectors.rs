@@ -25,7 +25,6 @@ use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClauseKind};
 use datafusion::logical_expr::{cast as cast_expr, col, lit, when, Expr};
 use deltalake::protocol::DeltaOperation;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 
@@ -33,6 +32,7 @@ use super::super::changes::candidates;
 use super::super::context::{df_err, Executor, StageResult};
 use super::keys::{KeyPass, KeyPassFile, SourceKeys};
 use super::{frame, key_pairs, Merge};
+use crate::delta::writer::FileWriter;
 use crate::delta::vectors::{self as dv, DataFile};
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
@@ -206,9 +206,7 @@ impl Executor {
             .map_err(df_err)?;
 
         // Rows to write (written as they come), positions to delete.
-        let mut writer = RecordBatchWriter::for_table(&table)
-            .map_err(df_err)?
-            .with_writer_properties(crate::delta::writer_properties());
+        let mut writer = FileWriter::for_table(&table, None)?;
         let writer_schema = writer.arrow_schema();
         let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let (mut updated, mut inserted, mut deleted_rows) = (0u64, 0u64, 0u64);
@@ -243,7 +241,7 @@ impl Executor {
             if rows.num_rows() > 0 {
                 let rows = rows.project(&columns).map_err(df_err)?;
                 let rows = dv::conform(&rows, &writer_schema, &HashMap::new())?;
-                writer.write(rows).await.map_err(df_err)?;
+                writer.write(rows).await?;
             }
         }
 

@@ -1,0 +1,184 @@
+//! Writing new data files on every core: delta-rs's `RecordBatchWriter` encodes
+//! Parquet on the task that calls it, so one writer is one core. A `FileWriter`
+//! runs one writer per lane on its own task and hands each lane whole partitions
+//! (a partition goes to the lane with the fewest rows when it is first seen), so a
+//! partition still gets one file per run and the lanes encode side by side.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use deltalake::kernel::Add;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Most lanes a writer uses, whatever the cores.
+const MAX_LANES: usize = 4;
+/// Batches a lane may have waiting before `write` waits for it.
+const LANE_QUEUE: usize = 2;
+
+struct Lane {
+    batches: mpsc::Sender<RecordBatch>,
+    task: JoinHandle<Result<Vec<Add>, String>>,
+    rows: usize,
+}
+
+/// Writes rows into new data files of one table, a lane per core.
+pub struct FileWriter {
+    schema: SchemaRef,
+    partition_columns: Vec<String>,
+    lanes: Vec<Lane>,
+    /// Partition key → lane.
+    assigned: HashMap<String, usize>,
+}
+
+impl FileWriter {
+    /// A writer for `table` with sqlplan's Parquet properties; `target_size` rolls a
+    /// partition's file over at that many bytes. An unpartitioned table gets one lane.
+    pub fn for_table(table: &DeltaTable, target_size: Option<u64>) -> Result<Self, String> {
+        let partition_columns = table
+            .snapshot()
+            .map_err(|e| e.to_string())?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lanes = if partition_columns.is_empty() {
+            1
+        } else {
+            cores.clamp(1, MAX_LANES)
+        };
+        let mut schema = None;
+        let mut spawned = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let mut writer = RecordBatchWriter::for_table(table)
+                .map_err(|e| e.to_string())?
+                .with_writer_properties(super::writer_properties());
+            if let Some(size) = target_size {
+                writer = writer.with_target_file_size(size);
+            }
+            schema.get_or_insert_with(|| writer.arrow_schema());
+            spawned.push(Lane::spawn(writer));
+        }
+        Ok(FileWriter {
+            schema: schema.ok_or("a writer needs a lane")?,
+            partition_columns,
+            lanes: spawned,
+            assigned: HashMap::new(),
+        })
+    }
+
+    /// The schema written batches must have (partition columns included).
+    pub fn arrow_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Hands `batch`'s rows to the lanes of their partitions.
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), String> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.lanes.len() == 1 {
+            return self.send(0, batch).await;
+        }
+        let keys = self.partition_keys(&batch)?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.lanes.len()];
+        for (row, key) in keys.into_iter().enumerate() {
+            let lane = match self.assigned.get(&key) {
+                Some(&lane) => lane,
+                None => {
+                    let lane = self.least_loaded();
+                    self.assigned.insert(key, lane);
+                    lane
+                }
+            };
+            rows[lane].push(row as u32);
+            self.lanes[lane].rows += 1;
+        }
+        for (lane, indices) in rows.into_iter().enumerate() {
+            if indices.len() == batch.num_rows() {
+                return self.send(lane, batch).await;
+            }
+            if !indices.is_empty() {
+                let part = take_record_batch(&batch, &UInt32Array::from(indices))
+                    .map_err(|e| e.to_string())?;
+                self.send(lane, part).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the files and returns their Add actions (every lane's).
+    pub async fn flush(self) -> Result<Vec<Add>, String> {
+        let mut adds = Vec::new();
+        for lane in self.lanes {
+            drop(lane.batches);
+            adds.extend(lane.task.await.map_err(|e| e.to_string())??);
+        }
+        Ok(adds)
+    }
+
+    async fn send(&mut self, lane: usize, batch: RecordBatch) -> Result<(), String> {
+        if self.lanes[lane].batches.send(batch).await.is_ok() {
+            return Ok(());
+        }
+        // The lane's task ended early: its error says why.
+        let lane = self.lanes.remove(lane);
+        drop(lane.batches);
+        match lane.task.await.map_err(|e| e.to_string())? {
+            Err(e) => Err(e),
+            Ok(_) => Err("a file writer stopped taking rows".to_string()),
+        }
+    }
+
+    fn least_loaded(&self) -> usize {
+        (0..self.lanes.len())
+            .min_by_key(|&i| self.lanes[i].rows)
+            .unwrap_or(0)
+    }
+
+    /// Each row's partition values as one string (NULL distinct from any value).
+    fn partition_keys(&self, batch: &RecordBatch) -> Result<Vec<String>, String> {
+        let mut keys = vec![String::new(); batch.num_rows()];
+        for name in &self.partition_columns {
+            let column = batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("the rows to write have no partition column `{name}`"))?;
+            let text = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
+            let text = text
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::StringArray>()
+                .ok_or("a partition value is not text")?;
+            for (row, key) in keys.iter_mut().enumerate() {
+                if text.is_null(row) {
+                    key.push('\u{0}');
+                } else {
+                    key.push('\u{1}');
+                    key.push_str(text.value(row));
+                }
+                key.push('\u{2}');
+            }
+        }
+        Ok(keys)
+    }
+}
+
+impl Lane {
+    fn spawn(mut writer: RecordBatchWriter) -> Lane {
+        let (batches, mut incoming) = mpsc::channel::<RecordBatch>(LANE_QUEUE);
+        let task = tokio::spawn(async move {
+            while let Some(batch) = incoming.recv().await {
+                writer.write(batch).await.map_err(|e| e.to_string())?;
+            }
+            writer.flush().await.map_err(|e| e.to_string())
+        });
+        Lane {
+            batches,
+            task,
+            rows: 0,
+        }
+    }
+}
