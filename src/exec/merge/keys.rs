@@ -9,7 +9,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt64Type};
-use datafusion::arrow::row::{OwnedRow, RowConverter};
+use datafusion::arrow::row::RowConverter;
+use datafusion::common::hash_utils::RandomState;
 use datafusion::logical_expr::Expr;
 use deltalake::kernel::LogicalFileView;
 
@@ -66,7 +67,7 @@ impl KeyPass {
                 if f.keep.as_ref().is_some_and(|k| !k[p as usize]) {
                     continue; // deleted by the file's vector already
                 }
-                if let Some(s) = self.lookup.rows.get(&keys.row(i).owned()) {
+                if let Some(s) = self.lookup.rows.get(keys.row(i).as_ref()) {
                     take_idx.push(i as u32);
                     pos.push(p);
                     src.push(*s);
@@ -96,7 +97,9 @@ impl KeyPass {
 /// The source keys: each (non-null) key → its source row, and the values of key
 /// columns that are partition columns (to skip files).
 pub(super) struct SourceKeys {
-    pub(super) rows: HashMap<OwnedRow, u64>,
+    /// Keyed by the row format's bytes, so a lookup borrows the file row's bytes
+    /// instead of copying them (one lookup per row of every candidate file).
+    pub(super) rows: HashMap<Box<[u8]>, u64, RandomState>,
     pub(super) partition_values: BTreeMap<String, BTreeSet<String>>,
     /// The least and greatest source value of each integer key column that is not
     /// a partition column (against the files' statistics).
@@ -110,7 +113,7 @@ impl SourceKeys {
         keys: &[(String, Expr)],
         partitions: &[String],
     ) -> StageResult<Self> {
-        let mut rows = HashMap::new();
+        let mut rows = HashMap::with_hasher(RandomState::default());
         let mut partition_values: BTreeMap<String, BTreeSet<String>> = keys
             .iter()
             .filter(|(c, _)| partitions.contains(c))
@@ -124,7 +127,7 @@ impl SourceKeys {
                 if arrays.iter().any(|a| a.is_null(i)) {
                     continue; // NULL = NULL is not a match
                 }
-                rows.insert(converted.row(i).owned(), source_row.value(i));
+                rows.insert(converted.row(i).as_ref().into(), source_row.value(i));
                 for (k, (c, _)) in keys.iter().enumerate() {
                     if let Some(values) = partition_values.get_mut(c) {
                         values.insert(
