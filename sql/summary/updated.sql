@@ -72,29 +72,54 @@ new_single AS (
   LEFT JOIN existing q ON q.cons_acct_key = np.cons_acct_key AND q.month_idx = np.q_idx
   WHERE t.records = 1 AND NOT t.existed
 ),
+multi AS (
+  -- Rows with several records, with their prior Q (new rows only).
+  SELECT t.cons_acct_key, t.month_idx, t.existed, np.q_idx
+  FROM targets t
+  LEFT JOIN priors np ON np.cons_acct_key = t.cons_acct_key AND np.month_idx = t.month_idx
+  WHERE t.records > 1
+),
+stored_elements AS (
+  -- Their stored rows and Q rows, one row per element (p = the element's place):
+  -- narrow rows, where joining the stored arrays to every element copied them 36
+  -- times.
+  SELECT
+    e.cons_acct_key,
+    e.month_idx,
+    unnest(range(0, {{ history_length }})) AS p,
+{%- for r in rolling %}
+    unnest(e.{{ r.array }}) AS {{ r.array }}{% if not loop.last %},{% endif %}
+{%- endfor %}
+  FROM existing e
+  JOIN (
+    SELECT cons_acct_key, month_idx FROM multi WHERE existed
+    UNION
+    SELECT cons_acct_key, q_idx FROM multi WHERE q_idx IS NOT NULL
+  ) m ON e.cons_acct_key = m.cons_acct_key AND e.month_idx = m.month_idx
+),
 elements AS (
   SELECT
-    t.cons_acct_key,
-    t.month_idx,
+    m.cons_acct_key,
+    m.month_idx,
     ps.p,
 {%- for r in rolling %}
     CASE
       WHEN a.cons_acct_key IS NOT NULL AND (ps.p > 0 OR NOT a.is_delete)
         THEN CASE WHEN a.is_delete THEN NULL ELSE a.{{ r.from }} END
-      WHEN t.existed THEN array_element(e.{{ r.array }}, ps.p + 1)
-      WHEN np.q_idx IS NOT NULL AND t.month_idx - ps.p <= np.q_idx
-        THEN array_element(q.{{ r.array }}, np.q_idx - (t.month_idx - ps.p) + 1)
+      WHEN m.existed THEN se.{{ r.array }}
+      WHEN m.q_idx IS NOT NULL AND m.month_idx - ps.p <= m.q_idx THEN sq.{{ r.array }}
     END AS {{ r.array }},
 {%- endfor %}
     a.base_ts AS record_ts
-  FROM targets t
+  FROM multi m
   CROSS JOIN (SELECT unnest(range(0, {{ history_length }})) AS p) ps
   LEFT JOIN effective a
-    ON a.cons_acct_key = t.cons_acct_key AND a.month_idx = t.month_idx - ps.p AND a.outcome = 'applied'
-  LEFT JOIN priors np ON np.cons_acct_key = t.cons_acct_key AND np.month_idx = t.month_idx
-  LEFT JOIN existing q ON q.cons_acct_key = np.cons_acct_key AND q.month_idx = np.q_idx
-  LEFT JOIN existing e ON e.cons_acct_key = t.cons_acct_key AND e.month_idx = t.month_idx
-  WHERE t.records > 1
+    ON a.cons_acct_key = m.cons_acct_key AND a.month_idx = m.month_idx - ps.p AND a.outcome = 'applied'
+  LEFT JOIN stored_elements se
+    ON m.existed AND se.cons_acct_key = m.cons_acct_key AND se.month_idx = m.month_idx AND se.p = ps.p
+  LEFT JOIN stored_elements sq
+    ON sq.cons_acct_key = m.cons_acct_key AND sq.month_idx = m.q_idx
+    AND sq.p = ps.p - (m.month_idx - m.q_idx)
 ),
 several AS (
   -- One element per p, so `max` picks it; an ordered array_agg per array did the
