@@ -17,7 +17,11 @@ pub fn new_context() -> SessionContext {
     config.options_mut().execution.parquet.pushdown_filters = true;
     // Skip the rows a filter drops instead of decoding them and filtering after: the
     // kept rows are a few percent, scattered (a bitmap would decode every array).
-    config.options_mut().execution.parquet.force_filter_selections = true;
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .force_filter_selections = true;
     // `TIMESTAMP WITH TIME ZONE` means UTC (Delta's `timestamp`); zone-less
     // `TIMESTAMP` stays Delta's `timestamp_ntz`.
     config.options_mut().execution.time_zone = Some("UTC".to_string());

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::delta::writer::FileWriter;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
-use crate::delta::writer::FileWriter;
 use deltalake::{DeltaTable, FilterOp};
 
 use super::context::{df_err, Executor, StageResult};

@@ -32,8 +32,8 @@ use super::super::changes::candidates;
 use super::super::context::{df_err, Executor, StageResult};
 use super::keys::{KeyPass, KeyPassFile, SourceKeys};
 use super::{frame, key_pairs, Merge};
-use crate::delta::writer::FileWriter;
 use crate::delta::vectors::{self as dv, DataFile};
+use crate::delta::writer::FileWriter;
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
 
