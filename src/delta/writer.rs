@@ -182,3 +182,68 @@ impl Lane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_row_is_written_once_and_a_partition_gets_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("part", DataType::Utf8, true),
+        ]);
+        let location = dir.path().join("t").to_string_lossy().to_string();
+        let table = crate::delta::create("t", &location, &schema, &["part".to_string()], false)
+            .await
+            .unwrap();
+        let mut writer = FileWriter::for_table(&table, None).unwrap();
+        let schema = writer.arrow_schema();
+        // Each batch spans every partition (NULL included), as key-ordered MERGE rows do.
+        let parts = [Some("a"), Some("b"), None, Some("c"), Some("d")];
+        let mut written = 0i64;
+        for batch in 0..6i64 {
+            let keys: Vec<i64> = (0..50).map(|i| batch * 50 + i).collect();
+            let part: Vec<Option<&str>> = (0..50).map(|i| parts[i % parts.len()]).collect();
+            let rows = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(keys)),
+                    Arc::new(StringArray::from(part)),
+                ],
+            )
+            .unwrap();
+            written += rows.num_rows() as i64;
+            writer.write(rows).await.unwrap();
+        }
+        let adds = writer.flush().await.unwrap();
+        let mut partitions: Vec<Option<String>> = adds
+            .iter()
+            .map(|a| a.partition_values.get("part").cloned().flatten())
+            .collect();
+        partitions.sort();
+        assert_eq!(
+            partitions,
+            vec![
+                None,
+                Some("a".to_string()),
+                Some("b".to_string()),
+                Some("c".to_string()),
+                Some("d".to_string())
+            ]
+        );
+        let rows: i64 = adds
+            .iter()
+            .map(|a| {
+                let stats: serde_json::Value =
+                    serde_json::from_str(a.stats.as_deref().unwrap()).unwrap();
+                stats["numRecords"].as_i64().unwrap()
+            })
+            .sum();
+        assert_eq!(rows, written);
+    }
+}
