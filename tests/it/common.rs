@@ -82,6 +82,16 @@ pub fn sqlplan_in(dir: &Path, args: &[&str]) -> Output {
     }
 }
 
+/// `sqlplan generate summary --warehouse WH OPTIONS…` from the repository root; the
+/// command must succeed (its output is returned for what it printed).
+pub fn generate_summary(wh: &Path, options: &[&str]) -> Output {
+    let mut args = vec!["generate", "summary", "--warehouse", wh.to_str().unwrap()];
+    args.extend_from_slice(options);
+    let out = sqlplan_in(&repo(), &args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out
+}
+
 /// The repository root (for the shipped pipelines).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -19,12 +19,9 @@ const WRITTEN: [&str; 3] = ["summary", "latest_summary", "rejected_records"];
 /// A generated warehouse, small enough that a run takes a second or two.
 fn generated(dir: &Path) -> PathBuf {
     let wh = dir.join("generated");
-    let out = run_sqlplan(
+    crate::common::generate_summary(
+        &wh,
         &[
-            "generate",
-            "summary",
-            "--warehouse",
-            wh.to_str().unwrap(),
             "--accounts",
             "150",
             "--months",
@@ -37,9 +34,7 @@ fn generated(dir: &Path) -> PathBuf {
             "--bad-records",
             "5",
         ],
-        None,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     wh
 }
 

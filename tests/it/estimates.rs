@@ -166,13 +166,9 @@ async fn estimates_hold_on_a_generated_summary_warehouse() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
     let warehouse = format!("warehouse={}", wh.display());
-    let generated = sqlplan_in(
-        &repo(),
+    crate::common::generate_summary(
+        &wh,
         &[
-            "generate",
-            "summary",
-            "--warehouse",
-            wh.to_str().unwrap(),
             "--accounts",
             "150",
             "--months",
@@ -183,7 +179,6 @@ async fn estimates_hold_on_a_generated_summary_warehouse() {
             "5",
         ],
     );
-    assert_eq!(generated.code, 0, "{}", generated.stderr);
     let plan = sqlplan_in(
         &repo(),
         &[

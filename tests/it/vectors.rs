@@ -298,20 +298,7 @@ async fn python_deltalake_reads_tables_with_vectors_like_delta_rs() {
     let project = Project::new(&[]);
     let wh = project.warehouse();
     let var = format!("warehouse={}", wh.display());
-    let generate = crate::common::sqlplan_in(
-        &crate::common::repo(),
-        &[
-            "generate",
-            "summary",
-            "--warehouse",
-            wh.to_str().unwrap(),
-            "--accounts",
-            "300",
-            "--months",
-            "12",
-        ],
-    );
-    assert_eq!(generate.code, 0, "{}", generate.stderr);
+    crate::common::generate_summary(&wh, &["--accounts", "300", "--months", "12"]);
     let out = crate::common::sqlplan_in(
         &crate::common::repo(),
         &["run", "pipelines/summary.yaml", "--var", &var],
