@@ -2,6 +2,7 @@
 //! context or remote object stores can replace the local defaults without touching
 //! the compiler or the executor.
 
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::delta_datafusion::planner::DeltaPlanner;
@@ -25,8 +26,13 @@ pub fn new_context() -> SessionContext {
     // `TIMESTAMP WITH TIME ZONE` means UTC (Delta's `timestamp`); zone-less
     // `TIMESTAMP` stays Delta's `timestamp_ntz`.
     config.options_mut().execution.time_zone = Some("UTC".to_string());
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(crate::delta::stores::Stores::new())
+        .build_arc()
+        .expect("a runtime without limits builds");
     let state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(runtime)
         .with_default_features()
         .with_query_planner(DeltaPlanner::new())
         .build();

@@ -3,6 +3,7 @@
 /// A table location as a URL: a URL as written, or a local path (relative paths
 /// are taken from the working directory). Never creates anything.
 pub fn table_url(location: &str) -> Result<url::Url, String> {
+    super::stores::register_schemes();
     if let Ok(url) = url::Url::parse(location) {
         if url.scheme().len() > 1 {
             return Ok(url);

@@ -9,6 +9,7 @@ pub mod location;
 mod observe;
 pub mod scan;
 pub mod schema;
+pub mod stores;
 pub mod table;
 pub mod vectors;
 pub mod writer;
@@ -17,5 +18,6 @@ pub use commit::{app_id, finish_app_id, RunTag};
 pub use location::{local_table_exists, table_url};
 pub use observe::Warehouse;
 pub use table::{
-    append_empty, bytes_added, create, open, open_if_exists, open_or_create, writer_properties,
+    append_empty, bytes_added, create, open, open_if_exists, open_or_create, remove_all,
+    writer_properties,
 };

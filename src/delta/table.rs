@@ -153,3 +153,31 @@ pub fn bytes_added(before: &DeltaTable, after: &DeltaTable) -> Option<u64> {
             .sum(),
     )
 }
+
+/// Removes everything at `url` (a table folder, or every object under the prefix).
+pub async fn remove_all(url: &url::Url) -> Result<(), String> {
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    use futures::TryStreamExt;
+    if let Ok(path) = url.to_file_path() {
+        return match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("cannot remove {}: {e}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let (store, prefix) = super::stores::store_for(url)?;
+    let objects: Vec<deltalake::Path> = store
+        .list(Some(&prefix))
+        .map_ok(|o| o.location)
+        .try_collect()
+        .await
+        .map_err(|e| format!("cannot list {url}: {e}"))?;
+    for o in objects {
+        store
+            .delete(&o)
+            .await
+            .map_err(|e| format!("cannot remove {o}: {e}"))?;
+    }
+    Ok(())
+}

@@ -367,3 +367,84 @@ mod tests {
         assert_eq!(a.path_or_inline_dv.len(), 20, "z85 of 16 bytes");
     }
 }
+
+/// The positions a data file's deletion vector deletes, in order. The kernel's reader
+/// (version, size, magic, CRC checks) is synchronous, so the vector's file is fetched
+/// here first; `fetched` keeps the files already read: one commit's vectors share
+/// one file.
+pub async fn deleted_positions(
+    store: &Arc<dyn ObjectStore>,
+    table_root: &url::Url,
+    descriptor: &DeletionVectorDescriptor,
+    fetched: &mut HashMap<url::Url, bytes::Bytes>,
+) -> Result<Vec<u64>, String> {
+    use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
+    let kernel = Kernel::try_from(descriptor.clone()).map_err(|e| e.to_string())?;
+    if let Some(url) = kernel.absolute_path(table_root).map_err(|e| e.to_string())? {
+        if !fetched.contains_key(&url) {
+            let path = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+            let bytes = store
+                .get(&path)
+                .await
+                .map_err(|e| format!("deletion vector {url}: {e}"))?
+                .bytes()
+                .await
+                .map_err(|e| format!("deletion vector {url}: {e}"))?;
+            fetched.insert(url, bytes);
+        }
+    }
+    let storage = Arc::new(Fetched(fetched.clone()));
+    let deleted = kernel
+        .read(storage, table_root)
+        .map_err(|e| format!("deletion vector of a file in {table_root}: {e}"))?;
+    Ok(deleted.iter().collect())
+}
+
+/// Vector files already in memory, served to the kernel's reader.
+struct Fetched(HashMap<url::Url, bytes::Bytes>);
+
+impl buoyant_kernel::StorageHandler for Fetched {
+    fn list_from(
+        &self,
+        _: &url::Url,
+    ) -> buoyant_kernel::DeltaResult<Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<buoyant_kernel::FileMeta>>>>
+    {
+        Err(buoyant_kernel::Error::generic("listing is not needed to read a vector"))
+    }
+
+    fn read_files(
+        &self,
+        files: Vec<buoyant_kernel::FileSlice>,
+    ) -> buoyant_kernel::DeltaResult<Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<bytes::Bytes>>>>
+    {
+        let read: Vec<_> = files
+            .into_iter()
+            .map(|(url, range)| {
+                let bytes = self.0.get(&url).cloned().ok_or_else(|| {
+                    buoyant_kernel::Error::generic(format!("{url} was not fetched"))
+                })?;
+                Ok(match range {
+                    Some(r) => bytes.slice(r.start as usize..r.end as usize),
+                    None => bytes,
+                })
+            })
+            .collect();
+        Ok(Box::new(read.into_iter()))
+    }
+
+    fn copy_atomic(&self, _: &url::Url, _: &url::Url) -> buoyant_kernel::DeltaResult<()> {
+        Err(buoyant_kernel::Error::generic("read only"))
+    }
+
+    fn put(&self, _: &url::Url, _: bytes::Bytes, _: bool) -> buoyant_kernel::DeltaResult<()> {
+        Err(buoyant_kernel::Error::generic("read only"))
+    }
+
+    fn head(&self, url: &url::Url) -> buoyant_kernel::DeltaResult<buoyant_kernel::FileMeta> {
+        Err(buoyant_kernel::Error::file_not_found(url.to_string()))
+    }
+
+    fn delete(&self, _: &url::Url) -> buoyant_kernel::DeltaResult<()> {
+        Err(buoyant_kernel::Error::generic("read only"))
+    }
+}

@@ -94,7 +94,7 @@ impl Executor {
         }
         let ctx = crate::session::new_context();
         for (name, table) in &tables {
-            ctx.register_table(name.as_str(), delta::scan::provider(table).await?)
+            ctx.register_table(name.as_str(), delta::scan::provider(table, false).await?)
                 .map_err(df_err)?;
         }
         let partitions = plan
@@ -147,7 +147,7 @@ impl Executor {
         if version == before {
             return Ok(None);
         }
-        let provider = delta::scan::provider(&table).await?;
+        let provider = delta::scan::provider(&table, false).await?;
         self.ctx.deregister_table(name).map_err(df_err)?;
         self.ctx.register_table(name, provider).map_err(df_err)?;
         self.tables.lock().await.insert(name.to_string(), table);

@@ -60,7 +60,7 @@ pub(super) fn scan_stats(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan
             if let Some(files) = m.sum_by_name("count_files_scanned") {
                 *stats.files.get_or_insert(0) += files.as_usize() as u64;
             }
-            if node.name() == "DataSourceExec" {
+            if node.name() == "DataSourceExec" || node.name() == "DeltaFilesExec" {
                 if let Some(bytes) = m.sum_by_name("bytes_scanned") {
                     *stats.bytes.get_or_insert(0) += bytes.as_usize() as u64;
                 }
@@ -78,6 +78,9 @@ pub(super) fn scan_stats(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan
             .is_some_and(|m| m.sum_by_name("count_files_scanned").is_some())
         {
             return;
+        }
+        if let Some(scan) = node.downcast_ref::<crate::delta::scan::DeltaFilesExec>() {
+            *files.get_or_insert(0) += scan.file_count() as u64;
         }
         if let Some(config) = node
             .downcast_ref::<DataSourceExec>()

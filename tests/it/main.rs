@@ -13,6 +13,7 @@ mod plan_cli;
 mod planning;
 mod review;
 mod run;
+mod s3;
 mod select;
 mod summary_model;
 mod summary_property;

@@ -74,9 +74,11 @@ pub struct DemoArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateSummaryArgs {
-    /// The warehouse directory (the pipeline's `warehouse` variable).
-    #[arg(long, value_name = "DIR")]
-    pub warehouse: PathBuf,
+    /// The warehouse (the pipeline's `warehouse` variable): a directory, or an
+    /// `s3://bucket/path` URL (credentials and endpoint from the AWS environment
+    /// variables).
+    #[arg(long, value_name = "DIR|URL")]
+    pub warehouse: String,
     /// Accounts in the history.
     #[arg(long, default_value_t = 10_000)]
     pub accounts: usize,

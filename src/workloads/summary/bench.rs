@@ -147,11 +147,12 @@ pub async fn summary(
     progress: &dyn Fn(usize, usize),
 ) -> Result<Value> {
     let gen = &options.generate;
-    let warehouse = gen.warehouse.to_string_lossy().into_owned();
+    let warehouse = gen.warehouse.clone();
+    let local = Path::new(&gen.warehouse);
     let generate = match &options.from {
         Some(from) => {
             let (_, m) = measured(async {
-                copy_tree(from, &gen.warehouse).map_err(|e| {
+                copy_tree(from, local).map_err(|e| {
                     Problem::failed(
                         Code::BenchCopy,
                         format!("cannot copy {} to {warehouse}: {e}", from.display()),
@@ -229,7 +230,7 @@ pub async fn summary(
         .iter()
         .flat_map(|s| s.metrics.reported.iter().cloned().map(Value::Object))
         .collect();
-    let mut first = run_figures(&run, &gen.warehouse).await;
+    let mut first = run_figures(&run, Path::new(&gen.warehouse)).await;
     first["batch"] = json!(1);
     first["run"] = run_measure.clone();
     let mut months = vec![first];
@@ -267,7 +268,7 @@ async fn next_month(
     copy_on_write: bool,
 ) -> Result<Value> {
     let (batch, generate) = measured(super::generate::next_batch(pipeline, None, gen)).await?;
-    let plan = bench_plan(pipeline, &gen.warehouse.to_string_lossy(), copy_on_write).await?;
+    let plan = bench_plan(pipeline, &gen.warehouse, copy_on_write).await?;
     let (run, measure) = measured(crate::exec::run(plan, run_options)).await?;
     if !run.succeeded() {
         return Err(Problem::failed(
@@ -275,7 +276,7 @@ async fn next_month(
             format!("the run of batch {n} failed:\n{}", run.to_text()),
         ));
     }
-    let mut figures = run_figures(&run, &gen.warehouse).await;
+    let mut figures = run_figures(&run, Path::new(&gen.warehouse)).await;
     figures["batch"] = json!(n);
     figures["month"] = json!(batch.batch_month);
     figures["records"] = json!(batch.batch_rows);

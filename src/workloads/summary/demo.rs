@@ -40,7 +40,7 @@ pub async fn demo(args: &DemoArgs) -> Result<String, Problem> {
         args.accounts
     );
     let generate = GenerateSummaryArgs {
-        warehouse: dir.clone(),
+        warehouse: dir.to_string_lossy().into_owned(),
         accounts: args.accounts,
         months: args.months,
         batch_records: None,
@@ -149,7 +149,7 @@ pub async fn generate(args: &GenerateSummaryArgs) -> Result<String, Problem> {
     };
     Ok(format!(
         "generated {} in {:.1} s\n{generated}",
-        args.warehouse.display(),
+        args.warehouse,
         started.elapsed().as_secs_f64()
     ))
 }
@@ -181,7 +181,7 @@ pub async fn bench(args: &BenchSummaryArgs) -> Result<String, Problem> {
         })?;
     let options = super::bench::BenchOptions {
         generate: super::generate::SummaryOptions {
-            warehouse: temp.path().join("warehouse"),
+            warehouse: temp.path().join("warehouse").to_string_lossy().into_owned(),
             accounts: args.accounts,
             months: args.months,
             last_month: "2025-12".into(),

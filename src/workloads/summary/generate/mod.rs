@@ -17,7 +17,7 @@
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use datafusion::arrow::array::RecordBatch;
 use rand_chacha::ChaCha8Rng;
@@ -44,7 +44,8 @@ const ACCOUNTS_PER_CHUNK: usize = 10_000;
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct SummaryOptions {
-    pub warehouse: PathBuf,
+    /// A directory or an object store URL (`s3://bucket/path`).
+    pub warehouse: String,
     pub accounts: usize,
     pub months: usize,
     /// The last month of the history (`YYYY-MM`); the batch reports the month after.
@@ -178,11 +179,11 @@ pub async fn summary(
     }
     let vars = [(
         "warehouse".to_string(),
-        options.warehouse.to_string_lossy().into_owned(),
+        options.warehouse.clone(),
     )];
     let plan = crate::build_plan(pipeline, root, &vars).await?;
     let layout = Layout::new(&plan)?;
-    prepare_locations(&plan, options.replace, options.hist_rpt)?;
+    prepare_locations(&plan, options.replace, options.hist_rpt).await?;
     let first = last - options.months as i32 + 1;
     let mut values = Values {
         layout: &layout,
@@ -274,7 +275,7 @@ fn record_write(
 }
 
 /// Refuses to write over existing tables unless asked to replace them.
-fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result<()> {
+async fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result<()> {
     let hist = ["consumer_account_hist_rpt"];
     let extra: &[&str] = if hist_rpt { &hist } else { &[] };
     for &name in ["summary", "latest_summary", "accounts"]
@@ -284,29 +285,24 @@ fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result<()> {
         let t = table(plan, name)?;
         let url = crate::delta::table_url(&t.location)
             .map_err(|e| Problem::invalid(Code::GenerateLocation, e))?;
-        let Ok(path) = url.to_file_path() else {
-            return Err(Problem::invalid(
-                Code::GenerateLocation,
-                format!(
-                    "`{name}` at {}: the generator writes local tables only",
-                    t.location
-                ),
-            ));
+        let exists = match url.to_file_path() {
+            Ok(path) => path.exists(),
+            Err(()) => crate::delta::open_if_exists(&url)
+                .await
+                .map_err(|e| Problem::failed(Code::GenerateLocation, format!("`{name}`: {e}")))?
+                .is_some(),
         };
-        if path.exists() {
+        if exists {
             if !replace {
                 return Err(Problem::invalid(
                     Code::GenerateExists,
-                    format!("{} already exists", path.display()),
+                    format!("{} already exists", t.location),
                 )
                 .help("choose another --warehouse, or pass --replace to overwrite its tables"));
             }
-            std::fs::remove_dir_all(&path).map_err(|e| {
-                Problem::failed(
-                    Code::GenerateLocation,
-                    format!("cannot remove {}: {e}", path.display()),
-                )
-            })?;
+            crate::delta::remove_all(&url)
+                .await
+                .map_err(|e| Problem::failed(Code::GenerateLocation, e))?;
         }
     }
     Ok(())

@@ -18,7 +18,7 @@ pub async fn next_batch(
 ) -> Result<Generated> {
     let vars = [(
         "warehouse".to_string(),
-        options.warehouse.to_string_lossy().into_owned(),
+        options.warehouse.clone(),
     )];
     let plan = crate::build_plan(pipeline, root, &vars).await?;
     let layout = Layout::new(&plan)?;

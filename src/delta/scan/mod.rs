@@ -1,15 +1,25 @@
-//! Reading a table whose files have deletion vectors: DataFusion's Parquet scan over
-//! the snapshot's files, each file's vector given to the reader as a row selection
-//! (`ParquetRowSelection`), so filters stay pushed into the reader: row groups
-//! pruned by statistics, filter columns decoded first and the other columns only for
-//! the rows that pass. delta-rs 1.1's scan turns both off as soon as one selected
-//! file has a vector (it applies the vector after the reader, so the reader must see
-//! every row), and every read of a table the summary pipeline MERGEs into then
-//! decoded all of it: `existing` went from 12 s to 55–65 s.
+//! Reading a Delta table as sqlplan does: DataFusion's Parquet scan over exactly the
+//! snapshot's files, each file's deletion vector given to the reader as a row
+//! selection, so filters stay pushed into the reader: row groups pruned by
+//! statistics, filter columns decoded first and the other columns only for the rows
+//! that pass. delta-rs 1.1's scan turns both off as soon as one selected file has a
+//! vector (it applies the vector after the reader, so the reader must see every
+//! row), and every read of a table the summary pipeline MERGEs into then decoded all
+//! of it: `existing` went from 12 s to 55–65 s.
 //!
-//! Used for local tables with at least one vector; others keep delta-rs's provider.
+//! The provider (`DeltaFiles`) holds the snapshot's file list in the log's own terms
+//! (paths, sizes, partition values as strings, vector descriptors), and its scan
+//! node (`exec::DeltaFilesExec`) reads the vectors itself when it runs. So both can
+//! be shipped to a cluster (`crate::cluster`): executors read the files and apply
+//! the vectors, with nothing but the table's URL to find them.
+//!
+//! Used for tables with at least one vector, and for every table a run sends to a
+//! cluster; a local run keeps delta-rs's provider for the others (it also skips
+//! files by the log's statistics).
 
-use std::collections::HashMap;
+pub mod exec;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,60 +27,78 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result, ScalarValue, ToDFSchema};
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use deltalake::parquet::arrow::arrow_reader::RowSelection;
+use deltalake::kernel::DeletionVectorDescriptor;
 use deltalake::DeltaTable;
+use serde::{Deserialize, Serialize};
 
-use super::vectors;
+pub use exec::DeltaFilesExec;
 
-/// The provider a run reads `table` through.
-pub async fn provider(table: &DeltaTable) -> std::result::Result<Arc<dyn TableProvider>, String> {
+/// The provider a run reads `table` through: sqlplan's own scan when the table has
+/// deletion vectors or the run goes to a cluster (`shipped`), else delta-rs's.
+pub async fn provider(
+    table: &DeltaTable,
+    shipped: bool,
+) -> std::result::Result<Arc<dyn TableProvider>, String> {
     let delta = table.table_provider().await.map_err(|e| e.to_string())?;
-    let local = table.table_url().scheme() == "file";
-    let has_vectors = table.snapshot().is_ok_and(|s| {
-        s.log_data()
-            .iter()
-            .any(|f| f.deletion_vector_descriptor().is_some())
-    });
-    if !(local && has_vectors) {
+    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+    let has_vectors = snapshot
+        .log_data()
+        .iter()
+        .any(|f| f.deletion_vector_descriptor().is_some());
+    if !(shipped || has_vectors) {
         return Ok(delta);
     }
-    let partitions = table
-        .snapshot()
-        .map_err(|e| e.to_string())?
-        .metadata()
-        .partition_columns()
-        .to_vec();
-    Ok(Arc::new(VectorScan {
-        table: table.clone(),
+    let files = snapshot
+        .log_data()
+        .iter()
+        .map(|f| DataFile {
+            path: f.path().to_string(),
+            size: f.size().max(0) as u64,
+            partition: f.partition_values_map().into_iter().collect(),
+            vector: f.deletion_vector_descriptor(),
+        })
+        .collect();
+    Ok(Arc::new(DeltaFiles {
+        table_url: table.table_url().clone(),
         schema: delta.schema(),
-        partitions,
+        partitions: snapshot.metadata().partition_columns().to_vec(),
+        files: Arc::new(files),
     }))
 }
 
-/// A snapshot of a table with deletion vectors, read as described above.
+/// One data file of a snapshot, as a scan needs it, in the log's own terms (so it
+/// crosses to a cluster as JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DataFile {
+    /// Relative to the table root, decoded (as `LogicalFileView::path`).
+    pub path: String,
+    pub size: u64,
+    /// Partition values as the log writes them (strings; None for NULL).
+    pub partition: BTreeMap<String, Option<String>>,
+    pub vector: Option<DeletionVectorDescriptor>,
+}
+
+/// A snapshot of a table: its files, read as described above.
 #[derive(Debug)]
-pub struct VectorScan {
-    table: DeltaTable,
+pub struct DeltaFiles {
+    pub table_url: url::Url,
     /// As delta-rs's provider has it (what the plan was bound to).
-    schema: SchemaRef,
-    partitions: Vec<String>,
+    pub schema: SchemaRef,
+    pub partitions: Vec<String>,
+    pub files: Arc<Vec<DataFile>>,
 }
 
 fn df_error(e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Execution(e.to_string())
 }
 
-impl VectorScan {
+impl DeltaFiles {
     /// Data columns, then partition columns: the scan's own column order.
     fn scan_fields(&self) -> (Vec<FieldRef>, Vec<FieldRef>) {
         self.schema
@@ -82,13 +110,13 @@ impl VectorScan {
 }
 
 /// A file's partition values (as the log has them), typed as `fields` say.
-pub fn partition_values(
+pub fn partition_values<'a>(
     fields: &[FieldRef],
-    raw: &HashMap<String, Option<String>>,
+    raw: impl Fn(&str) -> Option<&'a Option<String>>,
 ) -> Result<Vec<ScalarValue>> {
     fields
         .iter()
-        .map(|f| typed(raw.get(f.name()).cloned().flatten(), f.data_type()))
+        .map(|f| typed(raw(f.name()).cloned().flatten(), f.data_type()))
         .collect()
 }
 
@@ -104,7 +132,7 @@ fn typed(value: Option<String>, data_type: &DataType) -> Result<ScalarValue> {
 }
 
 #[async_trait]
-impl TableProvider for VectorScan {
+impl TableProvider for DeltaFiles {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -129,71 +157,39 @@ impl TableProvider for VectorScan {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self.table.snapshot().map_err(df_error)?;
         let (data_fields, partition_fields) = self.scan_fields();
         let filters: Vec<Expr> = filters.iter().cloned().map(unnormalize_col).collect();
 
         // Files whose partition values pass the partition-only filters.
-        let files: Vec<_> = snapshot.log_data().iter().collect();
-        let values = files
+        let values = self
+            .files
             .iter()
-            .map(|f| partition_values(&partition_fields, &f.partition_values_map()))
+            .map(|f| partition_values(&partition_fields, |c| f.partition.get(c)))
             .collect::<Result<Vec<_>>>()?;
         let keep = partition_pass(state, &partition_fields, &values, &filters)?;
-        let selected: Vec<usize> = (0..files.len()).filter(|i| keep[*i]).collect();
-
-        let with_vectors: Vec<String> = selected
+        let selected: Vec<DataFile> = self
+            .files
             .iter()
-            .filter(|i| files[**i].deletion_vector_descriptor().is_some())
-            .map(|i| files[*i].path().to_string())
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(f, _)| f.clone())
             .collect();
-        let mut masks = vectors::keep_masks(&self.table, state, &with_vectors)
-            .await
-            .map_err(df_error)?;
-        let root = self
-            .table
-            .table_url()
-            .to_file_path()
-            .map_err(|_| df_error("not a local table"))?;
-        let mut group = Vec::with_capacity(selected.len());
-        for i in selected {
-            let f = &files[i];
-            let path = root.join(f.path().as_ref());
-            let location = deltalake::Path::from_absolute_path(&path).map_err(df_error)?;
-            let mut file = PartitionedFile::new(location.to_string(), f.size() as u64)
-                .with_partition_values(values[i].clone());
-            if let Some(keep) = masks.remove(f.path().as_ref()) {
-                file = file.with_extension(
-                    datafusion::datasource::physical_plan::parquet::ParquetRowSelection::new(
-                        selection(&keep),
-                    ),
-                );
-            }
-            group.push(file);
-        }
 
-        let file_schema = Arc::new(Schema::new(data_fields.clone()));
-        let table_schema = datafusion::datasource::table_schema::TableSchema::builder(file_schema)
-            .with_table_partition_cols(partition_fields.clone())
-            .build();
         let scan_schema: Vec<FieldRef> = data_fields
             .iter()
             .chain(&partition_fields)
             .cloned()
             .collect();
         let scan_df_schema = Schema::new(scan_schema.clone()).to_dfschema()?;
-        let mut options = datafusion::config::TableParquetOptions::default();
-        options.global = state.config_options().execution.parquet.clone();
-        let mut source = ParquetSource::new(table_schema).with_table_parquet_options(options);
-        if let Some(predicate) = conjunction(filters) {
-            source = source.with_predicate(state.create_physical_expr(predicate, &scan_df_schema)?);
-        }
+        let predicate = conjunction(filters)
+            .map(|p| state.create_physical_expr(p, &scan_df_schema))
+            .transpose()?;
         // The requested columns, by their position among the scan's columns.
         let wanted: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
         };
-        let indices = wanted
+        let projection = wanted
             .iter()
             .map(|i| {
                 let name = self.schema.field(*i).name();
@@ -203,38 +199,32 @@ impl TableProvider for VectorScan {
                     .ok_or_else(|| df_error(format!("column {name} is not scanned")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let config =
-            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_file_groups(split(
-                    group,
-                    state.config_options().execution.target_partitions,
-                ))
-                .with_projection_indices(Some(indices))?
-                .with_limit(limit)
-                .build();
-        Ok(DataSourceExec::from_data_source(config))
+        let groups = split(
+            selected,
+            state.config_options().execution.target_partitions,
+        );
+        let reader = exec::Reader::from(&state.config_options().execution.parquet);
+        Ok(Arc::new(DeltaFilesExec::try_new(
+            self.table_url.clone(),
+            Arc::new(Schema::new(data_fields)),
+            partition_fields,
+            groups,
+            projection,
+            predicate,
+            limit,
+            reader,
+        )?))
     }
 }
 
 /// The files spread over `n` groups (scanned in parallel).
-fn split(files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+fn split(files: Vec<DataFile>, n: usize) -> Vec<Vec<DataFile>> {
     let n = n.max(1).min(files.len().max(1));
-    let mut groups: Vec<Vec<PartitionedFile>> = (0..n).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<DataFile>> = (0..n).map(|_| Vec::new()).collect();
     for (i, f) in files.into_iter().enumerate() {
         groups[i % n].push(f);
     }
-    groups.into_iter().map(FileGroup::new).collect()
-}
-
-/// A keep mask (true: live) as a row selection over the whole file.
-fn selection(keep: &[bool]) -> RowSelection {
-    let live = vectors::ranges(
-        keep.iter()
-            .enumerate()
-            .filter(|(_, k)| **k)
-            .map(|(i, _)| i as u64),
-    );
-    RowSelection::from_consecutive_ranges(live.into_iter(), keep.len())
+    groups
 }
 
 /// Per file: do its partition values pass every filter that reads only partition

@@ -1,0 +1,318 @@
+//! `DeltaFilesExec`: the scan node of `DeltaFiles`. It carries its files (with their
+//! vector descriptors and partition values), the pushed-down predicate and the
+//! projection; when a partition runs, it reads that partition's vectors and runs
+//! DataFusion's Parquet scan over its files with each vector as a row selection.
+//! Nothing in it refers to the process that planned it, so a cluster's executor
+//! runs it as it is (`crate::cluster::codec` ships it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::Result;
+use datafusion::config::{ParquetOptions, TableParquetOptions};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use deltalake::parquet::arrow::arrow_reader::RowSelection;
+use deltalake::Path;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{df_error, partition_values, DataFile};
+use crate::delta::{stores, vectors};
+
+/// How the Parquet reader treats the pushed-down predicate (the session's settings
+/// where the scan was planned; an executor's own defaults differ).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Reader {
+    pub pushdown_filters: bool,
+    pub reorder_filters: bool,
+    pub force_filter_selections: bool,
+}
+
+impl From<&ParquetOptions> for Reader {
+    fn from(o: &ParquetOptions) -> Self {
+        Reader {
+            pushdown_filters: o.pushdown_filters,
+            reorder_filters: o.reorder_filters,
+            force_filter_selections: o.force_filter_selections,
+        }
+    }
+}
+
+/// The scan of a snapshot's files; see the module.
+#[derive(Debug)]
+pub struct DeltaFilesExec {
+    pub table_url: url::Url,
+    /// The data files' columns (partition columns are not in the files).
+    pub file_schema: SchemaRef,
+    pub partition_fields: Vec<FieldRef>,
+    /// One group per output partition.
+    pub groups: Vec<Vec<DataFile>>,
+    /// Output columns by position among the data columns, then partition columns.
+    pub projection: Vec<usize>,
+    /// Over the data columns, then partition columns.
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    pub limit: Option<usize>,
+    pub reader: Reader,
+    properties: Arc<PlanProperties>,
+    /// The Parquet scans run so far: their metrics are this node's.
+    ran: Arc<Mutex<Vec<Arc<dyn ExecutionPlan>>>>,
+}
+
+impl DeltaFilesExec {
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        table_url: url::Url,
+        file_schema: SchemaRef,
+        partition_fields: Vec<FieldRef>,
+        groups: Vec<Vec<DataFile>>,
+        projection: Vec<usize>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        limit: Option<usize>,
+        reader: Reader,
+    ) -> Result<Self> {
+        let all: Vec<FieldRef> = file_schema
+            .fields()
+            .iter()
+            .chain(&partition_fields)
+            .cloned()
+            .collect();
+        let output = projection
+            .iter()
+            .map(|i| {
+                all.get(*i)
+                    .cloned()
+                    .ok_or_else(|| df_error(format!("no scan column {i}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::new(Schema::new(output))),
+            Partitioning::UnknownPartitioning(groups.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(DeltaFilesExec {
+            table_url,
+            file_schema,
+            partition_fields,
+            groups,
+            projection,
+            predicate,
+            limit,
+            reader,
+            properties: Arc::new(properties),
+            ran: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// A copy that runs as this one (its scans count in this node's metrics).
+    fn clone_plan(&self) -> Self {
+        DeltaFilesExec {
+            table_url: self.table_url.clone(),
+            file_schema: self.file_schema.clone(),
+            partition_fields: self.partition_fields.clone(),
+            groups: self.groups.clone(),
+            projection: self.projection.clone(),
+            predicate: self.predicate.clone(),
+            limit: self.limit,
+            reader: self.reader,
+            properties: self.properties.clone(),
+            ran: self.ran.clone(),
+        }
+    }
+
+    /// Files this scan reads.
+    pub fn file_count(&self) -> usize {
+        self.groups.iter().map(Vec::len).sum()
+    }
+
+    /// The table root with a trailing slash (what vector paths are relative to).
+    fn root(&self) -> url::Url {
+        let mut root = self.table_url.clone();
+        if !root.path().ends_with('/') {
+            root.set_path(&format!("{}/", root.path()));
+        }
+        root
+    }
+
+    /// DataFusion's Parquet scan of group `partition`, its vectors read.
+    async fn parquet_scan(
+        &self,
+        partition: usize,
+        context: &TaskContext,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let root = self.root();
+        let store_url = ObjectStoreUrl::parse(stores::root(&root).as_str())?;
+        let store = context.runtime_env().object_store(&store_url)?;
+        let root_path = Path::from_url_path(root.path()).map_err(df_error)?;
+        let mut fetched = HashMap::new();
+        let mut files = Vec::new();
+        for f in self.groups.get(partition).into_iter().flatten() {
+            let location = f
+                .path
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .fold(root_path.clone(), |path, part| path.clone().join(part));
+            let values = partition_values(&self.partition_fields, |c| f.partition.get(c))?;
+            let mut file =
+                PartitionedFile::new(location.to_string(), f.size).with_partition_values(values);
+            if let Some(descriptor) = &f.vector {
+                let deleted = vectors::deleted_positions(&store, &root, descriptor, &mut fetched)
+                    .await
+                    .map_err(df_error)?;
+                let rows = parquet_rows(&store, &location, f.size).await?;
+                file = file.with_extension(ParquetRowSelection::new(live(&deleted, rows)));
+            }
+            files.push(file);
+        }
+        let table_schema =
+            datafusion::datasource::table_schema::TableSchema::builder(self.file_schema.clone())
+                .with_table_partition_cols(self.partition_fields.clone())
+                .build();
+        let mut options = TableParquetOptions::default();
+        options.global = context.session_config().options().execution.parquet.clone();
+        options.global.pushdown_filters = self.reader.pushdown_filters;
+        options.global.reorder_filters = self.reader.reorder_filters;
+        options.global.force_filter_selections = self.reader.force_filter_selections;
+        let mut source = ParquetSource::new(table_schema).with_table_parquet_options(options);
+        if let Some(predicate) = &self.predicate {
+            source = source.with_predicate(predicate.clone());
+        }
+        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
+            .with_file_groups(vec![FileGroup::new(files)])
+            .with_projection_indices(Some(self.projection.clone()))?
+            .with_limit(self.limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// A file's physical row count, from its footer (the log's `numRecords` is
+/// optional, and a vector counts positions among all of the file's rows).
+async fn parquet_rows(
+    store: &Arc<dyn deltalake::ObjectStore>,
+    location: &Path,
+    size: u64,
+) -> Result<usize> {
+    #[allow(deprecated)] // its replacement, SpawnedReader, is for a separate I/O runtime
+    let mut reader = deltalake::parquet::arrow::async_reader::ParquetObjectReader::new(
+        store.clone(),
+        location.clone(),
+    )
+    .with_file_size(size);
+    let metadata = deltalake::parquet::arrow::async_reader::AsyncFileReader::get_metadata(
+        &mut reader,
+        None,
+    )
+    .await
+    .map_err(df_error)?;
+    Ok(metadata.file_metadata().num_rows() as usize)
+}
+
+/// The rows a vector leaves, as a selection over the whole file.
+fn live(deleted: &[u64], rows: usize) -> RowSelection {
+    let mut ranges = Vec::new();
+    let mut start = 0usize;
+    for &d in deleted {
+        let d = d as usize;
+        if d > start {
+            ranges.push(start..d);
+        }
+        start = d + 1;
+    }
+    if start < rows {
+        ranges.push(start..rows);
+    }
+    RowSelection::from_consecutive_ranges(ranges.into_iter(), rows)
+}
+
+impl DisplayAs for DeltaFilesExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let vectors = self.groups.iter().flatten().filter(|f| f.vector.is_some()).count();
+        write!(
+            f,
+            "DeltaFilesExec: table={}, files={}, with_vectors={vectors}, groups={}",
+            self.table_url,
+            self.file_count(),
+            self.groups.len()
+        )?;
+        if let Some(p) = &self.predicate {
+            write!(f, ", predicate={p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for DeltaFilesExec {
+    fn name(&self) -> &str {
+        "DeltaFilesExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        match &self.predicate {
+            Some(p) => f(p),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(df_error("DeltaFilesExec has no children"))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let this = self.clone_plan();
+        let ran = self.ran.clone();
+        let schema = self.schema();
+        let stream = futures::stream::once(async move {
+            let scan = this.parquet_scan(partition, &context).await?;
+            ran.lock().unwrap_or_else(|e| e.into_inner()).push(scan.clone());
+            scan.execute(0, context)
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.boxed())))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        let ran = self.ran.lock().unwrap_or_else(|e| e.into_inner());
+        let mut set = MetricsSet::new();
+        for scan in ran.iter() {
+            for m in scan.metrics().iter().flat_map(|m| m.iter().cloned().collect::<Vec<_>>()) {
+                set.push(m);
+            }
+        }
+        Some(set)
+    }
+}

@@ -1,0 +1,95 @@
+//! Object stores: local folders and `s3://` buckets, found from a URL alone.
+//!
+//! Credentials, region and endpoint come from the environment as the AWS tools read
+//! them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP` for a plain-HTTP endpoint…), through
+//! delta-rs's S3 support. Commits on S3 use conditional put (`If-None-Match`), which
+//! makes two writers safe without a lock table; delta-rs falls back to a DynamoDB
+//! lock only when `AWS_S3_LOCKING_PROVIDER=dynamodb` is set.
+//!
+//! The same registry serves the sqlplan process and the cluster's executors, so a
+//! scan planned in one place reads the same bytes in the other.
+
+use std::sync::{Arc, Once};
+
+use dashmap::DashMap;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use deltalake::logstore::{object_store_factories, StorageConfig};
+use deltalake::ObjectStore;
+use url::Url;
+
+/// Makes `s3://` locations known to delta-rs (once per process).
+pub fn register_schemes() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+}
+
+/// The store serving `url`'s scheme and authority (a bucket), and the path of
+/// `url` within it.
+pub fn store_for(url: &Url) -> std::result::Result<(Arc<dyn ObjectStore>, deltalake::Path), String> {
+    register_schemes();
+    let scheme = Url::parse(&format!("{}://", url.scheme())).map_err(|e| e.to_string())?;
+    let factory = object_store_factories()
+        .get(&scheme)
+        .map(|f| f.value().clone())
+        .ok_or_else(|| format!("no object store for `{}://` locations", url.scheme()))?;
+    let config = StorageConfig::parse_options(std::iter::empty::<(String, String)>())
+        .map_err(|e| e.to_string())?;
+    factory
+        .parse_url_opts(url, &config)
+        .map_err(|e| format!("{url}: {e}"))
+}
+
+/// `scheme://authority/` of a URL: the key a store is registered under.
+pub fn root(url: &Url) -> Url {
+    let mut root = url.clone();
+    root.set_path("/");
+    root.set_query(None);
+    root.set_fragment(None);
+    root
+}
+
+/// An object store registry that builds a store the first time a location asks
+/// for one (DataFusion's default knows only local files).
+#[derive(Debug, Default)]
+pub struct Stores {
+    stores: DashMap<String, Arc<dyn ObjectStore>>,
+}
+
+impl Stores {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+impl ObjectStoreRegistry for Stores {
+    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.stores.insert(root(url).to_string(), store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        self.stores
+            .remove(&root(url).to_string())
+            .map(|(_, s)| s)
+            .ok_or_else(|| DataFusionError::Execution(format!("no object store for {url}")))
+    }
+
+    fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        let key = root(url);
+        if let Some(store) = self.stores.get(key.as_str()) {
+            return Ok(store.clone());
+        }
+        let store = match url.scheme() {
+            "file" => Arc::new(deltalake::logstore::object_store::local::LocalFileSystem::new())
+                as Arc<dyn ObjectStore>,
+            _ => store_for(&key).map_err(DataFusionError::Execution)?.0,
+        };
+        Ok(self
+            .stores
+            .entry(key.to_string())
+            .or_insert(store)
+            .value()
+            .clone())
+    }
+}
