@@ -74,7 +74,7 @@ pub enum Command {
     /// Exit codes: 0 success, 1 a stage failed (named, with its template; stages that
     /// had not started were skipped), 2 the pipeline is invalid (nothing written).
     #[command(
-        after_help = "Examples:\n  sqlplan run pipelines/examples/orders.yaml --var warehouse=/tmp/wh\n  sqlplan run pipelines/summary.yaml --jobs 4 --report run.json"
+        after_help = "Examples:\n  sqlplan run pipelines/examples/orders.yaml --var warehouse=/tmp/wh\n  sqlplan run pipelines/summary.yaml --jobs 4 --report run.json\n  sqlplan run pipelines/summary.yaml --var warehouse=s3://bucket/wh --engine df://127.0.0.1:50050"
     )]
     Run {
         #[command(flatten)]
@@ -96,6 +96,13 @@ pub enum Command {
         /// For an unfinished run that cannot be resumed: its plan or vars changed.
         #[arg(long)]
         abandon: bool,
+        /// Run the query stages on an Apache Ballista cluster: `df://HOST:PORT` of a
+        /// scheduler started with `sqlplan scheduler` (its executors with `sqlplan
+        /// executor`). Results come back here; every write and commit stays with
+        /// this process. Tables must be where the executors can read them (e.g.
+        /// `s3://…`, or local paths on one machine).
+        #[arg(long, value_name = "df://HOST:PORT")]
+        engine: Option<String>,
     },
     /// List the pipeline's recent runs from the run ledger: what to look at first
     /// when a run went wrong.
@@ -171,6 +178,25 @@ pub enum Command {
     /// Write synthetic data for a shipped pipeline (see `generate summary --help`).
     #[command(subcommand)]
     Generate(GenerateTarget),
+    /// Start a cluster scheduler (Apache Ballista) for `run --engine df://HOST:PORT`.
+    ///
+    /// Runs until stopped. It plans each query sqlplan sends and hands its pieces to
+    /// the executors registered with it. sqlplan's scans of Delta tables (deletion
+    /// vectors included) are encoded here, so the stock Ballista binaries cannot
+    /// stand in for this command.
+    #[command(
+        after_help = "A scheduler and two executors on one machine:\n  sqlplan scheduler --port 50050 &\n  sqlplan executor --scheduler 127.0.0.1:50050 --port 50051 --grpc-port 50052 &\n  sqlplan executor --scheduler 127.0.0.1:50050 --port 50061 --grpc-port 50062 &\n  sqlplan run pipelines/summary.yaml --var warehouse=s3://bucket/wh --engine df://127.0.0.1:50050"
+    )]
+    Scheduler(crate::cluster::serve::SchedulerArgs),
+    /// Start a cluster executor (Apache Ballista) that registers with a scheduler.
+    ///
+    /// Runs until stopped. It reads tables itself: object store credentials come
+    /// from its own environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ENDPOINT_URL…).
+    #[command(
+        after_help = "Example:\n  sqlplan executor --scheduler 127.0.0.1:50050 --port 50051 --grpc-port 50052 --concurrent-tasks 2"
+    )]
+    Executor(crate::cluster::serve::ExecutorArgs),
     /// Draw the stage dependency graph (edges labelled with their hazards).
     #[command(
         after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg"
@@ -381,13 +407,19 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             report,
             spill_threshold,
             abandon,
+            engine,
         } => {
             let plan = selection.apply(
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?,
             )?;
+            if let Some(e) = &engine {
+                crate::cluster::scheduler_url(e)
+                    .map_err(|m| Problem::invalid(Code::BadEngine, m))?;
+            }
             let mut options = crate::exec::RunOptions {
                 spill_threshold,
                 abandon,
+                engine,
                 ..Default::default()
             };
             if let Some(j) = jobs {
@@ -495,6 +527,14 @@ async fn run_command(command: Command) -> Result<String, Problem> {
         Command::Demo(args) => summary::demo::demo(&args).await,
         Command::Bench(BenchTarget::Summary(args)) => summary::demo::bench(&args).await,
         Command::Generate(GenerateTarget::Summary(args)) => summary::demo::generate(&args).await,
+        Command::Scheduler(args) => crate::cluster::serve::scheduler(&args)
+            .await
+            .map(|()| String::new())
+            .map_err(|e| Problem::failed(Code::ClusterProcess, e)),
+        Command::Executor(args) => crate::cluster::serve::executor(&args)
+            .await
+            .map(|()| String::new())
+            .map_err(|e| Problem::failed(Code::ClusterProcess, e)),
         Command::Graph { input, format } => {
             let plan =
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;

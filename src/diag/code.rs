@@ -18,6 +18,8 @@ pub enum Code {
     BadFixture,
     /// A fixture file has no `cases:` list.
     BadFixtures,
+    /// `run --engine` is not `df://HOST:PORT`.
+    BadEngine,
     /// A table location is neither a URL nor a usable path.
     BadLocation,
     /// `generate --last-month` is not a `YYYY-MM` month.
@@ -146,6 +148,8 @@ pub enum Code {
     ReportNotARelation,
     /// The `--report` file cannot be written.
     ReportUnwritable,
+    /// `sqlplan scheduler` or `sqlplan executor` could not start, or stopped with an error.
+    ClusterProcess,
     /// A run could not start: a table cannot be opened or created, its schema drifted, or an unfinished run cannot be resumed.
     RunSetup,
     /// Another run of the pipeline holds the warehouse's run lock.
@@ -212,6 +216,7 @@ impl Code {
             Code::BadExpectations => "bad_expectations",
             Code::BadFixture => "bad_fixture",
             Code::BadFixtures => "bad_fixtures",
+            Code::BadEngine => "bad_engine",
             Code::BadLocation => "bad_location",
             Code::BadMonth => "bad_month",
             Code::BadMonths => "bad_months",
@@ -272,6 +277,7 @@ impl Code {
             Code::ReadBeforeDefined => "read_before_defined",
             Code::ReportNotARelation => "report_not_a_relation",
             Code::ReportUnwritable => "report_unwritable",
+            Code::ClusterProcess => "cluster_process",
             Code::RunSetup => "run_setup",
             Code::RunInProgress => "run_in_progress",
             Code::RunUnfinished => "run_unfinished",
@@ -313,6 +319,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::BadExpectations,
     Code::BadFixture,
     Code::BadFixtures,
+    Code::BadEngine,
     Code::BadLocation,
     Code::BadMonth,
     Code::BadMonths,
@@ -373,6 +380,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::ReadBeforeDefined,
     Code::ReportNotARelation,
     Code::ReportUnwritable,
+    Code::ClusterProcess,
     Code::RunSetup,
     Code::RunInProgress,
     Code::RunUnfinished,

@@ -36,6 +36,7 @@ pub async fn apply(
     ctx: &SessionContext,
     catalog: &Catalog<'_>,
     df: DataFrame,
+    key_list_function: bool,
 ) -> Result<(DataFrame, Vec<String>), String> {
     let state = ctx.state();
     let plan = state
@@ -77,7 +78,7 @@ pub async fn apply(
                     Side::Right(key) => (key, &mut join.right),
                 };
                 let b = &bounds[&(driver.clone(), partition)];
-                let predicate = predicate(&key, b, partition);
+                let predicate = predicate(&key, b, partition, key_list_function);
                 applied.push(format!(
                     "{} (from {}.{})",
                     describe(&key, b, partition),
@@ -142,13 +143,15 @@ async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bo
     Ok(Bounds { min, max, values })
 }
 
-fn predicate(key: &Expr, b: &Bounds, partition: bool) -> Expr {
+/// `key_list_function`: a long list on a non-partition column may be a `KeyList`
+/// (not where the plan goes to a cluster, which cannot decode it).
+fn predicate(key: &Expr, b: &Bounds, partition: bool, key_list_function: bool) -> Expr {
     if b.min.is_null() || b.max.is_null() {
         // An empty (or all-NULL) relation matches no key.
         return lit(false);
     }
     let list = |values: &Vec<ScalarValue>| {
-        if !partition && values.len() > KeyList::ABOVE {
+        if key_list_function && !partition && values.len() > KeyList::ABOVE {
             if let Ok(udf) = KeyList::new(values) {
                 return udf.call(vec![key.clone()]);
             }
@@ -185,7 +188,7 @@ fn describe(key: &Expr, b: &Bounds, partition: bool) -> String {
                 )
             }
         }
-        _ => crate::pruning::sql_text(&predicate(key, b, partition)),
+        _ => crate::pruning::sql_text(&predicate(key, b, partition, false)),
     }
 }
 
@@ -325,13 +328,13 @@ mod tests {
     #[tokio::test]
     async fn a_long_key_list_becomes_one_set_and_keeps_exactly_its_keys() {
         // 30 values (0, 10, …, 290) within the range 0..=29: only 0, 10 and 20 pass both.
-        let long = predicate(&col("k"), &bounds(0..30), false);
+        let long = predicate(&col("k"), &bounds(0..30), false, true);
         assert!(long.to_string().contains("in_key_list"), "{long}");
         assert_eq!(kept(long).await, vec![0, 10, 20]);
         // Short lists, and lists on partition columns, stay DataFusion's IN list.
-        let short = predicate(&col("k"), &bounds(0..5), false);
+        let short = predicate(&col("k"), &bounds(0..5), false, true);
         assert!(!short.to_string().contains("in_key_list"), "{short}");
-        let partition = predicate(&col("k"), &bounds(0..30), true);
+        let partition = predicate(&col("k"), &bounds(0..30), true, true);
         assert!(
             !partition.to_string().contains("in_key_list"),
             "{partition}"

@@ -43,6 +43,8 @@ pub struct Executor {
     pub(super) materialized: Mutex<std::collections::BTreeSet<String>>,
     /// Partition columns per table.
     pub(super) partitions: BTreeMap<String, Vec<String>>,
+    /// The cluster the query stages run on (`run --engine`), if any.
+    pub(super) remote: Option<crate::cluster::Remote>,
 }
 
 pub(super) type StageResult<T> = Result<T, StageError>;
@@ -55,7 +57,12 @@ pub(super) fn df_err(e: impl std::fmt::Display) -> StageError {
 impl Executor {
     /// Opens the tables and decides where the run starts: afresh, or resuming the
     /// pipeline's unfinished run (`abandon`: ending it by restoring its tables first).
-    pub async fn new(plan: Plan, spill_threshold: u64, abandon: bool) -> StageResult<Self> {
+    pub async fn new(
+        plan: Plan,
+        spill_threshold: u64,
+        abandon: bool,
+        engine: Option<&str>,
+    ) -> StageResult<Self> {
         let mut tables = super::tables::open_tables(&plan).await?;
         let mut start = super::resume::find(&plan, &tables, abandon).await?;
         let mut abandoned = None;
@@ -93,8 +100,25 @@ impl Executor {
             }
         }
         let ctx = crate::session::new_context();
+        let remote = match engine {
+            Some(engine) => {
+                let control = super::tables::control_url(&plan)?
+                    .ok_or("a run on a cluster needs a table it finishes on (its scratch folder goes beside it)")?;
+                let scratch = control
+                    .join(&format!(
+                        "scratch/{}-run{}-{}/",
+                        plan.pipeline,
+                        start.tag.run_number,
+                        uuid::Uuid::new_v4().simple()
+                    ))
+                    .map_err(|e| e.to_string())?;
+                Some(crate::cluster::Remote::new(engine, ctx.state(), scratch)?)
+            }
+            None => None,
+        };
         for (name, table) in &tables {
-            ctx.register_table(name.as_str(), delta::scan::provider(table, false).await?)
+            let provider = delta::scan::provider(table, remote.is_some()).await?;
+            ctx.register_table(name.as_str(), provider)
                 .map_err(df_err)?;
         }
         let partitions = plan
@@ -116,7 +140,27 @@ impl Executor {
             views: Mutex::new(Vec::new()),
             states: Mutex::new(BTreeMap::new()),
             materialized: Mutex::new(Default::default()),
+            remote,
         })
+    }
+
+    /// The physical plan of a query stage and the context to run it in: on the
+    /// cluster with `--engine`, else here.
+    pub(super) async fn physical(
+        &self,
+        df: DataFrame,
+    ) -> StageResult<(
+        std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        std::sync::Arc<datafusion::execution::TaskContext>,
+    )> {
+        match &self.remote {
+            Some(remote) => remote.physical(df.logical_plan()).await.map_err(df_err),
+            None => {
+                let task = std::sync::Arc::new(df.task_ctx());
+                let plan = df.create_physical_plan().await.map_err(df_err)?;
+                Ok((plan, task))
+            }
+        }
     }
 
     pub(super) async fn table(&self, name: &str) -> StageResult<DeltaTable> {
@@ -147,7 +191,7 @@ impl Executor {
         if version == before {
             return Ok(None);
         }
-        let provider = delta::scan::provider(&table, false).await?;
+        let provider = delta::scan::provider(&table, self.remote.is_some()).await?;
         self.ctx.deregister_table(name).map_err(df_err)?;
         self.ctx.register_table(name, provider).map_err(df_err)?;
         self.tables.lock().await.insert(name.to_string(), table);
@@ -192,7 +236,7 @@ impl Executor {
             tables: &self.partitions,
             materialized: &materialized,
         };
-        Ok(super::bounds::apply(&self.ctx, &catalog, df)
+        Ok(super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_none())
             .await
             .map_err(StageError::Engine)?)
     }

@@ -34,8 +34,7 @@ impl Executor {
             Some(c) => c.with_check_columns(df)?,
             None => df,
         };
-        let task = Arc::new(df.task_ctx());
-        let plan = df.create_physical_plan().await.map_err(df_err)?;
+        let (plan, task) = self.physical(df).await?;
         // The physical schema: batches may differ from the logical one (view types,
         // nullability), and a MemTable must match its batches. Check columns are
         // removed from every batch.
@@ -63,7 +62,9 @@ impl Executor {
                 None => {
                     held_bytes += batch.get_array_memory_size();
                     held.push(batch);
-                    if held_bytes as u64 > self.spill_threshold {
+                    // On a cluster every relation goes to the scratch folder, where
+                    // the executors read it.
+                    if held_bytes as u64 > self.spill_threshold || self.remote.is_some() {
                         let (path, mut writer) = self.spill_writer(&stage.name, schema.clone())?;
                         for b in held.drain(..) {
                             writer.write(&b).map_err(df_err)?;
@@ -87,13 +88,21 @@ impl Executor {
                 self.quarantine(stage, c).await?;
             }
         }
+        if spill.is_none() && self.remote.is_some() {
+            // An empty relation, for the cluster too.
+            spill = Some(self.spill_writer(&stage.name, schema.clone())?);
+        }
         let spilled_bytes = match spill {
             Some((path, writer)) => {
                 writer.close().map_err(df_err)?;
                 let bytes = std::fs::metadata(&path).map_err(df_err)?.len();
+                let location = match &self.remote {
+                    Some(remote) => remote.publish(&stage.name, &path).await?.to_string(),
+                    None => path.to_string_lossy().into_owned(),
+                };
                 let options = datafusion::prelude::ParquetReadOptions::default();
                 self.ctx
-                    .register_parquet(stage.name.as_str(), path.to_string_lossy(), options)
+                    .register_parquet(stage.name.as_str(), location, options)
                     .await
                     .map_err(df_err)?;
                 Some(bytes)

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::prelude::DataFrame;
 
 use super::context::{df_err, StageResult};
 
@@ -18,10 +17,9 @@ pub(super) struct ScanStats {
 /// Executes a query keeping its physical plan, whose scan nodes carry the metrics:
 /// files chosen from the Delta log (`count_files_scanned`) and Parquet bytes read.
 pub(super) async fn collect_with_scan_metrics(
-    df: DataFrame,
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    task: Arc<datafusion::execution::TaskContext>,
 ) -> StageResult<(Vec<RecordBatch>, ScanStats)> {
-    let task = Arc::new(df.task_ctx());
-    let plan = df.create_physical_plan().await.map_err(df_err)?;
     let batches = datafusion::physical_plan::collect(plan.clone(), task)
         .await
         .map_err(df_err)?;

@@ -47,6 +47,8 @@ pub struct RunOptions {
     /// End the pipeline's unfinished run by restoring the tables it wrote, instead
     /// of resuming it.
     pub abandon: bool,
+    /// Run the query stages on this cluster (`df://HOST:PORT`).
+    pub engine: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -57,6 +59,7 @@ impl Default for RunOptions {
             spill_threshold: 2 << 30,
             quiet: false,
             abandon: false,
+            engine: None,
         }
     }
 }
@@ -74,7 +77,12 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
     let _lock = lock::acquire(&plan)
         .map_err(|e| Problem::failed(Code::RunInProgress, e).help("nothing was written"))?;
     let executor = Arc::new(
-        Executor::new(plan, options.spill_threshold, options.abandon)
+        Executor::new(
+            plan,
+            options.spill_threshold,
+            options.abandon,
+            options.engine.as_deref(),
+        )
             .await
             .map_err(|e| {
                 Problem::failed(Code::RunSetup, e.to_string()).help("nothing was written")
@@ -197,6 +205,14 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         false => Ok(()),
     };
     ledger.end(&report, finished.as_ref().err().cloned()).await;
+    if let Some(remote) = &executor.remote {
+        if let Err(e) = remote.clean().await {
+            eprintln!(
+                "sqlplan: warning: the run's scratch folder {} was not removed: {e}",
+                remote.scratch
+            );
+        }
+    }
     finished.map_err(|e| {
         Problem::failed(Code::RunUnfinished, e)
             .help("state did not move; the next run resumes this one")

@@ -37,7 +37,8 @@ impl Executor {
         let df = self.ctx.sql(&source).await.map_err(df_err)?;
         let (df, literal_bounds) = self.bounded(df).await?;
         let df = conform(df, &table, &columns)?;
-        let (batches, scan) = collect_with_scan_metrics(df).await?;
+        let (plan, task) = self.physical(df).await?;
+        let (batches, scan) = collect_with_scan_metrics(plan, task).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let partitions = table
             .snapshot()

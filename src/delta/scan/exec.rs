@@ -20,7 +20,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::metrics::{Count, Metric, MetricValue, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use deltalake::parquet::arrow::arrow_reader::RowSelection;
@@ -305,13 +305,27 @@ impl ExecutionPlan for DeltaFilesExec {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.boxed())))
     }
 
+    /// A fixed set (a cluster compares every task's metrics with the first's): the
+    /// rows and Parquet bytes of the scans run so far.
     fn metrics(&self) -> Option<MetricsSet> {
         let ran = self.ran.lock().unwrap_or_else(|e| e.into_inner());
+        let sum = |name: &str| -> usize {
+            ran.iter()
+                .filter_map(|s| s.metrics()?.sum_by_name(name))
+                .map(|v| v.as_usize())
+                .sum()
+        };
         let mut set = MetricsSet::new();
-        for scan in ran.iter() {
-            for m in scan.metrics().iter().flat_map(|m| m.iter().cloned().collect::<Vec<_>>()) {
-                set.push(m);
-            }
+        for name in ["output_rows", "bytes_scanned"] {
+            let count = Count::new();
+            count.add(sum(name));
+            set.push(Arc::new(Metric::new(
+                MetricValue::Count {
+                    name: name.to_string().into(),
+                    count,
+                },
+                None,
+            )));
         }
         Some(set)
     }

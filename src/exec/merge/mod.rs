@@ -113,8 +113,7 @@ impl Executor {
             .ok_or("MERGE source without a name")?;
         let source = DataFrame::new(state, (*dml.input).clone());
         let (source, literal_bounds) = self.bounded(source).await?;
-        let task = Arc::new(source.task_ctx());
-        let physical = source.create_physical_plan().await.map_err(df_err)?;
+        let (physical, task) = self.physical(source).await?;
         let source_schema = physical.schema();
         let batches = datafusion::physical_plan::collect(physical, task)
             .await

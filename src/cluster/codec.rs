@@ -1,0 +1,229 @@
+//! How sqlplan's own plan pieces cross to a Ballista cluster. The client sends the
+//! optimized logical plan to the scheduler (logical codec: the `DeltaFiles`
+//! provider, a snapshot's file list); the scheduler plans it and sends each stage to
+//! the executors (physical codec: the `DeltaFilesExec` scan, with its files, vector
+//! descriptors, projection and predicate). Everything else is Ballista's own
+//! encoding, to which both codecs defer.
+//!
+//! The client, the scheduler and every executor must register these codecs: the
+//! `sqlplan scheduler` and `sqlplan executor` commands do.
+
+use std::sync::Arc;
+
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::{DataFusionError, Result, TableReference};
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Extension, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::delta::scan::exec::Reader;
+use crate::delta::scan::{DataFile, DeltaFiles, DeltaFilesExec};
+
+/// Marks sqlplan's encodings (Ballista's own never start with it).
+const PROVIDER: &[u8] = b"sqlplan/DeltaFiles/1\n";
+const SCAN: &[u8] = b"sqlplan/DeltaFilesExec/1\n";
+
+fn error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("{what}: {e}"))
+}
+
+/// The provider as it crosses: its schema travels beside it in the plan.
+#[derive(Serialize, Deserialize)]
+struct ProviderMessage {
+    table_url: url::Url,
+    partitions: Vec<String>,
+    files: Vec<DataFile>,
+}
+
+/// Ballista's logical codec plus the `DeltaFiles` provider.
+#[derive(Debug, Default)]
+pub struct LogicalCodec {
+    ballista: BallistaLogicalExtensionCodec,
+}
+
+impl LogicalExtensionCodec for LogicalCodec {
+    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> Result<Extension> {
+        self.ballista.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        self.ballista.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let Some(json) = buf.strip_prefix(PROVIDER) else {
+            return self
+                .ballista
+                .try_decode_table_provider(buf, table_ref, schema, ctx);
+        };
+        let m: ProviderMessage =
+            serde_json::from_slice(json).map_err(|e| error("decoding a Delta scan", e))?;
+        Ok(Arc::new(DeltaFiles {
+            table_url: m.table_url,
+            schema,
+            partitions: m.partitions,
+            files: Arc::new(m.files),
+        }))
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let Some(files) = node.downcast_ref::<DeltaFiles>() else {
+            return self.ballista.try_encode_table_provider(table_ref, node, buf);
+        };
+        buf.extend_from_slice(PROVIDER);
+        let m = ProviderMessage {
+            table_url: files.table_url.clone(),
+            partitions: files.partitions.clone(),
+            files: files.files.as_ref().clone(),
+        };
+        serde_json::to_writer(buf, &m).map_err(|e| error("encoding a Delta scan", e))
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn FileFormatFactory>> {
+        self.ballista.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn FileFormatFactory>,
+    ) -> Result<()> {
+        self.ballista.try_encode_file_format(buf, node)
+    }
+}
+
+/// The scan node as it crosses.
+#[derive(Clone, PartialEq, Message)]
+struct ScanMessage {
+    #[prost(string, tag = "1")]
+    table_url: String,
+    #[prost(message, optional, tag = "2")]
+    file_schema: Option<protobuf::Schema>,
+    #[prost(message, optional, tag = "3")]
+    partition_schema: Option<protobuf::Schema>,
+    /// `Vec<Vec<DataFile>>` as JSON.
+    #[prost(bytes = "vec", tag = "4")]
+    groups: Vec<u8>,
+    #[prost(uint64, repeated, tag = "5")]
+    projection: Vec<u64>,
+    #[prost(message, optional, tag = "6")]
+    predicate: Option<protobuf::PhysicalExprNode>,
+    #[prost(uint64, optional, tag = "7")]
+    limit: Option<u64>,
+    /// `Reader` as JSON.
+    #[prost(string, tag = "8")]
+    reader: String,
+}
+
+/// Ballista's physical codec plus the `DeltaFilesExec` scan.
+#[derive(Debug, Default)]
+pub struct PhysicalCodec {
+    ballista: BallistaPhysicalExtensionCodec,
+}
+
+impl PhysicalExtensionCodec for PhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(bytes) = buf.strip_prefix(SCAN) else {
+            return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        let m = ScanMessage::decode(bytes).map_err(|e| error("decoding a Delta scan", e))?;
+        let schema = |s: &Option<protobuf::Schema>| -> Result<SchemaRef> {
+            let s = s.as_ref().ok_or_else(|| error("decoding a Delta scan", "no schema"))?;
+            Ok(Arc::new(
+                Schema::try_from(s).map_err(|e| error("decoding a Delta scan's schema", e))?,
+            ))
+        };
+        let file_schema = schema(&m.file_schema)?;
+        let partition_fields: Vec<FieldRef> = schema(&m.partition_schema)?.fields().to_vec();
+        let all: Vec<Arc<Field>> = file_schema
+            .fields()
+            .iter()
+            .chain(&partition_fields)
+            .cloned()
+            .collect();
+        let predicate = m
+            .predicate
+            .as_ref()
+            .map(|p| parse_physical_expr(p, ctx, &Schema::new(all), self))
+            .transpose()?;
+        let groups: Vec<Vec<DataFile>> =
+            serde_json::from_slice(&m.groups).map_err(|e| error("decoding a Delta scan", e))?;
+        let reader: Reader =
+            serde_json::from_str(&m.reader).map_err(|e| error("decoding a Delta scan", e))?;
+        let table_url =
+            url::Url::parse(&m.table_url).map_err(|e| error("decoding a Delta scan", e))?;
+        Ok(Arc::new(DeltaFilesExec::try_new(
+            table_url,
+            file_schema,
+            partition_fields,
+            groups,
+            m.projection.iter().map(|i| *i as usize).collect(),
+            predicate,
+            m.limit.map(|l| l as usize),
+            reader,
+        )?))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(scan) = node.downcast_ref::<DeltaFilesExec>() else {
+            return self.ballista.try_encode(node, buf, proto_converter);
+        };
+        let schema = |s: &Schema| {
+            protobuf::Schema::try_from(s).map_err(|e| error("encoding a Delta scan's schema", e))
+        };
+        let m = ScanMessage {
+            table_url: scan.table_url.to_string(),
+            file_schema: Some(schema(&scan.file_schema)?),
+            partition_schema: Some(schema(&Schema::new(scan.partition_fields.clone()))?),
+            groups: serde_json::to_vec(&scan.groups)
+                .map_err(|e| error("encoding a Delta scan", e))?,
+            projection: scan.projection.iter().map(|i| *i as u64).collect(),
+            predicate: scan
+                .predicate
+                .as_ref()
+                .map(|p| serialize_physical_expr(p, self))
+                .transpose()?,
+            limit: scan.limit.map(|l| l as u64),
+            reader: serde_json::to_string(&scan.reader)
+                .map_err(|e| error("encoding a Delta scan", e))?,
+        };
+        buf.extend_from_slice(SCAN);
+        m.encode(buf).map_err(|e| error("encoding a Delta scan", e))
+    }
+}
