@@ -183,7 +183,10 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             serde_json::from_str(&m.reader).map_err(|e| error("decoding a Delta scan", e))?;
         let table_url =
             url::Url::parse(&m.table_url).map_err(|e| error("decoding a Delta scan", e))?;
-        Ok(Arc::new(DeltaFilesExec::try_new(
+        let [partitions] = inputs else {
+            return Err(error("decoding a Delta scan", "expected its partitions as one input"));
+        };
+        let scan = DeltaFilesExec::try_new(
             table_url,
             file_schema,
             partition_fields,
@@ -192,7 +195,8 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             predicate,
             m.limit.map(|l| l as usize),
             reader,
-        )?))
+        )?;
+        Ok(Arc::new(scan.with_partitions(partitions.clone())))
     }
 
     fn try_encode(

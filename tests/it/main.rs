@@ -1,6 +1,7 @@
 //! Integration tests: one binary (every test binary links DataFusion again).
 //! They drive the `sqlplan` CLI on temporary projects and warehouses.
 
+mod cluster;
 mod common;
 mod crash;
 mod diagnostics;

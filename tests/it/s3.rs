@@ -132,7 +132,7 @@ fn ok(out: Output) -> String {
 
 /// The summary pipeline's month, then the next month's batch and its run, on a
 /// warehouse: what every table holds after each run.
-async fn two_months(s3: &S3, warehouse: &str, run_extra: &[&str]) -> Vec<BTreeMap<String, Vec<String>>> {
+pub async fn two_months(s3: &S3, warehouse: &str, run_extra: &[&str]) -> Vec<BTreeMap<String, Vec<String>>> {
     let var = format!("warehouse={warehouse}");
     ok(s3.sqlplan(&[
         "generate", "summary", "--warehouse", warehouse, "--accounts", "400", "--seed", "7",

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
 use datafusion::config::{ParquetOptions, TableParquetOptions};
@@ -22,7 +24,9 @@ use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExp
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{Count, Metric, MetricValue, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use deltalake::parquet::arrow::arrow_reader::RowSelection;
 use deltalake::Path;
 use futures::{StreamExt, TryStreamExt};
@@ -57,8 +61,17 @@ pub struct DeltaFilesExec {
     /// The data files' columns (partition columns are not in the files).
     pub file_schema: SchemaRef,
     pub partition_fields: Vec<FieldRef>,
-    /// One group per output partition.
+    /// The file groups, scanned in parallel.
     pub groups: Vec<Vec<DataFile>>,
+    /// Which groups each output partition scans, as data: a one-column
+    /// (`group`) in-memory source with a row per group. A cluster hands each of
+    /// its tasks a slice of a stage's partitions and restricts the stage's leaves
+    /// to that slice (Ballista 55, `restrict_plan_to_partitions`), but leaves a
+    /// node it does not know as it is: the task's partition 0 would then scan
+    /// group 0 whatever its slice, reading some groups twice and others never.
+    /// An in-memory source is restricted with the slice, and the group numbers
+    /// travel in its rows.
+    pub partitions: Arc<dyn ExecutionPlan>,
     /// Output columns by position among the data columns, then partition columns.
     pub projection: Vec<usize>,
     /// Over the data columns, then partition columns.
@@ -96,12 +109,7 @@ impl DeltaFilesExec {
                     .ok_or_else(|| df_error(format!("no scan column {i}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(Arc::new(Schema::new(output))),
-            Partitioning::UnknownPartitioning(groups.len().max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
+        let partitions = group_numbers(groups.len())?;
         Ok(DeltaFilesExec {
             table_url,
             file_schema,
@@ -111,9 +119,17 @@ impl DeltaFilesExec {
             predicate,
             limit,
             reader,
-            properties: Arc::new(properties),
+            properties: properties(Arc::new(Schema::new(output)), &partitions),
+            partitions,
             ran: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// The same scan, its partitions given by `partitions` (see the field).
+    pub fn with_partitions(mut self, partitions: Arc<dyn ExecutionPlan>) -> Self {
+        self.properties = properties(self.properties.eq_properties.schema().clone(), &partitions);
+        self.partitions = partitions;
+        self
     }
 
     /// A copy that runs as this one (its scans count in this node's metrics).
@@ -128,6 +144,7 @@ impl DeltaFilesExec {
             limit: self.limit,
             reader: self.reader,
             properties: self.properties.clone(),
+            partitions: self.partitions.clone(),
             ran: self.ran.clone(),
         }
     }
@@ -146,10 +163,10 @@ impl DeltaFilesExec {
         root
     }
 
-    /// DataFusion's Parquet scan of group `partition`, its vectors read.
+    /// DataFusion's Parquet scan of group `group`, its vectors read.
     async fn parquet_scan(
         &self,
-        partition: usize,
+        group: usize,
         context: &TaskContext,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let root = self.root();
@@ -158,7 +175,7 @@ impl DeltaFilesExec {
         let root_path = Path::from_url_path(root.path()).map_err(df_error)?;
         let mut fetched = HashMap::new();
         let mut files = Vec::new();
-        for f in self.groups.get(partition).into_iter().flatten() {
+        for f in self.groups.get(group).into_iter().flatten() {
             let location = f
                 .path
                 .split('/')
@@ -196,6 +213,50 @@ impl DeltaFilesExec {
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
+}
+
+/// The plan properties of a scan with `output` columns and `partitions`' count.
+fn properties(output: SchemaRef, partitions: &Arc<dyn ExecutionPlan>) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(output),
+        Partitioning::UnknownPartitioning(partitions.output_partitioning().partition_count()),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+/// An in-memory source with `n` partitions, partition `i` holding one row: `i`.
+fn group_numbers(n: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = Arc::new(Schema::new(vec![Field::new("group", DataType::UInt32, false)]));
+    let partitions = (0..n.max(1))
+        .map(|i| {
+            let column = Arc::new(UInt32Array::from(vec![i as u32])) as ArrayRef;
+            Ok(vec![RecordBatch::try_new(schema.clone(), vec![column])?])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MemorySourceConfig::try_new_exec(&partitions, schema, None)?)
+}
+
+/// The group numbers partition `partition` of `partitions` holds.
+async fn groups_of(
+    partitions: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    context: &Arc<TaskContext>,
+) -> Result<Vec<usize>> {
+    let batches: Vec<RecordBatch> = partitions
+        .execute(partition, context.clone())?
+        .try_collect()
+        .await?;
+    let mut groups = Vec::new();
+    for batch in &batches {
+        let column = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .ok_or_else(|| df_error("scan partitions are not group numbers"))?;
+        groups.extend(column.values().iter().map(|g| *g as usize));
+    }
+    Ok(groups)
 }
 
 /// A file's physical row count, from its footer (the log's `numRecords` is
@@ -264,7 +325,7 @@ impl ExecutionPlan for DeltaFilesExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
+        vec![&self.partitions]
     }
 
     fn apply_expressions(
@@ -281,10 +342,9 @@ impl ExecutionPlan for DeltaFilesExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(df_error("DeltaFilesExec has no children"))
+        match <[_; 1]>::try_from(children) {
+            Ok([partitions]) => Ok(Arc::new(self.clone_plan().with_partitions(partitions))),
+            Err(_) => Err(df_error("DeltaFilesExec has one child")),
         }
     }
 
@@ -297,9 +357,14 @@ impl ExecutionPlan for DeltaFilesExec {
         let ran = self.ran.clone();
         let schema = self.schema();
         let stream = futures::stream::once(async move {
-            let scan = this.parquet_scan(partition, &context).await?;
-            ran.lock().unwrap_or_else(|e| e.into_inner()).push(scan.clone());
-            scan.execute(0, context)
+            let groups = groups_of(&this.partitions, partition, &context).await?;
+            let mut streams = Vec::new();
+            for group in groups {
+                let scan = this.parquet_scan(group, &context).await?;
+                ran.lock().unwrap_or_else(|e| e.into_inner()).push(scan.clone());
+                streams.push(scan.execute(0, context.clone())?);
+            }
+            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(streams).flatten())
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.boxed())))

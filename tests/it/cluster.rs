@@ -1,0 +1,112 @@
+//! `run --engine df://…`: a scheduler and two executors started as separate
+//! processes on 127.0.0.1 (`sqlplan scheduler`, `sqlplan executor`), a generated
+//! warehouse on an S3 server; both months' tables equal a local run's.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::s3::{two_months, S3};
+
+/// A scheduler and executors, stopped when dropped.
+struct Cluster {
+    processes: Vec<Child>,
+    engine: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(port: u16, what: &str) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{what} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    fn start(s3: &S3, executors: usize) -> Cluster {
+        let spawn = |args: &[String]| {
+            Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+                .args(args)
+                .envs(s3.env())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a cluster process")
+        };
+        let scheduler = free_port();
+        let mut cluster = Cluster {
+            processes: vec![spawn(&["scheduler".into(), "--port".into(), scheduler.to_string()])],
+            engine: format!("df://127.0.0.1:{scheduler}"),
+        };
+        wait_for(scheduler, "the scheduler");
+        for _ in 0..executors {
+            let (port, grpc) = (free_port(), free_port());
+            cluster.processes.push(spawn(&[
+                "executor".into(),
+                "--scheduler".into(),
+                format!("127.0.0.1:{scheduler}"),
+                "--port".into(),
+                port.to_string(),
+                "--grpc-port".into(),
+                grpc.to_string(),
+                "--concurrent-tasks".into(),
+                "2".into(),
+            ]));
+            wait_for(port, "an executor");
+            wait_for(grpc, "an executor");
+        }
+        cluster
+    }
+}
+
+/// Two months of the summary pipeline on a 2-executor cluster over S3 give exactly
+/// the tables a local run gives: the second month reads `summary` and
+/// `latest_summary` with deletion vectors, applied by the executors.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_summary_pipeline_on_a_cluster_equals_a_local_run() {
+    let Some(s3) = S3::start() else { return };
+    let cluster = Cluster::start(&s3, 2);
+    let local = tempfile::tempdir().unwrap();
+    let local_wh = local.path().join("wh").to_string_lossy().into_owned();
+    let expected = two_months(&s3, &local_wh, &[]).await;
+    let actual = two_months(
+        &s3,
+        "s3://warehouse/cluster-wh",
+        &["--engine", cluster.engine.as_str()],
+    )
+    .await;
+    assert!(!expected[1]["summary"].is_empty());
+    assert_eq!(actual, expected);
+}
+
+/// An engine that is not `df://HOST:PORT` is refused before anything runs (exit 2).
+#[test]
+fn an_engine_that_is_not_df_is_refused() {
+    let out = super::common::sqlplan_in(
+        &super::common::repo(),
+        &[
+            "run",
+            "pipelines/summary.yaml",
+            "--var",
+            "warehouse=/nonexistent/wh",
+            "--engine",
+            "http://127.0.0.1:50050",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("expected df://HOST:PORT"), "{}", out.stderr);
+}
