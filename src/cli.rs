@@ -159,6 +159,10 @@ pub enum Command {
         /// Also write the results as JUnit XML to this file (for CI dashboards).
         #[arg(long, value_name = "FILE.xml")]
         junit: Option<PathBuf>,
+        /// Run the cases' query stages on a cluster, as `run --engine` (its
+        /// executors must reach the cases' temporary warehouses: one machine).
+        #[arg(long, value_name = "df://HOST:PORT")]
+        engine: Option<String>,
     },
     /// The summary pipeline end to end on a small generated warehouse.
     ///
@@ -490,9 +494,16 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             fixtures,
             root,
             junit,
+            engine,
         } => {
+            if let Some(e) = &engine {
+                crate::cluster::scheduler_url(e)
+                    .map_err(|m| Problem::invalid(Code::BadEngine, m))?;
+            }
             let fixtures = fixtures.unwrap_or_else(|| crate::fixtures::default_fixtures(&pipeline));
-            let results = crate::fixtures::run(&pipeline, root.as_deref(), &fixtures).await?;
+            let results =
+                crate::fixtures::run(&pipeline, root.as_deref(), &fixtures, engine.as_deref())
+                    .await?;
             if let Some(path) = junit {
                 let name = pipeline
                     .file_stem()
