@@ -162,11 +162,28 @@ fn predicate(key: &Expr, b: &Bounds, partition: bool, key_list_function: bool) -
             false,
         )
     };
+    // On a cluster one key would be a constant, which the planner then leaves out
+    // of sorts that a shuffle does not keep (Ballista 55: "Expects PARTITION BY
+    // expression to be ordered"). A range over it and the next key prunes the same.
+    if !key_list_function && !partition && b.min == b.max {
+        if let Some(next) = successor(&b.max) {
+            return key.clone().between(lit(b.min.clone()), lit(next));
+        }
+    }
     let range = key.clone().between(lit(b.min.clone()), lit(b.max.clone()));
     match (&b.values, partition) {
         (Some(values), true) => list(values),
         (Some(values), false) => range.and(list(values)),
         (None, _) => range,
+    }
+}
+
+/// The next integer key, where there is one.
+fn successor(v: &ScalarValue) -> Option<ScalarValue> {
+    match v {
+        ScalarValue::Int64(Some(n)) => n.checked_add(1).map(|n| ScalarValue::Int64(Some(n))),
+        ScalarValue::Int32(Some(n)) => n.checked_add(1).map(|n| ScalarValue::Int32(Some(n))),
+        _ => None,
     }
 }
 
@@ -340,5 +357,18 @@ mod tests {
             "{partition}"
         );
         assert_eq!(kept(partition).await.len(), 30);
+    }
+
+    /// On a cluster a single key is a two-key range (not a constant the planner
+    /// could drop from sorts); here it stays the key.
+    #[tokio::test]
+    async fn a_single_key_for_a_cluster_is_a_range_with_the_next_key() {
+        let one = Bounds {
+            min: ScalarValue::Int64(Some(42)),
+            max: ScalarValue::Int64(Some(42)),
+            values: Some(vec![ScalarValue::Int64(Some(42))]),
+        };
+        assert_eq!(kept(predicate(&col("k"), &one, false, false)).await, vec![42, 43]);
+        assert_eq!(kept(predicate(&col("k"), &one, false, true)).await, vec![42]);
     }
 }
