@@ -52,7 +52,12 @@ pub struct LogicalCodec {
 }
 
 impl LogicalExtensionCodec for LogicalCodec {
-    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> Result<Extension> {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> Result<Extension> {
         self.ballista.try_decode(buf, inputs, ctx)
     }
 
@@ -89,7 +94,9 @@ impl LogicalExtensionCodec for LogicalCodec {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         let Some(files) = node.downcast_ref::<DeltaFiles>() else {
-            return self.ballista.try_encode_table_provider(table_ref, node, buf);
+            return self
+                .ballista
+                .try_encode_table_provider(table_ref, node, buf);
         };
         buf.extend_from_slice(PROVIDER);
         let m = ProviderMessage {
@@ -159,7 +166,9 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         };
         let m = ScanMessage::decode(bytes).map_err(|e| error("decoding a Delta scan", e))?;
         let schema = |s: &Option<protobuf::Schema>| -> Result<SchemaRef> {
-            let s = s.as_ref().ok_or_else(|| error("decoding a Delta scan", "no schema"))?;
+            let s = s
+                .as_ref()
+                .ok_or_else(|| error("decoding a Delta scan", "no schema"))?;
             Ok(Arc::new(
                 Schema::try_from(s).map_err(|e| error("decoding a Delta scan's schema", e))?,
             ))
@@ -184,7 +193,10 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         let table_url =
             url::Url::parse(&m.table_url).map_err(|e| error("decoding a Delta scan", e))?;
         let [partitions] = inputs else {
-            return Err(error("decoding a Delta scan", "expected its partitions as one input"));
+            return Err(error(
+                "decoding a Delta scan",
+                "expected its partitions as one input",
+            ));
         };
         let scan = DeltaFilesExec::try_new(
             table_url,

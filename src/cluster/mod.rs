@@ -22,9 +22,6 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
-use deltalake::logstore::object_store::ObjectStoreExt;
-use deltalake::Path;
-use futures::TryStreamExt;
 
 use crate::delta::stores;
 
@@ -65,13 +62,12 @@ impl Remote {
             // and gave wrong answers elsewhere; the static planner gives the answers
             // of a local run.
             .with_ballista_adaptive_query_planner(false);
-        let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(
-            local,
-        )
-        .with_config(config)
-        .build()
-        .upgrade_for_ballista(scheduler)
-        .map_err(|e| format!("cluster {engine}: {e}"))?;
+        let state =
+            datafusion::execution::session_state::SessionStateBuilder::new_from_existing(local)
+                .with_config(config)
+                .build()
+                .upgrade_for_ballista(scheduler)
+                .map_err(|e| format!("cluster {engine}: {e}"))?;
         Ok(Remote {
             engine: engine.to_string(),
             state,
@@ -111,10 +107,8 @@ impl Remote {
             .map_err(|e| format!("scratch folder for `{name}`: {e}"))?;
         let (store, prefix) = stores::store_for(&folder)?;
         let target = prefix.clone().join("part-0.parquet");
-        let mut writer = deltalake::logstore::object_store::buffered::BufWriter::new(
-            store,
-            target.clone(),
-        );
+        let mut writer =
+            deltalake::logstore::object_store::buffered::BufWriter::new(store, target.clone());
         let mut local = tokio::fs::File::open(file)
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?;
@@ -129,20 +123,7 @@ impl Remote {
 
     /// Removes this run's scratch folder.
     pub async fn clean(&self) -> Result<(), String> {
-        let (store, prefix) = stores::store_for(&self.scratch)?;
-        let objects: Vec<Path> = store
-            .list(Some(&prefix))
-            .map_ok(|o| o.location)
-            .try_collect()
-            .await
-            .map_err(|e| format!("listing {}: {e}", self.scratch))?;
-        for o in objects {
-            store
-                .delete(&o)
-                .await
-                .map_err(|e| format!("removing {o}: {e}"))?;
-        }
-        Ok(())
+        crate::delta::remove_all(&self.scratch).await
     }
 }
 

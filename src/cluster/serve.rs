@@ -114,9 +114,15 @@ pub async fn scheduler(args: &SchedulerArgs) -> Result<(), String> {
 fn functions() -> ballista_core::registry::BallistaFunctionRegistry {
     let mut registry = ballista_core::registry::BallistaFunctionRegistry::default();
     let state = crate::session::new_context().state();
-    registry.scalar_functions.extend(state.scalar_functions().clone());
-    registry.aggregate_functions.extend(state.aggregate_functions().clone());
-    registry.window_functions.extend(state.window_functions().clone());
+    registry
+        .scalar_functions
+        .extend(state.scalar_functions().clone());
+    registry
+        .aggregate_functions
+        .extend(state.aggregate_functions().clone());
+    registry
+        .window_functions
+        .extend(state.window_functions().clone());
     registry
         .higher_order_functions
         .extend(state.higher_order_functions().clone());

@@ -27,7 +27,9 @@ pub fn register_schemes() {
 
 /// The store serving `url`'s scheme and authority (a bucket), and the path of
 /// `url` within it.
-pub fn store_for(url: &Url) -> std::result::Result<(Arc<dyn ObjectStore>, deltalake::Path), String> {
+pub fn store_for(
+    url: &Url,
+) -> std::result::Result<(Arc<dyn ObjectStore>, deltalake::Path), String> {
     register_schemes();
     let scheme = Url::parse(&format!("{}://", url.scheme())).map_err(|e| e.to_string())?;
     let factory = object_store_factories()
@@ -64,7 +66,11 @@ impl Stores {
 }
 
 impl ObjectStoreRegistry for Stores {
-    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
         self.stores.insert(root(url).to_string(), store)
     }
 

@@ -380,7 +380,10 @@ pub async fn deleted_positions(
 ) -> Result<Vec<u64>, String> {
     use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
     let kernel = Kernel::try_from(descriptor.clone()).map_err(|e| e.to_string())?;
-    if let Some(url) = kernel.absolute_path(table_root).map_err(|e| e.to_string())? {
+    if let Some(url) = kernel
+        .absolute_path(table_root)
+        .map_err(|e| e.to_string())?
+    {
         if !fetched.contains_key(&url) {
             let path = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
             let bytes = store
@@ -407,16 +410,20 @@ impl buoyant_kernel::StorageHandler for Fetched {
     fn list_from(
         &self,
         _: &url::Url,
-    ) -> buoyant_kernel::DeltaResult<Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<buoyant_kernel::FileMeta>>>>
-    {
-        Err(buoyant_kernel::Error::generic("listing is not needed to read a vector"))
+    ) -> buoyant_kernel::DeltaResult<
+        Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<buoyant_kernel::FileMeta>>>,
+    > {
+        Err(buoyant_kernel::Error::generic(
+            "listing is not needed to read a vector",
+        ))
     }
 
     fn read_files(
         &self,
         files: Vec<buoyant_kernel::FileSlice>,
-    ) -> buoyant_kernel::DeltaResult<Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<bytes::Bytes>>>>
-    {
+    ) -> buoyant_kernel::DeltaResult<
+        Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<bytes::Bytes>>>,
+    > {
         let read: Vec<_> = files
             .into_iter()
             .map(|(url, range)| {

@@ -368,7 +368,13 @@ mod tests {
             max: ScalarValue::Int64(Some(42)),
             values: Some(vec![ScalarValue::Int64(Some(42))]),
         };
-        assert_eq!(kept(predicate(&col("k"), &one, false, false)).await, vec![42, 43]);
-        assert_eq!(kept(predicate(&col("k"), &one, false, true)).await, vec![42]);
+        assert_eq!(
+            kept(predicate(&col("k"), &one, false, false)).await,
+            vec![42, 43]
+        );
+        assert_eq!(
+            kept(predicate(&col("k"), &one, false, true)).await,
+            vec![42]
+        );
     }
 }

@@ -251,7 +251,9 @@ impl Executor {
         let all = candidates(self, &table, |_, _| true).await?;
         let values = all
             .iter()
-            .map(|c| crate::delta::scan::partition_values(&partition_fields, |k| c.partition.get(k)))
+            .map(|c| {
+                crate::delta::scan::partition_values(&partition_fields, |k| c.partition.get(k))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(df_err)?;
         let kept = crate::delta::scan::partition_pass(

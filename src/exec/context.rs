@@ -236,9 +236,11 @@ impl Executor {
             tables: &self.partitions,
             materialized: &materialized,
         };
-        Ok(super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_none())
-            .await
-            .map_err(StageError::Engine)?)
+        Ok(
+            super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_none())
+                .await
+                .map_err(StageError::Engine)?,
+        )
     }
 
     /// A view is evaluated by its readers, so after a commit to a table it reads

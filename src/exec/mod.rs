@@ -83,10 +83,8 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
             options.abandon,
             options.engine.as_deref(),
         )
-            .await
-            .map_err(|e| {
-                Problem::failed(Code::RunSetup, e.to_string()).help("nothing was written")
-            })?,
+        .await
+        .map_err(|e| Problem::failed(Code::RunSetup, e.to_string()).help("nothing was written"))?,
     );
     let plan = &executor.plan;
     let ledger = Ledger::start(&executor).await?;

@@ -24,13 +24,20 @@ impl Drop for Cluster {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for(port: u16, what: &str) {
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "{what} did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -49,7 +56,11 @@ impl Cluster {
         };
         let scheduler = free_port();
         let mut cluster = Cluster {
-            processes: vec![spawn(&["scheduler".into(), "--port".into(), scheduler.to_string()])],
+            processes: vec![spawn(&[
+                "scheduler".into(),
+                "--port".into(),
+                scheduler.to_string(),
+            ])],
             engine: format!("df://127.0.0.1:{scheduler}"),
         };
         wait_for(scheduler, "the scheduler");
@@ -108,5 +119,9 @@ fn an_engine_that_is_not_df_is_refused() {
         ],
     );
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("expected df://HOST:PORT"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("expected df://HOST:PORT"),
+        "{}",
+        out.stderr
+    );
 }

@@ -68,9 +68,23 @@ pub struct Output {
 }
 
 pub fn sqlplan_in(dir: &Path, args: &[&str]) -> Output {
+    sqlplan_with_env(dir, args, Vec::<(&str, String)>::new())
+}
+
+/// `sqlplan ARGS` in `dir` with these environment variables added.
+pub fn sqlplan_with_env<K, V>(
+    dir: &Path,
+    args: &[&str],
+    env: impl IntoIterator<Item = (K, V)>,
+) -> Output
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
     let out = Command::new(env!("CARGO_BIN_EXE_sqlplan"))
         .args(args)
         .current_dir(dir)
+        .envs(env)
         .env("NO_COLOR", "1")
         .env_remove("RUST_BACKTRACE")
         .output()

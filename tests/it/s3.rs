@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{repo, Output};
+use super::common::{repo, sqlplan_with_env, Output};
 
 /// An S3 server for one test, stopped when dropped.
 pub struct S3 {
@@ -27,7 +27,9 @@ impl Drop for S3 {
 impl S3 {
     /// Starts moto's server with bucket `warehouse`, or None (skipped) without moto.
     pub fn start() -> Option<S3> {
-        let probe = Command::new("python3").args(["-c", "import moto.server, boto3"]).output();
+        let probe = Command::new("python3")
+            .args(["-c", "import moto.server, boto3"])
+            .output();
         if !probe.as_ref().is_ok_and(|o| o.status.success()) {
             assert!(
                 std::env::var_os("SQLPLAN_REQUIRE_MOTO").is_none(),
@@ -36,9 +38,20 @@ impl S3 {
             eprintln!("skipped: python3 cannot import moto.server");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -49,7 +62,10 @@ impl S3 {
         };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "moto did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let create = format!(
@@ -57,8 +73,15 @@ impl S3 {
              aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='warehouse')",
             s3.endpoint
         );
-        let made = Command::new("python3").args(["-c", &create]).output().unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let made = Command::new("python3")
+            .args(["-c", &create])
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         Some(s3)
     }
 
@@ -75,18 +98,7 @@ impl S3 {
 
     /// `sqlplan ARGS` from the repository root with this server's environment.
     pub fn sqlplan(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_sqlplan"))
-            .args(args)
-            .current_dir(repo())
-            .envs(self.env())
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run sqlplan");
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        sqlplan_with_env(&repo(), args, self.env())
     }
 
     /// Every row of `table` under `warehouse` (a local folder or an s3:// URL), all
@@ -110,16 +122,24 @@ impl S3 {
             .await
             .unwrap();
         let ctx = datafusion::prelude::SessionContext::new();
-        ctx.register_table("t", table.table_provider().await.unwrap()).unwrap();
-        let batches = ctx.sql("SELECT * FROM t").await.unwrap().collect().await.unwrap();
-        let mut rows: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT * FROM t")
+            .await
             .unwrap()
-            .to_string()
-            .lines()
-            .filter(|l| l.starts_with('|'))
-            .skip(1)
-            .map(str::to_string)
-            .collect();
+            .collect()
+            .await
+            .unwrap();
+        let mut rows: Vec<String> =
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+                .lines()
+                .filter(|l| l.starts_with('|'))
+                .skip(1)
+                .map(str::to_string)
+                .collect();
         rows.sort();
         rows
     }
@@ -132,16 +152,34 @@ fn ok(out: Output) -> String {
 
 /// The summary pipeline's month, then the next month's batch and its run, on a
 /// warehouse: what every table holds after each run.
-pub async fn two_months(s3: &S3, warehouse: &str, run_extra: &[&str]) -> Vec<BTreeMap<String, Vec<String>>> {
+pub async fn two_months(
+    s3: &S3,
+    warehouse: &str,
+    run_extra: &[&str],
+) -> Vec<BTreeMap<String, Vec<String>>> {
     let var = format!("warehouse={warehouse}");
     ok(s3.sqlplan(&[
-        "generate", "summary", "--warehouse", warehouse, "--accounts", "400", "--seed", "7",
-        "--bad-records", "3",
+        "generate",
+        "summary",
+        "--warehouse",
+        warehouse,
+        "--accounts",
+        "400",
+        "--seed",
+        "7",
+        "--bad-records",
+        "3",
     ]));
     let mut states = Vec::new();
     for month in 0..2 {
         if month > 0 {
-            ok(s3.sqlplan(&["generate", "summary", "--warehouse", warehouse, "--next-batch"]));
+            ok(s3.sqlplan(&[
+                "generate",
+                "summary",
+                "--warehouse",
+                warehouse,
+                "--next-batch",
+            ]));
         }
         let mut args = vec!["run", "pipelines/summary.yaml", "--var", &var];
         args.extend_from_slice(run_extra);
@@ -167,7 +205,12 @@ async fn the_summary_pipeline_on_s3_equals_a_local_run() {
     assert!(!expected[1]["summary"].is_empty());
     assert_eq!(actual, expected);
 
-    let plan = ok(s3.sqlplan(&["plan", "pipelines/summary.yaml", "--var", "warehouse=s3://warehouse/summary-wh"]));
+    let plan = ok(s3.sqlplan(&[
+        "plan",
+        "pipelines/summary.yaml",
+        "--var",
+        "warehouse=s3://warehouse/summary-wh",
+    ]));
     assert!(plan.contains("s3://warehouse/summary-wh/summary"), "{plan}");
 }
 
@@ -196,12 +239,20 @@ async fn two_writers_on_s3_lose_no_commit() {
     };
     // The first run creates the table; then both pipelines write at once.
     let first = run("a.yaml", 0).wait_with_output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     for n in 1..=3 {
         let writers = [run("a.yaml", n), run("b.yaml", n)];
         for w in writers {
             let out = w.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     let rows = s3.rows("s3://warehouse/two", "t").await;

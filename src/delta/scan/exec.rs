@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
 use datafusion::config::{ParquetOptions, TableParquetOptions};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -227,7 +227,11 @@ fn properties(output: SchemaRef, partitions: &Arc<dyn ExecutionPlan>) -> Arc<Pla
 
 /// An in-memory source with `n` partitions, partition `i` holding one row: `i`.
 fn group_numbers(n: usize) -> Result<Arc<dyn ExecutionPlan>> {
-    let schema = Arc::new(Schema::new(vec![Field::new("group", DataType::UInt32, false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "group",
+        DataType::UInt32,
+        false,
+    )]));
     let partitions = (0..n.max(1))
         .map(|i| {
             let column = Arc::new(UInt32Array::from(vec![i as u32])) as ArrayRef;
@@ -272,12 +276,10 @@ async fn parquet_rows(
         location.clone(),
     )
     .with_file_size(size);
-    let metadata = deltalake::parquet::arrow::async_reader::AsyncFileReader::get_metadata(
-        &mut reader,
-        None,
-    )
-    .await
-    .map_err(df_error)?;
+    let metadata =
+        deltalake::parquet::arrow::async_reader::AsyncFileReader::get_metadata(&mut reader, None)
+            .await
+            .map_err(df_error)?;
     Ok(metadata.file_metadata().num_rows() as usize)
 }
 
@@ -300,7 +302,12 @@ fn live(deleted: &[u64], rows: usize) -> RowSelection {
 
 impl DisplayAs for DeltaFilesExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let vectors = self.groups.iter().flatten().filter(|f| f.vector.is_some()).count();
+        let vectors = self
+            .groups
+            .iter()
+            .flatten()
+            .filter(|f| f.vector.is_some())
+            .count();
         write!(
             f,
             "DeltaFilesExec: table={}, files={}, with_vectors={vectors}, groups={}",
@@ -361,13 +368,18 @@ impl ExecutionPlan for DeltaFilesExec {
             let mut streams = Vec::new();
             for group in groups {
                 let scan = this.parquet_scan(group, &context).await?;
-                ran.lock().unwrap_or_else(|e| e.into_inner()).push(scan.clone());
+                ran.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(scan.clone());
                 streams.push(scan.execute(0, context.clone())?);
             }
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(streams).flatten())
         })
         .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.boxed())))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
     }
 
     /// A fixed set (a cluster compares every task's metrics with the first's): the

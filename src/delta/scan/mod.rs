@@ -199,10 +199,7 @@ impl TableProvider for DeltaFiles {
                     .ok_or_else(|| df_error(format!("column {name} is not scanned")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let groups = split(
-            selected,
-            state.config_options().execution.target_partitions,
-        );
+        let groups = split(selected, state.config_options().execution.target_partitions);
         let reader = exec::Reader::from(&state.config_options().execution.parquet);
         Ok(Arc::new(DeltaFilesExec::try_new(
             self.table_url.clone(),

@@ -177,10 +177,7 @@ pub async fn summary(
             "--months must be between 1 and 600",
         ));
     }
-    let vars = [(
-        "warehouse".to_string(),
-        options.warehouse.clone(),
-    )];
+    let vars = [("warehouse".to_string(), options.warehouse.clone())];
     let plan = crate::build_plan(pipeline, root, &vars).await?;
     let layout = Layout::new(&plan)?;
     prepare_locations(&plan, options.replace, options.hist_rpt).await?;

@@ -16,10 +16,7 @@ pub async fn next_batch(
     root: Option<&Path>,
     options: &SummaryOptions,
 ) -> Result<Generated> {
-    let vars = [(
-        "warehouse".to_string(),
-        options.warehouse.clone(),
-    )];
+    let vars = [("warehouse".to_string(), options.warehouse.clone())];
     let plan = crate::build_plan(pipeline, root, &vars).await?;
     let layout = Layout::new(&plan)?;
     let latest = latest_rows(table(&plan, "latest_summary")?, &layout).await?;
