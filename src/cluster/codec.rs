@@ -133,9 +133,9 @@ struct ScanMessage {
     file_schema: Option<protobuf::Schema>,
     #[prost(message, optional, tag = "3")]
     partition_schema: Option<protobuf::Schema>,
-    /// `Vec<Vec<DataFile>>` as JSON.
-    #[prost(bytes = "vec", tag = "4")]
-    groups: Vec<u8>,
+    /// Files in all groups (the groups themselves are the scan's input).
+    #[prost(uint64, tag = "4")]
+    files: u64,
     #[prost(uint64, repeated, tag = "5")]
     projection: Vec<u64>,
     #[prost(message, optional, tag = "6")]
@@ -145,6 +145,8 @@ struct ScanMessage {
     /// `Reader` as JSON.
     #[prost(string, tag = "8")]
     reader: String,
+    #[prost(uint64, tag = "9")]
+    with_vectors: u64,
 }
 
 /// Ballista's physical codec plus the `DeltaFilesExec` scan.
@@ -186,8 +188,6 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             .as_ref()
             .map(|p| parse_physical_expr(p, ctx, &Schema::new(all), self))
             .transpose()?;
-        let groups: Vec<Vec<DataFile>> =
-            serde_json::from_slice(&m.groups).map_err(|e| error("decoding a Delta scan", e))?;
         let reader: Reader =
             serde_json::from_str(&m.reader).map_err(|e| error("decoding a Delta scan", e))?;
         let table_url =
@@ -202,13 +202,16 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             table_url,
             file_schema,
             partition_fields,
-            groups,
+            Vec::new(),
             m.projection.iter().map(|i| *i as usize).collect(),
             predicate,
             m.limit.map(|l| l as usize),
             reader,
         )?;
-        Ok(Arc::new(scan.with_partitions(partitions.clone())))
+        Ok(Arc::new(
+            scan.with_partitions(partitions.clone())
+                .with_counts(m.files as usize, m.with_vectors as usize),
+        ))
     }
 
     fn try_encode(
@@ -227,8 +230,8 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             table_url: scan.table_url.to_string(),
             file_schema: Some(schema(&scan.file_schema)?),
             partition_schema: Some(schema(&Schema::new(scan.partition_fields.clone()))?),
-            groups: serde_json::to_vec(&scan.groups)
-                .map_err(|e| error("encoding a Delta scan", e))?,
+            files: scan.files as u64,
+            with_vectors: scan.with_vectors as u64,
             projection: scan.projection.iter().map(|i| *i as u64).collect(),
             predicate: scan
                 .predicate

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
@@ -61,17 +61,19 @@ pub struct DeltaFilesExec {
     /// The data files' columns (partition columns are not in the files).
     pub file_schema: SchemaRef,
     pub partition_fields: Vec<FieldRef>,
-    /// The file groups, scanned in parallel.
-    pub groups: Vec<Vec<DataFile>>,
-    /// Which groups each output partition scans, as data: a one-column
-    /// (`group`) in-memory source with a row per group. A cluster hands each of
-    /// its tasks a slice of a stage's partitions and restricts the stage's leaves
-    /// to that slice (Ballista 55, `restrict_plan_to_partitions`), but leaves a
-    /// node it does not know as it is: the task's partition 0 would then scan
-    /// group 0 whatever its slice, reading some groups twice and others never.
-    /// An in-memory source is restricted with the slice, and the group numbers
-    /// travel in its rows.
+    /// The file groups, scanned in parallel, as data: an in-memory source with
+    /// a partition per group, holding one row with the group's files (JSON). A
+    /// cluster hands each of its tasks a slice of a stage's partitions and
+    /// restricts the stage's leaves to that slice (Ballista 55,
+    /// `restrict_plan_to_partitions`), but leaves a node it does not know as it
+    /// is: the task's partition 0 would then scan group 0 whatever its slice,
+    /// reading some groups twice and others never. An in-memory source is
+    /// restricted with the slice, so a task also receives only its own files.
     pub partitions: Arc<dyn ExecutionPlan>,
+    /// Files in all groups, and those with a deletion vector (for the plan's
+    /// display and the run's scan metrics).
+    pub files: usize,
+    pub with_vectors: usize,
     /// Output columns by position among the data columns, then partition columns.
     pub projection: Vec<usize>,
     /// Over the data columns, then partition columns.
@@ -109,12 +111,17 @@ impl DeltaFilesExec {
                     .ok_or_else(|| df_error(format!("no scan column {i}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let partitions = group_numbers(groups.len())?;
+        let partitions = group_files(&groups)?;
         Ok(DeltaFilesExec {
             table_url,
             file_schema,
             partition_fields,
-            groups,
+            files: groups.iter().map(Vec::len).sum(),
+            with_vectors: groups
+                .iter()
+                .flatten()
+                .filter(|f| f.vector.is_some())
+                .count(),
             projection,
             predicate,
             limit,
@@ -132,13 +139,21 @@ impl DeltaFilesExec {
         self
     }
 
+    /// The same scan with these file counts (as encoded for a cluster).
+    pub fn with_counts(mut self, files: usize, with_vectors: usize) -> Self {
+        self.files = files;
+        self.with_vectors = with_vectors;
+        self
+    }
+
     /// A copy that runs as this one (its scans count in this node's metrics).
     fn clone_plan(&self) -> Self {
         DeltaFilesExec {
             table_url: self.table_url.clone(),
             file_schema: self.file_schema.clone(),
             partition_fields: self.partition_fields.clone(),
-            groups: self.groups.clone(),
+            files: self.files,
+            with_vectors: self.with_vectors,
             projection: self.projection.clone(),
             predicate: self.predicate.clone(),
             limit: self.limit,
@@ -151,7 +166,7 @@ impl DeltaFilesExec {
 
     /// Files this scan reads.
     pub fn file_count(&self) -> usize {
-        self.groups.iter().map(Vec::len).sum()
+        self.files
     }
 
     /// The table root with a trailing slash (what vector paths are relative to).
@@ -163,10 +178,10 @@ impl DeltaFilesExec {
         root
     }
 
-    /// DataFusion's Parquet scan of group `group`, its vectors read.
+    /// DataFusion's Parquet scan of one group's files, their vectors read.
     async fn parquet_scan(
         &self,
-        group: usize,
+        group: &[DataFile],
         context: &TaskContext,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let root = self.root();
@@ -175,7 +190,7 @@ impl DeltaFilesExec {
         let root_path = Path::from_url_path(root.path()).map_err(df_error)?;
         let mut fetched = HashMap::new();
         let mut files = Vec::new();
-        for f in self.groups.get(group).into_iter().flatten() {
+        for f in group {
             let location = f
                 .path
                 .split('/')
@@ -225,28 +240,37 @@ fn properties(output: SchemaRef, partitions: &Arc<dyn ExecutionPlan>) -> Arc<Pla
     ))
 }
 
-/// An in-memory source with `n` partitions, partition `i` holding one row: `i`.
-fn group_numbers(n: usize) -> Result<Arc<dyn ExecutionPlan>> {
+/// An in-memory source with a partition per group, holding one row: the group's
+/// files as JSON.
+fn group_files(groups: &[Vec<DataFile>]) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = Arc::new(Schema::new(vec![Field::new(
-        "group",
-        DataType::UInt32,
+        "files",
+        DataType::Utf8,
         false,
     )]));
-    let partitions = (0..n.max(1))
-        .map(|i| {
-            let column = Arc::new(UInt32Array::from(vec![i as u32])) as ArrayRef;
+    let empty = [Vec::new()];
+    let groups = if groups.is_empty() {
+        &empty[..]
+    } else {
+        groups
+    };
+    let partitions = groups
+        .iter()
+        .map(|g| {
+            let json = serde_json::to_string(g).map_err(df_error)?;
+            let column = Arc::new(StringArray::from(vec![json])) as ArrayRef;
             Ok(vec![RecordBatch::try_new(schema.clone(), vec![column])?])
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(MemorySourceConfig::try_new_exec(&partitions, schema, None)?)
 }
 
-/// The group numbers partition `partition` of `partitions` holds.
+/// The groups partition `partition` of `partitions` holds.
 async fn groups_of(
     partitions: &Arc<dyn ExecutionPlan>,
     partition: usize,
     context: &Arc<TaskContext>,
-) -> Result<Vec<usize>> {
+) -> Result<Vec<Vec<DataFile>>> {
     let batches: Vec<RecordBatch> = partitions
         .execute(partition, context.clone())?
         .try_collect()
@@ -256,9 +280,11 @@ async fn groups_of(
         let column = batch
             .column(0)
             .as_any()
-            .downcast_ref::<UInt32Array>()
-            .ok_or_else(|| df_error("scan partitions are not group numbers"))?;
-        groups.extend(column.values().iter().map(|g| *g as usize));
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| df_error("scan partitions are not file groups"))?;
+        for json in column.iter().flatten() {
+            groups.push(serde_json::from_str(json).map_err(df_error)?);
+        }
     }
     Ok(groups)
 }
@@ -302,18 +328,13 @@ fn live(deleted: &[u64], rows: usize) -> RowSelection {
 
 impl DisplayAs for DeltaFilesExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let vectors = self
-            .groups
-            .iter()
-            .flatten()
-            .filter(|f| f.vector.is_some())
-            .count();
         write!(
             f,
-            "DeltaFilesExec: table={}, files={}, with_vectors={vectors}, groups={}",
+            "DeltaFilesExec: table={}, files={}, with_vectors={}, groups={}",
             self.table_url,
-            self.file_count(),
-            self.groups.len()
+            self.files,
+            self.with_vectors,
+            self.partitions.output_partitioning().partition_count()
         )?;
         if let Some(p) = &self.predicate {
             write!(f, ", predicate={p}")?;
@@ -367,7 +388,7 @@ impl ExecutionPlan for DeltaFilesExec {
             let groups = groups_of(&this.partitions, partition, &context).await?;
             let mut streams = Vec::new();
             for group in groups {
-                let scan = this.parquet_scan(group, &context).await?;
+                let scan = this.parquet_scan(&group, &context).await?;
                 ran.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(scan.clone());
