@@ -1,8 +1,9 @@
 //! How sqlplan's own plan pieces cross to a Ballista cluster. The client sends the
 //! optimized logical plan to the scheduler (logical codec: the `DeltaFiles`
 //! provider, a snapshot's file list); the scheduler plans it and sends each stage to
-//! the executors (physical codec: the `DeltaFilesExec` scan, with its files, vector
-//! descriptors, projection and predicate). Everything else is Ballista's own
+//! the executors (physical codec: the `DeltaFilesExec` scan, with its projection and
+//! predicate; its files, with their vector descriptors, are its in-memory input,
+//! which Ballista encodes and slices per task). Everything else is Ballista's own
 //! encoding, to which both codecs defer.
 //!
 //! The client, the scheduler and every executor must register these codecs: the

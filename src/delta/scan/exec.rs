@@ -1,6 +1,7 @@
 //! `DeltaFilesExec`: the scan node of `DeltaFiles`. It carries its files (with their
-//! vector descriptors and partition values), the pushed-down predicate and the
-//! projection; when a partition runs, it reads that partition's vectors and runs
+//! vector descriptors and partition values, as the rows of its input), the
+//! pushed-down predicate and the projection; when a partition runs, it reads that
+//! partition's vectors and runs
 //! DataFusion's Parquet scan over its files with each vector as a row selection.
 //! Nothing in it refers to the process that planned it, so a cluster's executor
 //! runs it as it is (`crate::cluster::codec` ships it).
