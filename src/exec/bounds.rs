@@ -36,7 +36,7 @@ pub async fn apply(
     ctx: &SessionContext,
     catalog: &Catalog<'_>,
     df: DataFrame,
-    key_list_function: bool,
+    shipped: bool,
 ) -> Result<(DataFrame, Vec<String>), String> {
     let state = ctx.state();
     let plan = state
@@ -78,10 +78,10 @@ pub async fn apply(
                     Side::Right(key) => (key, &mut join.right),
                 };
                 let b = &bounds[&(driver.clone(), partition)];
-                let predicate = predicate(&key, b, partition, key_list_function);
+                let predicate = predicate(&key, b, partition, shipped);
                 applied.push(format!(
                     "{} (from {}.{})",
-                    describe(&key, b, partition),
+                    describe(&key, b, partition, shipped),
                     driver.relation,
                     driver.column
                 ));
@@ -143,15 +143,15 @@ async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bo
     Ok(Bounds { min, max, values })
 }
 
-/// `key_list_function`: a long list on a non-partition column may be a `KeyList`
-/// (not where the plan goes to a cluster, which cannot decode it).
-fn predicate(key: &Expr, b: &Bounds, partition: bool, key_list_function: bool) -> Expr {
+/// `shipped`: the plan goes to a cluster. There a long list is DataFusion's IN list
+/// (a `KeyList` cannot be decoded) and a single key is a two-key range (below).
+fn predicate(key: &Expr, b: &Bounds, partition: bool, shipped: bool) -> Expr {
     if b.min.is_null() || b.max.is_null() {
         // An empty (or all-NULL) relation matches no key.
         return lit(false);
     }
     let list = |values: &Vec<ScalarValue>| {
-        if key_list_function && !partition && values.len() > KeyList::ABOVE {
+        if !shipped && !partition && values.len() > KeyList::ABOVE {
             if let Ok(udf) = KeyList::new(values) {
                 return udf.call(vec![key.clone()]);
             }
@@ -165,7 +165,7 @@ fn predicate(key: &Expr, b: &Bounds, partition: bool, key_list_function: bool) -
     // On a cluster one key would be a constant, which the planner then leaves out
     // of sorts that a shuffle does not keep (Ballista 55: "Expects PARTITION BY
     // expression to be ordered"). A range over it and the next key prunes the same.
-    if !key_list_function && !partition && b.min == b.max {
+    if shipped && !partition && b.min == b.max {
         if let Some(next) = successor(&b.max) {
             return key.clone().between(lit(b.min.clone()), lit(next));
         }
@@ -188,7 +188,7 @@ fn successor(v: &ScalarValue) -> Option<ScalarValue> {
 }
 
 /// The predicate for the report, with long lists counted rather than spelled out.
-fn describe(key: &Expr, b: &Bounds, partition: bool) -> String {
+fn describe(key: &Expr, b: &Bounds, partition: bool, shipped: bool) -> String {
     const SHOWN: usize = 10;
     match &b.values {
         Some(values) if values.len() > SHOWN && !b.min.is_null() => {
@@ -205,7 +205,7 @@ fn describe(key: &Expr, b: &Bounds, partition: bool) -> String {
                 )
             }
         }
-        _ => crate::pruning::sql_text(&predicate(key, b, partition, false)),
+        _ => crate::pruning::sql_text(&predicate(key, b, partition, shipped)),
     }
 }
 
@@ -345,13 +345,13 @@ mod tests {
     #[tokio::test]
     async fn a_long_key_list_becomes_one_set_and_keeps_exactly_its_keys() {
         // 30 values (0, 10, …, 290) within the range 0..=29: only 0, 10 and 20 pass both.
-        let long = predicate(&col("k"), &bounds(0..30), false, true);
+        let long = predicate(&col("k"), &bounds(0..30), false, false);
         assert!(long.to_string().contains("in_key_list"), "{long}");
         assert_eq!(kept(long).await, vec![0, 10, 20]);
         // Short lists, and lists on partition columns, stay DataFusion's IN list.
-        let short = predicate(&col("k"), &bounds(0..5), false, true);
+        let short = predicate(&col("k"), &bounds(0..5), false, false);
         assert!(!short.to_string().contains("in_key_list"), "{short}");
-        let partition = predicate(&col("k"), &bounds(0..30), true, true);
+        let partition = predicate(&col("k"), &bounds(0..30), true, false);
         assert!(
             !partition.to_string().contains("in_key_list"),
             "{partition}"
@@ -369,12 +369,21 @@ mod tests {
             values: Some(vec![ScalarValue::Int64(Some(42))]),
         };
         assert_eq!(
-            kept(predicate(&col("k"), &one, false, false)).await,
+            kept(predicate(&col("k"), &one, false, true)).await,
             vec![42, 43]
         );
         assert_eq!(
-            kept(predicate(&col("k"), &one, false, true)).await,
+            kept(predicate(&col("k"), &one, false, false)).await,
             vec![42]
+        );
+        // The report describes the bound that was applied.
+        assert_eq!(
+            describe(&col("k"), &one, false, true),
+            "(k BETWEEN 42 AND 43)"
+        );
+        assert_eq!(
+            describe(&col("k"), &one, false, false),
+            "((k BETWEEN 42 AND 42) AND k IN (42))"
         );
     }
 }

@@ -237,7 +237,7 @@ impl Executor {
             materialized: &materialized,
         };
         Ok(
-            super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_none())
+            super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_some())
                 .await
                 .map_err(StageError::Engine)?,
         )
