@@ -2,10 +2,9 @@
 //! processes on 127.0.0.1 (`sqlplan scheduler`, `sqlplan executor`), a generated
 //! warehouse on an S3 server; both months' tables equal a local run's.
 
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use super::common::{free_port, wait_for};
 use super::s3::{two_months, S3};
 
 /// A scheduler and executors, stopped when dropped.
@@ -20,25 +19,6 @@ impl Drop for Cluster {
             let _ = p.kill();
             let _ = p.wait();
         }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(port: u16, what: &str) {
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{what} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

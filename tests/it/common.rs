@@ -274,3 +274,24 @@ pub fn id_text(ids: &[i64], name: &str, texts: &[&str]) -> datafusion::arrow::ar
     ])
     .unwrap()
 }
+
+/// A port nothing listens on now (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port` of 127.0.0.1 (at most a minute).
+pub fn wait_for(port: u16, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{what} did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

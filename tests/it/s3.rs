@@ -4,12 +4,10 @@
 //! set (as in CI).
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use super::common::{repo, sqlplan_with_env, Output};
+use super::common::{free_port, repo, sqlplan_with_env, wait_for, Output};
 
 /// An S3 server for one test, stopped when dropped.
 pub struct S3 {
@@ -38,11 +36,7 @@ impl S3 {
             eprintln!("skipped: python3 cannot import moto.server");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -60,14 +54,7 @@ impl S3 {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(port, "moto");
         let create = format!(
             "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
              aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='warehouse')",
