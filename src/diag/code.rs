@@ -2,415 +2,232 @@
 
 use std::fmt;
 
-/// What kind of problem it is: the stable name shown as `sqlplan::<code>` and
-/// matched by tests and tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Code {
+/// Declares `Code` from one table: each variant with its documentation and its
+/// stable name, so a new code is written once (the enum, `as_str` and `ALL_CODES`
+/// cannot disagree).
+macro_rules! codes {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// What kind of problem it is: the stable name shown as `sqlplan::<code>` and
+        /// matched by tests and tools.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Code {
+            /// The stable name: `sqlplan::<name>` in diagnostics.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $name,)*
+                }
+            }
+        }
+
+        /// Every code, for tests and for listing them.
+        pub const ALL_CODES: &[Code] = &[$(Code::$variant,)*];
+    };
+}
+
+codes! {
     /// A column name matches columns of several relations in a stage's SQL.
-    AmbiguousColumn,
+    AmbiguousColumn => "ambiguous_column",
     /// An `expect:` check does not bind as a boolean over the stage's columns.
-    BadCheck,
+    BadCheck => "bad_check",
     /// An `expect:` check's action is neither `drop` nor `fail`.
-    BadCheckAction,
+    BadCheckAction => "bad_check_action",
     /// `expect:` has no `checks:` list.
-    BadExpectations,
+    BadExpectations => "bad_expectations",
     /// Fixture rows do not fit the table's declared schema.
-    BadFixture,
+    BadFixture => "bad_fixture",
     /// A fixture file has no `cases:` list.
-    BadFixtures,
+    BadFixtures => "bad_fixtures",
     /// `run --engine` is not `df://HOST:PORT`.
-    BadEngine,
+    BadEngine => "bad_engine",
     /// A table location is neither a URL nor a usable path.
-    BadLocation,
+    BadLocation => "bad_location",
     /// `generate --last-month` is not a `YYYY-MM` month.
-    BadMonth,
+    BadMonth => "bad_month",
     /// `generate --months` is out of range.
-    BadMonths,
+    BadMonths => "bad_months",
     /// A pipeline, table, stage, variable or check name is not a lowercase identifier.
-    BadName,
+    BadName => "bad_name",
     /// A stage reads something that is not a relation name.
-    BadRelation,
+    BadRelation => "bad_relation",
     /// Fixture rows are not a list of mappings.
-    BadRows,
+    BadRows => "bad_rows",
     /// A table's `schema:` is not a list of columns.
-    BadSchema,
+    BadSchema => "bad_schema",
     /// `stages:` is not a list.
-    BadStages,
+    BadStages => "bad_stages",
     /// A `state:` stage names no state variable or is not a SELECT.
-    BadStateStage,
+    BadStateStage => "bad_state_stage",
     /// A YAML value has the wrong shape or type for its key.
-    BadValue,
+    BadValue => "bad_value",
     /// A `--var` value does not have the type of the variable's default.
-    BadVarValue,
+    BadVarValue => "bad_var_value",
     /// A var's `type:` is not a known type name.
-    BadVarType,
+    BadVarType => "bad_var_type",
     /// A state value recorded in a table's log (or returned by its `state:` stage)
     /// does not have the state variable's type.
-    BadStateValue,
+    BadStateValue => "bad_state_value",
     /// The run ledger (`_sqlplan/runs`) cannot be read.
-    LedgerUnreadable,
+    LedgerUnreadable => "ledger_unreadable",
     /// A table's estimated bytes read or rewritten pass its `max_scan_bytes` or
     /// `max_rewrite_bytes`.
-    ByteBudget,
+    ByteBudget => "byte_budget",
     /// `plan --baseline REF`: REF is neither a saved plan nor a git revision that plans.
-    BadBaseline,
+    BadBaseline => "bad_baseline",
     /// `--select`/`--exclude` names no stage, leaves none, or leaves out a stage whose
     /// output a selected stage needs.
-    BadSelector,
+    BadSelector => "bad_selector",
     /// `bench --from` could not copy the warehouse.
-    BenchCopy,
+    BenchCopy => "bench_copy",
     /// The benchmark's run of the pipeline failed.
-    BenchRunFailed,
+    BenchRunFailed => "bench_run_failed",
     /// The benchmark could not create its work directory.
-    BenchWorkdir,
+    BenchWorkdir => "bench_workdir",
     /// An optimize stage's filter does not bind against its table.
-    Bind,
+    Bind => "bind",
     /// DataFusion could not plan a stage's SQL (other than the cases with codes of their own).
-    BindError,
+    BindError => "bind_error",
     /// A fixture case has no step with `expect:`.
-    CaseChecksNothing,
+    CaseChecksNothing => "case_checks_nothing",
     /// A fixture case has no `steps:` list.
-    CaseWithoutSteps,
+    CaseWithoutSteps => "case_without_steps",
     /// Stages depend on each other in a cycle (through `after:`).
-    Cycle,
+    Cycle => "cycle",
     /// The demo's pipeline file is missing (run it from the project root).
-    DemoPipeline,
+    DemoPipeline => "demo_pipeline",
     /// The demo's warehouse directory exists and was not made by the demo.
-    DemoWarehouse,
+    DemoWarehouse => "demo_warehouse",
     /// Two checks of one stage have the same name.
-    DuplicateCheck,
+    DuplicateCheck => "duplicate_check",
     /// A table declares a column twice.
-    DuplicateColumn,
+    DuplicateColumn => "duplicate_column",
     /// Two stages have the same name.
-    DuplicateStage,
+    DuplicateStage => "duplicate_stage",
     /// A name is both a var and a state variable.
-    DuplicateVar,
+    DuplicateVar => "duplicate_var",
     /// A stage's template renders to no SQL statement.
-    EmptyStage,
+    EmptyStage => "empty_stage",
     /// A stage with `expect:` is not a materialized SELECT.
-    ExpectationsNeedMaterialize,
+    ExpectationsNeedMaterialize => "expectations_need_materialize",
     /// A YAML node that must be a mapping is not one.
-    ExpectedMapping,
+    ExpectedMapping => "expected_mapping",
     /// `sqlplan test` could not read a table back after a run.
-    FixtureRead,
+    FixtureRead => "fixture_read",
     /// `sqlplan test` could not write fixture rows.
-    FixtureWrite,
+    FixtureWrite => "fixture_write",
     /// Some fixture cases failed.
-    FixturesFailed,
+    FixturesFailed => "fixtures_failed",
     /// The fixture file cannot be read.
-    FixturesUnreadable,
+    FixturesUnreadable => "fixtures_unreadable",
     /// `generate` would overwrite existing tables (pass `--replace`).
-    GenerateExists,
+    GenerateExists => "generate_exists",
     /// `generate` was given a location it cannot write (local tables only).
-    GenerateLocation,
+    GenerateLocation => "generate_location",
     /// The pipeline lacks a table or column the generator needs.
-    GenerateSchema,
+    GenerateSchema => "generate_schema",
     /// `generate` could not write a table.
-    GenerateWrite,
+    GenerateWrite => "generate_write",
     /// A bug in sqlplan (a stage task panicked, a relation failed to register).
-    Internal,
+    Internal => "internal",
     /// The run was interrupted (Ctrl-C); running stages were cancelled before committing.
-    Interrupted,
+    Interrupted => "interrupted",
     /// A YAML file does not parse.
-    MalformedYaml,
+    MalformedYaml => "malformed_yaml",
     /// A required key is missing.
-    MissingKey,
+    MissingKey => "missing_key",
     /// A file a pipeline names (`sql:`, an include or import) lies outside the
     /// project root: an absolute path, a `..` escape or a symlink out.
-    OutsideProject,
+    OutsideProject => "outside_project",
     /// A stage's `sql:` file cannot be read.
-    MissingSqlFile,
+    MissingSqlFile => "missing_sql_file",
     /// A table does not exist and declares no schema to create it with.
-    MissingTable,
+    MissingTable => "missing_table",
     /// The pipeline has no `stages:`.
-    NoStages,
+    NoStages => "no_stages",
     /// A YAML document is not a mapping at the top.
-    NotAMapping,
+    NotAMapping => "not_a_mapping",
     /// An optimize filter names a column that is not a partition column.
-    NotAPartitionFilter,
+    NotAPartitionFilter => "not_a_partition_filter",
     /// A stage reads a stage that writes a table and defines no relation.
-    NotARelation,
+    NotARelation => "not_a_relation",
     /// The pipeline file cannot be read.
-    PipelineUnreadable,
+    PipelineUnreadable => "pipeline_unreadable",
     /// A stage reads a qualified name (`schema.table`), which is not supported.
-    QualifiedName,
+    QualifiedName => "qualified_name",
     /// Lint: a stage defines a relation that no stage reads (nor the report nor state).
-    UnreadRelation,
+    UnreadRelation => "unread_relation",
     /// Lint: a view read by several stages, each of which recomputes it.
-    ViewReadBySeveralStages,
+    ViewReadBySeveralStages => "view_read_by_several_stages",
     /// A `drop` check has no quarantine table to drop rows into.
-    QuarantineMissing,
+    QuarantineMissing => "quarantine_missing",
     /// A quarantine table declares a schema of its own.
-    QuarantineSchema,
+    QuarantineSchema => "quarantine_schema",
     /// A stage reads a relation that only a later stage defines.
-    ReadBeforeDefined,
+    ReadBeforeDefined => "read_before_defined",
     /// `report: true` on a stage that defines no relation.
-    ReportNotARelation,
+    ReportNotARelation => "report_not_a_relation",
     /// The `--report` file cannot be written.
-    ReportUnwritable,
+    ReportUnwritable => "report_unwritable",
     /// `sqlplan scheduler` or `sqlplan executor` could not start, or stopped with an error.
-    ClusterProcess,
+    ClusterProcess => "cluster_process",
     /// A run could not start: a table cannot be opened or created, its schema drifted, or an unfinished run cannot be resumed.
-    RunSetup,
+    RunSetup => "run_setup",
     /// Another run of the pipeline holds the warehouse's run lock.
-    RunInProgress,
+    RunInProgress => "run_in_progress",
     /// Every stage succeeded but the run's finish commit failed; the next run resumes it.
-    RunUnfinished,
+    RunUnfinished => "run_unfinished",
     /// A table would be scanned in full more often than its `max_full_scans`.
-    ScanBudget,
+    ScanBudget => "scan_budget",
     /// A stage's SQL holds more than one statement.
-    SeveralStatements,
+    SeveralStatements => "several_statements",
     /// A stage's rendered SQL does not parse.
-    SqlSyntax,
+    SqlSyntax => "sql_syntax",
     /// A stage failed during a run.
-    StageFailed,
+    StageFailed => "stage_failed",
     /// A stage has the name of a declared table.
-    StageShadowsTable,
+    StageShadowsTable => "stage_shadows_table",
     /// A stage has more than one of `sql`, `query`, `optimize`, `vacuum`.
-    StageWithTwoBodies,
+    StageWithTwoBodies => "stage_with_two_bodies",
     /// A stage has none of `sql`, `query`, `optimize`, `vacuum`.
-    StageWithoutBody,
+    StageWithoutBody => "stage_without_body",
     /// A state variable cannot be read back from its table's history.
-    StateUnreadable,
+    StateUnreadable => "state_unreadable",
     /// A stage's statement is not SELECT, INSERT, MERGE or DELETE.
-    StatementNotAllowed,
+    StatementNotAllowed => "statement_not_allowed",
     /// A temporary directory could not be created.
-    Tempdir,
+    Tempdir => "tempdir",
     /// A template fails to render.
-    TemplateError,
+    TemplateError => "template_error",
     /// A template has a syntax error.
-    TemplateSyntax,
+    TemplateSyntax => "template_syntax",
     /// A stage's SQL mixes types that do not coerce.
-    TypeError,
+    TypeError => "type_error",
     /// A template uses an undefined variable (templates are strict).
-    UndefinedVariable,
+    UndefinedVariable => "undefined_variable",
     /// A stage's SQL names a column its relations do not have.
-    UnknownColumn,
+    UnknownColumn => "unknown_column",
     /// A YAML mapping has a key that is not allowed there.
-    UnknownKey,
+    UnknownKey => "unknown_key",
     /// `partition_by` names a column that is not in the schema.
-    UnknownPartitionColumn,
+    UnknownPartitionColumn => "unknown_partition_column",
     /// A stage reads a name that is neither a declared table nor an earlier stage.
-    UnknownRelation,
+    UnknownRelation => "unknown_relation",
     /// `after:` names a stage that does not exist.
-    UnknownStage,
+    UnknownStage => "unknown_stage",
     /// A name that should be a declared table is not one.
-    UnknownTable,
+    UnknownTable => "unknown_table",
     /// A declared column type is not a DataFusion SQL type.
-    UnknownType,
+    UnknownType => "unknown_type",
     /// `--var` sets a variable the pipeline does not declare.
-    UnknownVar,
+    UnknownVar => "unknown_var",
     /// A table's Delta log cannot be read.
-    UnreadableTable,
+    UnreadableTable => "unreadable_table",
     /// An optimize stage z-orders by a partition column.
-    ZorderPartitionColumn,
+    ZorderPartitionColumn => "zorder_partition_column",
 }
-
-impl Code {
-    /// The stable name: `sqlplan::<name>` in diagnostics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::AmbiguousColumn => "ambiguous_column",
-            Code::BadCheck => "bad_check",
-            Code::BadCheckAction => "bad_check_action",
-            Code::BadExpectations => "bad_expectations",
-            Code::BadFixture => "bad_fixture",
-            Code::BadFixtures => "bad_fixtures",
-            Code::BadEngine => "bad_engine",
-            Code::BadLocation => "bad_location",
-            Code::BadMonth => "bad_month",
-            Code::BadMonths => "bad_months",
-            Code::BadName => "bad_name",
-            Code::BadRelation => "bad_relation",
-            Code::BadRows => "bad_rows",
-            Code::BadSchema => "bad_schema",
-            Code::BadStages => "bad_stages",
-            Code::BadStateStage => "bad_state_stage",
-            Code::BadValue => "bad_value",
-            Code::BadVarValue => "bad_var_value",
-            Code::BadVarType => "bad_var_type",
-            Code::BadStateValue => "bad_state_value",
-            Code::LedgerUnreadable => "ledger_unreadable",
-            Code::ByteBudget => "byte_budget",
-            Code::BadBaseline => "bad_baseline",
-            Code::BadSelector => "bad_selector",
-            Code::BenchCopy => "bench_copy",
-            Code::BenchRunFailed => "bench_run_failed",
-            Code::BenchWorkdir => "bench_workdir",
-            Code::Bind => "bind",
-            Code::BindError => "bind_error",
-            Code::CaseChecksNothing => "case_checks_nothing",
-            Code::CaseWithoutSteps => "case_without_steps",
-            Code::Cycle => "cycle",
-            Code::DemoPipeline => "demo_pipeline",
-            Code::DemoWarehouse => "demo_warehouse",
-            Code::DuplicateCheck => "duplicate_check",
-            Code::DuplicateColumn => "duplicate_column",
-            Code::DuplicateStage => "duplicate_stage",
-            Code::DuplicateVar => "duplicate_var",
-            Code::EmptyStage => "empty_stage",
-            Code::ExpectationsNeedMaterialize => "expectations_need_materialize",
-            Code::ExpectedMapping => "expected_mapping",
-            Code::FixtureRead => "fixture_read",
-            Code::FixtureWrite => "fixture_write",
-            Code::FixturesFailed => "fixtures_failed",
-            Code::FixturesUnreadable => "fixtures_unreadable",
-            Code::GenerateExists => "generate_exists",
-            Code::GenerateLocation => "generate_location",
-            Code::GenerateSchema => "generate_schema",
-            Code::GenerateWrite => "generate_write",
-            Code::Internal => "internal",
-            Code::Interrupted => "interrupted",
-            Code::MalformedYaml => "malformed_yaml",
-            Code::MissingKey => "missing_key",
-            Code::OutsideProject => "outside_project",
-            Code::MissingSqlFile => "missing_sql_file",
-            Code::MissingTable => "missing_table",
-            Code::NoStages => "no_stages",
-            Code::NotAMapping => "not_a_mapping",
-            Code::NotAPartitionFilter => "not_a_partition_filter",
-            Code::NotARelation => "not_a_relation",
-            Code::PipelineUnreadable => "pipeline_unreadable",
-            Code::QualifiedName => "qualified_name",
-            Code::QuarantineMissing => "quarantine_missing",
-            Code::QuarantineSchema => "quarantine_schema",
-            Code::ReadBeforeDefined => "read_before_defined",
-            Code::ReportNotARelation => "report_not_a_relation",
-            Code::ReportUnwritable => "report_unwritable",
-            Code::ClusterProcess => "cluster_process",
-            Code::RunSetup => "run_setup",
-            Code::RunInProgress => "run_in_progress",
-            Code::RunUnfinished => "run_unfinished",
-            Code::ScanBudget => "scan_budget",
-            Code::SeveralStatements => "several_statements",
-            Code::SqlSyntax => "sql_syntax",
-            Code::StageFailed => "stage_failed",
-            Code::StageShadowsTable => "stage_shadows_table",
-            Code::StageWithTwoBodies => "stage_with_two_bodies",
-            Code::StageWithoutBody => "stage_without_body",
-            Code::StateUnreadable => "state_unreadable",
-            Code::StatementNotAllowed => "statement_not_allowed",
-            Code::Tempdir => "tempdir",
-            Code::TemplateError => "template_error",
-            Code::TemplateSyntax => "template_syntax",
-            Code::TypeError => "type_error",
-            Code::UndefinedVariable => "undefined_variable",
-            Code::UnknownColumn => "unknown_column",
-            Code::UnknownKey => "unknown_key",
-            Code::UnknownPartitionColumn => "unknown_partition_column",
-            Code::UnknownRelation => "unknown_relation",
-            Code::UnknownStage => "unknown_stage",
-            Code::UnknownTable => "unknown_table",
-            Code::UnknownType => "unknown_type",
-            Code::UnknownVar => "unknown_var",
-            Code::UnreadRelation => "unread_relation",
-            Code::ViewReadBySeveralStages => "view_read_by_several_stages",
-            Code::UnreadableTable => "unreadable_table",
-            Code::ZorderPartitionColumn => "zorder_partition_column",
-        }
-    }
-}
-
-/// Every code, for tests and for listing them.
-pub const ALL_CODES: &[Code] = &[
-    Code::AmbiguousColumn,
-    Code::BadCheck,
-    Code::BadCheckAction,
-    Code::BadExpectations,
-    Code::BadFixture,
-    Code::BadFixtures,
-    Code::BadEngine,
-    Code::BadLocation,
-    Code::BadMonth,
-    Code::BadMonths,
-    Code::BadName,
-    Code::BadRelation,
-    Code::BadRows,
-    Code::BadSchema,
-    Code::BadStages,
-    Code::BadStateStage,
-    Code::BadValue,
-    Code::BadVarValue,
-    Code::BadVarType,
-    Code::BadStateValue,
-    Code::LedgerUnreadable,
-    Code::ByteBudget,
-    Code::BadBaseline,
-    Code::BadSelector,
-    Code::BenchCopy,
-    Code::BenchRunFailed,
-    Code::BenchWorkdir,
-    Code::Bind,
-    Code::BindError,
-    Code::CaseChecksNothing,
-    Code::CaseWithoutSteps,
-    Code::Cycle,
-    Code::DemoPipeline,
-    Code::DemoWarehouse,
-    Code::DuplicateCheck,
-    Code::DuplicateColumn,
-    Code::DuplicateStage,
-    Code::DuplicateVar,
-    Code::EmptyStage,
-    Code::ExpectationsNeedMaterialize,
-    Code::ExpectedMapping,
-    Code::FixtureRead,
-    Code::FixtureWrite,
-    Code::FixturesFailed,
-    Code::FixturesUnreadable,
-    Code::GenerateExists,
-    Code::GenerateLocation,
-    Code::GenerateSchema,
-    Code::GenerateWrite,
-    Code::Internal,
-    Code::Interrupted,
-    Code::MalformedYaml,
-    Code::MissingKey,
-    Code::OutsideProject,
-    Code::MissingSqlFile,
-    Code::MissingTable,
-    Code::NoStages,
-    Code::NotAMapping,
-    Code::NotAPartitionFilter,
-    Code::NotARelation,
-    Code::PipelineUnreadable,
-    Code::QualifiedName,
-    Code::QuarantineMissing,
-    Code::QuarantineSchema,
-    Code::ReadBeforeDefined,
-    Code::ReportNotARelation,
-    Code::ReportUnwritable,
-    Code::ClusterProcess,
-    Code::RunSetup,
-    Code::RunInProgress,
-    Code::RunUnfinished,
-    Code::ScanBudget,
-    Code::SeveralStatements,
-    Code::SqlSyntax,
-    Code::StageFailed,
-    Code::StageShadowsTable,
-    Code::StageWithTwoBodies,
-    Code::StageWithoutBody,
-    Code::StateUnreadable,
-    Code::StatementNotAllowed,
-    Code::Tempdir,
-    Code::TemplateError,
-    Code::TemplateSyntax,
-    Code::TypeError,
-    Code::UndefinedVariable,
-    Code::UnknownColumn,
-    Code::UnknownKey,
-    Code::UnknownPartitionColumn,
-    Code::UnknownRelation,
-    Code::UnknownStage,
-    Code::UnknownTable,
-    Code::UnknownType,
-    Code::UnknownVar,
-    Code::UnreadRelation,
-    Code::ViewReadBySeveralStages,
-    Code::UnreadableTable,
-    Code::ZorderPartitionColumn,
-];
 
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
