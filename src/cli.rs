@@ -164,6 +164,29 @@ pub enum Command {
         #[arg(long, value_name = "df://HOST:PORT")]
         engine: Option<String>,
     },
+    /// Check a table's deletion vectors against its data files, as other readers
+    /// will trust them.
+    ///
+    /// For every data file with a vector: the vector reads (version, magic, portable
+    /// Roaring bitmap, CRC-32), it holds as many positions as its descriptor says,
+    /// every position lies below the file's row count, that count is the Add's
+    /// `numRecords` and the Parquet footer's, and the Add says `tightBounds: false`
+    /// (its statistics were taken before rows were deleted). The protocol must list
+    /// the `deletionVectors` feature. Reads the log, the vectors and each such file's
+    /// footer; writes nothing.
+    ///
+    /// Exit codes: 0 every vector checks out (or the table has none), 1 problems
+    /// were found (each listed) or the table cannot be read.
+    #[command(
+        after_help = "Examples:\n  sqlplan verify-vectors /data/wh/summary\n  sqlplan verify-vectors s3://bucket/wh/summary --format json"
+    )]
+    VerifyVectors {
+        /// The table's location: a path or a URL (`s3://…`).
+        location: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+    },
     /// The summary pipeline end to end on a small generated warehouse.
     ///
     /// Generates a warehouse (default: 5,000 accounts × 36 months and a batch of
@@ -355,8 +378,30 @@ pub async fn execute(command: Command) -> Result<Output, Problem> {
             baseline: Some(reference),
             ..
         } => review(&input, format, &reference).await,
+        Command::VerifyVectors { location, format } => verify_vectors(&location, format).await,
         other => run_command(other).await.map(Output::from),
     }
+}
+
+/// `verify-vectors`: exit 0 when every vector checks out, 1 with the problems.
+async fn verify_vectors(location: &str, format: PlanFormat) -> Result<Output, Problem> {
+    let unreadable = |e: String| Problem::failed(Code::UnreadableTable, e);
+    let table = crate::delta::open(location, location, None)
+        .await
+        .map_err(unreadable)?;
+    let check = crate::delta::verify::verify(&table)
+        .await
+        .map_err(unreadable)?;
+    let stdout = match format {
+        PlanFormat::Json => {
+            serde_json::to_string_pretty(&check).expect("a check serialises") + "\n"
+        }
+        PlanFormat::Text | PlanFormat::Markdown => check.to_text(),
+    };
+    Ok(Output {
+        stdout,
+        code: if check.problems.is_empty() { 0 } else { 1 },
+    })
 }
 
 /// `plan --baseline REF`: exit 0 unchanged, 3 changed, 2 a budget crossed.
@@ -528,6 +573,7 @@ async fn run_command(command: Command) -> Result<String, Problem> {
                 "some fixture cases failed (see above)",
             ))
         }
+        Command::VerifyVectors { .. } => unreachable!("`execute` runs verify-vectors"),
         Command::Schema { what } => {
             let schema = match what {
                 SchemaOf::Plan => schemars::schema_for!(crate::plan::Plan),

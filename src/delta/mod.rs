@@ -7,11 +7,13 @@ pub mod commit;
 pub mod failpoint;
 pub mod location;
 mod observe;
+pub mod partition;
 pub mod scan;
 pub mod schema;
 pub mod stores;
 pub mod table;
 pub mod vectors;
+pub mod verify;
 pub mod writer;
 
 pub use commit::{app_id, finish_app_id, RunTag};

@@ -17,10 +17,7 @@ use buoyant_kernel::actions::deletion_vector_writer::{
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
-use datafusion::catalog::Session;
-use datafusion::common::ScalarValue;
-use deltalake::delta_datafusion::{DeltaScanConfig, DeltaScanNext};
-use deltalake::kernel::{DeletionVectorDescriptor, StorageType};
+use deltalake::kernel::{Add, DeletionVectorDescriptor, StorageType};
 use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
 #[allow(deprecated)] // its replacement, SpawnedReader, is for a separate I/O runtime
@@ -43,64 +40,137 @@ pub fn enabled(table: &DeltaTable) -> bool {
 }
 
 /// Turns deletion vectors on for an existing table: the property and the
-/// `deletionVectors` reader/writer feature, in one commit.
+/// `deletionVectors` reader/writer feature, in one commit. A table on a legacy
+/// protocol (reader < 3 or writer < 7) moves to table features listing every
+/// feature its versions implied (column mapping at reader 2 and writer 5, append-only
+/// and invariants at writer 2, …), as Delta's reference implementation does:
+/// delta-rs's own upgrade lists only the new feature, and a table would silently
+/// lose, say, its column mapping.
 pub async fn enable(table: DeltaTable) -> Result<DeltaTable, String> {
-    table
-        .set_tbl_properties()
-        .with_properties(HashMap::from([(
-            "delta.enableDeletionVectors".to_string(),
-            "true".to_string(),
-        )]))
-        .with_raise_if_not_exists(false)
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::{Action, MetadataExt};
+    use deltalake::protocol::DeltaOperation;
+
+    let err = |e: &dyn std::fmt::Display| format!("cannot enable deletion vectors: {e}");
+    let snapshot = table.snapshot().map_err(|e| err(&e))?.clone();
+    let property = ("delta.enableDeletionVectors", "true");
+    let metadata = snapshot
+        .metadata()
+        .clone()
+        .add_config_key(property.0.into(), property.1.into())
+        .map_err(|e| err(&e))?;
+    let current = serde_json::to_value(snapshot.protocol()).map_err(|e| err(&e))?;
+    let protocol = serde_json::from_value(with_vectors(&current)).map_err(|e| err(&e))?;
+    let operation = DeltaOperation::SetTableProperties {
+        properties: HashMap::from([(property.0.to_string(), property.1.to_string())]),
+    };
+    let commit = CommitBuilder::default()
+        .with_actions(vec![Action::Metadata(metadata), Action::Protocol(protocol)])
+        .build(Some(&snapshot), table.log_store(), operation)
         .await
-        .map_err(|e| format!("cannot enable deletion vectors: {e}"))
+        .map_err(|e| err(&e))?;
+    let mut table = table;
+    table
+        .update_incremental(Some(commit.version()))
+        .await
+        .map_err(|e| err(&e))?;
+    Ok(table)
 }
 
-/// The keep masks (true: the row is live) of those `paths` (relative, as in the log)
-/// that have a deletion vector, read by delta-rs.
+/// Features a legacy protocol version supports without listing them: (feature,
+/// least reader version, least writer version), as the Delta protocol defines them.
+const LEGACY_FEATURES: [(&str, i64, i64); 7] = [
+    ("appendOnly", 1, 2),
+    ("invariants", 1, 2),
+    ("checkConstraints", 1, 3),
+    ("changeDataFeed", 1, 4),
+    ("generatedColumns", 1, 4),
+    ("columnMapping", 2, 5),
+    ("identityColumns", 1, 6),
+];
+
+/// Features that are reader features too (they must be listed on both sides).
+const READER_WRITER_FEATURES: [&str; 1] = ["columnMapping"];
+
+/// A protocol action (its JSON) with the `deletionVectors` feature added: at
+/// reader 3 and writer 7, keeping every feature the table had, listed or implied.
+fn with_vectors(protocol: &serde_json::Value) -> serde_json::Value {
+    let version = |k: &str| protocol[k].as_i64().unwrap_or(1);
+    let (reader, writer) = (version("minReaderVersion"), version("minWriterVersion"));
+    let listed = |k: &str| -> Vec<String> {
+        protocol[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut writer_features = listed("writerFeatures");
+    let mut reader_features = listed("readerFeatures");
+    // Reader 2 means column mapping (the only legacy reader feature), also beside
+    // writer 7 (a shape older Spark versions wrote).
+    if reader == 2 && writer == 7 {
+        for features in [&mut writer_features, &mut reader_features] {
+            features.push("columnMapping".into());
+        }
+    }
+    if writer < 7 {
+        for (feature, least_reader, least_writer) in LEGACY_FEATURES {
+            if reader >= least_reader && writer >= least_writer {
+                writer_features.push(feature.to_string());
+                if READER_WRITER_FEATURES.contains(&feature) {
+                    reader_features.push(feature.to_string());
+                }
+            }
+        }
+    }
+    writer_features.push("deletionVectors".into());
+    reader_features.push("deletionVectors".into());
+    for features in [&mut writer_features, &mut reader_features] {
+        features.sort();
+        features.dedup();
+    }
+    serde_json::json!({
+        "minReaderVersion": 3,
+        "minWriterVersion": 7,
+        "readerFeatures": reader_features,
+        "writerFeatures": writer_features,
+    })
+}
+
+/// The keep masks (true: the row is live) of those `files` that have a deletion
+/// vector, by their path (decoded, as `LogicalFileView::path`). Read with the
+/// kernel's reader, as the scan reads them (`VectorReader`); delta-rs's
+/// `DeltaScan::deletion_vectors` selects files by URL-joining the paths it is given,
+/// which a decoded path with an escaped partition folder (`ts=x%20y`) does not match.
 pub async fn keep_masks(
     table: &DeltaTable,
-    session: &dyn Session,
-    paths: &[String],
+    files: &[&deltalake::kernel::LogicalFileView],
 ) -> Result<HashMap<String, Vec<bool>>, String> {
-    if paths.is_empty() {
-        return Ok(HashMap::new());
+    let store = table.object_store();
+    let mut reader = VectorReader::for_table(table);
+    let mut masks = HashMap::new();
+    for f in files {
+        let Some(descriptor) = f.deletion_vector_descriptor() else {
+            continue;
+        };
+        let path = f.path().to_string();
+        let rows = match f.num_records() {
+            Some(rows) => rows,
+            None => {
+                let location = super::partition::file_path(&Path::default(), &path)?;
+                parquet_row_count(&store, &location, f.size().max(0) as u64).await?
+            }
+        };
+        let mut keep = vec![true; rows];
+        for p in reader.deleted(&descriptor).await? {
+            *keep.get_mut(p as usize).ok_or_else(|| {
+                format!("the deletion vector of {path} deletes position {p}, past its {rows} rows")
+            })? = false;
+        }
+        masks.insert(path, keep);
     }
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| e.to_string())?
-        .snapshot()
-        .clone();
-    let scan = DeltaScanNext::new(snapshot, DeltaScanConfig::default())
-        .map_err(|e| e.to_string())?
-        .with_file_paths(paths.iter().cloned());
-    let selections = scan
-        .deletion_vectors(session)
-        .await
-        .map_err(|e| format!("reading deletion vectors: {e}"))?;
-    let root = table.table_url().clone();
-    let mut by_path = HashMap::new();
-    for s in selections {
-        let path = relative_path(&root, &s.filepath).ok_or_else(|| {
-            format!(
-                "deletion vector of a file outside the table: {}",
-                s.filepath
-            )
-        })?;
-        by_path.insert(path, s.keep_mask);
-    }
-    Ok(by_path)
-}
-
-/// `file:///w/summary/m=1/a.parquet` → `m=1/a.parquet` (percent-decoded like the log).
-fn relative_path(root: &url::Url, file: &str) -> Option<String> {
-    let file = Path::from_url_path(url::Url::parse(file).ok()?.path()).ok()?;
-    let root = Path::from_url_path(root.path()).ok()?;
-    let parts: Vec<String> = file
-        .prefix_match(&root)?
-        .map(|p| p.as_ref().to_string())
-        .collect();
-    Some(parts.join("/"))
+    Ok(masks)
 }
 
 /// Physical rows of these files (their `numRecords`) and how many of them their
@@ -134,9 +204,9 @@ pub async fn read_rows(
     ranges: Option<Vec<Range<usize>>>,
 ) -> Result<(Vec<RecordBatch>, usize), String> {
     let err = |e: &dyn std::fmt::Display| format!("reading {}: {e}", file.path);
+    let location = super::partition::file_path(&Path::default(), &file.path)?;
     #[allow(deprecated)]
-    let reader =
-        ParquetObjectReader::new(store, Path::from(file.path.as_str())).with_file_size(file.size);
+    let reader = ParquetObjectReader::new(store, location).with_file_size(file.size);
     let row_number =
         Arc::new(Field::new(ROW_NUMBER, DataType::Int64, false).with_extension_type(RowNumber));
     // Page indexes let a selection of rows skip whole pages; a full read needs none.
@@ -176,6 +246,21 @@ pub async fn read_rows(
         .await
         .map_err(|e| err(&e))?;
     Ok((batches, total))
+}
+
+/// The physical row count of a data file, from its Parquet footer.
+pub async fn parquet_row_count(
+    store: &Arc<dyn ObjectStore>,
+    location: &Path,
+    size: u64,
+) -> Result<usize, String> {
+    #[allow(deprecated)] // its replacement, SpawnedReader, is for a separate I/O runtime
+    let mut reader = ParquetObjectReader::new(store.clone(), location.clone()).with_file_size(size);
+    let metadata =
+        deltalake::parquet::arrow::async_reader::AsyncFileReader::get_metadata(&mut reader, None)
+            .await
+            .map_err(|e| format!("reading {location}: {e}"))?;
+    Ok(metadata.file_metadata().num_rows() as usize)
 }
 
 /// Sorted positions as runs of consecutive rows.
@@ -259,6 +344,33 @@ impl VectorFile {
     }
 }
 
+/// The Add of a data file that now has `vector` (`rows`: its physical row count).
+/// Its statistics say `numRecords` (the protocol requires it with a vector, and
+/// positions count from it) and `tightBounds: false`: the minimum, maximum and null
+/// counts were taken over every row, and some of those rows are now deleted, so
+/// they are bounds, no longer exact (Delta's reference writer refuses a vector on
+/// an Add that claims tight bounds).
+pub fn with_vector(
+    mut add: Add,
+    vector: DeletionVectorDescriptor,
+    rows: usize,
+) -> Result<Add, String> {
+    let mut stats = match add.stats.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(s) => serde_json::from_str::<serde_json::Value>(s)
+            .map_err(|e| format!("statistics of {}: {e}", add.path))?,
+        None => serde_json::json!({}),
+    };
+    let object = stats
+        .as_object_mut()
+        .ok_or_else(|| format!("statistics of {} are not an object", add.path))?;
+    object.insert("numRecords".into(), rows.into());
+    object.insert("tightBounds".into(), false.into());
+    add.stats = Some(stats.to_string());
+    add.deletion_vector = Some(vector);
+    add.data_change = true;
+    Ok(add)
+}
+
 /// Column `name` of a batch read from a data file, as `data_type`: read, or the
 /// file's partition value.
 pub fn column_of(
@@ -268,13 +380,7 @@ pub fn column_of(
     partition: &HashMap<String, Option<String>>,
 ) -> Result<ArrayRef, String> {
     if let Some(value) = partition.get(name) {
-        let scalar = match value {
-            Some(v) => {
-                ScalarValue::try_from_string(v.clone(), data_type).map_err(|e| e.to_string())?
-            }
-            None => ScalarValue::try_from(data_type).map_err(|e| e.to_string())?,
-        };
-        return scalar
+        return super::partition::value(value.as_deref(), data_type)?
             .to_array_of_size(batch.num_rows())
             .map_err(|e| e.to_string());
     }
@@ -335,18 +441,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_become_runs() {
-        assert_eq!(ranges([1, 2, 3, 7, 9, 10]), vec![1..4, 7..8, 9..11]);
-        assert!(ranges([]).is_empty());
+    fn enabling_vectors_keeps_the_features_a_legacy_protocol_implied() {
+        use serde_json::json;
+        let cases = [
+            (
+                json!({"minReaderVersion": 1, "minWriterVersion": 2}),
+                json!(["appendOnly", "deletionVectors", "invariants"]),
+                json!(["deletionVectors"]),
+            ),
+            (
+                json!({"minReaderVersion": 2, "minWriterVersion": 5}),
+                json!([
+                    "appendOnly",
+                    "changeDataFeed",
+                    "checkConstraints",
+                    "columnMapping",
+                    "deletionVectors",
+                    "generatedColumns",
+                    "invariants"
+                ]),
+                json!(["columnMapping", "deletionVectors"]),
+            ),
+            (
+                json!({"minReaderVersion": 2, "minWriterVersion": 7,
+                       "writerFeatures": ["columnMapping", "invariants"]}),
+                json!(["columnMapping", "deletionVectors", "invariants"]),
+                json!(["columnMapping", "deletionVectors"]),
+            ),
+            (
+                json!({"minReaderVersion": 3, "minWriterVersion": 7,
+                       "readerFeatures": ["timestampNtz"],
+                       "writerFeatures": ["timestampNtz", "appendOnly"]}),
+                json!(["appendOnly", "deletionVectors", "timestampNtz"]),
+                json!(["deletionVectors", "timestampNtz"]),
+            ),
+        ];
+        for (before, writer, reader) in cases {
+            let after = with_vectors(&before);
+            assert_eq!(
+                (&after["minReaderVersion"], &after["minWriterVersion"]),
+                (&json!(3), &json!(7))
+            );
+            assert_eq!(after["writerFeatures"], writer, "{before}");
+            assert_eq!(after["readerFeatures"], reader, "{before}");
+            // The kernel accepts it.
+            serde_json::from_value::<deltalake::kernel::Protocol>(after).unwrap();
+        }
     }
 
     #[test]
-    fn relative_paths_are_decoded() {
-        let root = url::Url::parse("file:///w/summary/").unwrap();
-        assert_eq!(
-            relative_path(&root, "file:///w/summary/m=2024-01/a%20b.parquet").as_deref(),
-            Some("m=2024-01/a b.parquet")
-        );
+    fn positions_become_runs() {
+        assert_eq!(ranges([1, 2, 3, 7, 9, 10]), vec![1..4, 7..8, 9..11]);
+        assert!(ranges([]).is_empty());
     }
 
     #[test]
@@ -368,39 +514,70 @@ mod tests {
     }
 }
 
-/// The positions a data file's deletion vector deletes, in order. The kernel's reader
-/// (version, size, magic, CRC checks) is synchronous, so the vector's file is fetched
-/// here first; `fetched` keeps the files already read: one commit's vectors share
-/// one file.
-pub async fn deleted_positions(
-    store: &Arc<dyn ObjectStore>,
-    table_root: &url::Url,
-    descriptor: &DeletionVectorDescriptor,
-    fetched: &mut HashMap<url::Url, bytes::Bytes>,
-) -> Result<Vec<u64>, String> {
-    use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
-    let kernel = Kernel::try_from(descriptor.clone()).map_err(|e| e.to_string())?;
-    if let Some(url) = kernel
-        .absolute_path(table_root)
-        .map_err(|e| e.to_string())?
-    {
-        if !fetched.contains_key(&url) {
-            let path = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
-            let bytes = store
-                .get(&path)
-                .await
-                .map_err(|e| format!("deletion vector {url}: {e}"))?
-                .bytes()
-                .await
-                .map_err(|e| format!("deletion vector {url}: {e}"))?;
-            fetched.insert(url, bytes);
+/// Reads the deletion vectors of one table's files with the kernel's reader
+/// (version, size, magic, CRC checks). That reader is synchronous, so each vector
+/// file is fetched first, once: one commit's vectors share one file.
+pub struct VectorReader {
+    /// The store at the root of the table's URL (vectors are found by URL).
+    store: Arc<dyn ObjectStore>,
+    /// The table root, with a trailing slash: what vector paths are relative to.
+    root: url::Url,
+    fetched: HashMap<url::Url, bytes::Bytes>,
+}
+
+impl VectorReader {
+    /// `store` serves the root of `table_url`'s scheme and host.
+    pub fn new(store: Arc<dyn ObjectStore>, table_url: &url::Url) -> Self {
+        let mut root = table_url.clone();
+        if !root.path().ends_with('/') {
+            root.set_path(&format!("{}/", root.path()));
+        }
+        VectorReader {
+            store,
+            root,
+            fetched: HashMap::new(),
         }
     }
-    let storage = Arc::new(Fetched(fetched.clone()));
-    let deleted = kernel
-        .read(storage, table_root)
-        .map_err(|e| format!("deletion vector of a file in {table_root}: {e}"))?;
-    Ok(deleted.iter().collect())
+
+    pub fn for_table(table: &DeltaTable) -> Self {
+        Self::new(table.log_store().root_object_store(None), table.table_url())
+    }
+
+    /// The table root, with a trailing slash.
+    pub fn root(&self) -> &url::Url {
+        &self.root
+    }
+
+    /// The positions a data file's vector deletes, in order.
+    pub async fn deleted(
+        &mut self,
+        descriptor: &DeletionVectorDescriptor,
+    ) -> Result<Vec<u64>, String> {
+        use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
+        let kernel = Kernel::try_from(descriptor.clone()).map_err(|e| e.to_string())?;
+        if let Some(url) = kernel
+            .absolute_path(&self.root)
+            .map_err(|e| e.to_string())?
+        {
+            if !self.fetched.contains_key(&url) {
+                let path = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+                let bytes = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| format!("deletion vector {url}: {e}"))?
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("deletion vector {url}: {e}"))?;
+                self.fetched.insert(url, bytes);
+            }
+        }
+        let storage = Arc::new(Fetched(self.fetched.clone()));
+        let deleted = kernel
+            .read(storage, &self.root)
+            .map_err(|e| format!("deletion vector of a file in {}: {e}", self.root))?;
+        Ok(deleted.iter().collect())
+    }
 }
 
 /// Vector files already in memory, served to the kernel's reader.

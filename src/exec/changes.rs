@@ -42,7 +42,6 @@ impl Candidate {
 /// The files of `table` that `wanted` accepts (by their log entry and partition
 /// values), with their vectors.
 pub(super) async fn candidates(
-    exec: &Executor,
     table: &DeltaTable,
     wanted: impl Fn(&LogicalFileView, &HashMap<String, Option<String>>) -> bool,
 ) -> StageResult<Vec<Candidate>> {
@@ -60,12 +59,8 @@ pub(super) async fn candidates(
             });
         }
     }
-    let with_vectors: Vec<String> = candidates
-        .iter()
-        .filter(|c| c.view.deletion_vector_descriptor().is_some())
-        .map(|c| c.path.clone())
-        .collect();
-    let mut masks = dv::keep_masks(table, &exec.ctx.state(), &with_vectors).await?;
+    let views: Vec<&LogicalFileView> = candidates.iter().map(|c| &c.view).collect();
+    let mut masks = dv::keep_masks(table, &views).await?;
     for c in &mut candidates {
         c.keep = masks.remove(&c.path).map(Arc::new);
     }
@@ -183,15 +178,12 @@ impl Executor {
         for i in &vector_files {
             let c = &candidates[*i];
             #[allow(deprecated)] // the Add of a file view, to give it a new vector
-            let mut add = c.view.add_action();
-            add.deletion_vector = Some(
-                descriptors
-                    .get(&c.path)
-                    .cloned()
-                    .ok_or("a deletion vector went missing")?,
-            );
-            add.data_change = true;
-            actions.push(Action::Add(add));
+            let add = c.view.add_action();
+            let descriptor = descriptors
+                .get(&c.path)
+                .cloned()
+                .ok_or("a deletion vector went missing")?;
+            actions.push(Action::Add(dv::with_vector(add, descriptor, c.rows)?));
         }
         let data_bytes: i64 = adds.iter().map(|a| a.size).sum();
         let files_added = adds.len() as u64;
@@ -233,7 +225,10 @@ impl Executor {
         let schema = df.schema().as_arrow().clone();
         let condition = predicate
             .as_deref()
-            .map(|p| df.parse_sql_expr(p).map(unnormalize_col))
+            .map(|p| {
+                let parsed = unnormalize_col(df.parse_sql_expr(p)?);
+                simplified(&state, parsed, &schema)
+            })
             .transpose()
             .map_err(df_err)?;
         let partitions: Vec<String> = table
@@ -248,7 +243,7 @@ impl Executor {
             .filter(|f| partitions.contains(f.name()))
             .cloned()
             .collect();
-        let all = candidates(self, &table, |_, _| true).await?;
+        let all = candidates(&table, |_, _| true).await?;
         let values = all
             .iter()
             .map(|c| {
@@ -365,4 +360,25 @@ impl Executor {
             ..w.metrics()
         })
     }
+}
+
+/// `expr` over `schema` as a physical plan would evaluate it: coerced and
+/// simplified (functions such as `arrow_cast` exist only to be simplified away;
+/// `SessionState::create_physical_expr` only coerces).
+fn simplified(
+    state: &datafusion::execution::SessionState,
+    expr: datafusion::logical_expr::Expr,
+    schema: &datafusion::arrow::datatypes::Schema,
+) -> datafusion::common::Result<datafusion::logical_expr::Expr> {
+    use datafusion::common::ToDFSchema;
+    use datafusion::logical_expr::simplify::SimplifyContext;
+    use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+    let df_schema = Arc::new(schema.clone().to_dfschema()?);
+    let context = SimplifyContext::builder()
+        .with_schema(df_schema.clone())
+        .with_config_options(state.config_options().clone())
+        .with_query_execution_start_time(state.execution_props().query_execution_start_time)
+        .build();
+    let simplifier = ExprSimplifier::new(context);
+    simplifier.simplify(simplifier.coerce(expr, &df_schema)?)
 }

@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::delta::partition;
 use crate::delta::writer::FileWriter;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, FilterOp};
@@ -32,10 +35,11 @@ impl Executor {
             Some(f) => partition_filters(f)?,
             None => Vec::new(),
         };
+        let schema = snapshot.snapshot().arrow_schema();
         let mut partitions: BTreeMap<String, Vec<LogicalFileView>> = BTreeMap::new();
         for view in snapshot.log_data().iter() {
             let values = view.partition_values_map();
-            if selected(&filters, &values)? {
+            if selected(&filters, &values, &schema)? {
                 let mut key: Vec<String> = values
                     .iter()
                     .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("")))
@@ -59,12 +63,7 @@ impl Executor {
                 ..Default::default()
             });
         }
-        let paths: Vec<String> = chosen
-            .iter()
-            .filter(|f| f.deletion_vector_descriptor().is_some())
-            .map(|f| f.path().to_string())
-            .collect();
-        let mut masks = dv::keep_masks(&table, &self.ctx.state(), &paths).await?;
+        let mut masks = dv::keep_masks(&table, &chosen.iter().collect::<Vec<_>>()).await?;
         let mut writer = FileWriter::for_table(&table, target_size)?;
         let schema = writer.arrow_schema();
         let store = table.object_store();
@@ -111,17 +110,33 @@ impl Executor {
     }
 }
 
-/// The partition values pass the optimize filter (`=`, `<>`, `IN`, `NOT IN`).
+/// The partition values pass the optimize filter (`=`, `<>`, `IN`, `NOT IN`),
+/// compared typed: the filter's literals and the log's strings both read as the
+/// column's type.
 fn selected(
     filters: &[(String, FilterOp, Vec<String>)],
     values: &HashMap<String, Option<String>>,
+    schema: &SchemaRef,
 ) -> StageResult<bool> {
     for (column, op, literals) in filters {
-        let value = values.get(column).cloned().flatten();
-        let hit = value.as_ref().is_some_and(|v| literals.contains(v));
+        let data_type = schema
+            .field_with_name(column)
+            .map_err(|_| format!("optimize filter: `{column}` is not a column of the table"))?
+            .data_type();
+        let value = partition::value(values.get(column).and_then(|v| v.as_deref()), data_type)?;
+        // A literal as SQL would cast it (`1.5` for a DECIMAL(10, 2), a date for a
+        // timestamp); the log's string by the protocol's serialization.
+        let literals = literals
+            .iter()
+            .map(|l| {
+                ScalarValue::try_from_string(l.clone(), data_type)
+                    .map_err(|e| format!("optimize filter: `{column}` = `{l}`: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let hit = !value.is_null() && literals.contains(&value);
         let pass = match op {
             FilterOp::Eq | FilterOp::In => hit,
-            FilterOp::Ne | FilterOp::NotIn => value.is_some() && !hit,
+            FilterOp::Ne | FilterOp::NotIn => !value.is_null() && !hit,
             _ => {
                 return Err(super::error::StageError::Unsupported(format!(
                 "optimize with `deleted_above`: filter `{column}` with `=`, `<>`, `IN` or `NOT IN`"

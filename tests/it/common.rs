@@ -161,6 +161,17 @@ pub async fn create_table(
         .unwrap()
 }
 
+/// Replaces the rows of the table at `path` with `batch` (a delta-rs overwrite).
+pub async fn overwrite_table(path: &Path, batch: datafusion::arrow::array::RecordBatch) {
+    let url = url::Url::from_directory_path(std::fs::canonicalize(path).unwrap()).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    table
+        .write(vec![batch])
+        .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+        .await
+        .unwrap();
+}
+
 /// Reads a table back through a fresh delta-rs load (not the write path) and
 /// renders `SELECT … FROM t ORDER BY …` as sorted text lines.
 pub async fn read_table(path: &Path, query: &str) -> Vec<String> {

@@ -61,13 +61,7 @@ async fn orders(p: &Project, rows: &[(Option<i64>, Option<i32>, &str)]) {
     .unwrap();
     let path = p.warehouse().join("orders");
     if path.exists() {
-        let url = url::Url::from_directory_path(&path).unwrap();
-        let table = deltalake::open_table(url).await.unwrap();
-        table
-            .write(vec![batch])
-            .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
-            .await
-            .unwrap();
+        crate::common::overwrite_table(&path, batch).await;
     } else {
         crate::common::create_table(&path, batch, &[]).await;
     }

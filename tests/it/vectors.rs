@@ -40,13 +40,7 @@ async fn project(clauses: &str, rewrite_above: f64, changes: RecordBatch) -> Pro
 }
 
 async fn replace_changes(project: &Project, changes: RecordBatch) {
-    let url = url::Url::from_directory_path(project.warehouse().join("changes")).unwrap();
-    let table = deltalake::open_table(url).await.unwrap();
-    table
-        .write(vec![changes])
-        .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
-        .await
-        .unwrap();
+    crate::common::overwrite_table(&project.warehouse().join("changes"), changes).await;
 }
 
 /// The actions of commit `version` of the table at `path`.

@@ -6,7 +6,6 @@
 //! Nothing in it refers to the process that planned it, so a cluster's executor
 //! runs it as it is (`crate::cluster::codec` ships it).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
@@ -29,12 +28,12 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use deltalake::parquet::arrow::arrow_reader::RowSelection;
-use deltalake::Path;
+use deltalake::{ObjectMeta, Path};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{df_error, partition_values, DataFile};
-use crate::delta::{stores, vectors};
+use crate::delta::{partition, stores, vectors};
 
 /// How the Parquet reader treats the pushed-down predicate (the session's settings
 /// where the scan was planned; an executor's own defaults differ).
@@ -189,22 +188,25 @@ impl DeltaFilesExec {
         let store_url = ObjectStoreUrl::parse(stores::root(&root).as_str())?;
         let store = context.runtime_env().object_store(&store_url)?;
         let root_path = Path::from_url_path(root.path()).map_err(df_error)?;
-        let mut fetched = HashMap::new();
+        let mut vectors = vectors::VectorReader::new(store.clone(), &root);
         let mut files = Vec::new();
         for f in group {
-            let location = f
-                .path
-                .split('/')
-                .filter(|p| !p.is_empty())
-                .fold(root_path.clone(), |path, part| path.clone().join(part));
+            let location = partition::file_path(&root_path, &f.path).map_err(df_error)?;
             let values = partition_values(&self.partition_fields, |c| f.partition.get(c))?;
-            let mut file =
-                PartitionedFile::new(location.to_string(), f.size).with_partition_values(values);
+            // From the object's metadata: `PartitionedFile::new` would encode the path again.
+            let mut file = PartitionedFile::new_from_meta(ObjectMeta {
+                location: location.clone(),
+                last_modified: chrono::DateTime::UNIX_EPOCH,
+                size: f.size,
+                e_tag: None,
+                version: None,
+            })
+            .with_partition_values(values);
             if let Some(descriptor) = &f.vector {
-                let deleted = vectors::deleted_positions(&store, &root, descriptor, &mut fetched)
+                let deleted = vectors.deleted(descriptor).await.map_err(df_error)?;
+                let rows = vectors::parquet_row_count(&store, &location, f.size)
                     .await
                     .map_err(df_error)?;
-                let rows = parquet_rows(&store, &location, f.size).await?;
                 file = file.with_extension(ParquetRowSelection::new(live(&deleted, rows)));
             }
             files.push(file);
@@ -288,26 +290,6 @@ async fn groups_of(
         }
     }
     Ok(groups)
-}
-
-/// A file's physical row count, from its footer (the log's `numRecords` is
-/// optional, and a vector counts positions among all of the file's rows).
-async fn parquet_rows(
-    store: &Arc<dyn deltalake::ObjectStore>,
-    location: &Path,
-    size: u64,
-) -> Result<usize> {
-    #[allow(deprecated)] // its replacement, SpawnedReader, is for a separate I/O runtime
-    let mut reader = deltalake::parquet::arrow::async_reader::ParquetObjectReader::new(
-        store.clone(),
-        location.clone(),
-    )
-    .with_file_size(size);
-    let metadata =
-        deltalake::parquet::arrow::async_reader::AsyncFileReader::get_metadata(&mut reader, None)
-            .await
-            .map_err(df_error)?;
-    Ok(metadata.file_metadata().num_rows() as usize)
 }
 
 /// The rows a vector leaves, as a selection over the whole file.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result, ScalarValue, ToDFSchema};
 use datafusion::datasource::TableType;
@@ -38,6 +38,8 @@ use deltalake::DeltaTable;
 use serde::{Deserialize, Serialize};
 
 pub use exec::DeltaFilesExec;
+
+use super::partition;
 
 /// The provider a run reads `table` through: sqlplan's own scan when the table has
 /// deletion vectors or the run goes to a cluster (`shipped`), else delta-rs's.
@@ -116,19 +118,11 @@ pub fn partition_values<'a>(
 ) -> Result<Vec<ScalarValue>> {
     fields
         .iter()
-        .map(|f| typed(raw(f.name()).cloned().flatten(), f.data_type()))
+        .map(|f| {
+            let raw = raw(f.name()).and_then(|v| v.as_deref());
+            partition::value(raw, f.data_type()).map_err(df_error)
+        })
         .collect()
-}
-
-fn typed(value: Option<String>, data_type: &DataType) -> Result<ScalarValue> {
-    match (value, data_type) {
-        (v, DataType::Dictionary(key, inner)) => Ok(ScalarValue::Dictionary(
-            key.clone(),
-            Box::new(typed(v, inner)?),
-        )),
-        (Some(v), t) => ScalarValue::try_from_string(v, t),
-        (None, t) => ScalarValue::try_from(t),
-    }
 }
 
 #[async_trait]

@@ -3,7 +3,7 @@
 //! cover), which files may hold one (partition values, then key statistics), and,
 //! per file, the live rows whose key is a source key with their physical position.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
@@ -11,10 +11,12 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt64Type};
 use datafusion::arrow::row::RowConverter;
 use datafusion::common::hash_utils::RandomState;
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
 use deltalake::kernel::LogicalFileView;
 
 use super::super::context::{df_err, StageResult};
+use crate::delta::partition;
 use crate::delta::vectors::{self as dv, DataFile, ROW_NUMBER};
 
 /// The key pass over candidate files: what it reads and how it matches.
@@ -100,7 +102,9 @@ pub(super) struct SourceKeys {
     /// Keyed by the row format's bytes, so a lookup borrows the file row's bytes
     /// instead of copying them (one lookup per row of every candidate file).
     pub(super) rows: HashMap<Box<[u8]>, u64, RandomState>,
-    pub(super) partition_values: BTreeMap<String, BTreeSet<String>>,
+    /// Per key column that is a partition column: its type and the source's values
+    /// (typed: a log's partition string is parsed to be compared, never printed).
+    pub(super) partition_values: BTreeMap<String, (DataType, HashSet<ScalarValue>)>,
     /// The least and greatest source value of each integer key column that is not
     /// a partition column (against the files' statistics).
     pub(super) ranges: BTreeMap<String, (serde_json::Value, serde_json::Value)>,
@@ -111,13 +115,15 @@ impl SourceKeys {
         converter: &RowConverter,
         keyed: &[RecordBatch],
         keys: &[(String, Expr)],
+        key_types: &[DataType],
         partitions: &[String],
     ) -> StageResult<Self> {
         let mut rows = HashMap::with_hasher(RandomState::default());
-        let mut partition_values: BTreeMap<String, BTreeSet<String>> = keys
+        let mut partition_values: BTreeMap<String, (DataType, HashSet<ScalarValue>)> = keys
             .iter()
-            .filter(|(c, _)| partitions.contains(c))
-            .map(|(c, _)| (c.clone(), BTreeSet::new()))
+            .zip(key_types.iter().cloned())
+            .filter(|((c, _), _)| partitions.contains(c))
+            .map(|((c, _), t)| (c.clone(), (t, HashSet::new())))
             .collect();
         for b in keyed {
             let arrays = &b.columns()[..keys.len()];
@@ -129,11 +135,8 @@ impl SourceKeys {
                 }
                 rows.insert(converted.row(i).as_ref().into(), source_row.value(i));
                 for (k, (c, _)) in keys.iter().enumerate() {
-                    if let Some(values) = partition_values.get_mut(c) {
-                        values.insert(
-                            datafusion::arrow::util::display::array_value_to_string(&arrays[k], i)
-                                .map_err(df_err)?,
-                        );
+                    if let Some((_, values)) = partition_values.get_mut(c) {
+                        values.insert(ScalarValue::try_from_array(&arrays[k], i).map_err(df_err)?);
                     }
                 }
             }
@@ -161,11 +164,16 @@ impl SourceKeys {
         file: &LogicalFileView,
         partition: &HashMap<String, Option<String>>,
     ) -> bool {
-        let partitions_match = self.partition_values.iter().all(|(c, values)| {
-            partition
+        let partitions_match = self.partition_values.iter().all(|(c, (t, values))| {
+            match partition
                 .get(c)
-                .and_then(|v| v.as_ref())
-                .is_some_and(|v| values.contains(v))
+                .map(|raw| partition::value(raw.as_deref(), t))
+            {
+                Some(Ok(v)) => !v.is_null() && values.contains(&v),
+                // Unreadable: the key pass reads the file and reports why.
+                Some(Err(_)) => true,
+                None => false,
+            }
         });
         if !partitions_match || self.ranges.is_empty() {
             return partitions_match;

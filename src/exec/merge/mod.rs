@@ -179,14 +179,19 @@ fn is_source_side(e: &Expr, target: &str) -> bool {
 }
 
 /// Two source rows for one target key would make the result depend on which one
-/// happens to be applied: an error that names the key, never a silent pick.
+/// happens to be applied: an error that names the key, never a silent pick. A row
+/// with a NULL key matches no target row (NULL = NULL is not true), so such rows
+/// may repeat.
 async fn check_unique_keys(source: &DataFrame, keys: &[Expr]) -> StageResult<()> {
-    if keys.is_empty() {
+    let Some(all_set) =
+        datafusion::logical_expr::utils::conjunction(keys.iter().map(|k| k.clone().is_not_null()))
+    else {
         return Ok(());
-    }
+    };
     let dup = source
         .clone()
-        .aggregate(keys.to_vec(), vec![count(lit(1)).alias("sqlplan_rows")])
+        .filter(all_set)
+        .and_then(|d| d.aggregate(keys.to_vec(), vec![count(lit(1)).alias("sqlplan_rows")]))
         .and_then(|d| d.filter(col("sqlplan_rows").gt(lit(1))))
         .and_then(|d| d.limit(0, Some(1)))
         .map_err(df_err)?

@@ -105,10 +105,10 @@ impl Executor {
             .map_err(df_err)?;
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(df_err)?;
-        let lookup = SourceKeys::new(&converter, &keyed, &keys, &partitions)?;
+        let lookup = SourceKeys::new(&converter, &keyed, &keys, &key_types, &partitions)?;
 
         // 1. Candidate files, with their existing vectors.
-        let mut candidates = candidates(self, &table, |f, p| lookup.may_hold(f, p)).await?;
+        let mut candidates = candidates(&table, |f, p| lookup.may_hold(f, p)).await?;
 
         // 2. The key pass: matched rows with their position and source row.
         let referenced = referenced_columns(&merge, &keys, &target_fields);
