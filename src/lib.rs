@@ -8,24 +8,31 @@
 // error path, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
-pub mod cli;
-pub mod cluster;
-pub mod compile;
-pub mod delta;
-pub mod diag;
-pub mod exec;
-pub mod fixtures;
-pub mod ledger;
-pub mod plan;
-pub mod pruning;
-pub mod render;
-pub mod report;
-pub mod review;
-pub mod select;
-pub mod session;
-pub mod spec;
-pub mod state;
-pub mod workloads;
+mod cli;
+mod cluster;
+mod compile;
+mod delta;
+mod diag;
+mod exec;
+mod fixtures;
+mod ledger;
+mod plan;
+mod pruning;
+mod render;
+mod report;
+mod review;
+mod select;
+mod session;
+mod spec;
+mod state;
+mod workloads;
+
+// The library's surface: what the binary and the integration tests use. Every
+// module is private, so rustc reports what nothing uses.
+pub use cli::main;
+pub use exec::{run, RunOptions};
+pub use fixtures::append_rows;
+pub use render::literal;
 
 use std::path::Path;
 

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(sqlplan::cli::main());
+    std::process::exit(sqlplan::main());
 }

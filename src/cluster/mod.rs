@@ -31,8 +31,6 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// A connection to a cluster for one run.
 pub struct Remote {
-    /// The scheduler, as given (`df://host:port`).
-    pub engine: String,
     state: SessionState,
     /// Where this run's materialized relations go (`…/_sqlplan/scratch/<run>/`).
     pub scratch: url::Url,
@@ -68,11 +66,7 @@ impl Remote {
                 .build()
                 .upgrade_for_ballista(scheduler)
                 .map_err(|e| format!("cluster {engine}: {e}"))?;
-        Ok(Remote {
-            engine: engine.to_string(),
-            state,
-            scratch,
-        })
+        Ok(Remote { state, scratch })
     }
 
     /// The physical plan that runs `plan` on the cluster (its results stream back

@@ -22,7 +22,6 @@ use crate::spec::{PipelineSpec, TableSpec};
 pub struct TableInfo {
     pub name: String,
     pub location: String,
-    pub url: url::Url,
     /// Delta version the plan was bound to; None when the run will create the table.
     pub version: Option<i64>,
     pub num_files: Option<usize>,
@@ -52,7 +51,8 @@ pub async fn open(
     let mut tables = BTreeMap::new();
     for (name, table) in &spec.tables {
         let location = rendered.locations[name].clone();
-        let url = crate::delta::table_url(&location).map_err(|e| {
+        // A location that is no URL and no usable path is the YAML's error.
+        crate::delta::table_url(&location).map_err(|e| {
             yaml_problem(
                 spec,
                 table,
@@ -81,7 +81,6 @@ pub async fn open(
                 let info = TableInfo {
                     name: name.clone(),
                     location,
-                    url,
                     version: delta.version().map(|v| v as i64),
                     num_files: Some(snapshot.log_data().num_files()),
                     schema: provider.schema(),
@@ -101,7 +100,6 @@ pub async fn open(
                 let info = TableInfo {
                     name: name.clone(),
                     location,
-                    url,
                     version: None,
                     num_files: None,
                     schema: schema.clone(),

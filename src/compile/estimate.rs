@@ -17,7 +17,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
-pub use crate::plan::{Estimate, Span};
+pub use crate::plan::Estimate;
 
 /// Estimates for one plan: a pipeline often scans a table several times with the
 /// same filters (every file, or the same partition), and each is planned once.

@@ -22,12 +22,6 @@ pub enum StatementKind {
     Delete,
 }
 
-impl StatementKind {
-    pub fn writes(&self) -> bool {
-        !matches!(self, StatementKind::Select)
-    }
-}
-
 /// A relation name as written in the SQL, with its position in the rendered text.
 #[derive(Clone, Debug)]
 pub struct RelationRef {

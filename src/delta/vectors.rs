@@ -290,10 +290,6 @@ impl VectorFile {
         self.vectors.push((path.to_string(), dv));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.vectors.is_empty()
-    }
-
     /// The file's bytes (the kernel's format) and each data file's descriptor.
     fn encode(
         self,
@@ -436,84 +432,6 @@ pub async fn live_rows(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enabling_vectors_keeps_the_features_a_legacy_protocol_implied() {
-        use serde_json::json;
-        let cases = [
-            (
-                json!({"minReaderVersion": 1, "minWriterVersion": 2}),
-                json!(["appendOnly", "deletionVectors", "invariants"]),
-                json!(["deletionVectors"]),
-            ),
-            (
-                json!({"minReaderVersion": 2, "minWriterVersion": 5}),
-                json!([
-                    "appendOnly",
-                    "changeDataFeed",
-                    "checkConstraints",
-                    "columnMapping",
-                    "deletionVectors",
-                    "generatedColumns",
-                    "invariants"
-                ]),
-                json!(["columnMapping", "deletionVectors"]),
-            ),
-            (
-                json!({"minReaderVersion": 2, "minWriterVersion": 7,
-                       "writerFeatures": ["columnMapping", "invariants"]}),
-                json!(["columnMapping", "deletionVectors", "invariants"]),
-                json!(["columnMapping", "deletionVectors"]),
-            ),
-            (
-                json!({"minReaderVersion": 3, "minWriterVersion": 7,
-                       "readerFeatures": ["timestampNtz"],
-                       "writerFeatures": ["timestampNtz", "appendOnly"]}),
-                json!(["appendOnly", "deletionVectors", "timestampNtz"]),
-                json!(["deletionVectors", "timestampNtz"]),
-            ),
-        ];
-        for (before, writer, reader) in cases {
-            let after = with_vectors(&before);
-            assert_eq!(
-                (&after["minReaderVersion"], &after["minWriterVersion"]),
-                (&json!(3), &json!(7))
-            );
-            assert_eq!(after["writerFeatures"], writer, "{before}");
-            assert_eq!(after["readerFeatures"], reader, "{before}");
-            // The kernel accepts it.
-            serde_json::from_value::<deltalake::kernel::Protocol>(after).unwrap();
-        }
-    }
-
-    #[test]
-    fn positions_become_runs() {
-        assert_eq!(ranges([1, 2, 3, 7, 9, 10]), vec![1..4, 7..8, 9..11]);
-        assert!(ranges([]).is_empty());
-    }
-
-    #[test]
-    fn vectors_share_one_file_at_increasing_offsets() {
-        let mut f = VectorFile::default();
-        f.add("a", [0, 2, 4]);
-        f.add("b", [1]);
-        let (bytes, d) = f.encode(uuid::Uuid::nil()).unwrap();
-        assert_eq!(bytes[0], 1, "version byte");
-        let (a, b) = (&d[0].1, &d[1].1);
-        assert_eq!(a.offset, Some(1));
-        assert_eq!(b.offset, Some(1 + 4 + a.size_in_bytes + 4));
-        assert_eq!((a.cardinality, b.cardinality), (3, 1));
-        assert_eq!(
-            bytes.len() as i32,
-            b.offset.unwrap() + 4 + b.size_in_bytes + 4
-        );
-        assert_eq!(a.path_or_inline_dv.len(), 20, "z85 of 16 bytes");
-    }
-}
-
 /// Reads the deletion vectors of one table's files with the kernel's reader
 /// (version, size, magic, CRC checks). That reader is synchronous, so each vector
 /// file is fetched first, once: one commit's vectors share one file.
@@ -541,11 +459,6 @@ impl VectorReader {
 
     pub fn for_table(table: &DeltaTable) -> Self {
         Self::new(table.log_store().root_object_store(None), table.table_url())
-    }
-
-    /// The table root, with a trailing slash.
-    pub fn root(&self) -> &url::Url {
-        &self.root
     }
 
     /// The positions a data file's vector deletes, in order.
@@ -630,5 +543,83 @@ impl buoyant_kernel::StorageHandler for Fetched {
 
     fn delete(&self, _: &url::Url) -> buoyant_kernel::DeltaResult<()> {
         Err(buoyant_kernel::Error::generic("read only"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enabling_vectors_keeps_the_features_a_legacy_protocol_implied() {
+        use serde_json::json;
+        let cases = [
+            (
+                json!({"minReaderVersion": 1, "minWriterVersion": 2}),
+                json!(["appendOnly", "deletionVectors", "invariants"]),
+                json!(["deletionVectors"]),
+            ),
+            (
+                json!({"minReaderVersion": 2, "minWriterVersion": 5}),
+                json!([
+                    "appendOnly",
+                    "changeDataFeed",
+                    "checkConstraints",
+                    "columnMapping",
+                    "deletionVectors",
+                    "generatedColumns",
+                    "invariants"
+                ]),
+                json!(["columnMapping", "deletionVectors"]),
+            ),
+            (
+                json!({"minReaderVersion": 2, "minWriterVersion": 7,
+                       "writerFeatures": ["columnMapping", "invariants"]}),
+                json!(["columnMapping", "deletionVectors", "invariants"]),
+                json!(["columnMapping", "deletionVectors"]),
+            ),
+            (
+                json!({"minReaderVersion": 3, "minWriterVersion": 7,
+                       "readerFeatures": ["timestampNtz"],
+                       "writerFeatures": ["timestampNtz", "appendOnly"]}),
+                json!(["appendOnly", "deletionVectors", "timestampNtz"]),
+                json!(["deletionVectors", "timestampNtz"]),
+            ),
+        ];
+        for (before, writer, reader) in cases {
+            let after = with_vectors(&before);
+            assert_eq!(
+                (&after["minReaderVersion"], &after["minWriterVersion"]),
+                (&json!(3), &json!(7))
+            );
+            assert_eq!(after["writerFeatures"], writer, "{before}");
+            assert_eq!(after["readerFeatures"], reader, "{before}");
+            // The kernel accepts it.
+            serde_json::from_value::<deltalake::kernel::Protocol>(after).unwrap();
+        }
+    }
+
+    #[test]
+    fn positions_become_runs() {
+        assert_eq!(ranges([1, 2, 3, 7, 9, 10]), vec![1..4, 7..8, 9..11]);
+        assert!(ranges([]).is_empty());
+    }
+
+    #[test]
+    fn vectors_share_one_file_at_increasing_offsets() {
+        let mut f = VectorFile::default();
+        f.add("a", [0, 2, 4]);
+        f.add("b", [1]);
+        let (bytes, d) = f.encode(uuid::Uuid::nil()).unwrap();
+        assert_eq!(bytes[0], 1, "version byte");
+        let (a, b) = (&d[0].1, &d[1].1);
+        assert_eq!(a.offset, Some(1));
+        assert_eq!(b.offset, Some(1 + 4 + a.size_in_bytes + 4));
+        assert_eq!((a.cardinality, b.cardinality), (3, 1));
+        assert_eq!(
+            bytes.len() as i32,
+            b.offset.unwrap() + 4 + b.size_in_bytes + 4
+        );
+        assert_eq!(a.path_or_inline_dv.len(), 20, "z85 of 16 bytes");
     }
 }

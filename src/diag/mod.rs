@@ -11,7 +11,9 @@ use std::sync::Arc;
 use miette::{Diagnostic, LabeledSpan, NamedSource, SourceCode, SourceSpan};
 
 mod code;
-pub use code::{Code, ALL_CODES};
+pub use code::Code;
+#[cfg(test)]
+use code::ALL_CODES;
 
 /// A text the user wrote (or that was rendered from it), named the way the user
 /// knows it: a path relative to the project root.

@@ -18,9 +18,9 @@ mod types;
 mod vars;
 pub mod yaml;
 
-pub use expect::{CheckAction, CheckSpec, ExpectSpec, QUARANTINE_COLUMNS};
+pub use expect::{CheckAction, ExpectSpec};
 pub use types::VarType;
-pub use yaml::{yaml_value, YamlReader};
+pub use yaml::YamlReader;
 
 /// A value together with where it was written in the pipeline YAML.
 #[derive(Clone, Debug)]
@@ -60,7 +60,6 @@ pub struct TableSpec {
     pub name: Spanned<String>,
     /// Location template (rendered with the vars in the render step).
     pub location: Spanned<String>,
-    pub description: Option<String>,
     /// Declared schema, used to create the table when it does not exist.
     pub schema: Option<Vec<ColumnSpec>>,
     pub partition_by: Vec<Spanned<String>>,

@@ -131,7 +131,8 @@ impl Loader<'_> {
             };
             let max_scan_bytes = bytes("max_scan_bytes")?;
             let max_rewrite_bytes = bytes("max_rewrite_bytes")?;
-            let description = self.optional_string(map, "description")?.map(|s| s.value);
+            // A table's description documents the YAML; it is checked, not kept.
+            self.optional_string(map, "description")?;
             let optional = self.flag(map, "optional")?;
             let deletion_vectors = self.deletion_vectors(map.get_node("deletion_vectors"))?;
             tables.insert(
@@ -139,7 +140,6 @@ impl Loader<'_> {
                 TableSpec {
                     name,
                     location,
-                    description,
                     schema,
                     partition_by,
                     max_full_scans,

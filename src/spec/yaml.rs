@@ -314,14 +314,6 @@ pub fn to_json(node: &Node) -> Value {
     }
 }
 
-/// A YAML document as a JSON-like value (plain scalars coerced, quoted ones kept).
-pub fn yaml_value(text: &str) -> std::result::Result<Value, String> {
-    let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
-    marked_yaml::parse_yaml_with_options(0, text, options)
-        .map(|n| to_json(&n))
-        .map_err(|e| e.to_string())
-}
-
 pub fn coerce_scalar(s: &str) -> Value {
     match s {
         "true" | "True" | "TRUE" => return Value::Bool(true),

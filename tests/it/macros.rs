@@ -8,7 +8,7 @@ async fn eval(expr: &str) -> String {
     let root = repo();
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.add_filter("literal", sqlplan::render::literal);
+    env.add_filter("literal", sqlplan::literal);
     env.set_loader(move |name: &str| Ok(std::fs::read_to_string(root.join(name)).ok()));
     let template = format!(
         "{{% import \"sql/macros/months.sql\" as months %}}{{% import \"sql/macros/history.sql\" as history %}}SELECT CAST({expr} AS VARCHAR) AS v"

@@ -342,7 +342,7 @@ stages:
     )
     .unwrap();
     create_table(&src, other, &[]).await;
-    let err = sqlplan::exec::run(plan.clone(), &Default::default())
+    let err = sqlplan::run(plan.clone(), &Default::default())
         .await
         .unwrap_err();
     assert!(
@@ -353,9 +353,7 @@ stages:
     assert_eq!(err.exit_code(), 1);
     assert!(!project.warehouse().join("out").exists(), "nothing created");
     std::fs::remove_dir_all(&src).unwrap();
-    let err = sqlplan::exec::run(plan, &Default::default())
-        .await
-        .unwrap_err();
+    let err = sqlplan::run(plan, &Default::default()).await.unwrap_err();
     assert!(err.message.contains("`src`"), "{}", err.message);
     assert!(!project.warehouse().join("out").exists(), "nothing created");
 }
@@ -651,7 +649,7 @@ async fn the_summary_run_reports_its_counts() {
         {"cons_acct_key": 2, "rpt_as_of_mo": "2025-12", "acct_bal_am": 1, "base_ts": "2026-01-01T00:00:00"},
         {"cons_acct_key": 3, "rpt_as_of_mo": "2025-12", "soft_del_cd": "1", "base_ts": "2026-01-01T00:00:00"}
     ]);
-    sqlplan::fixtures::append_rows(&plan, "accounts", &rows)
+    sqlplan::append_rows(&plan, "accounts", &rows)
         .await
         .unwrap();
     let var = format!("warehouse={wh}");
