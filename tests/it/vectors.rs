@@ -132,13 +132,22 @@ async fn a_merge_marks_changed_rows_deleted_and_leaves_other_files_alone() {
         ),
         (Some(1), Some(1), Some(0), Some(0), Some(1), Some(1))
     );
-    // The run turned the feature on before writing.
+    // The run turned the feature on before writing, keeping what the table's
+    // legacy protocol implied.
     let upgrade = commit(&target, 2);
     let protocol = actions(&upgrade, "protocol");
     assert!(
         protocol[0]["readerFeatures"]
             .as_array()
             .is_some_and(|f| f.iter().any(|f| f == "deletionVectors")),
+        "{upgrade:?}"
+    );
+    // delta-rs created the table at reader 1, writer 2 (append-only, invariants).
+    let created = actions(&commit(&target, 0), "protocol")[0].clone();
+    assert_eq!(created["minWriterVersion"], 2, "{created}");
+    assert_eq!(
+        protocol[0]["writerFeatures"],
+        serde_json::json!(["appendOnly", "deletionVectors", "invariants"]),
         "{upgrade:?}"
     );
     let merge = commit(&target, 3);
@@ -154,6 +163,12 @@ async fn a_merge_marks_changed_rows_deleted_and_leaves_other_files_alone() {
     assert_eq!(with_vector.len(), 1);
     assert_eq!(with_vector[0]["path"], x_file.as_str());
     assert_eq!(with_vector[0]["deletionVector"]["cardinality"], 1);
+    let stats: Value = serde_json::from_str(with_vector[0]["stats"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&stats["numRecords"], &stats["tightBounds"]),
+        (&serde_json::json!(10), &serde_json::json!(false)),
+        "an Add with a vector: its physical rows, and bounds that are no longer tight"
+    );
     assert_eq!(with_vector[0]["deletionVector"]["storageType"], "u");
     assert_eq!(
         adds.len(),
@@ -426,4 +441,64 @@ async fn only_files_whose_partition_and_key_statistics_fit_the_source_are_read()
     let mut want = expected(&[(2, "B")], &[], &[(101, "a", "x"), (102, "b", "x")]);
     want.sort_by_key(|r| r.split(',').next().unwrap().parse::<i64>().unwrap());
     assert_eq!(rows(&p).await, want);
+}
+
+/// `verify-vectors` finds nothing wrong with what a MERGE wrote, then names each
+/// defect of a damaged copy: an Add claiming tight bounds, a vector file whose
+/// bytes no longer match their checksum.
+#[tokio::test]
+async fn verify_vectors_accepts_what_a_merge_wrote_and_names_what_is_broken() {
+    let p = project(UPSERT, 0.5, batch(&[2, 13], &["B", "N"], &["x", "y"])).await;
+    run(&p);
+    let ok = p.sqlplan(&["verify-vectors", "warehouse/target"]);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout
+            .contains("1 with deletion vectors (1 rows deleted)"),
+        "{}",
+        ok.stdout
+    );
+
+    let target = p.warehouse().join("target");
+    let log = target.join("_delta_log").join(format!("{:020}.json", 3));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(r#"\"tightBounds\":false"#), "{text}");
+    std::fs::write(
+        &log,
+        text.replace(r#"\"tightBounds\":false"#, r#"\"tightBounds\":true"#),
+    )
+    .unwrap();
+    let vector = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| {
+            f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("deletion_vector_")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&vector).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&vector, bytes).unwrap();
+
+    let bad = p.sqlplan(&["verify-vectors", "warehouse/target", "--format", "json"]);
+    assert_eq!(bad.code, 1, "{}{}", bad.stdout, bad.stderr);
+    let check: Value = serde_json::from_str(&bad.stdout).unwrap();
+    let problems: Vec<&str> = check["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("tightBounds is true (must be false)"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("the deletion vector cannot be read"),
+        "{problems:?}"
+    );
 }
