@@ -84,7 +84,9 @@ impl Executor {
             start = super::resume::find(&plan, &tables, false).await?;
         }
         let super::resume::Start::Run(start) = start else {
-            return Err("the abandoned run is still unfinished".into());
+            return Err(StageError::Resume(
+                "the abandoned run is still unfinished".to_string(),
+            ));
         };
         if start.resumed {
             // Every stage reads the tables as the interrupted run found them.
@@ -102,8 +104,13 @@ impl Executor {
         let ctx = crate::session::new_context();
         let remote = match engine {
             Some(engine) => {
-                let control = super::tables::control_url(&plan)?
-                    .ok_or("a run on a cluster needs a table it finishes on (its scratch folder goes beside it)")?;
+                let control = super::tables::control_url(&plan)?.ok_or_else(|| {
+                    StageError::Unsupported(
+                        "a run on a cluster needs a table it finishes on (its scratch \
+                             folder goes beside it)"
+                            .to_string(),
+                    )
+                })?;
                 let scratch = control
                     .join(&format!(
                         "scratch/{}-run{}-{}/",

@@ -44,6 +44,13 @@ pub enum StageError {
     /// The stage could not run as planned (e.g. a clause delta-rs cannot execute).
     #[error("{0}")]
     Unsupported(String),
+    /// An earlier, unfinished run of the pipeline stands in the way of this one.
+    #[error("{0}")]
+    Resume(String),
+    /// A bug in sqlplan: something the executor relies on of the plan or of its own
+    /// intermediate results did not hold (a written literal message, `"…".into()`).
+    #[error("internal error (a bug in sqlplan): {0}")]
+    Internal(String),
 }
 
 impl From<String> for StageError {
@@ -54,7 +61,9 @@ impl From<String> for StageError {
 }
 
 impl From<&str> for StageError {
+    /// The executor's own invariants (`ok_or("no row numbers")?`): what the user
+    /// meets is written out with its variant instead.
     fn from(message: &str) -> Self {
-        StageError::Unsupported(message.to_string())
+        StageError::Internal(message.to_string())
     }
 }

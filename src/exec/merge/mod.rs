@@ -110,7 +110,11 @@ impl Executor {
             .next()
             .and_then(|(q, _)| q.cloned())
             .map(|q| q.table().to_string())
-            .ok_or("MERGE source without a name")?;
+            .ok_or_else(|| {
+                StageError::Unsupported(
+                    "the MERGE source has no name: give it an alias (`USING (…) AS s`)".to_string(),
+                )
+            })?;
         let source = DataFrame::new(state, (*dml.input).clone());
         let (source, literal_bounds) = self.bounded(source).await?;
         let (physical, task) = self.physical(source).await?;
