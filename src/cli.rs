@@ -518,16 +518,16 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             let plan =
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
             let failed = |e: String| Problem::failed(Code::LedgerUnreadable, e);
-            let Some(location) = crate::ledger::location(&plan).map_err(failed)? else {
+            let Some(location) = crate::control::ledger::location(&plan).map_err(failed)? else {
                 return Ok("this pipeline writes no table: its runs are not recorded\n".into());
             };
-            let mut entries = crate::ledger::read(&location, &plan.pipeline)
+            let mut entries = crate::control::ledger::read(&location, &plan.pipeline)
                 .await
                 .map_err(failed)?;
             entries.truncate(limit);
             Ok(match format {
                 PlanFormat::Text | PlanFormat::Markdown => {
-                    crate::ledger::to_text(&location, &entries)
+                    crate::control::ledger::to_text(&location, &entries)
                 }
                 PlanFormat::Json => {
                     serde_json::to_string_pretty(&entries).expect("entries serialise") + "\n"

@@ -11,11 +11,11 @@
 mod cli;
 mod cluster;
 mod compile;
+mod control;
 mod delta;
 mod diag;
 mod exec;
 mod fixtures;
-mod ledger;
 mod plan;
 mod pruning;
 mod render;

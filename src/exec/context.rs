@@ -104,7 +104,7 @@ impl Executor {
         let ctx = crate::session::new_context();
         let remote = match engine {
             Some(engine) => {
-                let control = super::tables::control_url(&plan)?.ok_or_else(|| {
+                let control = crate::control::control_url(&plan)?.ok_or_else(|| {
                     StageError::Unsupported(
                         "a run on a cluster needs a table it finishes on (its scratch \
                              folder goes beside it)"
@@ -407,7 +407,7 @@ impl Executor {
         let states = self.states.lock().await.clone();
         crate::delta::failpoint::hit("before:finish");
         let finish_id = [delta::finish_app_id(&self.plan.pipeline)];
-        for name in super::tables::finish_tables(&self.plan) {
+        for name in crate::control::finish_tables(&self.plan) {
             // The newest version: a resumed run may read the table at an older one.
             let table = delta::open(&name, &self.location(&name)?, None).await?;
             // A resumed run whose finish reached some tables before it died.

@@ -123,8 +123,8 @@ impl Executor {
                 format!("this run (run {}) started from it", self.tag.run_number),
             ));
         }
-        if let Some(location) = crate::ledger::location(&self.plan)? {
-            for run in crate::ledger::unfinished(&location).await? {
+        if let Some(location) = crate::control::ledger::location(&self.plan)? {
+            for run in crate::control::ledger::unfinished(&location).await? {
                 let same = run.pipeline == self.plan.pipeline && run.run == self.tag.run_number;
                 if let (false, Some(&v)) = (same, run.read_versions.get(target)) {
                     readers.push((

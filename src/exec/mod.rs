@@ -10,7 +10,6 @@ mod compact;
 mod context;
 mod error;
 mod expect;
-pub mod lock;
 mod maintain;
 mod materialize;
 mod merge;
@@ -32,7 +31,6 @@ use crate::plan::{Plan, StagePlan};
 use crate::report::StageMetrics;
 use crate::report::{RunReport, StageReport, StageStatus};
 use context::Executor;
-pub use tables::control_url;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -74,7 +72,7 @@ struct Finished {
 /// Runs the plan; the report says what every stage did. A failed stage yields a
 /// report with `failed` status (the caller exits 1), not an `Err`.
 pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem> {
-    let _lock = lock::acquire(&plan)
+    let _lock = crate::control::lock::acquire(&plan)
         .map_err(|e| Problem::failed(Code::RunInProgress, e).help("nothing was written"))?;
     let executor = Arc::new(
         Executor::new(
@@ -225,23 +223,23 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
 /// ledger, decide resumption.
 struct Ledger {
     location: Option<String>,
-    entry: crate::ledger::Entry,
+    entry: crate::control::ledger::Entry,
 }
 
 impl Ledger {
     async fn start(executor: &Executor) -> Result<Ledger, Problem> {
         let plan = &executor.plan;
         let setup = |e: String| Problem::failed(Code::RunSetup, e).help("no stage ran");
-        let location = crate::ledger::location(plan).map_err(setup)?;
+        let location = crate::control::ledger::location(plan).map_err(setup)?;
         if let (Some(location), Some((tag, restored))) = (&location, &executor.abandoned) {
-            let entry = crate::ledger::Entry::abandoned(plan, tag, restored);
-            crate::ledger::append(location, &entry)
+            let entry = crate::control::ledger::Entry::abandoned(plan, tag, restored);
+            crate::control::ledger::append(location, &entry)
                 .await
                 .map_err(setup)?;
         }
-        let entry = crate::ledger::Entry::start(plan, &executor.tag, executor.resumed);
+        let entry = crate::control::ledger::Entry::start(plan, &executor.tag, executor.resumed);
         if let Some(location) = &location {
-            crate::ledger::append(location, &entry)
+            crate::control::ledger::append(location, &entry)
                 .await
                 .map_err(setup)?;
         }
@@ -253,7 +251,7 @@ impl Ledger {
             return;
         };
         let entry = self.entry.end(report, error);
-        if let Err(e) = crate::ledger::append(location, &entry).await {
+        if let Err(e) = crate::control::ledger::append(location, &entry).await {
             eprintln!("sqlplan: warning: the run's end was not recorded in the ledger: {e}");
         }
     }

@@ -74,7 +74,7 @@ pub async fn find(
     // A run is finished when every table its finish commit goes to carries it (a
     // crash between two finish commits leaves it unfinished).
     let (mut finished, mut newest_finish): (Option<Option<i64>>, Option<i64>) = (None, None);
-    for name in super::tables::finish_tables(plan) {
+    for name in crate::control::finish_tables(plan) {
         let run = match tables.get(&name) {
             Some(t) => delta::commit::last_run(t, &finish_id).await?,
             None => None,
@@ -304,7 +304,7 @@ pub async fn abandon(
             unfinished.run_number
         );
     }
-    for name in super::tables::finish_tables(plan) {
+    for name in crate::control::finish_tables(plan) {
         let table = plan
             .tables
             .iter()

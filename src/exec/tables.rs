@@ -1,7 +1,7 @@
 //! The plan's tables at the start of a run: opened (created when the run creates
 //! them) and checked against the schema the plan was bound to.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use deltalake::DeltaTable;
 
@@ -83,37 +83,4 @@ fn check_drift(planned: &TablePlan, table: &DeltaTable) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// The tables a run's finish commit goes to: its state tables, or the table of the
-/// last writing stage when the pipeline records no state (none if nothing writes).
-pub fn finish_tables(plan: &Plan) -> BTreeSet<String> {
-    let mut tables: BTreeSet<String> = plan.state.values().cloned().collect();
-    if tables.is_empty() {
-        tables.extend(plan.stages.iter().rev().find_map(|s| s.writes.clone()));
-    }
-    tables
-}
-
-/// The folder `_sqlplan/` beside the first finish table: the run lock and the run
-/// ledger live there, in the warehouse the run writes to (None when nothing writes).
-pub fn control_url(plan: &Plan) -> Result<Option<url::Url>, String> {
-    let Some(table) = finish_tables(plan).into_iter().next() else {
-        return Ok(None);
-    };
-    let Some(location) = plan
-        .tables
-        .iter()
-        .find(|t| t.name == table)
-        .map(|t| &t.location)
-    else {
-        return Ok(None);
-    };
-    let mut url = delta::table_url(location)?;
-    if !url.path().ends_with('/') {
-        url.set_path(&format!("{}/", url.path()));
-    }
-    url.join("../_sqlplan/")
-        .map(Some)
-        .map_err(|e| format!("no folder beside {url}: {e}"))
 }

@@ -19,7 +19,7 @@ pub struct RunLock {
 
 /// Takes the pipeline's lock on its warehouse, or says who holds it.
 pub fn acquire(plan: &Plan) -> Result<Option<RunLock>, String> {
-    let Some(url) = super::tables::control_url(plan)? else {
+    let Some(url) = super::control_url(plan)? else {
         return Ok(None);
     };
     let Ok(dir) = url.to_file_path() else {

@@ -208,7 +208,7 @@ fn alive(process: &str) -> bool {
 /// Where the ledger of runs finishing on these tables lives: `_sqlplan/runs` beside
 /// the first finish table.
 pub fn location(plan: &crate::plan::Plan) -> Result<Option<String>, String> {
-    Ok(crate::exec::control_url(plan)?.map(|u| format!("{}{TABLE}", u.as_str())))
+    Ok(super::control_url(plan)?.map(|u| format!("{}{TABLE}", u.as_str())))
 }
 
 fn schema() -> Schema {

@@ -1,0 +1,45 @@
+//! Run control: the folder `_sqlplan/` beside the tables a pipeline's runs finish
+//! on, where one run at a time holds the pipeline's lock (`lock.rs`) and every run
+//! writes its start and end to the ledger (`ledger.rs`). Below `exec`, which takes
+//! the lock and writes the ledger; `sqlplan runs` and vacuum read it.
+
+pub mod ledger;
+pub mod lock;
+
+use std::collections::BTreeSet;
+
+use crate::delta;
+use crate::plan::Plan;
+
+/// The tables a run's finish commit goes to: its state tables, or the table of the
+/// last writing stage when the pipeline records no state (none if nothing writes).
+pub fn finish_tables(plan: &Plan) -> BTreeSet<String> {
+    let mut tables: BTreeSet<String> = plan.state.values().cloned().collect();
+    if tables.is_empty() {
+        tables.extend(plan.stages.iter().rev().find_map(|s| s.writes.clone()));
+    }
+    tables
+}
+
+/// The folder `_sqlplan/` beside the first finish table: the run lock and the run
+/// ledger live there, in the warehouse the run writes to (None when nothing writes).
+pub fn control_url(plan: &Plan) -> Result<Option<url::Url>, String> {
+    let Some(table) = finish_tables(plan).into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(location) = plan
+        .tables
+        .iter()
+        .find(|t| t.name == table)
+        .map(|t| &t.location)
+    else {
+        return Ok(None);
+    };
+    let mut url = delta::table_url(location)?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    url.join("../_sqlplan/")
+        .map(Some)
+        .map_err(|e| format!("no folder beside {url}: {e}"))
+}
