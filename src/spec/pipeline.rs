@@ -13,6 +13,7 @@ const TABLE_KEYS: &[&str] = &[
     "location",
     "description",
     "schema",
+    "schema_of",
     "partition_by",
     "max_full_scans",
     "max_scan_bytes",
@@ -80,6 +81,8 @@ impl Loader<'_> {
 
     fn tables(&self, node: Option<&Node>) -> Result<BTreeMap<String, TableSpec>> {
         let mut tables = BTreeMap::new();
+        // Tables whose columns are another table's (`schema_of: other`).
+        let mut schema_of: BTreeMap<String, Spanned<String>> = BTreeMap::new();
         let Some(node) = node else { return Ok(tables) };
         for (key, value) in self.mapping(node, "tables")?.iter() {
             let name = self.scalar_spanned(key);
@@ -91,27 +94,21 @@ impl Loader<'_> {
                 None => None,
                 Some(n) => Some(self.columns(n, &name.value)?),
             };
-            let partition_by = self.string_list(map.get_node("partition_by"), "partition_by")?;
-            if let Some(cols) = &schema {
-                for p in &partition_by {
-                    if !cols.iter().any(|c| c.name.value == p.value) {
-                        let known: Vec<&str> = cols.iter().map(|c| c.name.value.as_str()).collect();
-                        let mut e = self.error(
-                            p.span,
-                            Code::UnknownPartitionColumn,
-                            format!(
-                                "partition column `{}` is not in the schema of `{}`",
-                                p.value, name.value
-                            ),
-                            "not a declared column",
-                        );
-                        if let Some(h) = did_you_mean(&p.value, known) {
-                            e = e.help(h);
-                        }
-                        return Err(e);
-                    }
+            if let Some(of) = self.optional_string(map, "schema_of")? {
+                if schema.is_some() {
+                    return Err(self.error(
+                        of.span,
+                        Code::BadSchema,
+                        format!(
+                            "table `{}` declares both `schema` and `schema_of`",
+                            name.value
+                        ),
+                        "one of the two",
+                    ));
                 }
+                schema_of.insert(name.value.clone(), of);
             }
+            let partition_by = self.string_list(map.get_node("partition_by"), "partition_by")?;
             let max_full_scans = match map.get_scalar("max_full_scans") {
                 None => None,
                 Some(s) => Some(Spanned {
@@ -150,7 +147,78 @@ impl Loader<'_> {
                 },
             );
         }
+        for (name, of) in schema_of {
+            let columns = self.columns_of(&tables, &name, &of)?;
+            if let Some(t) = tables.get_mut(&name) {
+                t.schema = Some(columns);
+            }
+        }
+        for t in tables.values() {
+            self.check_partition_columns(t)?;
+        }
         Ok(tables)
+    }
+
+    /// The columns `schema_of: OF` of table `name` copies: OF must be a table that
+    /// declares its own `schema`.
+    fn columns_of(
+        &self,
+        tables: &BTreeMap<String, TableSpec>,
+        name: &str,
+        of: &Spanned<String>,
+    ) -> Result<Vec<ColumnSpec>> {
+        let Some(source) = tables.get(&of.value) else {
+            let mut e = self.error(
+                of.span,
+                Code::UnknownTable,
+                format!(
+                    "`schema_of: {}` of table `{name}` names no declared table",
+                    of.value
+                ),
+                "not a table of this pipeline",
+            );
+            if let Some(h) = did_you_mean(&of.value, tables.keys().map(String::as_str)) {
+                e = e.help(h);
+            }
+            return Err(e);
+        };
+        source.schema.clone().ok_or_else(|| {
+            self.error(
+                of.span,
+                Code::BadSchema,
+                format!(
+                    "`schema_of: {}` of table `{name}`: `{}` declares no `schema` of its own",
+                    of.value, of.value
+                ),
+                "copy a table that lists its columns",
+            )
+        })
+    }
+
+    /// Every `partition_by` column of a table with a schema is one of its columns.
+    fn check_partition_columns(&self, table: &TableSpec) -> Result<()> {
+        let (name, partition_by) = (&table.name, &table.partition_by);
+        if let Some(cols) = &table.schema {
+            for p in partition_by {
+                if !cols.iter().any(|c| c.name.value == p.value) {
+                    let known: Vec<&str> = cols.iter().map(|c| c.name.value.as_str()).collect();
+                    let mut e = self.error(
+                        p.span,
+                        Code::UnknownPartitionColumn,
+                        format!(
+                            "partition column `{}` is not in the schema of `{}`",
+                            p.value, name.value
+                        ),
+                        "not a declared column",
+                    );
+                    if let Some(h) = did_you_mean(&p.value, known) {
+                        e = e.help(h);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `deletion_vectors: true | false | {rewrite_above: R}`.
