@@ -66,10 +66,13 @@ async fn plan_with(
     vars: &[(String, String)],
     budgets: compile::Budgets,
 ) -> Result<Plan, Problem> {
-    let mut spec = spec::load(pipeline, root, vars)?;
+    let spec = spec::load(pipeline, root, vars)?;
+    // Table locations, rendered once from the declared and given vars: the state
+    // step reads its values from those tables.
+    let locations = render::locations(&spec)?;
     // Every table's Delta log, read once for state, render and the catalog.
-    let warehouse = delta::Warehouse::observe(&render::locations(&spec)?).await;
-    state::resolve(&mut spec, &warehouse).await?;
-    let rendered = render::render(&spec, &warehouse).await?;
+    let warehouse = delta::Warehouse::observe(&locations).await;
+    let state = state::resolve(&spec, &warehouse).await?;
+    let rendered = render::render(&spec, locations, &state, &warehouse).await?;
     compile::compile(&spec, &rendered, &warehouse, budgets).await
 }

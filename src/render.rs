@@ -15,6 +15,8 @@ use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
 /// The rendered pipeline: locations and one entry per stage, in program order.
 #[derive(Clone, Debug)]
 pub struct Rendered {
+    /// The value of every var as the templates saw it (state values included).
+    pub vars: BTreeMap<String, Value>,
     pub locations: BTreeMap<String, String>,
     pub stages: Vec<RenderedStage>,
 }
@@ -82,16 +84,17 @@ impl LineMap {
 }
 
 /// Renders everything the spec templates. Fails on the first template error.
-pub async fn render(spec: &PipelineSpec, warehouse: &crate::delta::Warehouse) -> Result<Rendered> {
+/// `locations` are the tables' (`locations`), `state` the values state variables
+/// take for this run (`crate::state::resolve`).
+pub async fn render(
+    spec: &PipelineSpec,
+    locations: BTreeMap<String, String>,
+    state: &BTreeMap<String, Value>,
+    warehouse: &crate::delta::Warehouse,
+) -> Result<Rendered> {
     let loaded: Arc<Mutex<BTreeMap<String, Source>>> = Arc::default();
     let env = environment(&spec.root, loaded.clone());
-    let vars: Map<String, Value> = spec
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-
-    let locations = render_locations(&env, spec, &vars)?;
+    let vars = vars(spec, state);
 
     // Templates may depend on whether a table exists (optional inputs); the check
     // reads at most a Delta log's location, never data.
@@ -168,28 +171,30 @@ pub async fn render(spec: &PipelineSpec, warehouse: &crate::delta::Warehouse) ->
         }
         stages.push(rendered);
     }
-    Ok(Rendered { locations, stages })
+    Ok(Rendered {
+        vars: vars.into_iter().collect(),
+        locations,
+        stages,
+    })
 }
 
-/// Table locations only (the state step needs them before templates render).
+/// The vars templates see: each declared or given value, a state variable's
+/// recorded value in its place.
+fn vars(spec: &PipelineSpec, state: &BTreeMap<String, Value>) -> Map<String, Value> {
+    spec.vars
+        .iter()
+        .map(|(k, v)| (k.clone(), state.get(k).unwrap_or(&v.value).clone()))
+        .collect()
+}
+
+/// Table locations, rendered once, before state: the state step reads its values
+/// from those tables, so a location sees declared and given values only.
 pub fn locations(spec: &PipelineSpec) -> Result<BTreeMap<String, String>> {
     let env = environment(&spec.root, Arc::default());
-    let vars: Map<String, Value> = spec
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-    render_locations(&env, spec, &vars)
-}
-
-fn render_locations(
-    env: &Environment<'static>,
-    spec: &PipelineSpec,
-    vars: &Map<String, Value>,
-) -> Result<BTreeMap<String, String>> {
+    let context = Value::Object(vars(spec, &BTreeMap::new()));
     let mut locations = BTreeMap::new();
     for (name, table) in &spec.tables {
-        let location = render_yaml_value(env, spec, &table.location, Value::Object(vars.clone()))?;
+        let location = render_yaml_value(&env, spec, &table.location, context.clone())?;
         locations.insert(name.clone(), location);
     }
     Ok(locations)

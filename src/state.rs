@@ -13,9 +13,16 @@ use crate::delta::commit::{state_records, StateRecord};
 use crate::diag::{Code, Problem, Result};
 use crate::spec::PipelineSpec;
 
-pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehouse) -> Result<()> {
+/// The values state variables take for this run: those the last finished run
+/// recorded, for every state variable `--var` does not set (others keep their
+/// declared or given value and are not listed).
+pub async fn resolve(
+    spec: &PipelineSpec,
+    warehouse: &crate::delta::Warehouse,
+) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut values = BTreeMap::new();
     if spec.state.is_empty() {
-        return Ok(());
+        return Ok(values);
     }
     // The state commits of every state table, read once.
     let mut records: BTreeMap<String, Vec<StateRecord>> = BTreeMap::new();
@@ -60,19 +67,19 @@ pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehous
         })
         .reduce(|a, b| a.intersection(&b).copied().collect())
         .unwrap_or_default();
-    for (name, table) in spec.state.clone() {
-        if spec.vars[&name].overridden {
+    for (name, table) in &spec.state {
+        let var = &spec.vars[name];
+        if var.overridden {
             continue;
         }
         let value = records[&table.value]
             .iter()
             .filter(|r| !r.finish || r.run.is_some_and(|run| finished.contains(&run)))
-            .find_map(|r| r.values.get(&name));
+            .find_map(|r| r.values.get(name));
         if let Some(value) = value {
             // The log is input too: a value that is not of the var's type (written by
             // another tool, or by hand) stops here, before any template sees it.
-            let var = spec.vars.get_mut(&name).expect("state vars are vars");
-            var.value = var.ty.parse_text(value).map_err(|e| {
+            let typed = var.ty.parse_text(value).map_err(|e| {
                 Problem::invalid(
                     Code::BadStateValue,
                     format!(
@@ -86,7 +93,8 @@ pub async fn resolve(spec: &mut PipelineSpec, warehouse: &crate::delta::Warehous
                     "nothing was run; `--var {name}=…` sets a value for this run, and its finish commit records it"
                 ))
             })?;
+            values.insert(name.clone(), typed);
         }
     }
-    Ok(())
+    Ok(values)
 }

@@ -57,16 +57,11 @@ pub async fn analyze(
             )
         })
         .collect();
-    let _ = rendered;
     Ok(Plan {
         format_version: crate::plan::FORMAT_VERSION,
         pipeline: spec.name.value.clone(),
         description: spec.description.clone(),
-        vars: spec
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect(),
+        vars: rendered.vars.clone(),
         var_types: spec
             .vars
             .iter()
