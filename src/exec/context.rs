@@ -49,9 +49,35 @@ pub struct Executor {
 
 pub(super) type StageResult<T> = Result<T, StageError>;
 
-pub(super) fn df_err(e: impl std::fmt::Display) -> StageError {
+pub(super) fn df_err<E: std::fmt::Display + 'static>(e: E) -> StageError {
+    if let Some(conflict) = commit_conflict(&e) {
+        return StageError::Refused(conflict);
+    }
     let s = e.to_string();
     StageError::Engine(s.lines().next().unwrap_or(&s).to_string())
+}
+
+/// The message of Delta's conflict check refusing a commit, if that is what `e`
+/// is or wraps (delta-rs's error, or DataFusion's wrapping it): found by type.
+fn commit_conflict<E: std::fmt::Display + 'static>(e: &E) -> Option<String> {
+    use deltalake::kernel::transaction::CommitConflictError;
+    use std::error::Error;
+    let any = e as &dyn std::any::Any;
+    let mut error: Option<&(dyn Error + 'static)> =
+        if let Some(d) = any.downcast_ref::<deltalake::DeltaTableError>() {
+            Some(d)
+        } else if let Some(d) = any.downcast_ref::<datafusion::error::DataFusionError>() {
+            Some(d)
+        } else {
+            None
+        };
+    while let Some(current) = error {
+        if let Some(conflict) = current.downcast_ref::<CommitConflictError>() {
+            return Some(conflict.to_string());
+        }
+        error = current.source();
+    }
+    None
 }
 
 impl Executor {
@@ -300,9 +326,7 @@ impl Executor {
         }
         let mut metrics = match self.execute(stage).await {
             // delta-rs retries past commits that do not conflict; this one does.
-            Err(StageError::Engine(e) | StageError::Table(e)) if e.contains("Commit failed:") => {
-                return Err(self.conflict(stage, e).await);
-            }
+            Err(StageError::Refused(e)) => return Err(self.conflict(stage, e).await),
             other => other?,
         };
         if stage.report {

@@ -26,6 +26,10 @@ pub enum StageError {
         value: String,
         reason: String,
     },
+    /// Delta's conflict check refused the stage's commit (its message): turned into
+    /// `Conflict`, with the other writer's commits, before it is reported.
+    #[error("{0}")]
+    Refused(String),
     /// Another writer committed to the stage's table after the stage read it, and
     /// Delta's conflict check refused this commit (non-conflicting commits are
     /// retried past by delta-rs): nothing of the stage was committed.
