@@ -15,9 +15,15 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
 use deltalake::kernel::LogicalFileView;
 
+use super::super::changes::Candidate;
 use super::super::context::{df_err, StageResult};
 use crate::delta::partition;
 use crate::delta::vectors::{self as dv, DataFile, ROW_NUMBER};
+use deltalake::DeltaTable;
+use futures::{StreamExt, TryStreamExt};
+
+/// Data files read at once.
+const CONCURRENT_FILES: usize = 4;
 
 /// The key pass over candidate files: what it reads and how it matches.
 pub(super) struct KeyPass {
@@ -31,7 +37,7 @@ pub(super) struct KeyPass {
     pub(super) matched_schema: SchemaRef,
 }
 
-pub(super) struct KeyPassFile {
+struct KeyPassFile {
     pub(super) index: u32,
     pub(super) file: DataFile,
     pub(super) partition: HashMap<String, Option<String>>,
@@ -39,9 +45,45 @@ pub(super) struct KeyPassFile {
 }
 
 impl KeyPass {
+    /// Reads the candidate files (a few at a time): the matched rows with their
+    /// file, position and source row; records each file's physical row count.
+    pub(super) async fn run(
+        self: &Arc<Self>,
+        table: &DeltaTable,
+        candidates: &mut [Candidate],
+    ) -> StageResult<Vec<RecordBatch>> {
+        let store = table.object_store();
+        let jobs: Vec<_> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let file = KeyPassFile {
+                    index: i as u32,
+                    file: DataFile {
+                        path: c.path.clone(),
+                        size: c.view.size() as u64,
+                    },
+                    partition: c.partition.clone(),
+                    keep: c.keep.clone(),
+                };
+                self.clone().scan(store.clone(), file)
+            })
+            .collect();
+        let scans: Vec<(u32, usize, Vec<RecordBatch>)> = futures::stream::iter(jobs)
+            .buffer_unordered(CONCURRENT_FILES)
+            .try_collect()
+            .await?;
+        let mut matched = Vec::new();
+        for (i, rows, batches) in scans {
+            candidates[i as usize].rows = rows;
+            matched.extend(batches);
+        }
+        Ok(matched)
+    }
+
     /// The file's live rows whose key is a source key: the referenced columns, the
     /// file, position and source row. Also returns the file's physical row count.
-    pub(super) async fn scan(
+    async fn scan(
         self: Arc<Self>,
         store: Arc<dyn deltalake::ObjectStore>,
         f: KeyPassFile,

@@ -24,15 +24,15 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClauseKind};
 use datafusion::logical_expr::{cast as cast_expr, col, lit, when, Expr};
+use datafusion::prelude::DataFrame;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
-use futures::{StreamExt, TryStreamExt};
 
 use super::super::changes::candidates;
 use super::super::context::{df_err, Executor, StageResult};
-use super::keys::{KeyPass, KeyPassFile, SourceKeys};
+use super::keys::{KeyPass, SourceKeys};
 use super::{frame, key_pairs, Merge};
-use crate::delta::vectors::{self as dv, DataFile};
+use crate::delta::vectors as dv;
 use crate::delta::writer::FileWriter;
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
@@ -43,9 +43,6 @@ const MATCHED_SOURCE_ROW: &str = "__sqlplan_matched_source_row";
 const FILE: &str = "__sqlplan_file";
 const POSITION: &str = "__sqlplan_position";
 const ACTION: &str = "__sqlplan_action";
-
-/// Data files read at once.
-const CONCURRENT_FILES: usize = 4;
 
 /// The MERGE key as (target column, source expression), when this writer can run
 /// the statement: ON is only such equalities and no clause is NOT MATCHED BY SOURCE
@@ -85,165 +82,33 @@ impl Executor {
             .collect();
         let snapshot = table.snapshot().map_err(df_err)?.clone();
         let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
-        let key_types: Vec<DataType> = keys.iter().map(|(c, _)| target_fields[c].clone()).collect();
 
-        // The source, each row numbered.
+        // The source, each row numbered, and its keys.
         let (source_schema, source) = numbered(&merge.source_schema, &merge.source)?;
         let source_df = frame(self, source_schema, source, &merge.source_alias)?;
-        let keyed = source_df
-            .clone()
-            .select(
-                keys.iter()
-                    .zip(&key_types)
-                    .map(|((c, e), t)| cast_expr(e.clone(), t.clone()).alias(c))
-                    .chain([col(SOURCE_ROW)])
-                    .collect::<Vec<_>>(),
-            )
-            .map_err(df_err)?
-            .collect()
-            .await
-            .map_err(df_err)?;
-        let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
-            .map_err(df_err)?;
-        let lookup = SourceKeys::new(&converter, &keyed, &keys, &key_types, &partitions)?;
+        let pass =
+            Arc::new(key_pass(&merge, &keys, &target_fields, &partitions, &source_df).await?);
 
-        // 1. Candidate files, with their existing vectors.
-        let mut candidates = candidates(&table, |f, p| lookup.may_hold(f, p)).await?;
-
-        // 2. The key pass: matched rows with their position and source row.
-        let referenced = referenced_columns(&merge, &keys, &target_fields);
-        let read: Vec<String> = referenced
-            .iter()
-            .filter(|c| !partitions.contains(c))
-            .cloned()
-            .collect();
-        let matched_schema = Arc::new(Schema::new(
-            referenced
-                .iter()
-                .map(|c| Field::new(c, target_fields[c].clone(), true))
-                .chain([
-                    Field::new(FILE, DataType::UInt32, false),
-                    Field::new(POSITION, DataType::UInt64, false),
-                    Field::new(MATCHED_SOURCE_ROW, DataType::UInt64, false),
-                ])
-                .collect::<Vec<_>>(),
-        ));
-        let store = table.object_store();
-        let pass = Arc::new(KeyPass {
-            read,
-            lookup,
-            converter,
-            keys: keys.iter().map(|(c, _)| c.clone()).collect(),
-            key_types,
-            referenced: referenced.clone(),
-            target_fields: target_fields.clone(),
-            matched_schema: matched_schema.clone(),
-        });
-        let jobs: Vec<_> = candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let file = KeyPassFile {
-                    index: i as u32,
-                    file: DataFile {
-                        path: c.path.clone(),
-                        size: c.view.size() as u64,
-                    },
-                    partition: c.partition.clone(),
-                    keep: c.keep.clone(),
-                };
-                pass.clone().scan(store.clone(), file)
-            })
-            .collect();
-        let scans: Vec<(u32, usize, Vec<RecordBatch>)> = futures::stream::iter(jobs)
-            .buffer_unordered(CONCURRENT_FILES)
-            .try_collect()
-            .await?;
-        let mut matched = Vec::new();
-        for (i, rows, batches) in scans {
-            candidates[i as usize].rows = rows;
-            matched.extend(batches);
-        }
+        // 1-2. Candidate files, with their existing vectors; their matched rows.
+        let mut candidates = candidates(&table, |f, p| pass.lookup.may_hold(f, p)).await?;
+        let matched = pass.run(&table, &mut candidates).await?;
 
         // 3. The clauses, over the source joined with the matched rows.
-        let acts: Vec<Act> = merge
-            .clauses
-            .iter()
-            .map(|c| match &c.action {
-                MergeIntoAction::Update(_) => Act::Update,
-                MergeIntoAction::Delete => Act::Delete,
-                MergeIntoAction::Insert { .. } => Act::Insert,
-            })
-            .collect();
-        let matched_df = frame(self, matched_schema, matched, &merge.target)?;
-        let joined = source_df
-            .join(
-                matched_df,
-                JoinType::Left,
-                &[SOURCE_ROW],
-                &[MATCHED_SOURCE_ROW],
-                None,
-            )
-            .map_err(df_err)?;
         let table_schema = snapshot.snapshot().arrow_schema();
-        // In key order, so that the new files' key statistics let later reads skip
-        // row groups as they do in key-ordered files.
-        let order: Vec<_> = keys
-            .iter()
-            .map(|(c, _)| col(c.as_str()).sort(true, false))
-            .collect();
-        let outcome = joined
-            .with_column(ACTION, action_expr(&merge)?)
-            .map_err(df_err)?
-            .filter(col(ACTION).gt(lit(0u32)))
-            .map_err(df_err)?
-            .select(output_exprs(&merge, &table_schema)?)
-            .map_err(df_err)?
-            .sort(order)
-            .map_err(df_err)?
-            .collect()
-            .await
-            .map_err(df_err)?;
+        let outcome = self
+            .outcome(
+                &merge,
+                &keys,
+                source_df,
+                matched,
+                &pass.matched_schema,
+                &table_schema,
+            )
+            .await?;
 
         // Rows to write (written as they come), positions to delete.
         let mut writer = FileWriter::for_table(&table, None)?;
-        let writer_schema = writer.arrow_schema();
-        let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        let (mut updated, mut inserted, mut deleted_rows) = (0u64, 0u64, 0u64);
-        let columns: Vec<usize> = (0..table_schema.fields().len()).collect();
-        for b in outcome {
-            let action = b
-                .column_by_name(ACTION)
-                .ok_or("no action")?
-                .as_primitive::<UInt32Type>();
-            let file = b
-                .column_by_name(FILE)
-                .ok_or("no file")?
-                .as_primitive::<UInt32Type>();
-            let pos = b
-                .column_by_name(POSITION)
-                .ok_or("no position")?
-                .as_primitive::<UInt64Type>();
-            let mut keep = Vec::with_capacity(b.num_rows());
-            for i in 0..b.num_rows() {
-                let act = acts[action.value(i) as usize - 1];
-                match act {
-                    Act::Update => updated += 1,
-                    Act::Delete => deleted_rows += 1,
-                    Act::Insert => inserted += 1,
-                }
-                if act != Act::Insert {
-                    deleted.entry(file.value(i)).or_default().push(pos.value(i));
-                }
-                keep.push(act != Act::Delete);
-            }
-            let rows = filter_record_batch(&b, &BooleanArray::from(keep)).map_err(df_err)?;
-            if rows.num_rows() > 0 {
-                let rows = rows.project(&columns).map_err(df_err)?;
-                let rows = dv::conform(&rows, &writer_schema, &HashMap::new())?;
-                writer.write(rows).await?;
-            }
-        }
+        let applied = apply(&merge, outcome, &mut writer, table_schema.fields().len()).await?;
 
         // 4-5. Per file: remove, rewrite or give it a vector; one commit.
         let operation = DeltaOperation::Merge {
@@ -259,7 +124,7 @@ impl Executor {
                 &merge.target,
                 table,
                 &candidates,
-                deleted,
+                applied.deleted,
                 writer,
                 options.rewrite_above,
                 operation,
@@ -268,13 +133,176 @@ impl Executor {
         Ok(StageMetrics {
             literal_bounds: merge.literal_bounds.clone(),
             rows_out: Some(merge.source_rows()),
-            rows_inserted: Some(inserted),
-            rows_updated: Some(updated),
-            rows_deleted: Some(deleted_rows),
+            rows_inserted: Some(applied.inserted),
+            rows_updated: Some(applied.updated),
+            rows_deleted: Some(applied.deleted_rows),
             files_scanned: Some(candidates.len() as u64),
             ..w.metrics()
         })
     }
+
+    /// Each joined row's clause and the table's columns as that clause sets them,
+    /// in key order (so the new files' key statistics let later reads skip row
+    /// groups as they do in key-ordered files).
+    async fn outcome(
+        &self,
+        merge: &Merge,
+        keys: &[(String, Expr)],
+        source_df: DataFrame,
+        matched: Vec<RecordBatch>,
+        matched_schema: &SchemaRef,
+        table_schema: &SchemaRef,
+    ) -> StageResult<Vec<RecordBatch>> {
+        let matched_df = frame(self, matched_schema.clone(), matched, &merge.target)?;
+        let joined = source_df
+            .join(
+                matched_df,
+                JoinType::Left,
+                &[SOURCE_ROW],
+                &[MATCHED_SOURCE_ROW],
+                None,
+            )
+            .map_err(df_err)?;
+        let order: Vec<_> = keys
+            .iter()
+            .map(|(c, _)| col(c.as_str()).sort(true, false))
+            .collect();
+        joined
+            .with_column(ACTION, action_expr(merge)?)
+            .map_err(df_err)?
+            .filter(col(ACTION).gt(lit(0u32)))
+            .map_err(df_err)?
+            .select(output_exprs(merge, table_schema)?)
+            .map_err(df_err)?
+            .sort(order)
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)
+    }
+}
+
+/// The key pass of this MERGE: the source's keys looked up, what it reads of each
+/// candidate file and the schema of the matched rows.
+async fn key_pass(
+    merge: &Merge,
+    keys: &[(String, Expr)],
+    target_fields: &BTreeMap<String, DataType>,
+    partitions: &[String],
+    source_df: &DataFrame,
+) -> StageResult<KeyPass> {
+    let key_types: Vec<DataType> = keys.iter().map(|(c, _)| target_fields[c].clone()).collect();
+    let keyed = source_df
+        .clone()
+        .select(
+            keys.iter()
+                .zip(&key_types)
+                .map(|((c, e), t)| cast_expr(e.clone(), t.clone()).alias(c))
+                .chain([col(SOURCE_ROW)])
+                .collect::<Vec<_>>(),
+        )
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)?;
+    let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
+        .map_err(df_err)?;
+    let lookup = SourceKeys::new(&converter, &keyed, keys, &key_types, partitions)?;
+    let referenced = referenced_columns(merge, keys, target_fields);
+    let read: Vec<String> = referenced
+        .iter()
+        .filter(|c| !partitions.contains(c))
+        .cloned()
+        .collect();
+    let matched_schema = Arc::new(Schema::new(
+        referenced
+            .iter()
+            .map(|c| Field::new(c, target_fields[c].clone(), true))
+            .chain([
+                Field::new(FILE, DataType::UInt32, false),
+                Field::new(POSITION, DataType::UInt64, false),
+                Field::new(MATCHED_SOURCE_ROW, DataType::UInt64, false),
+            ])
+            .collect::<Vec<_>>(),
+    ));
+    Ok(KeyPass {
+        read,
+        lookup,
+        converter,
+        keys: keys.iter().map(|(c, _)| c.clone()).collect(),
+        key_types,
+        referenced,
+        target_fields: target_fields.clone(),
+        matched_schema,
+    })
+}
+
+/// What the clauses did: positions to delete per candidate file, and counts.
+struct Applied {
+    deleted: BTreeMap<u32, Vec<u64>>,
+    updated: u64,
+    inserted: u64,
+    deleted_rows: u64,
+}
+
+/// Hands the rows the clauses write to `writer` and collects the positions they
+/// delete (an UPDATE deletes the old version of its row too).
+async fn apply(
+    merge: &Merge,
+    outcome: Vec<RecordBatch>,
+    writer: &mut FileWriter,
+    table_columns: usize,
+) -> StageResult<Applied> {
+    let acts: Vec<Act> = merge
+        .clauses
+        .iter()
+        .map(|c| match &c.action {
+            MergeIntoAction::Update(_) => Act::Update,
+            MergeIntoAction::Delete => Act::Delete,
+            MergeIntoAction::Insert { .. } => Act::Insert,
+        })
+        .collect();
+    let writer_schema = writer.arrow_schema();
+    let columns: Vec<usize> = (0..table_columns).collect();
+    let mut applied = Applied {
+        deleted: BTreeMap::new(),
+        updated: 0,
+        inserted: 0,
+        deleted_rows: 0,
+    };
+    for b in outcome {
+        let column = |name: &str| {
+            b.column_by_name(name)
+                .ok_or("a MERGE helper column is missing")
+        };
+        let action = column(ACTION)?.as_primitive::<UInt32Type>();
+        let file = column(FILE)?.as_primitive::<UInt32Type>();
+        let pos = column(POSITION)?.as_primitive::<UInt64Type>();
+        let mut keep = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            let act = acts[action.value(i) as usize - 1];
+            match act {
+                Act::Update => applied.updated += 1,
+                Act::Delete => applied.deleted_rows += 1,
+                Act::Insert => applied.inserted += 1,
+            }
+            if act != Act::Insert {
+                applied
+                    .deleted
+                    .entry(file.value(i))
+                    .or_default()
+                    .push(pos.value(i));
+            }
+            keep.push(act != Act::Delete);
+        }
+        let rows = filter_record_batch(&b, &BooleanArray::from(keep)).map_err(df_err)?;
+        if rows.num_rows() > 0 {
+            let rows = rows.project(&columns).map_err(df_err)?;
+            let rows = dv::conform(&rows, &writer_schema, &HashMap::new())?;
+            writer.write(rows).await?;
+        }
+    }
+    Ok(applied)
 }
 
 /// Target columns the clauses read, the keys, and those an UPDATE keeps.
