@@ -28,6 +28,27 @@ pub(super) async fn scans(
     ctx: &datafusion::prelude::SessionContext,
     crossed: &mut Vec<Problem>,
 ) -> Result<Vec<TableScans>> {
+    let (per_table, mut rewrites) = stage_scans(spec, tables, bound, ctx).await;
+    Ok(per_table
+        .into_iter()
+        .map(|(table, scans)| {
+            let table_rewrites = rewrites.remove(&table);
+            table_scans(spec, rendered, table, scans, table_rewrites, crossed)
+        })
+        .collect())
+}
+
+/// Rewrites of a table a stage's write may make: (stage index, estimate).
+type Rewrites = BTreeMap<String, Vec<(usize, Estimate)>>;
+
+/// Every scan each stage makes, by table (classified and estimated), and what each
+/// writing stage may rewrite.
+async fn stage_scans(
+    spec: &PipelineSpec,
+    tables: &BTreeMap<String, TableInfo>,
+    bound: &[BoundStage],
+    ctx: &datafusion::prelude::SessionContext,
+) -> (BTreeMap<String, Vec<ScanPlan>>, Rewrites) {
     let views: BTreeSet<String> = bound
         .iter()
         .enumerate()
@@ -54,7 +75,7 @@ pub(super) async fn scans(
     let mut per_table: BTreeMap<String, Vec<ScanPlan>> =
         tables.keys().map(|t| (t.clone(), Vec::new())).collect();
     // What each stage's write may rewrite, by table.
-    let mut rewrites: BTreeMap<String, Vec<(usize, Estimate)>> = BTreeMap::new();
+    let mut rewrites: Rewrites = BTreeMap::new();
     let mut estimator = estimate::Estimator::new(ctx);
     for (i, b) in bound.iter().enumerate() {
         if b.kind == StageKind::View {
@@ -128,71 +149,77 @@ pub(super) async fn scans(
             }
         }
     }
-    let mut out = Vec::new();
-    for (table, scans) in per_table {
-        let full = scans.iter().filter(|s| s.access.is_full()).count();
-        let budget = spec.tables[&table].max_full_scans.clone();
-        if let Some(b) = &budget {
-            if full as u64 > b.value {
-                let stages: Vec<&str> = scans
-                    .iter()
-                    .filter(|s| s.access.is_full())
-                    .map(|s| s.stage.as_str())
-                    .collect();
-                crossed.push(Problem::invalid(Code::ScanBudget, format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
-                    .in_source(&spec.yaml)
-                    .label(b.span, "budget")
-                    .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));
-            }
+    (per_table, rewrites)
+}
+
+/// A table's scans totalled against its budgets (a crossed one goes to `crossed`).
+fn table_scans(
+    spec: &PipelineSpec,
+    rendered: &Rendered,
+    table: String,
+    scans: Vec<ScanPlan>,
+    table_rewrites: Option<Vec<(usize, Estimate)>>,
+    crossed: &mut Vec<Problem>,
+) -> TableScans {
+    let full = scans.iter().filter(|s| s.access.is_full()).count();
+    let budget = spec.tables[&table].max_full_scans.clone();
+    if let Some(b) = &budget {
+        if full as u64 > b.value {
+            let stages: Vec<&str> = scans
+                .iter()
+                .filter(|s| s.access.is_full())
+                .map(|s| s.stage.as_str())
+                .collect();
+            crossed.push(Problem::invalid(Code::ScanBudget, format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
+                .in_source(&spec.yaml)
+                .label(b.span, "budget")
+                .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));
         }
-        let table_spec = &spec.tables[&table];
-        let estimate = scans
-            .iter()
-            .fold(Estimate::default(), |a, s| a.add(s.estimate));
-        let by_stage: Vec<(usize, Estimate)> = scans
-            .iter()
-            .filter_map(|s| {
-                Some((
-                    spec.stages.iter().position(|st| st.name.value == s.stage)?,
-                    s.estimate,
-                ))
-            })
-            .collect();
-        if let Some(b) = &table_spec.max_scan_bytes {
-            crossed
-                .extend(check_bytes(spec, rendered, &table, "read", estimate, b, &by_stage).err());
-        }
-        let table_rewrites = rewrites.remove(&table);
-        let rewrite = table_rewrites
-            .as_ref()
-            .map(|r| r.iter().fold(Estimate::default(), |a, (_, e)| a.add(*e)));
-        if let (Some(b), Some(r)) = (&table_spec.max_rewrite_bytes, rewrite) {
-            crossed.extend(
-                check_bytes(
-                    spec,
-                    rendered,
-                    &table,
-                    "rewrite",
-                    r,
-                    b,
-                    table_rewrites.as_deref().unwrap_or_default(),
-                )
-                .err(),
-            );
-        }
-        out.push(TableScans {
-            pruned: scans.len() - full,
-            full,
-            max_full_scans: budget.map(|b| b.value),
-            estimate,
-            max_scan_bytes: table_spec.max_scan_bytes.as_ref().map(|b| b.value),
-            rewrites: rewrite,
-            max_rewrite_bytes: table_spec.max_rewrite_bytes.as_ref().map(|b| b.value),
-            table,
-            scans,
-        });
     }
-    Ok(out)
+    let table_spec = &spec.tables[&table];
+    let estimate = scans
+        .iter()
+        .fold(Estimate::default(), |a, s| a.add(s.estimate));
+    let by_stage: Vec<(usize, Estimate)> = scans
+        .iter()
+        .filter_map(|s| {
+            Some((
+                spec.stages.iter().position(|st| st.name.value == s.stage)?,
+                s.estimate,
+            ))
+        })
+        .collect();
+    if let Some(b) = &table_spec.max_scan_bytes {
+        crossed.extend(check_bytes(spec, rendered, &table, "read", estimate, b, &by_stage).err());
+    }
+    let rewrite = table_rewrites
+        .as_ref()
+        .map(|r| r.iter().fold(Estimate::default(), |a, (_, e)| a.add(*e)));
+    if let (Some(b), Some(r)) = (&table_spec.max_rewrite_bytes, rewrite) {
+        crossed.extend(
+            check_bytes(
+                spec,
+                rendered,
+                &table,
+                "rewrite",
+                r,
+                b,
+                table_rewrites.as_deref().unwrap_or_default(),
+            )
+            .err(),
+        );
+    }
+    TableScans {
+        pruned: scans.len() - full,
+        full,
+        max_full_scans: budget.map(|b| b.value),
+        estimate,
+        max_scan_bytes: table_spec.max_scan_bytes.as_ref().map(|b| b.value),
+        rewrites: rewrite,
+        max_rewrite_bytes: table_spec.max_rewrite_bytes.as_ref().map(|b| b.value),
+        table,
+        scans,
+    }
 }
 
 /// A crossed budget as a warning of a review plan.
