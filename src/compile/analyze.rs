@@ -8,23 +8,27 @@ use super::catalog::TableInfo;
 use super::dag::{Dag, StageAccess};
 use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::plan::{ColumnPlan, Dependency, Lint, Plan, StageKind, StagePlan, TablePlan};
-use crate::render::Rendered;
 use crate::spec::{PipelineSpec, StageBody};
 
-pub async fn analyze(
-    spec: &PipelineSpec,
-    rendered: &Rendered,
-    tables: &BTreeMap<String, TableInfo>,
+impl super::Compilation<'_> {
+    /// The Plan of the bound stages (see `analyze`).
+    pub async fn analyze(&self, bound: Vec<BoundStage>, budgets: super::Budgets) -> Result<Plan> {
+        analyze(self, bound, budgets).await
+    }
+}
+
+async fn analyze(
+    c: &super::Compilation<'_>,
     bound: Vec<BoundStage>,
-    ctx: &datafusion::prelude::SessionContext,
     budgets: super::Budgets,
 ) -> Result<Plan> {
+    let (spec, rendered, tables) = (c.spec, c.rendered, &c.tables);
     let dag = dependencies(spec, &bound)?;
     let levels = dag
         .levels()
         .map_err(|cycle| cycle_problem(spec, &dag, &cycle))?;
     let mut crossed = Vec::new();
-    let scans = super::scans::scans(spec, rendered, tables, &bound, ctx, &mut crossed).await?;
+    let scans = c.scans(&bound, &mut crossed).await;
     let mut warnings = lints(spec, &bound);
     match budgets {
         super::Budgets::Enforce => {

@@ -41,7 +41,14 @@ pub struct BoundStage {
     pub checks: Vec<CheckPlan>,
 }
 
-pub async fn bind(
+impl super::Compilation<'_> {
+    /// Binds every stage in program order (see `bind_stages`).
+    pub async fn bind(&self, parsed: &[Option<ParsedStage>]) -> Result<Vec<BoundStage>> {
+        bind_stages(self.spec, self.rendered, parsed, &self.tables, &self.ctx).await
+    }
+}
+
+async fn bind_stages(
     spec: &PipelineSpec,
     rendered: &Rendered,
     parsed: &[Option<ParsedStage>],

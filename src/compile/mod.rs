@@ -13,10 +13,13 @@ pub mod estimate;
 pub mod parse;
 mod scans;
 
+use std::collections::BTreeMap;
+
 use crate::diag::{Problem, Result, Source};
 use crate::plan::Plan;
 use crate::render::{LineMap, Rendered};
 use crate::spec::{PipelineSpec, StageSpec};
+use catalog::TableInfo;
 
 /// What a scan budget the plan passes is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +40,12 @@ pub async fn compile(
 ) -> Result<Plan> {
     let ctx = crate::session::new_context();
     let tables = catalog::open(spec, rendered, warehouse, &ctx).await?;
+    let compilation = Compilation {
+        spec,
+        rendered,
+        tables,
+        ctx,
+    };
     let mut parsed = Vec::with_capacity(spec.stages.len());
     for (stage, r) in spec.stages.iter().zip(&rendered.stages) {
         parsed.push(match (stage.template(), &r.text) {
@@ -49,8 +58,18 @@ pub async fn compile(
             _ => None,
         });
     }
-    let bound = bind::bind(spec, rendered, &parsed, &tables, &ctx).await?;
-    analyze::analyze(spec, rendered, &tables, bound, &ctx, budgets).await
+    let bound = compilation.bind(&parsed).await?;
+    compilation.analyze(bound, budgets).await
+}
+
+/// What the compile steps after the catalog share, and are methods of: the spec,
+/// its rendering, the declared tables as their logs have them, and the session
+/// the statements are bound in.
+pub struct Compilation<'a> {
+    pub spec: &'a PipelineSpec,
+    pub rendered: &'a Rendered,
+    pub tables: BTreeMap<String, TableInfo>,
+    pub ctx: datafusion::prelude::SessionContext,
 }
 
 /// A stage's rendered SQL together with what is needed to point into its template.

@@ -20,22 +20,22 @@ use crate::spec::PipelineSpec;
 
 /// Every scan of a declared table, attributed to the stage that executes it: a
 /// view's scans belong to each of its readers (that is what a view costs).
-pub(super) async fn scans(
-    spec: &PipelineSpec,
-    rendered: &Rendered,
-    tables: &BTreeMap<String, TableInfo>,
-    bound: &[BoundStage],
-    ctx: &datafusion::prelude::SessionContext,
-    crossed: &mut Vec<Problem>,
-) -> Result<Vec<TableScans>> {
-    let (per_table, mut rewrites) = stage_scans(spec, tables, bound, ctx).await;
-    Ok(per_table
-        .into_iter()
-        .map(|(table, scans)| {
-            let table_rewrites = rewrites.remove(&table);
-            table_scans(spec, rendered, table, scans, table_rewrites, crossed)
-        })
-        .collect())
+impl super::Compilation<'_> {
+    pub(super) async fn scans(
+        &self,
+        bound: &[BoundStage],
+        crossed: &mut Vec<Problem>,
+    ) -> Vec<TableScans> {
+        let (spec, rendered) = (self.spec, self.rendered);
+        let (per_table, mut rewrites) = stage_scans(spec, &self.tables, bound, &self.ctx).await;
+        per_table
+            .into_iter()
+            .map(|(table, scans)| {
+                let table_rewrites = rewrites.remove(&table);
+                table_scans(spec, rendered, table, scans, table_rewrites, crossed)
+            })
+            .collect()
+    }
 }
 
 /// Rewrites of a table a stage's write may make: (stage index, estimate).
