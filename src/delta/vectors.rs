@@ -276,6 +276,9 @@ pub fn ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<Range<usize>> {
     out
 }
 
+/// Each data file's vector descriptor, by its path.
+type Descriptors = Vec<(String, DeletionVectorDescriptor)>;
+
 /// The vectors of one commit, written into one file beside the data.
 #[derive(Default)]
 pub struct VectorFile {
@@ -291,10 +294,7 @@ impl VectorFile {
     }
 
     /// The file's bytes (the kernel's format) and each data file's descriptor.
-    fn encode(
-        self,
-        uuid: uuid::Uuid,
-    ) -> Result<(Vec<u8>, Vec<(String, DeletionVectorDescriptor)>), String> {
+    fn encode(self, uuid: uuid::Uuid) -> Result<(Vec<u8>, Descriptors), String> {
         let mut bytes = Vec::new();
         let mut descriptors = Vec::with_capacity(self.vectors.len());
         let mut writer = StreamingDeletionVectorWriter::new(&mut bytes);

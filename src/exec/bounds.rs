@@ -152,7 +152,7 @@ fn predicate(key: &Expr, b: &Bounds, partition: bool, shipped: bool) -> Expr {
     }
     let list = |values: &Vec<ScalarValue>| {
         if !shipped && !partition && values.len() > KeyList::ABOVE {
-            if let Ok(udf) = KeyList::new(values) {
+            if let Ok(udf) = KeyList::udf(values) {
                 return udf.call(vec![key.clone()]);
             }
         }
@@ -227,7 +227,8 @@ impl KeyList {
     /// Longer lists than this become a `KeyList` (shorter ones prune row groups).
     const ABOVE: usize = 20;
 
-    fn new(
+    /// The list as the scalar function that tests membership in its hash set.
+    fn udf(
         values: &[ScalarValue],
     ) -> datafusion::common::Result<datafusion::logical_expr::ScalarUDF> {
         use datafusion::arrow::datatypes::{Field, Schema};

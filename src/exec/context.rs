@@ -269,11 +269,9 @@ impl Executor {
             tables: &self.partitions,
             materialized: &materialized,
         };
-        Ok(
-            super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_some())
-                .await
-                .map_err(StageError::Engine)?,
-        )
+        super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_some())
+            .await
+            .map_err(StageError::Engine)
     }
 
     /// A view is evaluated by its readers, so after a commit to a table it reads

@@ -76,9 +76,8 @@ impl Loader<'_> {
         })
     }
 
-    /// `state:` — variables whose value a run records (see `StageSpec::state`) and
-    /// the next plan reads back: name → (table whose commits carry it, default).
-
+    /// `tables:` — each declared table: location, columns (`schema` or
+    /// `schema_of`), partitioning, budgets and deletion vectors.
     fn tables(&self, node: Option<&Node>) -> Result<BTreeMap<String, TableSpec>> {
         let mut tables = BTreeMap::new();
         // Tables whose columns are another table's (`schema_of: other`).
@@ -381,8 +380,8 @@ impl Loader<'_> {
         })
     }
 
-    /// An optional boolean key, false when absent.
-
+    /// What a stage does, from its body key (`key`: `sql`, `query`, `optimize` or
+    /// `vacuum`).
     fn stage_body(&self, key: &str, map: &MarkedMappingNode) -> Result<StageBody> {
         let node = map.get_node(key).expect("key listed by the caller");
         match key {
@@ -417,7 +416,7 @@ impl Loader<'_> {
                     self.error_at(node.span(), Code::BadValue, "`query` must be SQL text")
                 })?;
                 let marker = scalar.span().start().expect("loader marks scalars");
-                let offset = self.marker_byte(&marker);
+                let offset = self.marker_byte(marker);
                 let block = matches!(self.source.text[offset..].chars().next(), Some('|' | '>'));
                 let origin = if block {
                     InlineOrigin {

@@ -179,7 +179,7 @@ fn is_source_side(e: &Expr, target: &str) -> bool {
     refs.len() == 1
         && refs
             .iter()
-            .all(|c| !c.relation.as_ref().is_some_and(|r| r.table() == target))
+            .all(|c| c.relation.as_ref().is_none_or(|r| r.table() != target))
 }
 
 /// Two source rows for one target key would make the result depend on which one

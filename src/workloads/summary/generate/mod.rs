@@ -307,7 +307,7 @@ async fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result
 
 /// An account's history over `months` months from `first`: most accounts span
 /// them all, some open later or close early; a few months are missing (gaps) and
-
+/// about 1% of rows are soft-deleted (a delete code of the layout).
 fn history(values: &mut Values, key: i64, first: Month, months: usize) -> Account {
     let start = if values.chance(0.7) {
         0
