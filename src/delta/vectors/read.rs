@@ -1,0 +1,160 @@
+//! Reading a table's existing deletion vectors with the Delta kernel's reader: the
+//! positions a file's vector deletes, and the keep masks of candidate files.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::kernel::DeletionVectorDescriptor;
+use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::{DeltaTable, ObjectStore, Path};
+
+use super::parquet_row_count;
+
+/// The keep masks (true: the row is live) of those `files` that have a deletion
+/// vector, by their path (decoded, as `LogicalFileView::path`). Read with the
+/// kernel's reader, as the scan reads them (`VectorReader`); delta-rs's
+/// `DeltaScan::deletion_vectors` selects files by URL-joining the paths it is given,
+/// which a decoded path with an escaped partition folder (`ts=x%20y`) does not match.
+pub async fn keep_masks(
+    table: &DeltaTable,
+    files: &[&deltalake::kernel::LogicalFileView],
+) -> Result<HashMap<String, Vec<bool>>, String> {
+    let store = table.object_store();
+    let mut reader = VectorReader::for_table(table);
+    let mut masks = HashMap::new();
+    for f in files {
+        let Some(descriptor) = f.deletion_vector_descriptor() else {
+            continue;
+        };
+        let path = f.path().to_string();
+        let rows = match f.num_records() {
+            Some(rows) => rows,
+            None => {
+                let location = crate::delta::partition::file_path(&Path::default(), &path)?;
+                parquet_row_count(&store, &location, f.size().max(0) as u64).await?
+            }
+        };
+        let mut keep = vec![true; rows];
+        for p in reader.deleted(&descriptor).await? {
+            *keep.get_mut(p as usize).ok_or_else(|| {
+                format!("the deletion vector of {path} deletes position {p}, past its {rows} rows")
+            })? = false;
+        }
+        masks.insert(path, keep);
+    }
+    Ok(masks)
+}
+
+/// Reads the deletion vectors of one table's files with the kernel's reader
+/// (version, size, magic, CRC checks). That reader is synchronous, so each vector
+/// file is fetched first, once: one commit's vectors share one file.
+pub struct VectorReader {
+    /// The store at the root of the table's URL (vectors are found by URL).
+    store: Arc<dyn ObjectStore>,
+    /// The table root, with a trailing slash: what vector paths are relative to.
+    root: url::Url,
+    fetched: HashMap<url::Url, bytes::Bytes>,
+}
+
+impl VectorReader {
+    /// `store` serves the root of `table_url`'s scheme and host.
+    pub fn new(store: Arc<dyn ObjectStore>, table_url: &url::Url) -> Self {
+        let mut root = table_url.clone();
+        if !root.path().ends_with('/') {
+            root.set_path(&format!("{}/", root.path()));
+        }
+        VectorReader {
+            store,
+            root,
+            fetched: HashMap::new(),
+        }
+    }
+
+    pub fn for_table(table: &DeltaTable) -> Self {
+        Self::new(table.log_store().root_object_store(None), table.table_url())
+    }
+
+    /// The positions a data file's vector deletes, in order.
+    pub async fn deleted(
+        &mut self,
+        descriptor: &DeletionVectorDescriptor,
+    ) -> Result<Vec<u64>, String> {
+        use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
+        let kernel = Kernel::try_from(descriptor.clone()).map_err(|e| e.to_string())?;
+        if let Some(url) = kernel
+            .absolute_path(&self.root)
+            .map_err(|e| e.to_string())?
+        {
+            if !self.fetched.contains_key(&url) {
+                let path = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+                let bytes = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| format!("deletion vector {url}: {e}"))?
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("deletion vector {url}: {e}"))?;
+                self.fetched.insert(url, bytes);
+            }
+        }
+        let storage = Arc::new(Fetched(self.fetched.clone()));
+        let deleted = kernel
+            .read(storage, &self.root)
+            .map_err(|e| format!("deletion vector of a file in {}: {e}", self.root))?;
+        Ok(deleted.iter().collect())
+    }
+}
+
+/// Vector files already in memory, served to the kernel's reader.
+struct Fetched(HashMap<url::Url, bytes::Bytes>);
+
+impl buoyant_kernel::StorageHandler for Fetched {
+    fn list_from(
+        &self,
+        _: &url::Url,
+    ) -> buoyant_kernel::DeltaResult<
+        Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<buoyant_kernel::FileMeta>>>,
+    > {
+        Err(buoyant_kernel::Error::generic(
+            "listing is not needed to read a vector",
+        ))
+    }
+
+    fn read_files(
+        &self,
+        files: Vec<buoyant_kernel::FileSlice>,
+    ) -> buoyant_kernel::DeltaResult<
+        Box<dyn Iterator<Item = buoyant_kernel::DeltaResult<bytes::Bytes>>>,
+    > {
+        let read: Vec<_> = files
+            .into_iter()
+            .map(|(url, range)| {
+                let bytes = self.0.get(&url).cloned().ok_or_else(|| {
+                    buoyant_kernel::Error::generic(format!("{url} was not fetched"))
+                })?;
+                Ok(match range {
+                    Some(r) => bytes.slice(r.start as usize..r.end as usize),
+                    None => bytes,
+                })
+            })
+            .collect();
+        Ok(Box::new(read.into_iter()))
+    }
+
+    fn copy_atomic(&self, _: &url::Url, _: &url::Url) -> buoyant_kernel::DeltaResult<()> {
+        Err(buoyant_kernel::Error::generic("read only"))
+    }
+
+    fn put(&self, _: &url::Url, _: bytes::Bytes, _: bool) -> buoyant_kernel::DeltaResult<()> {
+        Err(buoyant_kernel::Error::generic("read only"))
+    }
+
+    fn head(&self, url: &url::Url) -> buoyant_kernel::DeltaResult<buoyant_kernel::FileMeta> {
+        Err(buoyant_kernel::Error::file_not_found(url.to_string()))
+    }
+
+    fn delete(&self, _: &url::Url) -> buoyant_kernel::DeltaResult<()> {
+        Err(buoyant_kernel::Error::generic("read only"))
+    }
+}
