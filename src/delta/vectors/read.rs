@@ -81,6 +81,9 @@ impl VectorReader {
     ) -> Result<Vec<u64>, String> {
         use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
         let kernel = Kernel::try_from(descriptor.clone()).map_err(|e| e.to_string())?;
+        // The kernel's reader gets only the file this vector is in (none for an
+        // inline vector), not every file fetched so far.
+        let mut one = HashMap::new();
         if let Some(url) = kernel
             .absolute_path(&self.root)
             .map_err(|e| e.to_string())?
@@ -95,10 +98,11 @@ impl VectorReader {
                     .bytes()
                     .await
                     .map_err(|e| format!("deletion vector {url}: {e}"))?;
-                self.fetched.insert(url, bytes);
+                self.fetched.insert(url.clone(), bytes);
             }
+            one.insert(url.clone(), self.fetched[&url].clone());
         }
-        let storage = Arc::new(Fetched(self.fetched.clone()));
+        let storage = Arc::new(Fetched(one));
         let deleted = kernel
             .read(storage, &self.root)
             .map_err(|e| format!("deletion vector of a file in {}: {e}", self.root))?;
