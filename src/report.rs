@@ -114,7 +114,7 @@ impl StageReport {
         };
         StageReport {
             name: stage.name.clone(),
-            kind: stage.kind,
+            kind: stage.kind(),
             template: stage.template.clone(),
             status,
             started_ms: Some(ms(started)),
@@ -129,7 +129,7 @@ impl StageReport {
     pub fn not_run(stage: &StagePlan, status: StageStatus) -> Self {
         StageReport {
             name: stage.name.clone(),
-            kind: stage.kind,
+            kind: stage.kind(),
             template: stage.template.clone(),
             status,
             started_ms: None,

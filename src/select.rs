@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::diag::{did_you_mean, Code, Problem};
-use crate::plan::{Plan, StageKind};
+use crate::plan::Plan;
 
 /// The plan of the selected stages only (all when `select` is empty), minus
 /// `exclude`.
@@ -89,7 +89,7 @@ fn check_inputs(plan: &Plan, chosen: &BTreeSet<String>) -> Result<(), Problem> {
             let Some(pred) = by_name.get(dep.stage.as_str()) else {
                 continue;
             };
-            let relation = matches!(pred.kind, StageKind::View | StageKind::Materialized)
+            let relation = pred.kind().defines_relation()
                 && stage.reads.contains(&pred.name);
             if relation {
                 return Err(Problem::invalid(

@@ -96,7 +96,7 @@ fn accesses(bound: &[BoundStage], spec: &PipelineSpec) -> Vec<StageAccess> {
         for r in &b.reads_relations {
             a.reads.insert(r.clone());
             if let Some(j) = index_of(r) {
-                if bound[j].kind == StageKind::View {
+                if bound[j].kind() == StageKind::View {
                     let through: Vec<String> = out[j].reads.iter().cloned().collect();
                     a.reads.extend(through);
                 }
@@ -104,7 +104,7 @@ fn accesses(bound: &[BoundStage], spec: &PipelineSpec) -> Vec<StageAccess> {
         }
         a.writes.extend(b.writes.iter().cloned());
         a.writes.extend(quarantine(&spec.stages[i]));
-        if matches!(b.kind, StageKind::View | StageKind::Materialized) {
+        if b.kind().defines_relation() {
             a.writes.insert(spec.stages[i].name.value.clone());
         }
         out.push(a);
@@ -205,8 +205,8 @@ fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundSt
             reasons: hazards.iter().map(|h| h.to_string()).collect(),
         })
         .collect();
-    let output = match (&b.kind, &b.logical) {
-        (StageKind::View | StageKind::Materialized, Some(lp)) => column_plans(lp.schema().fields()),
+    let output = match &b.logical {
+        Some(lp) if b.kind().defines_relation() => column_plans(lp.schema().fields()),
         _ => Vec::new(),
     };
     let template = match &stage.body {
@@ -220,7 +220,7 @@ fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundSt
         name: stage.name.value.clone(),
         index: i,
         level,
-        kind: b.kind,
+        work: b.work,
         template,
         description: stage.description.clone(),
         reads,
@@ -289,7 +289,7 @@ fn lints(spec: &PipelineSpec, bound: &[BoundStage]) -> Vec<Lint> {
             message,
             help: help.to_string(),
         };
-        match b.kind {
+        match b.kind() {
             StageKind::View if read_by.len() > 1 => warnings.push(lint(
                 Code::ViewReadBySeveralStages,
                 format!(

@@ -13,13 +13,14 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{visit_expressions, Expr as SqlExpr};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::catalog::{DeclaredTable, TableInfo};
-use super::parse::{ParsedStage, RelationRef, StatementKind};
+use super::parse::{ParsedStage, RelationRef};
 use super::StageSql;
 use crate::diag::{did_you_mean, Code, Problem, Result};
-use crate::plan::{CheckPlan, Maintenance, StageKind};
+use crate::plan::{CheckPlan, Maintenance, StageKind, Work};
 use crate::render::Rendered;
 use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
 
@@ -27,7 +28,7 @@ use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
 /// DataFusion plan for SQL stages.
 #[derive(Debug)]
 pub struct BoundStage {
-    pub kind: StageKind,
+    pub work: Work,
     /// Declared tables read.
     pub reads_tables: Vec<String>,
     /// Relations of earlier SELECT stages read.
@@ -39,6 +40,12 @@ pub struct BoundStage {
     pub maintenance: Option<Maintenance>,
     /// Rendered `expect:` checks, in declared order.
     pub checks: Vec<CheckPlan>,
+}
+
+impl BoundStage {
+    pub fn kind(&self) -> StageKind {
+        self.work.kind()
+    }
 }
 
 impl super::Compilation<'_> {
@@ -65,7 +72,7 @@ async fn bind_stages(
                 maintenance: Some(Maintenance::Vacuum {
                     retain_hours: v.retain_hours.value,
                 }),
-                ..empty(StageKind::Vacuum)
+                ..empty(Work::Vacuum)
             },
             (_, Some(_)) => {
                 let sql = StageSql {
@@ -83,9 +90,9 @@ async fn bind_stages(
     Ok(bound)
 }
 
-fn empty(kind: StageKind) -> BoundStage {
+fn empty(work: Work) -> BoundStage {
     BoundStage {
-        kind,
+        work,
         reads_tables: Vec::new(),
         reads_relations: Vec::new(),
         writes: None,
@@ -126,16 +133,9 @@ async fn bind_sql(
         .optimize(&plan)
         .map_err(|e| df_problem(sql, &e, "types"))?;
     super::assign::check_merge(sql, &plan)?;
-    let kind = match parsed.kind {
-        StatementKind::Select if sql.stage.materialize => StageKind::Materialized,
-        StatementKind::Select => StageKind::View,
-        StatementKind::Insert { overwrite: false } => StageKind::Insert,
-        StatementKind::Insert { overwrite: true } => StageKind::InsertOverwrite,
-        StatementKind::Merge => StageKind::Merge,
-        StatementKind::Delete => StageKind::Delete,
-    };
+    let kind = parsed.work.kind();
     if let Some(state) = &sql.stage.state {
-        if !sql.spec.state.contains_key(&state.value) || parsed.kind != StatementKind::Select {
+        if !sql.spec.state.contains_key(&state.value) || !kind.defines_relation() {
             return Err(Problem::invalid(
                 Code::BadStateStage,
                 format!(
@@ -149,14 +149,14 @@ async fn bind_sql(
             .help("declare it under `state:` and make the stage a SELECT of one value"));
         }
     }
-    if sql.stage.report && parsed.kind != StatementKind::Select {
+    if sql.stage.report && !kind.defines_relation() {
         let span = sql.stage.name.span;
         return Err(Problem::invalid(Code::ReportNotARelation, format!("stage `{}` has `report: true` but defines no relation", sql.name()))
             .in_source(&sql.spec.yaml)
             .label(span, "this stage")
             .help("only SELECT stages can report their rows; report a SELECT of what this stage writes instead"));
     }
-    if parsed.kind == StatementKind::Select {
+    if kind.defines_relation() {
         // Later stages see this stage's output schema. A materialized relation is
         // computed once, so readers must not re-plan (and re-scan) its sources.
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if sql.stage.materialize {
@@ -170,35 +170,27 @@ async fn bind_sql(
             Problem::failed(Code::Internal, format!("registering `{}`: {e}", sql.name()))
         })?;
     }
-    if let Some(expect) = &sql.stage.expect {
-        if kind != StageKind::Materialized {
-            return Err(Problem::invalid(Code::ExpectationsNeedMaterialize, format!("stage `{}` has `expect:` but is not a materialized SELECT", sql.name()))
-                .in_source(&sql.spec.yaml)
-                .label(sql.stage.name.span, "this stage")
-                .help("checks run once on a computed relation: make the stage a SELECT with `materialize: true`"));
+    let checks = match &sql.stage.expect {
+        Some(expect) => {
+            if kind != StageKind::Materialized {
+                return Err(Problem::invalid(Code::ExpectationsNeedMaterialize, format!("stage `{}` has `expect:` but is not a materialized SELECT", sql.name()))
+                    .in_source(&sql.spec.yaml)
+                    .label(sql.stage.name.span, "this stage")
+                    .help("checks run once on a computed relation: make the stage a SELECT with `materialize: true`"));
+            }
+            bind_checks(sql, expect, checks, ctx).await?
         }
-        bind_checks(sql, expect, checks, ctx).await?;
-    }
+        None => Vec::new(),
+    };
     Ok(BoundStage {
-        kind,
+        work: parsed.work.clone(),
         reads_tables,
         reads_relations,
         writes,
         sql: Some(sql.sql.to_string()),
         logical: Some(optimized),
         maintenance: None,
-        checks: sql
-            .stage
-            .expect
-            .iter()
-            .flat_map(|e| &e.checks)
-            .zip(checks)
-            .map(|(c, text)| CheckPlan {
-                name: c.name.value.clone(),
-                sql: text.clone(),
-                action: c.action,
-            })
-            .collect(),
+        checks,
     })
 }
 
@@ -209,7 +201,8 @@ async fn bind_checks(
     expect: &crate::spec::ExpectSpec,
     rendered: &[String],
     ctx: &SessionContext,
-) -> Result<()> {
+) -> Result<Vec<CheckPlan>> {
+    let mut bound = Vec::with_capacity(rendered.len());
     for (check, text) in expect.checks.iter().zip(rendered) {
         let query = format!("SELECT ({text}) AS passed FROM {}", sql.name());
         let problem = |message: String| {
@@ -236,8 +229,25 @@ async fn bind_checks(
         if data_type != datafusion::arrow::datatypes::DataType::Boolean {
             return Err(problem(format!("it is of type {data_type}, not a boolean")));
         }
+        // The whole text is one expression (the query above would also accept
+        // `a) OR (b`); the executor binds this parsed form.
+        let expr = whole_expression(text).map_err(|e| problem(e.to_string()))?;
+        bound.push(CheckPlan {
+            name: check.name.value.clone(),
+            sql: text.clone(),
+            expr,
+            action: check.action,
+        });
     }
-    Ok(())
+    Ok(bound)
+}
+
+/// `text` parsed as exactly one SQL expression.
+fn whole_expression(text: &str) -> std::result::Result<SqlExpr, ParserError> {
+    let mut parser = Parser::new(&GenericDialect {}).try_with_sql(text)?;
+    let expr = parser.parse_expr()?;
+    parser.expect_token(&Token::EOF)?;
+    Ok(expr)
 }
 
 enum Resolved {
@@ -257,7 +267,7 @@ fn resolve(
     let defines_relation = |i: usize| {
         parsed[i]
             .as_ref()
-            .is_some_and(|p| p.kind == StatementKind::Select)
+            .is_some_and(|p| p.work.kind().defines_relation())
     };
     if tables.contains_key(&read.name) {
         return Ok(Resolved::Table(read.name.clone()));
@@ -392,6 +402,7 @@ async fn bind_optimize(
         }
         _ => None,
     };
+    let mut parsed_filter = None;
     if let (Some(text), Some(spanned)) = (filter, &o.filter) {
         let expr = Parser::new(&GenericDialect {})
             .try_with_sql(text)
@@ -427,6 +438,7 @@ async fn bind_optimize(
                     "here",
                 )
             })?;
+        parsed_filter = Some(expr);
     }
     for column in &o.zorder_by {
         let known: Vec<&str> = table
@@ -466,7 +478,9 @@ async fn bind_optimize(
             target_size: o.target_size,
             deleted_above,
         }),
-        ..empty(StageKind::Optimize)
+        ..empty(Work::Optimize {
+            filter: parsed_filter,
+        })
     })
 }
 

@@ -12,15 +12,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 use super::StageSql;
 use crate::diag::{Code, Problem, Result};
-
-/// What a SQL stage does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StatementKind {
-    Select,
-    Insert { overwrite: bool },
-    Merge,
-    Delete,
-}
+use crate::plan::Work;
 
 /// A relation name as written in the SQL, with its position in the rendered text.
 #[derive(Clone, Debug)]
@@ -34,7 +26,8 @@ pub struct RelationRef {
 #[derive(Clone, Debug)]
 pub struct ParsedStage {
     pub statement: Statement,
-    pub kind: StatementKind,
+    /// What the executor will run: the statement's parts it needs.
+    pub work: Work,
     /// Relations read (CTE names excluded), in order of appearance, deduplicated.
     pub reads: Vec<RelationRef>,
     /// The table a MERGE / INSERT / DELETE writes.
@@ -73,39 +66,45 @@ pub fn parse(stage: &StageSql<'_>) -> Result<ParsedStage> {
                 .help("split the statements into stages: each stage runs one statement"));
         }
     };
-    let (kind, target) = classify(stage, &statement)?;
+    let (work, target) = classify(stage, &statement)?;
     let reads = relations_read(stage, &statement, target.as_ref())?;
     Ok(ParsedStage {
         statement,
-        kind,
+        work,
         reads,
         target,
     })
 }
 
-fn classify(
-    stage: &StageSql<'_>,
-    statement: &Statement,
-) -> Result<(StatementKind, Option<RelationRef>)> {
+fn classify(stage: &StageSql<'_>, statement: &Statement) -> Result<(Work, Option<RelationRef>)> {
     match statement {
-        Statement::Query(_) => Ok((StatementKind::Select, None)),
-        Statement::Insert(insert) => match &insert.table {
-            TableObject::TableName(name) => Ok((
-                StatementKind::Insert {
-                    overwrite: insert.overwrite,
-                },
+        Statement::Query(query) if stage.stage.materialize => {
+            Ok((Work::Materialized(query.clone()), None))
+        }
+        Statement::Query(query) => Ok((Work::View(query.clone()), None)),
+        Statement::Insert(insert) => {
+            let TableObject::TableName(name) = &insert.table else {
+                return Err(not_allowed(stage, statement, "INSERT into a table function"));
+            };
+            let Some(source) = &insert.source else {
+                return Err(not_allowed(stage, statement, "INSERT without a query"));
+            };
+            let work = Work::Insert {
+                source: source.clone(),
+                columns: insert
+                    .columns
+                    .iter()
+                    .map(|c| c.to_string().to_lowercase())
+                    .collect(),
+                overwrite: insert.overwrite,
+            };
+            Ok((work, Some(relation(stage, name)?)))
+        }
+        Statement::Merge(merge) => match &merge.table {
+            TableFactor::Table { name, .. } => Ok((
+                Work::Merge(Box::new(statement.clone())),
                 Some(relation(stage, name)?),
             )),
-            _ => Err(not_allowed(
-                stage,
-                statement,
-                "INSERT into a table function",
-            )),
-        },
-        Statement::Merge(merge) => match &merge.table {
-            TableFactor::Table { name, .. } => {
-                Ok((StatementKind::Merge, Some(relation(stage, name)?)))
-            }
             _ => Err(not_allowed(
                 stage,
                 statement,
@@ -119,9 +118,12 @@ fn classify(
             match (delete.tables.as_slice(), from.as_slice()) {
                 ([], [only]) if only.joins.is_empty() && delete.using.is_none() => {
                     match &only.relation {
-                        TableFactor::Table { name, .. } => {
-                            Ok((StatementKind::Delete, Some(relation(stage, name)?)))
-                        }
+                        TableFactor::Table { name, .. } => Ok((
+                            Work::Delete {
+                                selection: delete.selection.clone(),
+                            },
+                            Some(relation(stage, name)?),
+                        )),
                         _ => Err(not_allowed(
                             stage,
                             statement,

@@ -52,7 +52,7 @@ async fn stage_scans(
     let views: BTreeSet<String> = bound
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.kind == StageKind::View)
+        .filter(|(_, b)| b.kind() == StageKind::View)
         .map(|(i, _)| spec.stages[i].name.value.clone())
         .collect();
     let partitions: BTreeMap<String, Vec<String>> = tables
@@ -62,7 +62,7 @@ async fn stage_scans(
     let materialized: BTreeSet<String> = bound
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.kind == StageKind::Materialized)
+        .filter(|(_, b)| b.kind() == StageKind::Materialized)
         .map(|(i, _)| spec.stages[i].name.value.clone())
         .collect();
     let walk = ScanWalk {
@@ -78,7 +78,7 @@ async fn stage_scans(
     let mut rewrites: Rewrites = BTreeMap::new();
     let mut estimator = estimate::Estimator::new(ctx);
     for (i, b) in bound.iter().enumerate() {
-        if b.kind == StageKind::View {
+        if b.kind() == StageKind::View {
             continue;
         }
         let Some(lp) = &b.logical else { continue };
@@ -114,7 +114,7 @@ async fn stage_scans(
                 estimate = estimate.up_to();
             }
             let writes_here = b.writes.as_deref() == Some(f.table.as_str());
-            if writes_here && matches!(b.kind, StageKind::Merge | StageKind::Delete) {
+            if writes_here && b.kind().changes_existing_rows() {
                 rewrites
                     .entry(f.table.clone())
                     .or_default()
@@ -134,7 +134,7 @@ async fn stage_scans(
         }
         // An overwrite may replace every file of the table (of the partitions its
         // rows land in: known at run time).
-        if b.kind == StageKind::InsertOverwrite {
+        if b.kind() == StageKind::InsertOverwrite {
             if let Some(table) = b
                 .writes
                 .as_ref()

@@ -316,11 +316,8 @@ async fn read_all(location: &str) -> Result<Vec<Entry>, String> {
         return Ok(Vec::new());
     };
     let ctx = crate::session::new_context();
-    ctx.register_table("runs", delta::scan::provider(&table, false).await?)
-        .map_err(|e| e.to_string())?;
     let batches = ctx
-        .sql("SELECT * FROM runs")
-        .await
+        .read_table(delta::scan::provider(&table, false).await?)
         .map_err(|e| e.to_string())?
         .collect()
         .await

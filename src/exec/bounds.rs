@@ -14,12 +14,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::ScalarValue;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::common::{ScalarValue, TableReference};
+use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min};
 
 pub use crate::pruning::Catalog;
 use crate::pruning::{eligible, Driven, Driver, Side, MAX_KEY_IN_LIST};
 use datafusion::logical_expr::{in_list, lit, Expr, Filter, LogicalPlan};
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::prelude::{ident, DataFrame, SessionContext};
 
 /// At most this many distinct values become an IN list on a partition column.
 const MAX_IN_LIST: usize = 1000;
@@ -103,19 +105,23 @@ pub async fn apply(
     Ok((DataFrame::new(state, rewritten), applied))
 }
 
-async fn query(
-    ctx: &SessionContext,
-    sql: &str,
-) -> Result<Vec<datafusion::arrow::array::RecordBatch>, String> {
-    let df = ctx.sql(sql).await.map_err(|e| e.to_string())?;
+async fn collect(df: datafusion::common::Result<DataFrame>) -> Result<Vec<RecordBatch>, String> {
+    let df = df.map_err(|e| e.to_string())?;
     df.collect().await.map_err(|e| e.to_string())
 }
 
 async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bounds, String> {
-    let col = format!("\"{}\"", d.column.replace('"', "\"\""));
-    let rel = format!("\"{}\"", d.relation.replace('"', "\"\""));
-    let sql = format!("SELECT min({col}), max({col}), count(DISTINCT {col}) FROM {rel}");
-    let batches = query(ctx, &sql).await?;
+    let column = ident(&d.column);
+    let relation = ctx
+        .table(TableReference::bare(d.relation.as_str()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let aggregates = vec![
+        min(column.clone()),
+        max(column.clone()),
+        count_distinct(column.clone()),
+    ];
+    let batches = collect(relation.clone().aggregate(vec![], aggregates)).await?;
     let batch = batches.first().ok_or("no bounds")?;
     let min = ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| e.to_string())?;
     let max = ScalarValue::try_from_array(batch.column(1), 0).map_err(|e| e.to_string())?;
@@ -127,8 +133,12 @@ async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bo
     };
     let small = matches!(distinct, ScalarValue::Int64(Some(n)) if (n as usize) <= limit);
     let values = if small {
-        let sql = format!("SELECT DISTINCT {col} FROM {rel} WHERE {col} IS NOT NULL ORDER BY 1");
-        let batches = query(ctx, &sql).await?;
+        let distinct = relation
+            .filter(column.clone().is_not_null())
+            .and_then(|df| df.select(vec![column.clone()]))
+            .and_then(|df| df.distinct())
+            .and_then(|df| df.sort(vec![column.sort(true, false)]));
+        let batches = collect(distinct).await?;
         let mut values = Vec::new();
         for b in &batches {
             for i in 0..b.num_rows() {

@@ -16,7 +16,7 @@ use deltalake::DeltaTable;
 use super::context::{df_err, Executor, StageResult};
 use crate::delta::vectors::{self as dv, DataFile, VectorFile};
 use crate::delta::writer::FileWriter;
-use crate::plan::StagePlan;
+use crate::plan::{StagePlan, Work};
 use crate::report::StageMetrics;
 
 /// A data file a statement may change, with its existing vector.
@@ -212,23 +212,18 @@ impl Executor {
         stage: &StagePlan,
         target: &str,
         table: DeltaTable,
-        predicate: Option<String>,
+        predicate: Option<datafusion::logical_expr::Expr>,
         rewrite_above: f64,
     ) -> StageResult<StageMetrics> {
         use datafusion::arrow::array::{Array, AsArray, BooleanArray};
         use datafusion::arrow::datatypes::{Int64Type, Schema};
         use datafusion::common::ToDFSchema;
-        use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 
         let state = self.ctx.state();
         let df = self.ctx.table(target).await.map_err(df_err)?;
         let schema = df.schema().as_arrow().clone();
         let condition = predicate
-            .as_deref()
-            .map(|p| {
-                let parsed = unnormalize_col(df.parse_sql_expr(p)?);
-                simplified(&state, parsed, &schema)
-            })
+            .map(|p| simplified(&state, p, &schema))
             .transpose()
             .map_err(df_err)?;
         let partitions: Vec<String> = table
@@ -339,9 +334,12 @@ impl Executor {
             }
         }
         let writer = FileWriter::for_table(&table, None)?;
-        let operation = DeltaOperation::Delete {
-            predicate: predicate.clone(),
+        // The log records the predicate as written in the stage.
+        let written = match &stage.work {
+            Work::Delete { selection } => selection.as_ref().map(ToString::to_string),
+            _ => None,
         };
+        let operation = DeltaOperation::Delete { predicate: written };
         let w = self
             .commit_changes(
                 stage,

@@ -15,7 +15,7 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, FilterOp};
 
 use super::context::{df_err, Executor, StageResult};
-use super::maintain::partition_filters;
+use super::maintain::{partition_filters, PartitionFilter};
 use crate::delta::vectors::{self as dv, DataFile};
 use crate::plan::StagePlan;
 use crate::report::StageMetrics;
@@ -31,10 +31,7 @@ impl Executor {
     ) -> StageResult<StageMetrics> {
         let target = stage.writes.clone().ok_or("maintenance without a table")?;
         let snapshot = table.snapshot().map_err(df_err)?.clone();
-        let filters = match filter {
-            Some(f) => partition_filters(f)?,
-            None => Vec::new(),
-        };
+        let filters = partition_filters(stage)?;
         let schema = snapshot.snapshot().arrow_schema();
         let mut partitions: BTreeMap<String, Vec<LogicalFileView>> = BTreeMap::new();
         for view in snapshot.log_data().iter() {
@@ -114,7 +111,7 @@ impl Executor {
 /// compared typed: the filter's literals and the log's strings both read as the
 /// column's type.
 fn selected(
-    filters: &[(String, FilterOp, Vec<String>)],
+    filters: &[PartitionFilter],
     values: &HashMap<String, Option<String>>,
     schema: &SchemaRef,
 ) -> StageResult<bool> {

@@ -4,16 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
-use datafusion::sql::sqlparser::ast::Statement;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Query, Statement};
 use deltalake::DeltaTable;
 use tokio::sync::Mutex;
 
 use super::error::StageError;
 use crate::delta;
-use crate::plan::{Plan, StageKind, StagePlan};
+use crate::plan::{Plan, StageKind, StagePlan, Work};
 use crate::report::StageMetrics;
 
 /// The run's shared state: one DataFusion session where every table and relation
@@ -242,7 +242,7 @@ impl Executor {
                 .plan
                 .stages
                 .iter()
-                .any(|s| &s.name == relation && s.kind == StageKind::Materialized);
+                .any(|s| &s.name == relation && s.kind() == StageKind::Materialized);
             if !materialized {
                 continue;
             }
@@ -254,7 +254,7 @@ impl Executor {
                 .collect();
             let unused = readers
                 .iter()
-                .all(|s| s.kind != StageKind::View && done.contains(&s.name));
+                .all(|s| s.kind() != StageKind::View && done.contains(&s.name));
             if unused && self.materialized.lock().await.remove(relation) {
                 let _ = self.ctx.deregister_table(relation.as_str());
             }
@@ -289,12 +289,8 @@ impl Executor {
         };
         views.sort_by_key(|s| s.index);
         for view in views {
-            if self.reads_through_views(view, table) {
-                let df = self
-                    .ctx
-                    .sql(view.sql.as_deref().unwrap_or(""))
-                    .await
-                    .map_err(df_err)?;
+            if let (Work::View(query), true) = (&view.work, self.reads_through_views(view, table)) {
+                let df = self.query(query).await?;
                 self.ctx
                     .deregister_table(view.name.as_str())
                     .map_err(df_err)?;
@@ -313,7 +309,7 @@ impl Executor {
                     .plan
                     .stages
                     .iter()
-                    .find(|s| &s.name == r && s.kind == StageKind::View)
+                    .find(|s| &s.name == r && s.kind() == StageKind::View)
                     .is_some_and(|v| self.reads_through_views(v, table))
         })
     }
@@ -475,28 +471,39 @@ impl Executor {
     }
 
     pub(super) async fn execute(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
-        let sql = stage.sql.as_deref().unwrap_or("");
-        match stage.kind {
-            StageKind::View => {
-                let df = self.ctx.sql(sql).await.map_err(df_err)?;
+        match &stage.work {
+            Work::View(query) => {
+                let df = self.query(query).await?;
                 self.ctx
                     .register_table(stage.name.as_str(), df.into_view())
                     .map_err(df_err)?;
                 self.views.lock().await.push(stage.name.clone());
                 Ok(StageMetrics::default())
             }
-            StageKind::Materialized => self.materialize(stage, sql).await,
-            StageKind::Insert | StageKind::InsertOverwrite => self.insert(stage, sql).await,
-            StageKind::Merge => self.merge(stage, sql).await,
-            StageKind::Delete => self.delete(stage, sql).await,
-            StageKind::Optimize | StageKind::Vacuum => self.maintain(stage).await,
+            Work::Materialized(query) => self.materialize(stage, query).await,
+            Work::Insert {
+                source, columns, ..
+            } => self.insert(stage, source, columns).await,
+            Work::Merge(statement) => self.merge(stage, statement).await,
+            Work::Delete { selection } => self.delete(stage, selection.as_ref()).await,
+            Work::Optimize { .. } | Work::Vacuum => self.maintain(stage).await,
         }
     }
-}
 
-pub(super) fn parse_one(sql: &str) -> StageResult<Statement> {
-    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(df_err)?;
-    statements
-        .pop()
-        .ok_or_else(|| StageError::Engine("empty statement".into()))
+    /// A query compile parsed, planned on the run's session: bound again to the
+    /// tables' versions of this run, never parsed again.
+    pub(super) async fn query(&self, query: &Query) -> StageResult<DataFrame> {
+        let statement = Statement::Query(Box::new(query.clone()));
+        let plan = self.plan_statement(statement).await?;
+        self.ctx.execute_logical_plan(plan).await.map_err(df_err)
+    }
+
+    /// A statement compile parsed, as a logical plan of the run's session.
+    pub(super) async fn plan_statement(&self, statement: Statement) -> StageResult<LogicalPlan> {
+        self.ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await
+            .map_err(df_err)
+    }
 }

@@ -10,7 +10,9 @@ use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, S
 use datafusion::arrow::compute::{and, filter, filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::logical_expr::{col, lit};
+use datafusion::execution::SessionState;
 use datafusion::prelude::{coalesce, DataFrame};
+use datafusion::sql::sqlparser::ast::ExprWithAlias;
 
 use crate::plan::CheckPlan;
 use crate::spec::CheckAction;
@@ -50,11 +52,19 @@ impl Checker {
     }
 
     /// The relation with one boolean column per check appended (NULL counts as false).
-    pub fn with_check_columns(&self, df: DataFrame) -> Result<DataFrame, String> {
+    pub fn with_check_columns(
+        &self,
+        df: DataFrame,
+        state: &SessionState,
+    ) -> Result<DataFrame, String> {
         let mut columns: Vec<_> = df.schema().columns().into_iter().map(col).collect();
         for (i, check) in self.checks.iter().enumerate() {
-            let expr = df
-                .parse_sql_expr(&check.sql)
+            let parsed = ExprWithAlias {
+                expr: check.expr.clone(),
+                alias: None,
+            };
+            let expr = state
+                .create_logical_expr_from_sql_expr(parsed, df.schema())
                 .map_err(|e| format!("check `{}`: {}", check.name, e.strip_backtrace()))?;
             columns.push(coalesce(vec![expr, lit(false)]).alias(check_column(i)));
         }

@@ -1,14 +1,12 @@
 //! Maintenance stages: optimize (compact, z-order, partition filters) and vacuum.
 
 use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use deltalake::{FilterOp, FilterValue};
 
 use super::context::{df_err, Executor, StageResult};
 
 use super::error::StageError;
-use crate::plan::{Maintenance, StagePlan};
+use crate::plan::{Maintenance, StagePlan, Work};
 use crate::report::StageMetrics;
 
 impl Executor {
@@ -31,15 +29,12 @@ impl Executor {
                     .await
             }
             Maintenance::Optimize {
-                filter,
                 zorder_by,
                 target_size,
                 deleted_above: None,
+                ..
             } => {
-                let owned = match filter {
-                    Some(f) => partition_filters(f)?,
-                    None => Vec::new(),
-                };
+                let owned = partition_filters(stage)?;
                 let filters: Vec<(&str, FilterOp, FilterValue<'_>)> = owned
                     .iter()
                     .map(|(c, op, vals)| {
@@ -161,21 +156,23 @@ impl Executor {
     }
 }
 
-/// An optimize filter (`ds = 'a' AND ds IN ('b')`) as delta-rs partition filters.
-pub(super) fn partition_filters(filter: &str) -> StageResult<Vec<(String, FilterOp, Vec<String>)>> {
-    let expr = Parser::new(&GenericDialect {})
-        .try_with_sql(filter)
-        .and_then(|mut p| p.parse_expr())
-        .map_err(df_err)?;
+/// A partition filter of delta-rs: column, operator, values.
+pub(super) type PartitionFilter = (String, FilterOp, Vec<String>);
+
+/// The stage's optimize filter (`ds = 'a' AND ds IN ('b')`), parsed at compile
+/// time, as delta-rs partition filters; none for a stage without one.
+pub(super) fn partition_filters(stage: &StagePlan) -> StageResult<Vec<PartitionFilter>> {
     let mut out = Vec::new();
-    collect_filters(&expr, &mut out)?;
+    if let Work::Optimize {
+        filter: Some(expr),
+    } = &stage.work
+    {
+        collect_filters(expr, &mut out)?;
+    }
     Ok(out)
 }
 
-fn collect_filters(
-    expr: &SqlExpr,
-    out: &mut Vec<(String, FilterOp, Vec<String>)>,
-) -> StageResult<()> {
+fn collect_filters(expr: &SqlExpr, out: &mut Vec<PartitionFilter>) -> StageResult<()> {
     use datafusion::sql::sqlparser::ast::BinaryOperator as B;
     let unsupported = || {
         StageError::Unsupported(format!(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
+use datafusion::sql::sqlparser::ast::Query;
 use deltalake::protocol::SaveMode;
 
 use super::context::{df_err, Executor, StageResult};
@@ -23,15 +24,15 @@ impl Executor {
     pub(super) async fn materialize(
         &self,
         stage: &StagePlan,
-        sql: &str,
+        query: &Query,
     ) -> StageResult<StageMetrics> {
         use futures::StreamExt;
-        let df = self.ctx.sql(sql).await.map_err(df_err)?;
+        let df = self.query(query).await?;
         let (df, literal_bounds) = self.bounded(df).await?;
         let width = df.schema().fields().len();
         let mut checker = (!stage.checks.is_empty()).then(|| Checker::new(&stage.checks));
         let df = match &checker {
-            Some(c) => c.with_check_columns(df)?,
+            Some(c) => c.with_check_columns(df, &self.ctx.state())?,
             None => df,
         };
         let (plan, task) = self.physical(df).await?;

@@ -279,13 +279,13 @@ impl Progress {
                     ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
                         .expect("valid template"),
                 );
-                bar.set_message(format!("{} ({})", stage.name, stage.kind.label()));
+                bar.set_message(format!("{} ({})", stage.name, stage.kind().label()));
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bar
             }
             None => {
                 if !self.quiet {
-                    eprintln!("sqlplan: start  {} ({})", stage.name, stage.kind.label());
+                    eprintln!("sqlplan: start  {} ({})", stage.name, stage.kind().label());
                 }
                 ProgressBar::hidden()
             }

@@ -220,7 +220,7 @@ pub fn plan_hash(plan: &Plan) -> String {
         .map(|s| {
             serde_json::json!([
                 s.name,
-                s.kind,
+                s.kind(),
                 s.sql,
                 s.writes,
                 s.maintenance,

@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::{cast, lit, Expr};
+use datafusion::sql::sqlparser::ast::ExprWithAlias as SQLExprWithAlias;
 use datafusion::prelude::DataFrame;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query};
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 
-use super::context::{df_err, parse_one, Executor, StageResult};
+use super::context::{df_err, Executor, StageResult};
 use super::error::StageError;
 use super::metrics::{collect_with_scan_metrics, metric};
 use crate::delta;
@@ -18,25 +20,17 @@ use crate::plan::{StageKind, StagePlan};
 use crate::report::StageMetrics;
 
 impl Executor {
-    pub(super) async fn insert(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
-        let Statement::Insert(insert) = parse_one(sql)? else {
-            return Err("not an INSERT".into());
-        };
+    pub(super) async fn insert(
+        &self,
+        stage: &StagePlan,
+        source: &Query,
+        columns: &[String],
+    ) -> StageResult<StageMetrics> {
         let target = stage.writes.clone().ok_or("INSERT without a target")?;
-        let source = insert
-            .source
-            .as_ref()
-            .ok_or("INSERT without a query")?
-            .to_string();
-        let columns: Vec<String> = insert
-            .columns
-            .iter()
-            .map(|c| c.to_string().to_lowercase())
-            .collect();
         let table = self.table(&target).await?;
-        let df = self.ctx.sql(&source).await.map_err(df_err)?;
+        let df = self.query(source).await?;
         let (df, literal_bounds) = self.bounded(df).await?;
-        let df = conform(df, &table, &columns)?;
+        let df = conform(df, &table, columns)?;
         let (plan, task) = self.physical(df).await?;
         let (batches, scan) = collect_with_scan_metrics(plan, task).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -50,7 +44,7 @@ impl Executor {
             .write(batches.clone())
             .with_writer_properties(delta::writer_properties())
             .with_commit_properties(self.props(stage));
-        if stage.kind == StageKind::InsertOverwrite {
+        if stage.kind() == StageKind::InsertOverwrite {
             write = write.with_save_mode(SaveMode::Overwrite);
             if !partitions.is_empty() {
                 // Replace exactly the partitions this stage produced.
@@ -84,10 +78,11 @@ impl Executor {
         })
     }
 
-    pub(super) async fn delete(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
-        let Statement::Delete(delete) = parse_one(sql)? else {
-            return Err("not a DELETE".into());
-        };
+    pub(super) async fn delete(
+        &self,
+        stage: &StagePlan,
+        selection: Option<&SqlExpr>,
+    ) -> StageResult<StageMetrics> {
         let target = stage.writes.clone().ok_or("DELETE without a target")?;
         let table = self.table(&target).await?;
         let vectors = self
@@ -96,8 +91,11 @@ impl Executor {
             .iter()
             .find(|t| t.name == target)
             .and_then(|t| t.deletion_vectors.clone());
+        let predicate = match selection {
+            Some(selection) => Some(self.predicate_on(&target, selection).await?),
+            None => None,
+        };
         if let Some(options) = vectors.filter(|_| delta::vectors::enabled(&table)) {
-            let predicate = delete.selection.as_ref().map(|s| s.to_string());
             return self
                 .delete_with_vectors(stage, &target, table, predicate, options.rewrite_above)
                 .await;
@@ -106,8 +104,8 @@ impl Executor {
             .delete()
             .with_session_state(Arc::new(self.ctx.state()))
             .with_commit_properties(self.props(stage));
-        if let Some(selection) = &delete.selection {
-            op = op.with_predicate(selection.to_string());
+        if let Some(predicate) = predicate {
+            op = op.with_predicate(predicate);
         }
         let (table, m) = op.await.map_err(df_err)?;
         let version = self.committed(&target, table).await?;
@@ -118,6 +116,24 @@ impl Executor {
             version,
             ..Default::default()
         })
+    }
+
+    /// A DELETE's WHERE, parsed at compile time, bound to the target's columns; the
+    /// columns unqualified, as delta-rs resolves them against its own schema.
+    async fn predicate_on(&self, target: &str, selection: &SqlExpr) -> StageResult<Expr> {
+        let df = self.ctx.table(target).await.map_err(df_err)?;
+        let expr = self
+            .ctx
+            .state()
+            .create_logical_expr_from_sql_expr(
+                SQLExprWithAlias {
+                    expr: selection.clone(),
+                    alias: None,
+                },
+                df.schema(),
+            )
+            .map_err(df_err)?;
+        Ok(unnormalize_col(expr))
     }
 }
 

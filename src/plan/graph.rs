@@ -9,7 +9,7 @@ impl Plan {
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart TD\n");
         for s in self.stages_in_program_order() {
-            let _ = writeln!(out, "  {}[\"{}<br/>{}\"]", s.name, s.name, s.kind.label());
+            let _ = writeln!(out, "  {}[\"{}<br/>{}\"]", s.name, s.name, s.kind().label());
         }
         for s in self.stages_in_program_order() {
             for d in &s.depends_on {
@@ -37,7 +37,7 @@ impl Plan {
                 "  \"{}\" [label=\"{}\\n{}\"];",
                 s.name,
                 s.name,
-                s.kind.label()
+                s.kind().label()
             );
         }
         for s in self.stages_in_program_order() {

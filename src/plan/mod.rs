@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Statement};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -115,6 +116,55 @@ pub struct ColumnPlan {
     pub nullable: bool,
 }
 
+/// What a stage does, as compile parsed and bound it. The executor runs this value
+/// and never parses SQL, so `run` executes exactly the Plan by construction.
+///
+/// A new stage kind starts here: its variant here and in `StageKind`, then the
+/// compiler points at every match that must learn it (binding, the executor's
+/// dispatch, labels and scan accounting).
+#[derive(Clone, Debug)]
+pub enum Work {
+    /// A SELECT evaluated by each reader.
+    View(Box<Query>),
+    /// A SELECT computed once; every reader reuses the result.
+    Materialized(Box<Query>),
+    /// INSERT, or INSERT OVERWRITE of the partitions the query produces.
+    Insert {
+        source: Box<Query>,
+        /// The target columns the statement names, lower case; empty: by position.
+        columns: Vec<String>,
+        overwrite: bool,
+    },
+    /// The whole MERGE statement (DataFusion plans it into its source and clauses).
+    Merge(Box<Statement>),
+    /// DELETE: its WHERE, if any (none deletes every row).
+    Delete { selection: Option<SqlExpr> },
+    /// Compaction or z-order; the filter on partition columns, parsed. The other
+    /// options are in the stage's `maintenance`.
+    Optimize { filter: Option<SqlExpr> },
+    Vacuum,
+}
+
+impl Work {
+    pub fn kind(&self) -> StageKind {
+        match self {
+            Work::View(_) => StageKind::View,
+            Work::Materialized(_) => StageKind::Materialized,
+            Work::Insert {
+                overwrite: false, ..
+            } => StageKind::Insert,
+            Work::Insert {
+                overwrite: true, ..
+            } => StageKind::InsertOverwrite,
+            Work::Merge(_) => StageKind::Merge,
+            Work::Delete { .. } => StageKind::Delete,
+            Work::Optimize { .. } => StageKind::Optimize,
+            Work::Vacuum => StageKind::Vacuum,
+        }
+    }
+}
+
+/// The name of what a stage does, as the plan's JSON and text show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageKind {
@@ -143,6 +193,33 @@ impl StageKind {
             StageKind::Vacuum => "vacuum",
         }
     }
+
+    /// The stage defines a relation that later stages read by its name.
+    pub fn defines_relation(self) -> bool {
+        match self {
+            StageKind::View | StageKind::Materialized => true,
+            StageKind::Insert
+            | StageKind::InsertOverwrite
+            | StageKind::Merge
+            | StageKind::Delete
+            | StageKind::Optimize
+            | StageKind::Vacuum => false,
+        }
+    }
+
+    /// The stage changes rows of the table's existing files: it rewrites them, or
+    /// marks rows deleted with vectors.
+    pub fn changes_existing_rows(self) -> bool {
+        match self {
+            StageKind::Merge | StageKind::Delete => true,
+            StageKind::View
+            | StageKind::Materialized
+            | StageKind::Insert
+            | StageKind::InsertOverwrite
+            | StageKind::Optimize
+            | StageKind::Vacuum => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
@@ -167,7 +244,10 @@ pub struct StagePlan {
     /// Position in the pipeline (program order), from 0.
     pub index: usize,
     pub level: usize,
-    pub kind: StageKind,
+    /// What the stage does; its JSON form is the kind's name.
+    #[serde(rename = "kind", serialize_with = "serialize_kind")]
+    #[schemars(rename = "kind", with = "StageKind")]
+    pub work: Work,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +281,16 @@ pub struct StagePlan {
     pub logical_plan: Option<String>,
 }
 
+impl StagePlan {
+    pub fn kind(&self) -> StageKind {
+        self.work.kind()
+    }
+}
+
+fn serialize_kind<S: serde::Serializer>(work: &Work, s: S) -> Result<S::Ok, S::Error> {
+    work.kind().serialize(s)
+}
+
 /// A lint: a valid pipeline that probably does not do what its author meant.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Lint {
@@ -219,6 +309,9 @@ pub struct Lint {
 pub struct CheckPlan {
     pub name: String,
     pub sql: String,
+    /// `sql`, parsed: what the executor binds against the relation.
+    #[serde(skip)]
+    pub expr: SqlExpr,
     pub action: crate::spec::CheckAction,
 }
 

@@ -220,7 +220,7 @@ impl Plan {
             out,
             "\nstage {} — {}, level {}{template}",
             s.name,
-            s.kind.label(),
+            s.kind().label(),
             s.level
         );
         if let Some(d) = &s.description {
@@ -237,14 +237,14 @@ impl Plan {
                 .find(|t| &t.name == w)
                 .and_then(|t| t.deletion_vectors.as_ref());
             let fallback = " (copy-on-write instead if ON is not key equalities only or a clause is NOT MATCHED BY SOURCE)";
-            if let (StageKind::Merge | StageKind::Delete, Some(v)) = (s.kind, vectors) {
+            if let (true, Some(v)) = (s.kind().changes_existing_rows(), vectors) {
                 let _ = writeln!(
                     out,
                     "  with deletion vectors: a {} row is marked deleted in its file{}; a file is rewritten when over {}% of its live rows change, removed when all do{}",
-                    if s.kind == StageKind::Merge { "changed" } else { "deleted" },
-                    if s.kind == StageKind::Merge { " and its new version appended" } else { "" },
+                    if s.kind() == StageKind::Merge { "changed" } else { "deleted" },
+                    if s.kind() == StageKind::Merge { " and its new version appended" } else { "" },
                     (v.rewrite_above * 100.0).round(),
-                    if s.kind == StageKind::Merge { fallback } else { "" }
+                    if s.kind() == StageKind::Merge { fallback } else { "" }
                 );
             }
         }

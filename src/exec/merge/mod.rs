@@ -18,6 +18,7 @@ use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::dml::MergeIntoClause;
 use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, WriteOp};
 use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::ast::Statement;
 
 use super::context::{df_err, Executor, StageResult};
 use super::error::StageError;
@@ -69,8 +70,12 @@ fn frame(
 }
 
 impl Executor {
-    pub(super) async fn merge(&self, stage: &StagePlan, sql: &str) -> StageResult<StageMetrics> {
-        let merge = self.plan_merge(sql).await?;
+    pub(super) async fn merge(
+        &self,
+        stage: &StagePlan,
+        statement: &Statement,
+    ) -> StageResult<StageMetrics> {
+        let merge = self.plan_merge(statement).await?;
         let source = merge.source_frame(self)?;
         check_unique_keys(&source, &source_keys(&merge.on, &merge.target)).await?;
         let table = self.table(&merge.target).await?;
@@ -95,9 +100,9 @@ impl Executor {
     }
 
     /// Plans the statement and computes its source once.
-    async fn plan_merge(&self, sql: &str) -> StageResult<Merge> {
+    async fn plan_merge(&self, statement: &Statement) -> StageResult<Merge> {
         let state = self.ctx.state();
-        let LogicalPlan::Dml(dml) = state.create_logical_plan(sql).await.map_err(df_err)? else {
+        let LogicalPlan::Dml(dml) = self.plan_statement(statement.clone()).await? else {
             return Err("not a MERGE".into());
         };
         let WriteOp::MergeInto(op) = dml.op else {
