@@ -89,8 +89,7 @@ fn check_inputs(plan: &Plan, chosen: &BTreeSet<String>) -> Result<(), Problem> {
             let Some(pred) = by_name.get(dep.stage.as_str()) else {
                 continue;
             };
-            let relation = pred.kind().defines_relation()
-                && stage.reads.contains(&pred.name);
+            let relation = pred.kind().defines_relation() && stage.reads.contains(&pred.name);
             if relation {
                 return Err(Problem::invalid(
                     Code::BadSelector,

@@ -84,7 +84,11 @@ fn classify(stage: &StageSql<'_>, statement: &Statement) -> Result<(Work, Option
         Statement::Query(query) => Ok((Work::View(query.clone()), None)),
         Statement::Insert(insert) => {
             let TableObject::TableName(name) = &insert.table else {
-                return Err(not_allowed(stage, statement, "INSERT into a table function"));
+                return Err(not_allowed(
+                    stage,
+                    statement,
+                    "INSERT into a table function",
+                ));
             };
             let Some(source) = &insert.source else {
                 return Err(not_allowed(stage, statement, "INSERT without a query"));

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::{and, filter, filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::logical_expr::{col, lit};
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::{coalesce, DataFrame};
 use datafusion::sql::sqlparser::ast::ExprWithAlias;
 

@@ -163,10 +163,7 @@ pub(super) type PartitionFilter = (String, FilterOp, Vec<String>);
 /// time, as delta-rs partition filters; none for a stage without one.
 pub(super) fn partition_filters(stage: &StagePlan) -> StageResult<Vec<PartitionFilter>> {
     let mut out = Vec::new();
-    if let Work::Optimize {
-        filter: Some(expr),
-    } = &stage.work
-    {
+    if let Work::Optimize { filter: Some(expr) } = &stage.work {
         collect_filters(expr, &mut out)?;
     }
     Ok(out)

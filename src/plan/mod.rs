@@ -138,10 +138,14 @@ pub enum Work {
     /// The whole MERGE statement (DataFusion plans it into its source and clauses).
     Merge(Box<Statement>),
     /// DELETE: its WHERE, if any (none deletes every row).
-    Delete { selection: Option<SqlExpr> },
+    Delete {
+        selection: Option<SqlExpr>,
+    },
     /// Compaction or z-order; the filter on partition columns, parsed. The other
     /// options are in the stage's `maintenance`.
-    Optimize { filter: Option<SqlExpr> },
+    Optimize {
+        filter: Option<SqlExpr>,
+    },
     Vacuum,
 }
 
