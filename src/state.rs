@@ -39,7 +39,7 @@ pub async fn resolve(
             .in_source(&spec.yaml)
             .label(table.span, "unknown table"));
         };
-        let failed = |e: String| {
+        let failed = |e: crate::delta::Error| {
             Problem::failed(
                 Code::StateUnreadable,
                 format!("reading state from {location}: {e}"),

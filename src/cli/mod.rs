@@ -66,7 +66,7 @@ pub async fn execute(command: Command) -> Result<Output, Problem> {
 
 /// `verify-vectors`: exit 0 when every vector checks out, 1 with the problems.
 async fn verify_vectors(location: &str, format: PlanFormat) -> Result<Output, Problem> {
-    let unreadable = |e: String| Problem::failed(Code::UnreadableTable, e);
+    let unreadable = |e: crate::delta::Error| Problem::failed(Code::UnreadableTable, e.to_string());
     let table = crate::delta::open(location, location, None)
         .await
         .map_err(unreadable)?;
@@ -144,7 +144,7 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             )?;
             if let Some(e) = &engine {
                 crate::cluster::scheduler_url(e)
-                    .map_err(|m| Problem::invalid(Code::BadEngine, m))?;
+                    .map_err(|m| Problem::invalid(Code::BadEngine, m.to_string()))?;
             }
             let mut options = crate::exec::RunOptions {
                 spill_threshold,
@@ -198,7 +198,8 @@ async fn run_command(command: Command) -> Result<String, Problem> {
         } => {
             let plan =
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
-            let failed = |e: String| Problem::failed(Code::LedgerUnreadable, e);
+            let failed =
+                |e: crate::delta::Error| Problem::failed(Code::LedgerUnreadable, e.to_string());
             let Some(location) = crate::control::ledger::location(&plan).map_err(failed)? else {
                 return Ok("this pipeline writes no table: its runs are not recorded\n".into());
             };
@@ -224,7 +225,7 @@ async fn run_command(command: Command) -> Result<String, Problem> {
         } => {
             if let Some(e) = &engine {
                 crate::cluster::scheduler_url(e)
-                    .map_err(|m| Problem::invalid(Code::BadEngine, m))?;
+                    .map_err(|m| Problem::invalid(Code::BadEngine, m.to_string()))?;
             }
             let fixtures = fixtures.unwrap_or_else(|| crate::fixtures::default_fixtures(&pipeline));
             let results =
@@ -268,11 +269,11 @@ async fn run_command(command: Command) -> Result<String, Problem> {
         Command::Scheduler(args) => crate::cluster::serve::scheduler(&args)
             .await
             .map(|()| String::new())
-            .map_err(|e| Problem::failed(Code::ClusterProcess, e)),
+            .map_err(|e| Problem::failed(Code::ClusterProcess, e.to_string())),
         Command::Executor(args) => crate::cluster::serve::executor(&args)
             .await
             .map(|()| String::new())
-            .map_err(|e| Problem::failed(Code::ClusterProcess, e)),
+            .map_err(|e| Problem::failed(Code::ClusterProcess, e.to_string())),
         Command::Graph { input, format } => {
             let plan =
                 crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;

@@ -23,6 +23,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::delta::error::{Doing as _, Error, Result};
 use crate::delta::stores;
 
 /// The largest plan message the client sends or takes (a stage plan carries its
@@ -40,7 +41,7 @@ impl Remote {
     /// A session whose physical planning submits jobs to the scheduler at `engine`
     /// (`df://host:port`), built from the run's own session (its settings and
     /// functions).
-    pub fn new(engine: &str, local: SessionState, scratch: url::Url) -> Result<Remote, String> {
+    pub fn new(engine: &str, local: SessionState, scratch: url::Url) -> Result<Remote> {
         let scheduler = scheduler_url(engine)?;
         let mut config = local.config().clone();
         // Ballista's scheduler re-plans stages after their inputs ran, reordering
@@ -65,7 +66,7 @@ impl Remote {
                 .with_config(config)
                 .build()
                 .upgrade_for_ballista(scheduler)
-                .map_err(|e| format!("cluster {engine}: {e}"))?;
+                .doing(|| format!("cluster {engine}"))?;
         Ok(Remote { state, scratch })
     }
 
@@ -94,43 +95,43 @@ impl Remote {
 
     /// Copies a local Parquet file into the scratch folder, where every executor can
     /// read it; returns its folder's URL (registered as the relation).
-    pub async fn publish(&self, name: &str, file: &std::path::Path) -> Result<url::Url, String> {
+    pub async fn publish(&self, name: &str, file: &std::path::Path) -> Result<url::Url> {
         let folder = self
             .scratch
             .join(&format!("{name}/"))
-            .map_err(|e| format!("scratch folder for `{name}`: {e}"))?;
+            .doing(|| format!("scratch folder for `{name}`"))?;
         let (store, prefix) = stores::store_for(&folder)?;
         let target = prefix.clone().join("part-0.parquet");
         let mut writer =
             deltalake::logstore::object_store::buffered::BufWriter::new(store, target.clone());
         let mut local = tokio::fs::File::open(file)
             .await
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+            .doing(|| file.display().to_string())?;
         tokio::io::copy(&mut local, &mut writer)
             .await
-            .map_err(|e| format!("copying `{name}` to {folder}: {e}"))?;
+            .doing(|| format!("copying `{name}` to {folder}"))?;
         tokio::io::AsyncWriteExt::shutdown(&mut writer)
             .await
-            .map_err(|e| format!("copying `{name}` to {folder}: {e}"))?;
+            .doing(|| format!("copying `{name}` to {folder}"))?;
         Ok(folder)
     }
 
     /// Removes this run's scratch folder.
-    pub async fn clean(&self) -> Result<(), String> {
+    pub async fn clean(&self) -> Result<()> {
         crate::delta::remove_all(&self.scratch).await
     }
 }
 
 /// `df://host:port` → the scheduler's gRPC URL.
-pub fn scheduler_url(engine: &str) -> Result<String, String> {
-    let url = url::Url::parse(engine).map_err(|e| format!("--engine `{engine}`: {e}"))?;
+pub fn scheduler_url(engine: &str) -> Result<String> {
+    let url = url::Url::parse(engine).doing(|| format!("--engine `{engine}`"))?;
     if url.scheme() != "df" {
-        return Err(format!(
+        return Err(Error::Location(format!(
             "--engine `{engine}`: expected df://HOST:PORT (a Ballista scheduler)"
-        ));
+        )));
     }
     let host = url
         .host_str()
-        .ok_or_else(|| format!("--engine `{engine}`: no host"))?;
+        .ok_or_else(|| Error::Location(format!("--engine `{engine}`: no host")))?;
     Ok(format!("http://{host}:{}", url.port().unwrap_or(50050)))
 }

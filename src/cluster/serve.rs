@@ -16,6 +16,7 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
 
 use super::{codec, MAX_MESSAGE_BYTES};
+use crate::delta::error::{Doing as _, Error};
 use crate::delta::stores::Stores;
 
 /// `sqlplan scheduler` options.
@@ -82,12 +83,12 @@ fn scheduler_session(config: SessionConfig) -> datafusion::common::Result<Sessio
 }
 
 /// Runs a scheduler until the process is stopped.
-pub async fn scheduler(args: &SchedulerArgs) -> Result<(), String> {
+pub async fn scheduler(args: &SchedulerArgs) -> crate::delta::error::Result<()> {
     init_logs();
     crate::delta::stores::register_schemes();
     let address: SocketAddr = format!("{}:{}", args.bind, args.port)
         .parse()
-        .map_err(|e| format!("--bind/--port: {e}"))?;
+        .doing(|| "--bind/--port".to_string())?;
     let config = SchedulerConfig {
         bind_host: args.bind.clone(),
         bind_port: args.port,
@@ -102,11 +103,11 @@ pub async fn scheduler(args: &SchedulerArgs) -> Result<(), String> {
     };
     let cluster = BallistaCluster::new_from_config(&config)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::library)?;
     eprintln!("sqlplan: scheduler listening on {address} (clients: run --engine df://{address})");
     start_server(cluster, address, Arc::new(config))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(Error::library)
 }
 
 /// The functions a plan may call: Ballista's and those of the session sqlplan binds
@@ -130,16 +131,18 @@ fn functions() -> ballista_core::registry::BallistaFunctionRegistry {
 }
 
 /// Runs an executor until the process is stopped.
-pub async fn executor(args: &ExecutorArgs) -> Result<(), String> {
+pub async fn executor(args: &ExecutorArgs) -> crate::delta::error::Result<()> {
     init_logs();
     crate::delta::stores::register_schemes();
-    let (host, port) = args
-        .scheduler
-        .rsplit_once(':')
-        .ok_or_else(|| format!("--scheduler `{}`: expected HOST:PORT", args.scheduler))?;
+    let (host, port) = args.scheduler.rsplit_once(':').ok_or_else(|| {
+        Error::Location(format!(
+            "--scheduler `{}`: expected HOST:PORT",
+            args.scheduler
+        ))
+    })?;
     let scheduler_port: u16 = port
         .parse()
-        .map_err(|e| format!("--scheduler `{}`: {e}", args.scheduler))?;
+        .doing(|| format!("--scheduler `{}`", args.scheduler))?;
     let work_dir = args.work_dir.clone();
     let config = ExecutorProcessConfig {
         bind_host: args.bind.clone(),
@@ -171,5 +174,5 @@ pub async fn executor(args: &ExecutorArgs) -> Result<(), String> {
     );
     start_executor_process(Arc::new(config))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(Error::library)
 }

@@ -193,7 +193,10 @@ fn cycle_problem(spec: &PipelineSpec, dag: &Dag, cycle: &[usize]) -> Problem {
             ),
         );
     }
-    problem.help("every cycle goes through an `after:` entry (program order alone cannot make one); remove or reverse it")
+    problem.help(
+        "every cycle goes through an `after:` entry \
+         (program order alone cannot make one); remove or reverse it",
+    )
 }
 
 fn stage_plan(spec: &PipelineSpec, i: usize, level: usize, dag: &Dag, b: BoundStage) -> StagePlan {
@@ -283,9 +286,10 @@ fn lints(spec: &PipelineSpec, bound: &[BoundStage]) -> Vec<Lint> {
         let used = !read_by.is_empty() || stage.report || stage.state.is_some();
         let (line, _) = crate::render::line_col(&spec.yaml.text, stage.name.span.offset());
         let lint = |code: Code, message: String, help: &str| Lint {
-            code: code.as_str(),
+            code,
             stage: name.to_string(),
             at: format!("{}:{line}", spec.yaml.name),
+            span: Some(stage.name.span),
             message,
             help: help.to_string(),
         };

@@ -170,10 +170,22 @@ fn table_scans(
                 .filter(|s| s.access.is_full())
                 .map(|s| s.stage.as_str())
                 .collect();
-            crossed.push(Problem::invalid(Code::ScanBudget, format!("`{table}` would be scanned in full {full} time{}; its budget is {}", if full == 1 { "" } else { "s" }, b.value))
-                .in_source(&spec.yaml)
-                .label(b.span, "budget")
-                .help(format!("full scans by: {}. Filter on partition or key columns (as literals, so Delta can prune), or materialize the shared relation", stages.join(", "))));
+            let plural = if full == 1 { "" } else { "s" };
+            let message = format!(
+                "`{table}` would be scanned in full {full} time{plural}; its budget is {}",
+                b.value
+            );
+            let help = format!(
+                "full scans by: {}. Filter on partition or key columns \
+                 (as literals, so Delta can prune), or materialize the shared relation",
+                stages.join(", ")
+            );
+            crossed.push(
+                Problem::invalid(Code::ScanBudget, message)
+                    .in_source(&spec.yaml)
+                    .label(b.span, "budget")
+                    .help(help),
+            );
         }
     }
     let table_spec = &spec.tables[&table];
@@ -225,9 +237,16 @@ fn table_scans(
 /// A crossed budget as a warning of a review plan.
 pub(super) fn budget_lint(spec: &PipelineSpec, problem: &Problem) -> Lint {
     Lint {
-        code: problem.code.as_str(),
+        code: problem.code,
         stage: String::new(),
         at: spec.yaml.name.clone(),
+        // Its first label, when it points into the pipeline's YAML (the budget).
+        span: problem
+            .source
+            .as_ref()
+            .filter(|s| s.name() == spec.yaml.name)
+            .and(problem.labels.first())
+            .map(|(span, _)| *span),
         message: problem.message.clone(),
         help: problem.help.clone().unwrap_or_default(),
     }

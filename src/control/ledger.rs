@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::delta;
+use crate::delta::error::{Error, Result};
 use crate::report::{RunReport, StageStatus};
 
 /// The ledger's folder name under the control folder (`_sqlplan/`).
@@ -207,7 +208,7 @@ fn alive(process: &str) -> bool {
 
 /// Where the ledger of runs finishing on these tables lives: `_sqlplan/runs` beside
 /// the first finish table.
-pub fn location(plan: &crate::plan::Plan) -> Result<Option<String>, String> {
+pub fn location(plan: &crate::plan::Plan) -> Result<Option<String>> {
     Ok(super::control_url(plan)?.map(|u| format!("{}{TABLE}", u.as_str())))
 }
 
@@ -240,7 +241,7 @@ fn schema() -> Schema {
     ])
 }
 
-fn to_batch(entry: &Entry) -> Result<RecordBatch, String> {
+fn to_batch(entry: &Entry) -> Result<RecordBatch> {
     let text = |s: Option<String>| Arc::new(StringArray::from(vec![s])) as ArrayRef;
     let int = |n: Option<u64>| Arc::new(Int64Array::from(vec![n.map(|n| n as i64)])) as ArrayRef;
     let micros = |t: Option<DateTime<Utc>>| {
@@ -267,7 +268,7 @@ fn to_batch(entry: &Entry) -> Result<RecordBatch, String> {
         text(entry.error.clone()),
         text(Some(entry.sqlplan_version.clone())),
     ];
-    RecordBatch::try_new(Arc::new(schema()), columns).map_err(|e| e.to_string())
+    RecordBatch::try_new(Arc::new(schema()), columns).map_err(Error::from)
 }
 
 /// JSON text of a value (the ledger keeps maps and lists as JSON).
@@ -281,9 +282,9 @@ const COMPACT_ABOVE: usize = 64;
 /// Appends one row (one Delta commit), creating the ledger on first use; every
 /// `COMPACT_ABOVE` rows or so, compacts it into one file, so that reading it stays
 /// one small scan however many runs it records.
-pub async fn append(location: &str, entry: &Entry) -> Result<(), String> {
+pub async fn append(location: &str, entry: &Entry) -> Result<()> {
     let failed = |e: deltalake::DeltaTableError| {
-        format!("cannot append to the run ledger at {location}: {e}")
+        Error::doing(format!("cannot append to the run ledger at {location}"), e)
     };
     let table = delta::open_or_create("runs", location, &schema(), &[], false).await?;
     let table = table
@@ -304,24 +305,24 @@ pub async fn append(location: &str, entry: &Entry) -> Result<(), String> {
 
 /// The ledger's attempts of `pipeline`, newest first: each start row paired with its
 /// end row (same pipeline, run and start time).
-pub async fn read(location: &str, pipeline: &str) -> Result<Vec<Entry>, String> {
+pub async fn read(location: &str, pipeline: &str) -> Result<Vec<Entry>> {
     let mut out = read_all(location).await?;
     out.retain(|e| e.pipeline == pipeline);
     Ok(out)
 }
 
 /// Every attempt of every pipeline, newest first.
-async fn read_all(location: &str) -> Result<Vec<Entry>, String> {
+async fn read_all(location: &str) -> Result<Vec<Entry>> {
     let Some(table) = delta::open_if_exists(&delta::table_url(location)?).await? else {
         return Ok(Vec::new());
     };
     let ctx = crate::session::new_context();
     let batches = ctx
         .read_table(delta::scan::provider(&table, false).await?)
-        .map_err(|e| e.to_string())?
+        .map_err(Error::from)?
         .collect()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::from)?;
     let mut attempts: BTreeMap<(i64, String, i64), Entry> = BTreeMap::new();
     for batch in &batches {
         for row in 0..batch.num_rows() {
@@ -356,7 +357,7 @@ async fn read_all(location: &str) -> Result<Vec<Entry>, String> {
 /// abandoned): each may be resumed, reading the tables as of its start versions, so
 /// maintenance must keep what those versions need. One entry per run: its newest
 /// attempt.
-pub async fn unfinished(location: &str) -> Result<Vec<Entry>, String> {
+pub async fn unfinished(location: &str) -> Result<Vec<Entry>> {
     let mut runs: BTreeMap<(String, i64), Vec<Entry>> = BTreeMap::new();
     for entry in read_all(location).await? {
         runs.entry((entry.pipeline.clone(), entry.run))
@@ -374,36 +375,36 @@ pub async fn unfinished(location: &str) -> Result<Vec<Entry>, String> {
         .collect())
 }
 
-fn from_row(batch: &RecordBatch, row: usize) -> Result<Entry, String> {
+fn from_row(batch: &RecordBatch, row: usize) -> Result<Entry> {
     let column = |name: &str| {
         batch
             .column_by_name(name)
-            .ok_or_else(|| format!("the run ledger has no column `{name}`"))
+            .ok_or_else(|| Error::table(format!("the run ledger has no column `{name}`")))
     };
-    let text = |name: &str| -> Result<Option<String>, String> {
+    let text = |name: &str| -> Result<Option<String>> {
         let c = column(name)?;
-        let c = datafusion::arrow::compute::cast(c, &DataType::Utf8).map_err(|e| e.to_string())?;
+        let c = datafusion::arrow::compute::cast(c, &DataType::Utf8).map_err(Error::from)?;
         let c = c
             .as_any()
             .downcast_ref::<StringArray>()
             .expect("cast to Utf8");
         Ok((!c.is_null(row)).then(|| c.value(row).to_string()))
     };
-    let int = |name: &str| -> Result<Option<i64>, String> {
+    let int = |name: &str| -> Result<Option<i64>> {
         let c = datafusion::arrow::compute::cast(column(name)?, &DataType::Int64)
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::from)?;
         let c = c
             .as_any()
             .downcast_ref::<Int64Array>()
             .expect("cast to Int64");
         Ok((!c.is_null(row)).then(|| c.value(row)))
     };
-    let time = |name: &str| -> Result<Option<DateTime<Utc>>, String> {
+    let time = |name: &str| -> Result<Option<DateTime<Utc>>> {
         let c = datafusion::arrow::compute::cast(
             column(name)?,
             &DataType::Timestamp(TimeUnit::Microsecond, None),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::from)?;
         let c = c
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
@@ -412,13 +413,13 @@ fn from_row(batch: &RecordBatch, row: usize) -> Result<Entry, String> {
             .then(|| DateTime::from_timestamp_micros(c.value(row)))
             .flatten())
     };
-    let parsed = |name: &str| -> Result<Value, String> {
+    let parsed = |name: &str| -> Result<Value> {
         Ok(text(name)?
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null))
     };
     let seconds = datafusion::arrow::compute::cast(column("seconds")?, &DataType::Float64)
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::from)?;
     let seconds = seconds
         .as_any()
         .downcast_ref::<Float64Array>()
@@ -430,7 +431,8 @@ fn from_row(batch: &RecordBatch, row: usize) -> Result<Entry, String> {
     Ok(Entry {
         pipeline: text("pipeline")?.unwrap_or_default(),
         run: int("run")?.unwrap_or_default(),
-        started: time("started")?.ok_or("a ledger row without a start time")?,
+        started: time("started")?
+            .ok_or_else(|| Error::table("a ledger row without a start time"))?,
         ended: time("ended")?,
         status: text("status")?.unwrap_or_default(),
         resumed,

@@ -9,6 +9,8 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 
+use super::{Error, Result};
+use crate::delta::error::Doing as _;
 use crate::plan::Plan;
 
 /// Held for the run's lifetime; dropping it (or the process ending) releases it.
@@ -18,14 +20,14 @@ pub struct RunLock {
 }
 
 /// Takes the pipeline's lock on its warehouse, or says who holds it.
-pub fn acquire(plan: &Plan) -> Result<Option<RunLock>, String> {
+pub fn acquire(plan: &Plan) -> Result<Option<RunLock>> {
     let Some(url) = super::control_url(plan)? else {
         return Ok(None);
     };
     let Ok(dir) = url.to_file_path() else {
         return Ok(None);
     };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).doing(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{}.lock", plan.pipeline));
     let mut file = OpenOptions::new()
         .read(true)
@@ -33,20 +35,24 @@ pub fn acquire(plan: &Plan) -> Result<Option<RunLock>, String> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .doing(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            return Err(format!(
-                "another run of pipeline `{}` is in progress on this warehouse ({}); wait for it to end (a run whose process is gone holds no lock, and the next run resumes it)",
-                plan.pipeline,
-                if holder.trim().is_empty() { "holder unknown".to_string() } else { holder.trim().to_string() }
-            ));
+            let holder = match holder.trim() {
+                "" => "holder unknown".to_string(),
+                known => known.to_string(),
+            };
+            return Err(Error::Busy {
+                pipeline: plan.pipeline.clone(),
+                holder,
+            });
         }
         Err(TryLockError::Error(e)) => {
-            return Err(format!("cannot lock {}: {e}", path.display()));
+            let doing = format!("cannot lock {}", path.display());
+            return Err(crate::delta::Error::doing(doing, e).into());
         }
     }
     let holder = format!(

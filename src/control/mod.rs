@@ -9,7 +9,21 @@ pub mod lock;
 use std::collections::BTreeSet;
 
 use crate::delta;
+use crate::delta::error::Doing as _;
 use crate::plan::Plan;
+
+/// Why run control failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another run of the pipeline holds its lock on this warehouse.
+    #[error("another run of pipeline `{pipeline}` is in progress on this warehouse ({holder}); wait for it to end (a run whose process is gone holds no lock, and the next run resumes it)")]
+    Busy { pipeline: String, holder: String },
+    /// The control folder, the lock file or the ledger table could not be used.
+    #[error(transparent)]
+    Store(#[from] delta::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The tables a run's finish commit goes to: its state tables, or the table of the
 /// last writing stage when the pipeline records no state (none if nothing writes).
@@ -23,7 +37,7 @@ pub fn finish_tables(plan: &Plan) -> BTreeSet<String> {
 
 /// The folder `_sqlplan/` beside the first finish table: the run lock and the run
 /// ledger live there, in the warehouse the run writes to (None when nothing writes).
-pub fn control_url(plan: &Plan) -> Result<Option<url::Url>, String> {
+pub fn control_url(plan: &Plan) -> delta::error::Result<Option<url::Url>> {
     let Some(table) = finish_tables(plan).into_iter().next() else {
         return Ok(None);
     };
@@ -41,5 +55,5 @@ pub fn control_url(plan: &Plan) -> Result<Option<url::Url>, String> {
     }
     url.join("../_sqlplan/")
         .map(Some)
-        .map_err(|e| format!("no folder beside {url}: {e}"))
+        .doing(|| format!("no folder beside {url}"))
 }

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::DeltaTable;
 
+use crate::delta::error::{Error, Result};
+
 /// The Delta application id of a stage's commits.
 pub fn app_id(pipeline: &str, stage: &str) -> String {
     format!("sqlplan:{pipeline}:{stage}")
@@ -89,14 +91,14 @@ impl RunTag {
 }
 
 /// The greatest version any of `app_ids` committed to `table`.
-pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i64>, String> {
-    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i64>> {
+    let snapshot = table.snapshot().map_err(Error::from)?;
     let mut last = None;
     for id in app_ids {
         let v = snapshot
             .transaction_version(table.log_store().as_ref(), id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::from)?;
         last = last.max(v);
     }
     Ok(last)
@@ -115,7 +117,7 @@ pub struct Commit {
 }
 
 /// The table's last `depth` commits, newest first, with their versions.
-pub async fn history(table: &DeltaTable, depth: usize) -> Result<Vec<Commit>, String> {
+pub async fn history(table: &DeltaTable, depth: usize) -> Result<Vec<Commit>> {
     use futures::TryStreamExt;
     let Some(newest) = table.version() else {
         return Ok(Vec::new());
@@ -124,7 +126,7 @@ pub async fn history(table: &DeltaTable, depth: usize) -> Result<Vec<Commit>, St
         .history(Some(depth))
         .try_collect()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::from)?;
     // Commit files are contiguous up to the newest; history lists them newest first.
     Ok(infos
         .into_iter()
@@ -168,7 +170,7 @@ pub struct StateRecord {
 }
 
 /// The commits of `pipeline` on `table` that carry state values, newest first.
-pub async fn state_records(table: &DeltaTable, pipeline: &str) -> Result<Vec<StateRecord>, String> {
+pub async fn state_records(table: &DeltaTable, pipeline: &str) -> Result<Vec<StateRecord>> {
     let mut out = Vec::new();
     for commit in history(table, STATE_DEPTH).await? {
         let info = &commit.info;
@@ -201,7 +203,7 @@ pub async fn state_records(table: &DeltaTable, pipeline: &str) -> Result<Vec<Sta
 /// Who made each commit of `table` (opened at its newest version) after `version`,
 /// oldest first: `version N: OPERATION by WRITER`, the writer being a sqlplan
 /// pipeline's stage or the engine that says so in its commit.
-pub async fn describe_since(table: &DeltaTable, version: i64) -> Result<Vec<String>, String> {
+pub async fn describe_since(table: &DeltaTable, version: i64) -> Result<Vec<String>> {
     let newest = table.version().map_or(version, |v| v as i64);
     let depth = usize::try_from(newest - version).unwrap_or(0);
     if depth == 0 {
@@ -232,7 +234,7 @@ pub async fn describe_since(table: &DeltaTable, version: i64) -> Result<Vec<Stri
 
 /// When `version` of `table` (opened at its newest version) was committed, in
 /// milliseconds since the epoch.
-pub async fn commit_time(table: &DeltaTable, version: i64) -> Result<Option<i64>, String> {
+pub async fn commit_time(table: &DeltaTable, version: i64) -> Result<Option<i64>> {
     let newest = table.version().map_or(-1, |v| v as i64);
     let depth = usize::try_from(newest - version + 1).unwrap_or(0);
     if depth == 0 {

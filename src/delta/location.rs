@@ -1,17 +1,18 @@
 //! Table locations: URLs and whether a table exists there. Never creates anything.
 
+use crate::delta::error::{Doing as _, Error, Result};
 /// A table location as a URL: a URL as written, or a local path (relative paths
 /// are taken from the working directory). Never creates anything.
-pub fn table_url(location: &str) -> Result<url::Url, String> {
+pub fn table_url(location: &str) -> Result<url::Url> {
     super::stores::register_schemes();
     if let Ok(url) = url::Url::parse(location) {
         if url.scheme().len() > 1 {
             return Ok(url);
         }
     }
-    let path =
-        std::path::absolute(location).map_err(|e| format!("invalid path `{location}`: {e}"))?;
-    url::Url::from_directory_path(&path).map_err(|_| format!("invalid path `{location}`"))
+    let path = std::path::absolute(location).doing(|| format!("invalid path `{location}`"))?;
+    url::Url::from_directory_path(&path)
+        .map_err(|_| Error::Location(format!("invalid path `{location}`")))
 }
 
 /// Whether the local directory holds a Delta table: a `_delta_log` with at least one

@@ -4,6 +4,7 @@
 //! above — state, render, compile, exec, fixtures, workloads — goes through here.
 
 pub mod commit;
+pub mod error;
 pub mod failpoint;
 pub mod location;
 mod observe;
@@ -17,6 +18,7 @@ pub mod verify;
 pub mod writer;
 
 pub use commit::{app_id, finish_app_id, RunTag};
+pub use error::Error;
 pub use location::{local_table_exists, table_url};
 pub use observe::Warehouse;
 pub use table::{

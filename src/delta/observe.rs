@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 
 use deltalake::DeltaTable;
 
+use crate::delta::error::Result;
+
 /// One table's location and what is there: a table, none yet, or an error.
 struct Observation {
     location: String,
-    found: Result<Option<DeltaTable>, String>,
+    found: Result<Option<DeltaTable>>,
 }
 
 /// The declared tables, observed once.
@@ -50,7 +52,7 @@ impl Warehouse {
 
     /// The table `name` at `location`: the observed one when the location is the
     /// one observed, else read now (a location that depends on a state variable).
-    pub async fn table(&self, name: &str, location: &str) -> Result<Option<DeltaTable>, String> {
+    pub async fn table(&self, name: &str, location: &str) -> Result<Option<DeltaTable>> {
         match self.tables.get(name) {
             Some(o) if o.location == location => o.found.clone(),
             _ => super::open_if_exists(&super::table_url(location)?).await,

@@ -17,17 +17,19 @@ use deltalake::Path;
 use buoyant_kernel::expressions::Scalar;
 use buoyant_kernel::schema::{DataType as KernelType, PrimitiveType};
 
+use crate::delta::error::{Doing as _, Error, Result};
+
 /// The value of a partition column of Arrow type `data_type` whose log entry is `raw`
 /// (None: the log's null). An empty string is the empty value of a string or binary
 /// column and NULL of any other type, as the kernel's scan reads it.
-pub fn value(raw: Option<&str>, data_type: &DataType) -> Result<ScalarValue, String> {
+pub fn value(raw: Option<&str>, data_type: &DataType) -> Result<ScalarValue> {
     if let DataType::Dictionary(key, inner) = data_type {
         return Ok(ScalarValue::Dictionary(
             key.clone(),
             Box::new(value(raw, inner)?),
         ));
     }
-    let null = || ScalarValue::try_from(data_type).map_err(|e| e.to_string());
+    let null = || ScalarValue::try_from(data_type).map_err(Error::from);
     let Some(raw) = raw else {
         return null();
     };
@@ -45,13 +47,13 @@ pub fn value(raw: Option<&str>, data_type: &DataType) -> Result<ScalarValue, Str
     };
     let kernel: KernelType = logical
         .try_into_kernel()
-        .map_err(|e| format!("a partition column of type {data_type}: {e}"))?;
+        .doing(|| format!("a partition column of type {data_type}"))?;
     let primitive = match &kernel {
         KernelType::Primitive(p) => p,
         _ => {
-            return Err(format!(
+            return Err(Error::table(format!(
                 "a partition column of type {data_type} is not a primitive type"
-            ))
+            )))
         }
     };
     let parsed = if raw.is_empty() {
@@ -63,7 +65,7 @@ pub fn value(raw: Option<&str>, data_type: &DataType) -> Result<ScalarValue, Str
     } else {
         primitive
             .parse_scalar(raw)
-            .map_err(|e| format!("partition value `{raw}` of type {data_type}: {e}"))?
+            .doing(|| format!("partition value `{raw}` of type {data_type}"))?
     };
     let scalar = to_scalar_value(parsed, data_type)?;
     if scalar.data_type() == *data_type {
@@ -71,13 +73,13 @@ pub fn value(raw: Option<&str>, data_type: &DataType) -> Result<ScalarValue, Str
     } else {
         scalar
             .cast_to(data_type)
-            .map_err(|e| format!("partition value `{raw}` as {data_type}: {e}"))
+            .doing(|| format!("partition value `{raw}` as {data_type}"))
     }
 }
 
 /// A kernel scalar of a primitive type as DataFusion's (then cast to the column's
 /// exact Arrow type by the caller: a timestamp's zone, a view or large string).
-fn to_scalar_value(scalar: Scalar, data_type: &DataType) -> Result<ScalarValue, String> {
+fn to_scalar_value(scalar: Scalar, data_type: &DataType) -> Result<ScalarValue> {
     let zone = match data_type {
         DataType::Timestamp(_, zone) => zone.clone(),
         _ => Some("UTC".into()),
@@ -98,11 +100,11 @@ fn to_scalar_value(scalar: Scalar, data_type: &DataType) -> Result<ScalarValue, 
         Scalar::Decimal(d) => {
             ScalarValue::Decimal128(Some(d.bits()), d.precision(), d.scale() as i8)
         }
-        Scalar::Null(_) => ScalarValue::try_from(data_type).map_err(|e| e.to_string())?,
+        Scalar::Null(_) => ScalarValue::try_from(data_type).map_err(Error::from)?,
         other => {
-            return Err(format!(
+            return Err(Error::table(format!(
                 "partition value {other} of type {data_type} is not supported"
-            ))
+            )))
         }
     })
 }
@@ -112,13 +114,13 @@ fn to_scalar_value(scalar: Scalar, data_type: &DataType) -> Result<ScalarValue, 
 /// in the store (empty for a store rooted at the table). The decoded path is the
 /// object's key as it is, never encoded again: a partition folder `ts=x%20y` (the
 /// writer's escaping of the value `x y`) stays `ts=x%20y`.
-pub fn file_path(root: &Path, decoded: &str) -> Result<Path, String> {
+pub fn file_path(root: &Path, decoded: &str) -> Result<Path> {
     let joined = if root.as_ref().is_empty() {
         decoded.to_string()
     } else {
         format!("{root}/{decoded}")
     };
-    Path::parse(&joined).map_err(|e| format!("data file path `{decoded}`: {e}"))
+    Path::parse(&joined).doing(|| format!("data file path `{decoded}`"))
 }
 
 #[cfg(test)]
@@ -191,7 +193,7 @@ mod tests {
     #[test]
     fn a_bad_value_is_an_error_naming_it() {
         let e = value(Some("not a date"), &DataType::Date32).unwrap_err();
-        assert!(e.contains("not a date"), "{e}");
+        assert!(e.to_string().contains("not a date"), "{e}");
     }
 
     #[test]

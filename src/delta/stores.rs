@@ -19,6 +19,8 @@ use deltalake::logstore::{object_store_factories, StorageConfig};
 use deltalake::ObjectStore;
 use url::Url;
 
+use crate::delta::error::{Doing as _, Error, Result as DeltaResult};
+
 /// Makes `s3://` locations known to delta-rs (once per process).
 pub fn register_schemes() {
     static ONCE: Once = Once::new();
@@ -27,20 +29,23 @@ pub fn register_schemes() {
 
 /// The store serving `url`'s scheme and authority (a bucket), and the path of
 /// `url` within it.
-pub fn store_for(
-    url: &Url,
-) -> std::result::Result<(Arc<dyn ObjectStore>, deltalake::Path), String> {
+pub fn store_for(url: &Url) -> DeltaResult<(Arc<dyn ObjectStore>, deltalake::Path)> {
     register_schemes();
-    let scheme = Url::parse(&format!("{}://", url.scheme())).map_err(|e| e.to_string())?;
+    let scheme = Url::parse(&format!("{}://", url.scheme())).map_err(Error::from)?;
     let factory = object_store_factories()
         .get(&scheme)
         .map(|f| f.value().clone())
-        .ok_or_else(|| format!("no object store for `{}://` locations", url.scheme()))?;
+        .ok_or_else(|| {
+            Error::table(format!(
+                "no object store for `{}://` locations",
+                url.scheme()
+            ))
+        })?;
     let config = StorageConfig::parse_options(std::iter::empty::<(String, String)>())
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::from)?;
     factory
         .parse_url_opts(url, &config)
-        .map_err(|e| format!("{url}: {e}"))
+        .doing(|| format!("{url}"))
 }
 
 /// `scheme://authority/` of a URL: the key a store is registered under.
@@ -89,7 +94,11 @@ impl ObjectStoreRegistry for Stores {
         let store = match url.scheme() {
             "file" => Arc::new(deltalake::logstore::object_store::local::LocalFileSystem::new())
                 as Arc<dyn ObjectStore>,
-            _ => store_for(&key).map_err(DataFusionError::Execution)?.0,
+            _ => {
+                store_for(&key)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .0
+            }
         };
         Ok(self
             .stores

@@ -9,14 +9,15 @@ use deltalake::kernel::StructType;
 use deltalake::operations::create::CreateBuilder;
 use deltalake::DeltaTable;
 
+use super::error::{Doing as _, Error, Result};
 use super::location::{local_table_exists, table_url};
 
 /// The table `name` at `location`, at `version` or the newest. With a `commit:`
 /// failpoint armed, local tables are opened through a store that watches their log.
-pub async fn open(name: &str, location: &str, version: Option<i64>) -> Result<DeltaTable, String> {
+pub async fn open(name: &str, location: &str, version: Option<i64>) -> Result<DeltaTable> {
     let url = table_url(location)?;
     let mut builder = deltalake::DeltaTableBuilder::from_url(url.clone())
-        .map_err(|e| format!("table `{name}` at {location}: {e}"))?;
+        .doing(|| format!("table `{name}` at {location}"))?;
     if let Some(v) = version {
         builder = builder.with_version(v as u64);
     }
@@ -27,19 +28,19 @@ pub async fn open(name: &str, location: &str, version: Option<i64>) -> Result<De
         };
         builder = builder.with_storage_backend(Arc::new(store), url);
     }
-    builder.load().await.map_err(|e| match version {
-        Some(v) => format!("table `{name}` at {location}, version {v}, cannot be opened: {e}"),
-        None => format!("table `{name}` at {location} cannot be opened: {e}"),
+    builder.load().await.doing(|| match version {
+        Some(v) => format!("table `{name}` at {location}, version {v}, cannot be opened"),
+        None => format!("table `{name}` at {location} cannot be opened"),
     })
 }
 
 /// The table at `url`, or None when there is none yet. Checks a local log first:
 /// opening must not create directories.
-pub async fn open_if_exists(url: &url::Url) -> Result<Option<DeltaTable>, String> {
+pub async fn open_if_exists(url: &url::Url) -> Result<Option<DeltaTable>> {
     if url.scheme() == "file" {
         let path = url
             .to_file_path()
-            .map_err(|_| format!("invalid local path {url}"))?;
+            .map_err(|_| Error::Location(format!("invalid local path {url}")))?;
         if !local_table_exists(&path) {
             return Ok(None);
         }
@@ -47,7 +48,7 @@ pub async fn open_if_exists(url: &url::Url) -> Result<Option<DeltaTable>, String
     match deltalake::open_table(url.clone()).await {
         Ok(t) => Ok(Some(t)),
         Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -59,15 +60,14 @@ pub async fn create(
     schema: &Schema,
     partition_by: &[String],
     deletion_vectors: bool,
-) -> Result<DeltaTable, String> {
+) -> Result<DeltaTable> {
     let schema = super::schema::for_delta(schema);
     let kernel: StructType = (&schema)
         .try_into_kernel()
-        .map_err(|e| format!("table `{name}`: {e}"))?;
+        .doing(|| format!("table `{name}`"))?;
     let url = table_url(location)?;
     if let Ok(path) = url.to_file_path() {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        std::fs::create_dir_all(&path).doing(|| format!("cannot create {}", path.display()))?;
     }
     let mut builder = CreateBuilder::new();
     if deletion_vectors {
@@ -82,7 +82,7 @@ pub async fn create(
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(partition_by.to_vec())
         .await
-        .map_err(|e| format!("cannot create table `{name}` at {location}: {e}"))
+        .doing(|| format!("cannot create table `{name}` at {location}"))
 }
 
 /// The table at `location`, created with `schema` if absent.
@@ -92,7 +92,7 @@ pub async fn open_or_create(
     schema: &Schema,
     partition_by: &[String],
     deletion_vectors: bool,
-) -> Result<DeltaTable, String> {
+) -> Result<DeltaTable> {
     match open_if_exists(&table_url(location)?).await? {
         Some(table) => Ok(table),
         None => create(name, location, schema, partition_by, deletion_vectors).await,
@@ -114,13 +114,10 @@ pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProper
 }
 
 /// A commit that adds no data, only metadata (a write of no rows).
-pub async fn append_empty(
-    table: DeltaTable,
-    props: CommitProperties,
-) -> Result<DeltaTable, String> {
+pub async fn append_empty(table: DeltaTable, props: CommitProperties) -> Result<DeltaTable> {
     let schema = table
         .snapshot()
-        .map_err(|e| e.to_string())?
+        .map_err(Error::from)?
         .snapshot()
         .arrow_schema();
     table
@@ -130,7 +127,7 @@ pub async fn append_empty(
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .with_commit_properties(props)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(Error::from)
 }
 
 /// Bytes of the data files `after` has and `before` had not: what a commit wrote.
@@ -155,14 +152,15 @@ pub fn bytes_added(before: &DeltaTable, after: &DeltaTable) -> Option<u64> {
 }
 
 /// Removes everything at `url` (a table folder, or every object under the prefix).
-pub async fn remove_all(url: &url::Url) -> Result<(), String> {
+pub async fn remove_all(url: &url::Url) -> Result<()> {
     use deltalake::logstore::object_store::ObjectStoreExt;
     use futures::TryStreamExt;
     if let Ok(path) = url.to_file_path() {
         return match std::fs::remove_dir_all(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("cannot remove {}: {e}", path.display()))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::table(format!(
+                "cannot remove {}: {e}",
+                path.display()
+            ))),
             _ => Ok(()),
         };
     }
@@ -172,12 +170,12 @@ pub async fn remove_all(url: &url::Url) -> Result<(), String> {
         .map_ok(|o| o.location)
         .try_collect()
         .await
-        .map_err(|e| format!("cannot list {url}: {e}"))?;
+        .doing(|| format!("cannot list {url}"))?;
     for o in objects {
         store
             .delete(&o)
             .await
-            .map_err(|e| format!("cannot remove {o}: {e}"))?;
+            .doing(|| format!("cannot remove {o}"))?;
     }
     Ok(())
 }

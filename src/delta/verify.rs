@@ -9,6 +9,7 @@ use deltalake::kernel::LogicalFileView;
 use deltalake::DeltaTable;
 use serde::Serialize;
 
+use super::error::{Error, Result};
 use super::partition;
 use super::vectors::{parquet_row_count, VectorReader};
 
@@ -48,8 +49,8 @@ impl VectorCheck {
 /// Checks every vector of the table's current version; a problem is recorded, not
 /// returned as an error (the check goes on over the other files). Errors are what
 /// keeps the check from running at all.
-pub async fn verify(table: &DeltaTable) -> Result<VectorCheck, String> {
-    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+pub async fn verify(table: &DeltaTable) -> Result<VectorCheck> {
+    let snapshot = table.snapshot().map_err(Error::from)?;
     let mut check = VectorCheck {
         table: table.table_url().to_string(),
         version: snapshot.version() as i64,
@@ -64,7 +65,7 @@ pub async fn verify(table: &DeltaTable) -> Result<VectorCheck, String> {
     check.files_with_vectors = with_vectors.len();
     if !with_vectors.is_empty() {
         check.problems.extend(protocol_problems(
-            &serde_json::to_value(snapshot.protocol()).map_err(|e| e.to_string())?,
+            &serde_json::to_value(snapshot.protocol()).map_err(Error::from)?,
         ));
     }
     let store = table.object_store();
@@ -94,7 +95,7 @@ pub async fn verify(table: &DeltaTable) -> Result<VectorCheck, String> {
         let location = match partition::file_path(&Default::default(), &path) {
             Ok(l) => l,
             Err(e) => {
-                problem(e);
+                problem(e.to_string());
                 continue;
             }
         };

@@ -15,6 +15,8 @@ use deltalake::DeltaTable;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::delta::error::{Error, Result};
+
 /// Most lanes a writer uses, whatever the cores.
 const MAX_LANES: usize = 4;
 /// Batches a lane may have waiting before `write` waits for it.
@@ -22,7 +24,7 @@ const LANE_QUEUE: usize = 2;
 
 struct Lane {
     batches: mpsc::Sender<RecordBatch>,
-    task: JoinHandle<Result<Vec<Add>, String>>,
+    task: JoinHandle<Result<Vec<Add>>>,
     rows: usize,
 }
 
@@ -38,10 +40,10 @@ pub struct FileWriter {
 impl FileWriter {
     /// A writer for `table` with sqlplan's Parquet properties; `target_size` rolls a
     /// partition's file over at that many bytes. An unpartitioned table gets one lane.
-    pub fn for_table(table: &DeltaTable, target_size: Option<u64>) -> Result<Self, String> {
+    pub fn for_table(table: &DeltaTable, target_size: Option<u64>) -> Result<Self> {
         let partition_columns = table
             .snapshot()
-            .map_err(|e| e.to_string())?
+            .map_err(Error::from)?
             .metadata()
             .partition_columns()
             .to_vec();
@@ -55,7 +57,7 @@ impl FileWriter {
         let mut spawned = Vec::with_capacity(lanes);
         for _ in 0..lanes {
             let mut writer = RecordBatchWriter::for_table(table)
-                .map_err(|e| e.to_string())?
+                .map_err(Error::from)?
                 .with_writer_properties(super::writer_properties());
             if let Some(size) = target_size {
                 writer = writer.with_target_file_size(size);
@@ -64,7 +66,7 @@ impl FileWriter {
             spawned.push(Lane::spawn(writer));
         }
         Ok(FileWriter {
-            schema: schema.ok_or("a writer needs a lane")?,
+            schema: schema.ok_or_else(|| Error::table("a writer needs a lane"))?,
             partition_columns,
             lanes: spawned,
             assigned: HashMap::new(),
@@ -77,7 +79,7 @@ impl FileWriter {
     }
 
     /// Hands `batch`'s rows to the lanes of their partitions.
-    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), String> {
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -103,8 +105,8 @@ impl FileWriter {
                 return self.send(lane, batch).await;
             }
             if !indices.is_empty() {
-                let part = take_record_batch(&batch, &UInt32Array::from(indices))
-                    .map_err(|e| e.to_string())?;
+                let part =
+                    take_record_batch(&batch, &UInt32Array::from(indices)).map_err(Error::from)?;
                 self.send(lane, part).await?;
             }
         }
@@ -112,25 +114,25 @@ impl FileWriter {
     }
 
     /// Closes the files and returns their Add actions (every lane's).
-    pub async fn flush(self) -> Result<Vec<Add>, String> {
+    pub async fn flush(self) -> Result<Vec<Add>> {
         let mut adds = Vec::new();
         for lane in self.lanes {
             drop(lane.batches);
-            adds.extend(lane.task.await.map_err(|e| e.to_string())??);
+            adds.extend(lane.task.await.map_err(Error::from)??);
         }
         Ok(adds)
     }
 
-    async fn send(&mut self, lane: usize, batch: RecordBatch) -> Result<(), String> {
+    async fn send(&mut self, lane: usize, batch: RecordBatch) -> Result<()> {
         if self.lanes[lane].batches.send(batch).await.is_ok() {
             return Ok(());
         }
         // The lane's task ended early: its error says why.
         let lane = self.lanes.remove(lane);
         drop(lane.batches);
-        match lane.task.await.map_err(|e| e.to_string())? {
+        match lane.task.await.map_err(Error::from)? {
             Err(e) => Err(e),
-            Ok(_) => Err("a file writer stopped taking rows".to_string()),
+            Ok(_) => Err(Error::table("a file writer stopped taking rows")),
         }
     }
 
@@ -141,17 +143,19 @@ impl FileWriter {
     }
 
     /// Each row's partition values as one string (NULL distinct from any value).
-    fn partition_keys(&self, batch: &RecordBatch) -> Result<Vec<String>, String> {
+    fn partition_keys(&self, batch: &RecordBatch) -> Result<Vec<String>> {
         let mut keys = vec![String::new(); batch.num_rows()];
         for name in &self.partition_columns {
-            let column = batch
-                .column_by_name(name)
-                .ok_or_else(|| format!("the rows to write have no partition column `{name}`"))?;
-            let text = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
+            let column = batch.column_by_name(name).ok_or_else(|| {
+                Error::table(format!(
+                    "the rows to write have no partition column `{name}`"
+                ))
+            })?;
+            let text = cast(column, &DataType::Utf8).map_err(Error::from)?;
             let text = text
                 .as_any()
                 .downcast_ref::<datafusion::arrow::array::StringArray>()
-                .ok_or("a partition value is not text")?;
+                .ok_or_else(|| Error::table("a partition value is not text"))?;
             for (row, key) in keys.iter_mut().enumerate() {
                 if text.is_null(row) {
                     key.push('\u{0}');
@@ -171,9 +175,9 @@ impl Lane {
         let (batches, mut incoming) = mpsc::channel::<RecordBatch>(LANE_QUEUE);
         let task = tokio::spawn(async move {
             while let Some(batch) = incoming.recv().await {
-                writer.write(batch).await.map_err(|e| e.to_string())?;
+                writer.write(batch).await.map_err(Error::from)?;
             }
-            writer.flush().await.map_err(|e| e.to_string())
+            writer.flush().await.map_err(Error::from)
         });
         Lane {
             batches,

@@ -23,6 +23,13 @@ macro_rules! codes {
             }
         }
 
+        /// A code is written as its stable name (in a plan's warnings).
+        impl serde::Serialize for Code {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
         /// Every code (the tests check each one's stable name).
         #[cfg(test)]
         pub const ALL_CODES: &[Code] = &[$(Code::$variant,)*];

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{ScalarValue, TableReference};
+use datafusion::common::{DataFusionError, ScalarValue, TableReference};
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min};
 
 pub use crate::pruning::Catalog;
@@ -39,11 +39,9 @@ pub async fn apply(
     catalog: &Catalog<'_>,
     df: DataFrame,
     shipped: bool,
-) -> Result<(DataFrame, Vec<String>), String> {
+) -> datafusion::common::Result<(DataFrame, Vec<String>)> {
     let state = ctx.state();
-    let plan = state
-        .optimize(df.logical_plan())
-        .map_err(|e| e.to_string())?;
+    let plan = state.optimize(df.logical_plan())?;
     let mut drivers: BTreeSet<(Driver, bool)> = BTreeSet::new();
     let _ = plan.apply(|node| {
         if let LogicalPlan::Join(join) = node {
@@ -97,35 +95,38 @@ pub async fn apply(
             } else {
                 Transformed::no(node)
             })
-        })
-        .map_err(|e| e.to_string())?
+        })?
         .data;
     applied.sort();
     applied.dedup();
     Ok((DataFrame::new(state, rewritten), applied))
 }
 
-async fn collect(df: datafusion::common::Result<DataFrame>) -> Result<Vec<RecordBatch>, String> {
-    let df = df.map_err(|e| e.to_string())?;
-    df.collect().await.map_err(|e| e.to_string())
+async fn collect(
+    df: datafusion::common::Result<DataFrame>,
+) -> datafusion::common::Result<Vec<RecordBatch>> {
+    df?.collect().await
 }
 
-async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bounds, String> {
+async fn compute(
+    ctx: &SessionContext,
+    d: &Driver,
+    partition: bool,
+) -> datafusion::common::Result<Bounds> {
     let column = ident(&d.column);
-    let relation = ctx
-        .table(TableReference::bare(d.relation.as_str()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let relation = ctx.table(TableReference::bare(d.relation.as_str())).await?;
     let aggregates = vec![
         min(column.clone()),
         max(column.clone()),
         count_distinct(column.clone()),
     ];
     let batches = collect(relation.clone().aggregate(vec![], aggregates)).await?;
-    let batch = batches.first().ok_or("no bounds")?;
-    let min = ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| e.to_string())?;
-    let max = ScalarValue::try_from_array(batch.column(1), 0).map_err(|e| e.to_string())?;
-    let distinct = ScalarValue::try_from_array(batch.column(2), 0).map_err(|e| e.to_string())?;
+    let batch = batches
+        .first()
+        .ok_or_else(|| DataFusionError::Internal("the key bounds query returned no row".into()))?;
+    let min = ScalarValue::try_from_array(batch.column(0), 0)?;
+    let max = ScalarValue::try_from_array(batch.column(1), 0)?;
+    let distinct = ScalarValue::try_from_array(batch.column(2), 0)?;
     let limit = if partition {
         MAX_IN_LIST
     } else {
@@ -142,8 +143,7 @@ async fn compute(ctx: &SessionContext, d: &Driver, partition: bool) -> Result<Bo
         let mut values = Vec::new();
         for b in &batches {
             for i in 0..b.num_rows() {
-                values
-                    .push(ScalarValue::try_from_array(b.column(0), i).map_err(|e| e.to_string())?);
+                values.push(ScalarValue::try_from_array(b.column(0), i)?);
             }
         }
         Some(values)

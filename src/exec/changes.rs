@@ -8,6 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::{FieldRef, Int64Type, Schema, SchemaRef};
+use datafusion::common::ToDFSchema;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::PhysicalExpr;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
@@ -212,13 +218,9 @@ impl Executor {
         stage: &StagePlan,
         target: &str,
         table: DeltaTable,
-        predicate: Option<datafusion::logical_expr::Expr>,
+        predicate: Option<Expr>,
         rewrite_above: f64,
     ) -> StageResult<StageMetrics> {
-        use datafusion::arrow::array::{Array, AsArray, BooleanArray};
-        use datafusion::arrow::datatypes::{Int64Type, Schema};
-        use datafusion::common::ToDFSchema;
-
         let state = self.ctx.state();
         let df = self.ctx.table(target).await.map_err(df_err)?;
         let schema = df.schema().as_arrow().clone();
@@ -232,105 +234,21 @@ impl Executor {
             .metadata()
             .partition_columns()
             .to_vec();
-        let partition_fields: Vec<_> = schema
-            .fields()
-            .iter()
-            .filter(|f| partitions.contains(f.name()))
-            .cloned()
-            .collect();
-        let all = candidates(&table, |_, _| true).await?;
-        let values = all
-            .iter()
-            .map(|c| {
-                crate::delta::scan::partition_values(&partition_fields, |k| c.partition.get(k))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(df_err)?;
-        let kept = crate::delta::scan::partition_pass(
-            &state,
-            &partition_fields,
-            &values,
-            condition.as_slice(),
-        )
-        .map_err(df_err)?;
-        // The predicate over just the columns it reads.
-        let used: Vec<_> = match &condition {
-            Some(c) => {
-                let refs = c.column_refs();
-                schema
-                    .fields()
-                    .iter()
-                    .filter(|f| refs.iter().any(|r| &r.name == f.name()))
-                    .cloned()
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        let used_schema = std::sync::Arc::new(Schema::new(used.clone()));
-        let physical = match &condition {
-            Some(c) => Some(
-                state
-                    .create_physical_expr(
-                        c.clone(),
-                        &used_schema.clone().to_dfschema().map_err(df_err)?,
-                    )
-                    .map_err(df_err)?,
-            ),
-            None => None,
-        };
-        let read: Vec<String> = used
-            .iter()
-            .map(|f| f.name().clone())
-            .filter(|n| !partitions.contains(n))
-            .collect();
+        let mut candidates = candidates(&table, |_, _| true).await?;
+        let kept = partition_pass(&state, &schema, &partitions, &candidates, &condition)?;
+        let test = RowTest::new(&state, condition.as_ref(), &schema, &partitions)?;
         let store = table.object_store();
         let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        let mut rows_deleted = 0u64;
-        let mut scanned = 0u64;
-        let mut candidates = all;
+        let (mut rows_deleted, mut scanned) = (0u64, 0u64);
         for (i, c) in candidates.iter_mut().enumerate() {
             if !kept[i] {
                 continue;
             }
             scanned += 1;
-            let (batches, rows) = dv::read_rows(store.clone(), &c.file(), &read, None).await?;
-            c.rows = rows;
-            for b in &batches {
-                let columns = used
-                    .iter()
-                    .map(|f| dv::column_of(b, f.name(), f.data_type(), &c.partition))
-                    .collect::<Result<Vec<_>, String>>()?;
-                let options = datafusion::arrow::array::RecordBatchOptions::new()
-                    .with_row_count(Some(b.num_rows()));
-                let input = datafusion::arrow::array::RecordBatch::try_new_with_options(
-                    used_schema.clone(),
-                    columns,
-                    &options,
-                )
-                .map_err(df_err)?;
-                let hit: Option<BooleanArray> = match &physical {
-                    Some(p) => Some(
-                        p.evaluate(&input)
-                            .and_then(|v| v.into_array(input.num_rows()))
-                            .map_err(df_err)?
-                            .as_boolean()
-                            .clone(),
-                    ),
-                    None => None,
-                };
-                let positions = b
-                    .column_by_name(dv::ROW_NUMBER)
-                    .ok_or("no row numbers")?
-                    .as_primitive::<Int64Type>();
-                for r in 0..b.num_rows() {
-                    let p = positions.value(r) as u64;
-                    let live = c.keep.as_ref().is_none_or(|k| k[p as usize]);
-                    let matches = hit.as_ref().is_none_or(|h| h.is_valid(r) && h.value(r));
-                    if live && matches {
-                        deleted.entry(i as u32).or_default().push(p);
-                        rows_deleted += 1;
-                    }
-                }
+            let positions = test.matching(store.clone(), c).await?;
+            rows_deleted += positions.len() as u64;
+            if !positions.is_empty() {
+                deleted.insert(i as u32, positions);
             }
         }
         let writer = FileWriter::for_table(&table, None)?;
@@ -357,6 +275,133 @@ impl Executor {
             files_scanned: Some(scanned),
             ..w.metrics()
         })
+    }
+}
+
+/// Which candidate files the predicate's conjuncts on partition columns leave.
+fn partition_pass(
+    state: &SessionState,
+    schema: &Schema,
+    partitions: &[String],
+    candidates: &[Candidate],
+    condition: &Option<Expr>,
+) -> StageResult<Vec<bool>> {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| partitions.contains(f.name()))
+        .cloned()
+        .collect();
+    let values = candidates
+        .iter()
+        .map(|c| crate::delta::scan::partition_values(&fields, |k| c.partition.get(k)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(df_err)?;
+    crate::delta::scan::partition_pass(state, &fields, &values, condition.as_slice())
+        .map_err(df_err)
+}
+
+/// A DELETE's predicate, ready to test the rows of one data file: the columns it
+/// reads (data columns from the file, partition columns from the log's values) and
+/// its physical form; none deletes every row.
+struct RowTest {
+    used: Vec<FieldRef>,
+    schema: SchemaRef,
+    physical: Option<Arc<dyn PhysicalExpr>>,
+    /// The data columns read from each file.
+    read: Vec<String>,
+}
+
+impl RowTest {
+    fn new(
+        state: &SessionState,
+        condition: Option<&Expr>,
+        schema: &Schema,
+        partitions: &[String],
+    ) -> StageResult<RowTest> {
+        let used: Vec<FieldRef> = match condition {
+            Some(c) => {
+                let refs = c.column_refs();
+                schema
+                    .fields()
+                    .iter()
+                    .filter(|f| refs.iter().any(|r| &r.name == f.name()))
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let used_schema = Arc::new(Schema::new(used.clone()));
+        let physical = match condition {
+            Some(c) => {
+                let df_schema = used_schema.clone().to_dfschema().map_err(df_err)?;
+                Some(
+                    state
+                        .create_physical_expr(c.clone(), &df_schema)
+                        .map_err(df_err)?,
+                )
+            }
+            None => None,
+        };
+        let read = used
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !partitions.contains(n))
+            .collect();
+        Ok(RowTest {
+            used,
+            schema: used_schema,
+            physical,
+            read,
+        })
+    }
+
+    /// The positions of the live rows of `c` the predicate holds for; reads the
+    /// file, so `c.rows` is its physical row count afterwards.
+    async fn matching(
+        &self,
+        store: Arc<dyn deltalake::ObjectStore>,
+        c: &mut Candidate,
+    ) -> StageResult<Vec<u64>> {
+        let (batches, rows) = dv::read_rows(store, &c.file(), &self.read, None).await?;
+        c.rows = rows;
+        let mut out = Vec::new();
+        for b in &batches {
+            let hit = self.evaluate(b, c)?;
+            let positions = b
+                .column_by_name(dv::ROW_NUMBER)
+                .ok_or("no row numbers")?
+                .as_primitive::<Int64Type>();
+            for r in 0..b.num_rows() {
+                let p = positions.value(r) as u64;
+                let live = c.keep.as_ref().is_none_or(|k| k[p as usize]);
+                let matches = hit.as_ref().is_none_or(|h| h.is_valid(r) && h.value(r));
+                if live && matches {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The predicate on the rows of `b` (partition columns filled from the log).
+    fn evaluate(&self, b: &RecordBatch, c: &Candidate) -> StageResult<Option<BooleanArray>> {
+        let Some(physical) = &self.physical else {
+            return Ok(None);
+        };
+        let columns = self
+            .used
+            .iter()
+            .map(|f| dv::column_of(b, f.name(), f.data_type(), &c.partition))
+            .collect::<Result<Vec<_>, crate::delta::Error>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+        let input = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+            .map_err(df_err)?;
+        let hit = physical
+            .evaluate(&input)
+            .and_then(|v| v.into_array(input.num_rows()))
+            .map_err(df_err)?;
+        Ok(Some(hit.as_boolean().clone()))
     }
 }
 

@@ -15,6 +15,7 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, FilterOp};
 
 use super::context::{df_err, Executor, StageResult};
+use super::error::StageError;
 use super::maintain::{partition_filters, PartitionFilter};
 use crate::delta::vectors::{self as dv, DataFile};
 use crate::plan::StagePlan;
@@ -118,7 +119,11 @@ fn selected(
     for (column, op, literals) in filters {
         let data_type = schema
             .field_with_name(column)
-            .map_err(|_| format!("optimize filter: `{column}` is not a column of the table"))?
+            .map_err(|_| {
+                StageError::Unsupported(format!(
+                    "optimize filter: `{column}` is not a column of the table"
+                ))
+            })?
             .data_type();
         let value = partition::value(values.get(column).and_then(|v| v.as_deref()), data_type)?;
         // A literal as SQL would cast it (`1.5` for a DECIMAL(10, 2), a date for a
@@ -126,8 +131,9 @@ fn selected(
         let literals = literals
             .iter()
             .map(|l| {
-                ScalarValue::try_from_string(l.clone(), data_type)
-                    .map_err(|e| format!("optimize filter: `{column}` = `{l}`: {e}"))
+                ScalarValue::try_from_string(l.clone(), data_type).map_err(|e| {
+                    StageError::Unsupported(format!("optimize filter: `{column}` = `{l}`: {e}"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let hit = !value.is_null() && literals.contains(&value);

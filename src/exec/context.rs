@@ -59,7 +59,7 @@ pub(super) fn df_err<E: std::fmt::Display + 'static>(e: E) -> StageError {
 
 /// The message of Delta's conflict check refusing a commit, if that is what `e`
 /// is or wraps (delta-rs's error, or DataFusion's wrapping it): found by type.
-fn commit_conflict<E: std::fmt::Display + 'static>(e: &E) -> Option<String> {
+pub(super) fn commit_conflict<E: std::fmt::Display + 'static>(e: &E) -> Option<String> {
     use deltalake::kernel::transaction::CommitConflictError;
     use std::error::Error;
     let any = e as &dyn std::any::Any;
@@ -67,6 +67,8 @@ fn commit_conflict<E: std::fmt::Display + 'static>(e: &E) -> Option<String> {
         if let Some(d) = any.downcast_ref::<deltalake::DeltaTableError>() {
             Some(d)
         } else if let Some(d) = any.downcast_ref::<datafusion::error::DataFusionError>() {
+            Some(d)
+        } else if let Some(d) = any.downcast_ref::<delta::Error>() {
             Some(d)
         } else {
             None
@@ -144,7 +146,7 @@ impl Executor {
                         start.tag.run_number,
                         uuid::Uuid::new_v4().simple()
                     ))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(delta::Error::from)?;
                 Some(crate::cluster::Remote::new(engine, ctx.state(), scratch)?)
             }
             None => None,
@@ -271,7 +273,7 @@ impl Executor {
         };
         super::bounds::apply(&self.ctx, &catalog, df, self.remote.is_some())
             .await
-            .map_err(StageError::Engine)
+            .map_err(df_err)
     }
 
     /// A view is evaluated by its readers, so after a commit to a table it reads

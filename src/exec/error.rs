@@ -42,7 +42,17 @@ pub enum StageError {
         since: String,
         reason: String,
     },
-    /// A table could not be opened or created, or the plan and the tables disagree.
+    /// A table could not be opened, created, read or written (delta-rs, the Delta
+    /// kernel or the object store, with what sqlplan was doing).
+    #[error("{0}")]
+    Delta(crate::delta::Error),
+    /// A local file of the run (a spilled relation) could not be written.
+    #[error("{doing}: {source}")]
+    LocalFile {
+        doing: String,
+        source: std::io::Error,
+    },
+    /// The plan and the tables disagree (a table changed since it was planned).
     #[error("{0}")]
     Table(String),
     /// The stage could not run as planned (e.g. a clause delta-rs cannot execute).
@@ -57,10 +67,14 @@ pub enum StageError {
     Internal(String),
 }
 
-impl From<String> for StageError {
-    /// Errors of the Delta layer (`crate::delta`), which reports them as text.
-    fn from(message: String) -> Self {
-        StageError::Table(message)
+impl From<crate::delta::Error> for StageError {
+    /// Errors of the Delta layer; a commit Delta's conflict check refused is found
+    /// by its type in the error's sources.
+    fn from(e: crate::delta::Error) -> Self {
+        match super::context::commit_conflict(&e) {
+            Some(conflict) => StageError::Refused(conflict),
+            None => StageError::Delta(e),
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::{coalesce, DataFrame};
 use datafusion::sql::sqlparser::ast::ExprWithAlias;
 
+use super::context::{df_err, StageResult};
+use super::error::StageError;
 use crate::plan::CheckPlan;
 use crate::spec::CheckAction;
 
@@ -56,7 +58,7 @@ impl Checker {
         &self,
         df: DataFrame,
         state: &SessionState,
-    ) -> Result<DataFrame, String> {
+    ) -> StageResult<DataFrame> {
         let mut columns: Vec<_> = df.schema().columns().into_iter().map(col).collect();
         for (i, check) in self.checks.iter().enumerate() {
             let parsed = ExprWithAlias {
@@ -65,50 +67,52 @@ impl Checker {
             };
             let expr = state
                 .create_logical_expr_from_sql_expr(parsed, df.schema())
-                .map_err(|e| format!("check `{}`: {}", check.name, e.strip_backtrace()))?;
+                .map_err(|e| {
+                    StageError::Engine(format!("check `{}`: {}", check.name, e.strip_backtrace()))
+                })?;
             columns.push(coalesce(vec![expr, lit(false)]).alias(check_column(i)));
         }
-        df.select(columns).map_err(|e| e.strip_backtrace())
+        df.select(columns).map_err(df_err)
     }
 
     /// Takes a batch with the check columns; returns its passing rows without them,
     /// and records the rest.
-    pub fn split(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+    pub fn split(&mut self, batch: RecordBatch) -> StageResult<RecordBatch> {
         let width = batch.num_columns() - self.checks.len();
         let data = batch
             .project(&(0..width).collect::<Vec<_>>())
-            .map_err(|e| e.to_string())?;
+            .map_err(df_err)?;
         // Binding checked that every check is boolean; coalesce(…, false) left no NULLs.
         let outcomes = (0..self.checks.len())
             .map(|i| {
                 let a = batch.column(width + i).as_boolean_opt().ok_or_else(|| {
-                    format!(
+                    StageError::Internal(format!(
                         "check `{}` did not evaluate to booleans",
                         self.checks[i].name
-                    )
+                    ))
                 })?;
                 Ok(BooleanArray::from_iter(
                     a.iter().map(|v| Some(v.unwrap_or(false))),
                 ))
             })
-            .collect::<Result<Vec<BooleanArray>, String>>()?;
+            .collect::<StageResult<Vec<BooleanArray>>>()?;
         let mut passing = BooleanArray::from(vec![true; batch.num_rows()]);
         for (i, ok) in outcomes.iter().enumerate() {
             self.failed[i] += (ok.len() - ok.true_count()) as u64;
-            passing = and(&passing, ok).map_err(|e| e.to_string())?;
+            passing = and(&passing, ok).map_err(df_err)?;
         }
         if passing.true_count() == batch.num_rows() {
             return Ok(data);
         }
-        let rejected_mask = not(&passing).map_err(|e| e.to_string())?;
-        let rejected = filter_record_batch(&data, &rejected_mask).map_err(|e| e.to_string())?;
+        let rejected_mask = not(&passing).map_err(df_err)?;
+        let rejected = filter_record_batch(&data, &rejected_mask).map_err(df_err)?;
         let rejected_outcomes = outcomes
             .iter()
             .map(|ok| {
-                let kept = filter(ok, &rejected_mask).map_err(|e| e.to_string())?;
+                let kept = filter(ok, &rejected_mask).map_err(df_err)?;
                 Ok(kept.as_boolean().clone())
             })
-            .collect::<Result<Vec<BooleanArray>, String>>()?;
+            .collect::<StageResult<Vec<BooleanArray>>>()?;
         for (row, json) in json_lines(&rejected)?.into_iter().enumerate() {
             let first_failed = |action: CheckAction| {
                 self.checks
@@ -125,7 +129,7 @@ impl Checker {
                 self.dropped.push((check, json));
             }
         }
-        filter_record_batch(&data, &passing).map_err(|e| e.to_string())
+        filter_record_batch(&data, &passing).map_err(df_err)
     }
 
     /// The error that stops the run when a `fail` check failed.
@@ -184,14 +188,14 @@ impl Checker {
 }
 
 /// Each row as a JSON object, NULLs written out.
-fn json_lines(batch: &RecordBatch) -> Result<Vec<String>, String> {
+fn json_lines(batch: &RecordBatch) -> StageResult<Vec<String>> {
     use datafusion::arrow::json::{writer::LineDelimited, WriterBuilder};
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, LineDelimited>(Vec::new());
-    writer.write(batch).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())?;
-    let text = String::from_utf8(writer.into_inner()).map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(df_err)?;
+    writer.finish().map_err(df_err)?;
+    let text = String::from_utf8(writer.into_inner()).map_err(df_err)?;
     Ok(text.lines().map(str::to_string).collect())
 }
 

@@ -169,14 +169,19 @@ impl Executor {
             let dir = tempfile::Builder::new()
                 .prefix("sqlplan-spill")
                 .tempdir()
-                .map_err(|e| format!("cannot create a spill directory: {e}"))?;
+                .map_err(|e| StageError::LocalFile {
+                    doing: "cannot create a spill directory".into(),
+                    source: e,
+                })?;
             // Two stages spilling at once: the loser's directory is dropped (removed).
             let _ = self.spill_dir.set(dir);
         }
         let dir = self.spill_dir.get().expect("set above");
         let path = dir.path().join(format!("{name}.parquet"));
-        let file = std::fs::File::create(&path)
-            .map_err(|e| format!("cannot spill to {}: {e}", path.display()))?;
+        let file = std::fs::File::create(&path).map_err(|e| StageError::LocalFile {
+            doing: format!("cannot spill to {}", path.display()),
+            source: e,
+        })?;
         let writer =
             datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(df_err)?;
         Ok((path, writer))

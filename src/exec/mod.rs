@@ -31,6 +31,7 @@ use crate::plan::{Plan, StagePlan};
 use crate::report::StageMetrics;
 use crate::report::{RunReport, StageReport, StageStatus};
 use context::Executor;
+use error::StageError;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -64,7 +65,7 @@ impl Default for RunOptions {
 
 struct Finished {
     name: String,
-    result: Result<StageMetrics, String>,
+    result: Result<StageMetrics, StageError>,
     started: Duration,
     finished: Duration,
 }
@@ -72,8 +73,13 @@ struct Finished {
 /// Runs the plan; the report says what every stage did. A failed stage yields a
 /// report with `failed` status (the caller exits 1), not an `Err`.
 pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem> {
-    let _lock = crate::control::lock::acquire(&plan)
-        .map_err(|e| Problem::failed(Code::RunInProgress, e).help("nothing was written"))?;
+    let _lock = crate::control::lock::acquire(&plan).map_err(|e| {
+        let code = match e {
+            crate::control::Error::Busy { .. } => Code::RunInProgress,
+            crate::control::Error::Store(_) => Code::RunSetup,
+        };
+        Problem::failed(code, e.to_string()).help("nothing was written")
+    })?;
     let executor = Arc::new(
         Executor::new(
             plan,
@@ -84,102 +90,13 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         .await
         .map_err(|e| Problem::failed(Code::RunSetup, e.to_string()).help("nothing was written"))?,
     );
-    let plan = &executor.plan;
     let ledger = Ledger::start(&executor).await?;
     let start = Instant::now();
     let progress = Progress::new(options.progress, options.quiet);
-    let preds: BTreeMap<&str, BTreeSet<&str>> = plan
-        .stages
-        .iter()
-        .map(|s| {
-            (
-                s.name.as_str(),
-                s.depends_on.iter().map(|d| d.stage.as_str()).collect(),
-            )
-        })
-        .collect();
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut started: BTreeSet<String> = BTreeSet::new();
-    let mut reports: BTreeMap<String, StageReport> = BTreeMap::new();
-    let mut running: JoinSet<Finished> = JoinSet::new();
-    let mut stop: Option<StageStatus> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-
-    loop {
-        if stop.is_none() {
-            for stage in &plan.stages {
-                if running.len() >= options.jobs.max(1) {
-                    break;
-                }
-                let ready = !started.contains(&stage.name)
-                    && preds[stage.name.as_str()].iter().all(|p| done.contains(*p));
-                if ready {
-                    started.insert(stage.name.clone());
-                    let bar = progress.start(stage);
-                    let executor = executor.clone();
-                    let stage = stage.clone();
-                    running.spawn(async move {
-                        let started = start.elapsed();
-                        crate::delta::failpoint::hit(&format!("before:{}", stage.name));
-                        let result = executor.run_stage(&stage).await.map_err(|e| e.to_string());
-                        if result.is_ok() {
-                            crate::delta::failpoint::hit(&format!("after:{}", stage.name));
-                        }
-                        bar.finish_and_clear();
-                        Finished {
-                            name: stage.name.clone(),
-                            result,
-                            started,
-                            finished: start.elapsed(),
-                        }
-                    });
-                }
-            }
-        }
-        if running.is_empty() {
-            break;
-        }
-        tokio::select! {
-            joined = running.join_next() => {
-                let Some(joined) = joined else { continue };
-                let f = match joined {
-                    Ok(f) => f,
-                    Err(e) if e.is_cancelled() => continue,
-                    Err(e) => return Err(Problem::failed(Code::Internal, format!("a stage task panicked: {e}"))),
-                };
-                let stage = plan.stages.iter().find(|s| s.name == f.name).expect("planned stage");
-                let ok = f.result.is_ok();
-                progress.log(stage, &f.result, f.finished - f.started);
-                reports.insert(f.name.clone(), StageReport::new(stage, f.result, f.started, f.finished));
-                if ok {
-                    done.insert(f.name);
-                    executor.release(stage, &done).await;
-                } else if stop.is_none() {
-                    stop = Some(StageStatus::Failed);
-                }
-            }
-            _ = &mut ctrl_c, if stop != Some(StageStatus::Cancelled) => {
-                progress.note("interrupted: cancelling running stages; nothing they were writing is committed");
-                running.abort_all();
-                stop = Some(StageStatus::Cancelled);
-            }
-        }
-    }
-    let stages = plan
-        .stages
-        .iter()
-        .map(|s| {
-            reports.remove(&s.name).unwrap_or_else(|| {
-                let status = if started.contains(&s.name) {
-                    StageStatus::Cancelled
-                } else {
-                    StageStatus::Skipped
-                };
-                StageReport::not_run(s, status)
-            })
-        })
-        .collect();
+    let mut schedule = Schedule::new(&executor.plan);
+    schedule
+        .drive(&executor, &progress, start, options.jobs.max(1))
+        .await?;
     if executor.resumed {
         progress.note(&format!(
             "sqlplan: resumed run {}: stages it committed were not run again; the rest read the tables as of its start",
@@ -187,20 +104,27 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         ));
     }
     let report = RunReport::new(
-        plan,
+        &executor.plan,
         executor.tag.run_number,
         executor.resumed,
-        stages,
+        schedule.into_reports(&executor.plan),
         start.elapsed(),
     );
+    finish(&executor, &ledger, &report).await?;
+    Ok(report)
+}
+
+/// After the stages: the finish commit when every stage succeeded, the ledger's end
+/// row, the cluster's scratch folder removed.
+async fn finish(executor: &Executor, ledger: &Ledger, report: &RunReport) -> Result<(), Problem> {
     let finished = match report.succeeded() {
-        true => executor
-            .finish()
-            .await
-            .map_err(|e| format!("every stage succeeded but the run's finish commit failed: {e}")),
+        true => executor.finish().await,
         false => Ok(()),
     };
-    ledger.end(&report, finished.as_ref().err().cloned()).await;
+    let unfinished = finished
+        .err()
+        .map(|e| format!("every stage succeeded but the run's finish commit failed: {e}"));
+    ledger.end(report, unfinished.clone()).await;
     if let Some(remote) = &executor.remote {
         if let Err(e) = remote.clean().await {
             eprintln!(
@@ -209,11 +133,164 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
             );
         }
     }
-    finished.map_err(|e| {
-        Problem::failed(Code::RunUnfinished, e)
-            .help("state did not move; the next run resumes this one")
-    })?;
-    Ok(report)
+    match unfinished {
+        Some(message) => Err(Problem::failed(Code::RunUnfinished, message)
+            .help("state did not move; the next run resumes this one")),
+        None => Ok(()),
+    }
+}
+
+/// Which stages have started, which are done, and what each did: a stage starts
+/// once every stage it depends on is done, at most `jobs` at a time; after a
+/// failure or Ctrl-C nothing more starts.
+struct Schedule<'p> {
+    preds: BTreeMap<&'p str, BTreeSet<&'p str>>,
+    started: BTreeSet<String>,
+    done: BTreeSet<String>,
+    reports: BTreeMap<String, StageReport>,
+    running: JoinSet<Finished>,
+    stop: Option<StageStatus>,
+}
+
+impl<'p> Schedule<'p> {
+    fn new(plan: &'p Plan) -> Self {
+        let preds = plan
+            .stages
+            .iter()
+            .map(|s| {
+                let deps = s.depends_on.iter().map(|d| d.stage.as_str()).collect();
+                (s.name.as_str(), deps)
+            })
+            .collect();
+        Schedule {
+            preds,
+            started: BTreeSet::new(),
+            done: BTreeSet::new(),
+            reports: BTreeMap::new(),
+            running: JoinSet::new(),
+            stop: None,
+        }
+    }
+
+    /// Runs stages until none is left to start and none runs.
+    async fn drive(
+        &mut self,
+        executor: &Arc<Executor>,
+        progress: &Progress,
+        start: Instant,
+        jobs: usize,
+    ) -> Result<(), Problem> {
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            if self.stop.is_none() {
+                self.start_ready(executor, progress, start, jobs);
+            }
+            if self.running.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                joined = self.running.join_next() => {
+                    let Some(joined) = joined else { continue };
+                    let finished = match joined {
+                        Ok(f) => f,
+                        Err(e) if e.is_cancelled() => continue,
+                        Err(e) => {
+                            let message = format!("a stage task panicked: {e}");
+                            return Err(Problem::failed(Code::Internal, message));
+                        }
+                    };
+                    self.finished(finished, executor, progress).await;
+                }
+                _ = &mut ctrl_c, if self.stop != Some(StageStatus::Cancelled) => {
+                    progress.note("interrupted: cancelling running stages; nothing they were writing is committed");
+                    self.running.abort_all();
+                    self.stop = Some(StageStatus::Cancelled);
+                }
+            }
+        }
+    }
+
+    /// Starts, in plan order, every stage whose predecessors are done, while fewer
+    /// than `jobs` run.
+    fn start_ready(
+        &mut self,
+        executor: &Arc<Executor>,
+        progress: &Progress,
+        start: Instant,
+        jobs: usize,
+    ) {
+        for stage in &executor.plan.stages {
+            if self.running.len() >= jobs {
+                break;
+            }
+            let ready = !self.started.contains(&stage.name)
+                && self.preds[stage.name.as_str()]
+                    .iter()
+                    .all(|p| self.done.contains(*p));
+            if !ready {
+                continue;
+            }
+            self.started.insert(stage.name.clone());
+            let bar = progress.start(stage);
+            let executor = executor.clone();
+            let stage = stage.clone();
+            self.running.spawn(async move {
+                let started = start.elapsed();
+                crate::delta::failpoint::hit(&format!("before:{}", stage.name));
+                let result = executor.run_stage(&stage).await;
+                if result.is_ok() {
+                    crate::delta::failpoint::hit(&format!("after:{}", stage.name));
+                }
+                bar.finish_and_clear();
+                Finished {
+                    name: stage.name.clone(),
+                    result,
+                    started,
+                    finished: start.elapsed(),
+                }
+            });
+        }
+    }
+
+    async fn finished(&mut self, f: Finished, executor: &Executor, progress: &Progress) {
+        let stage = executor
+            .plan
+            .stages
+            .iter()
+            .find(|s| s.name == f.name)
+            .expect("planned stage");
+        let ok = f.result.is_ok();
+        progress.log(stage, &f.result, f.finished - f.started);
+        // The report is a document: the error is its message from here on.
+        let result = f.result.map_err(|e| e.to_string());
+        let report = StageReport::new(stage, result, f.started, f.finished);
+        self.reports.insert(f.name.clone(), report);
+        if ok {
+            self.done.insert(f.name);
+            executor.release(stage, &self.done).await;
+        } else if self.stop.is_none() {
+            self.stop = Some(StageStatus::Failed);
+        }
+    }
+
+    /// Every stage's report in plan order: those that never finished were
+    /// cancelled (started) or skipped.
+    fn into_reports(mut self, plan: &Plan) -> Vec<StageReport> {
+        plan.stages
+            .iter()
+            .map(|s| {
+                self.reports.remove(&s.name).unwrap_or_else(|| {
+                    let status = if self.started.contains(&s.name) {
+                        StageStatus::Cancelled
+                    } else {
+                        StageStatus::Skipped
+                    };
+                    StageReport::not_run(s, status)
+                })
+            })
+            .collect()
+    }
 }
 
 /// The run's rows in the run ledger (`ledger.rs`): the start row is written before
@@ -229,7 +306,9 @@ struct Ledger {
 impl Ledger {
     async fn start(executor: &Executor) -> Result<Ledger, Problem> {
         let plan = &executor.plan;
-        let setup = |e: String| Problem::failed(Code::RunSetup, e).help("no stage ran");
+        let setup = |e: crate::delta::Error| {
+            Problem::failed(Code::RunSetup, e.to_string()).help("no stage ran")
+        };
         let location = crate::control::ledger::location(plan).map_err(setup)?;
         if let (Some(location), Some((tag, restored))) = (&location, &executor.abandoned) {
             let entry = crate::control::ledger::Entry::abandoned(plan, tag, restored);
@@ -292,7 +371,7 @@ impl Progress {
         }
     }
 
-    fn log(&self, stage: &StagePlan, result: &Result<StageMetrics, String>, took: Duration) {
+    fn log(&self, stage: &StagePlan, result: &Result<StageMetrics, StageError>, took: Duration) {
         let line = match result {
             Ok(_) => format!(
                 "sqlplan: done   {} in {:.3}s",

@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use deltalake::DeltaTable;
 use serde_json::Value;
 
+use super::context::StageResult;
+use super::error::StageError;
 use super::expect::quarantine_label;
+use crate::delta::error::Doing as _;
 use crate::delta::{self, RunTag};
 use crate::plan::Plan;
 
@@ -55,7 +58,7 @@ pub async fn find(
     plan: &Plan,
     tables: &BTreeMap<String, DeltaTable>,
     abandon: bool,
-) -> Result<Start, String> {
+) -> StageResult<Start> {
     // Every commit label of the plan: its stages, and their quarantine writes.
     let stage_ids: Vec<String> = plan
         .stages
@@ -123,7 +126,7 @@ pub async fn find(
         });
     }
     if let Some(other) = commits.iter().find(|c| c.plan_hash != plan_hash) {
-        return Err(format!(
+        return Err(StageError::Resume(format!(
             "run {run} of pipeline `{}` did not finish: it committed {} but not the rest. \
              It is resumed by running the same plan with the same vars; this plan differs \
              (plan {} recorded, {} now). Run it with the templates and vars of run {run} \
@@ -133,7 +136,7 @@ pub async fn find(
             describe(&commits),
             other.plan_hash,
             plan_hash
-        ));
+        )));
     }
     Ok(Start::Run(RunStart {
         tag: unfinished,
@@ -167,7 +170,7 @@ async fn commits_of_run(
     plan: &Plan,
     tables: &BTreeMap<String, DeltaTable>,
     run: i64,
-) -> Result<Vec<RunCommit>, String> {
+) -> StageResult<Vec<RunCommit>> {
     let mut found = Vec::new();
     for (name, table) in tables {
         for commit in delta::commit::history(table, HISTORY_DEPTH).await? {
@@ -250,13 +253,13 @@ pub async fn abandon(
     tables: &BTreeMap<String, DeltaTable>,
     unfinished: &RunTag,
     restore: &BTreeMap<String, i64>,
-) -> Result<(), String> {
+) -> StageResult<()> {
     // Nothing is lost: a restore undoes every commit after the start version, so it
     // is refused when one of them is not the unfinished run's own.
     for (name, version) in restore {
         let table = tables
             .get(name)
-            .ok_or_else(|| format!("unknown table `{name}`"))?;
+            .ok_or_else(|| StageError::Internal(format!("unknown table `{name}`")))?;
         let newest = table.version().map_or(0, |v| v as i64);
         let depth = usize::try_from(newest - version).unwrap_or(0);
         let foreign: Vec<i64> = delta::commit::history(table, depth)
@@ -275,7 +278,7 @@ pub async fn abandon(
             .collect();
         if !foreign.is_empty() {
             let described = delta::commit::describe_since(table, *version).await?;
-            return Err(format!(
+            return Err(StageError::Resume(format!(
                 "--abandon would restore `{name}` to version {version}, the version run {} started from, and so also undo what others committed since ({}); nothing was restored. Undo run {}'s commits to `{name}` by hand, or resume it without --abandon",
                 unfinished.run_number,
                 described
@@ -285,20 +288,20 @@ pub async fn abandon(
                     .collect::<Vec<_>>()
                     .join("; "),
                 unfinished.run_number,
-            ));
+            )));
         }
     }
     for (name, version) in restore {
         let table = tables
             .get(name)
-            .ok_or_else(|| format!("unknown table `{name}`"))?;
+            .ok_or_else(|| StageError::Internal(format!("unknown table `{name}`")))?;
         table
             .clone()
             .restore()
             .with_version_to_restore(*version as u64)
             .with_commit_properties(unfinished.abandon_properties())
             .await
-            .map_err(|e| format!("restoring `{name}` to version {version}: {e}"))?;
+            .doing(|| format!("restoring `{name}` to version {version}"))?;
         eprintln!(
             "sqlplan: abandoned run {}: `{name}` restored to version {version}",
             unfinished.run_number
@@ -309,7 +312,7 @@ pub async fn abandon(
             .tables
             .iter()
             .find(|t| t.name == name)
-            .ok_or_else(|| format!("unknown table `{name}`"))?;
+            .ok_or_else(|| StageError::Internal(format!("unknown table `{name}`")))?;
         let table = delta::open(&table.name, &table.location, None).await?;
         delta::append_empty(table, unfinished.finish_properties(&BTreeMap::new())).await?;
     }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use deltalake::DeltaTable;
 
+use super::context::StageResult;
+use super::error::StageError;
 use crate::delta;
 use crate::plan::{Plan, TablePlan};
 
@@ -12,7 +14,7 @@ use crate::plan::{Plan, TablePlan};
 /// others against the schema and partitioning the plan was bound to; turns deletion
 /// vectors on where declared and not yet on. Nothing is written before every check
 /// has passed.
-pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, String> {
+pub async fn open_tables(plan: &Plan) -> StageResult<BTreeMap<String, DeltaTable>> {
     let mut existing = BTreeMap::new();
     for t in &plan.tables {
         let url = delta::table_url(&t.location)?;
@@ -28,11 +30,11 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
                     .ok()
                     .filter(|p| delta::local_table_exists(p))
                 {
-                    return Err(format!(
+                    return Err(StageError::Table(format!(
                         "table `{}` appeared at {} after planning; plan again",
                         t.name,
                         path.display()
-                    ));
+                    )));
                 }
             }
         }
@@ -56,7 +58,7 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
         delta::create(
             &t.name,
             &t.location,
-            &t.arrow_schema()?,
+            &t.arrow_schema().map_err(StageError::Internal)?,
             &t.partition_by,
             vectors,
         )
@@ -70,17 +72,20 @@ pub async fn open_tables(plan: &Plan) -> Result<BTreeMap<String, DeltaTable>, St
 }
 
 /// Schema drift: a column added, dropped or retyped since the plan was bound.
-fn check_drift(planned: &TablePlan, table: &DeltaTable) -> Result<(), String> {
-    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+fn check_drift(planned: &TablePlan, table: &DeltaTable) -> StageResult<()> {
+    let snapshot = table.snapshot().map_err(crate::delta::Error::from)?;
     let actual = snapshot.snapshot().arrow_schema();
-    if let Some((missing, extra)) = delta::schema::differences(&planned.arrow_schema()?, &actual) {
-        return Err(format!(
+    if let Some((missing, extra)) = delta::schema::differences(
+        &planned.arrow_schema().map_err(StageError::Internal)?,
+        &actual,
+    ) {
+        return Err(StageError::Table(format!(
             "schema drift in `{}`: the plan was bound to version {} but the table now differs (planned only: {:?}; now only: {:?}); plan again",
             planned.name,
             planned.version.unwrap_or_default(),
             missing,
             extra
-        ));
+        )));
     }
     Ok(())
 }

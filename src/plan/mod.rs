@@ -11,6 +11,8 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Statement};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::diag::Code;
+
 mod graph;
 mod text;
 
@@ -86,6 +88,7 @@ impl TablePlan {
             self.deletion_vectors.is_some(),
         )
         .await
+        .map_err(|e| e.to_string())
     }
 
     /// The Arrow schema recorded in the plan (types are Arrow's display strings).
@@ -299,10 +302,14 @@ fn serialize_kind<S: serde::Serializer>(work: &Work, s: S) -> Result<S::Ok, S::E
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Lint {
     /// The diagnostic code (`sqlplan::<code>`).
-    pub code: &'static str,
+    #[schemars(with = "String")]
+    pub code: Code,
     pub stage: String,
     /// Where the stage is declared: `file:line`.
     pub at: String,
+    /// The same place in the pipeline's YAML, for tools that mark it in the file.
+    #[serde(skip)]
+    pub span: Option<miette::SourceSpan>,
     pub message: String,
     pub help: String,
 }

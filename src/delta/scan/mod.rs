@@ -39,16 +39,14 @@ use serde::{Deserialize, Serialize};
 
 pub use exec::DeltaFilesExec;
 
+use super::error::{Error, Result as DeltaResult};
 use super::partition;
 
 /// The provider a run reads `table` through: sqlplan's own scan when the table has
 /// deletion vectors or the run goes to a cluster (`shipped`), else delta-rs's.
-pub async fn provider(
-    table: &DeltaTable,
-    shipped: bool,
-) -> std::result::Result<Arc<dyn TableProvider>, String> {
-    let delta = table.table_provider().await.map_err(|e| e.to_string())?;
-    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+pub async fn provider(table: &DeltaTable, shipped: bool) -> DeltaResult<Arc<dyn TableProvider>> {
+    let delta = table.table_provider().await.map_err(Error::from)?;
+    let snapshot = table.snapshot().map_err(Error::from)?;
     let has_vectors = snapshot
         .log_data()
         .iter()

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use deltalake::DeltaTable;
 
+use crate::delta::error::{Doing as _, Result};
+
 /// The table has `delta.enableDeletionVectors = true`.
 pub fn enabled(table: &DeltaTable) -> bool {
     table
@@ -21,21 +23,21 @@ pub fn enabled(table: &DeltaTable) -> bool {
 /// and invariants at writer 2, …), as Delta's reference implementation does:
 /// delta-rs's own upgrade lists only the new feature, and a table would silently
 /// lose, say, its column mapping.
-pub async fn enable(table: DeltaTable) -> Result<DeltaTable, String> {
+pub async fn enable(table: DeltaTable) -> Result<DeltaTable> {
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::{Action, MetadataExt};
     use deltalake::protocol::DeltaOperation;
 
-    let err = |e: &dyn std::fmt::Display| format!("cannot enable deletion vectors: {e}");
-    let snapshot = table.snapshot().map_err(|e| err(&e))?.clone();
+    let doing = || "cannot enable deletion vectors".to_string();
+    let snapshot = table.snapshot().doing(doing)?.clone();
     let property = ("delta.enableDeletionVectors", "true");
     let metadata = snapshot
         .metadata()
         .clone()
         .add_config_key(property.0.into(), property.1.into())
-        .map_err(|e| err(&e))?;
-    let current = serde_json::to_value(snapshot.protocol()).map_err(|e| err(&e))?;
-    let protocol = serde_json::from_value(with_vectors(&current)).map_err(|e| err(&e))?;
+        .doing(doing)?;
+    let current = serde_json::to_value(snapshot.protocol()).doing(doing)?;
+    let protocol = serde_json::from_value(with_vectors(&current)).doing(doing)?;
     let operation = DeltaOperation::SetTableProperties {
         properties: HashMap::from([(property.0.to_string(), property.1.to_string())]),
     };
@@ -43,12 +45,12 @@ pub async fn enable(table: DeltaTable) -> Result<DeltaTable, String> {
         .with_actions(vec![Action::Metadata(metadata), Action::Protocol(protocol)])
         .build(Some(&snapshot), table.log_store(), operation)
         .await
-        .map_err(|e| err(&e))?;
+        .doing(doing)?;
     let mut table = table;
     table
         .update_incremental(Some(commit.version()))
         .await
-        .map_err(|e| err(&e))?;
+        .doing(doing)?;
     Ok(table)
 }
 

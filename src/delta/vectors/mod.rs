@@ -28,6 +28,8 @@ use deltalake::parquet::file::metadata::PageIndexPolicy;
 use deltalake::{ObjectStore, Path};
 use futures::TryStreamExt;
 
+use crate::delta::error::{Doing as _, Error, Result};
+
 mod feature;
 mod read;
 
@@ -66,8 +68,8 @@ pub async fn read_rows(
     file: &DataFile,
     columns: &[String],
     ranges: Option<Vec<Range<usize>>>,
-) -> Result<(Vec<RecordBatch>, usize), String> {
-    let err = |e: &dyn std::fmt::Display| format!("reading {}: {e}", file.path);
+) -> Result<(Vec<RecordBatch>, usize)> {
+    let doing = || format!("reading {}", file.path);
     let location = super::partition::file_path(&Path::default(), &file.path)?;
     #[allow(deprecated)]
     let reader = ParquetObjectReader::new(store, location).with_file_size(file.size);
@@ -82,10 +84,10 @@ pub async fn read_rows(
     let options = ArrowReaderOptions::new()
         .with_page_index_policy(pages)
         .with_virtual_columns(vec![row_number])
-        .map_err(|e| err(&e))?;
+        .doing(doing)?;
     let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
         .await
-        .map_err(|e| err(&e))?;
+        .doing(doing)?;
     let total = builder.metadata().file_metadata().num_rows() as usize;
     let roots: Vec<usize> = builder
         .schema()
@@ -105,10 +107,10 @@ pub async fn read_rows(
     }
     let batches = builder
         .build()
-        .map_err(|e| err(&e))?
+        .doing(doing)?
         .try_collect()
         .await
-        .map_err(|e| err(&e))?;
+        .doing(doing)?;
     Ok((batches, total))
 }
 
@@ -117,13 +119,13 @@ pub async fn parquet_row_count(
     store: &Arc<dyn ObjectStore>,
     location: &Path,
     size: u64,
-) -> Result<usize, String> {
+) -> Result<usize> {
     #[allow(deprecated)] // its replacement, SpawnedReader, is for a separate I/O runtime
     let mut reader = ParquetObjectReader::new(store.clone(), location.clone()).with_file_size(size);
     let metadata =
         deltalake::parquet::arrow::async_reader::AsyncFileReader::get_metadata(&mut reader, None)
             .await
-            .map_err(|e| format!("reading {location}: {e}"))?;
+            .doing(|| format!("reading {location}"))?;
     Ok(metadata.file_metadata().num_rows() as usize)
 }
 
@@ -158,14 +160,14 @@ impl VectorFile {
     }
 
     /// The file's bytes (the kernel's format) and each data file's descriptor.
-    fn encode(self, uuid: uuid::Uuid) -> Result<(Vec<u8>, Descriptors), String> {
+    fn encode(self, uuid: uuid::Uuid) -> Result<(Vec<u8>, Descriptors)> {
         let mut bytes = Vec::new();
         let mut descriptors = Vec::with_capacity(self.vectors.len());
         let mut writer = StreamingDeletionVectorWriter::new(&mut bytes);
         for (path, dv) in self.vectors {
             let written = writer
                 .write_deletion_vector(dv)
-                .map_err(|e| format!("writing a deletion vector: {e}"))?;
+                .doing(|| "writing a deletion vector".to_string())?;
             descriptors.push((
                 path,
                 DeletionVectorDescriptor {
@@ -179,7 +181,7 @@ impl VectorFile {
         }
         writer
             .finalize()
-            .map_err(|e| format!("writing a deletion vector: {e}"))?;
+            .doing(|| "writing a deletion vector".to_string())?;
         Ok((bytes, descriptors))
     }
 
@@ -188,7 +190,7 @@ impl VectorFile {
     pub async fn write(
         self,
         store: &dyn ObjectStore,
-    ) -> Result<(HashMap<String, DeletionVectorDescriptor>, u64), String> {
+    ) -> Result<(HashMap<String, DeletionVectorDescriptor>, u64)> {
         if self.vectors.is_empty() {
             return Ok((HashMap::new(), 0));
         }
@@ -199,7 +201,7 @@ impl VectorFile {
         store
             .put(&Path::from(name.as_str()), bytes.into())
             .await
-            .map_err(|e| format!("writing {name}: {e}"))?;
+            .doing(|| format!("writing {name}"))?;
         Ok((descriptors.into_iter().collect(), size))
     }
 }
@@ -210,19 +212,15 @@ impl VectorFile {
 /// counts were taken over every row, and some of those rows are now deleted, so
 /// they are bounds, no longer exact (Delta's reference writer refuses a vector on
 /// an Add that claims tight bounds).
-pub fn with_vector(
-    mut add: Add,
-    vector: DeletionVectorDescriptor,
-    rows: usize,
-) -> Result<Add, String> {
+pub fn with_vector(mut add: Add, vector: DeletionVectorDescriptor, rows: usize) -> Result<Add> {
     let mut stats = match add.stats.as_deref().filter(|s| !s.trim().is_empty()) {
         Some(s) => serde_json::from_str::<serde_json::Value>(s)
-            .map_err(|e| format!("statistics of {}: {e}", add.path))?,
+            .doing(|| format!("statistics of {}", add.path))?,
         None => serde_json::json!({}),
     };
     let object = stats
         .as_object_mut()
-        .ok_or_else(|| format!("statistics of {} are not an object", add.path))?;
+        .ok_or_else(|| Error::table(format!("statistics of {} are not an object", add.path)))?;
     object.insert("numRecords".into(), rows.into());
     object.insert("tightBounds".into(), false.into());
     add.stats = Some(stats.to_string());
@@ -238,16 +236,16 @@ pub fn column_of(
     name: &str,
     data_type: &DataType,
     partition: &HashMap<String, Option<String>>,
-) -> Result<ArrayRef, String> {
+) -> Result<ArrayRef> {
     if let Some(value) = partition.get(name) {
         return super::partition::value(value.as_deref(), data_type)?
             .to_array_of_size(batch.num_rows())
-            .map_err(|e| e.to_string());
+            .map_err(Error::from);
     }
     let array = batch
         .column_by_name(name)
-        .ok_or_else(|| format!("column `{name}` is not in the data file"))?;
-    cast(array, data_type).map_err(|e| e.to_string())
+        .ok_or_else(|| Error::table(format!("column `{name}` is not in the data file")))?;
+    cast(array, data_type).map_err(Error::from)
 }
 
 /// A batch as the writer takes it: its columns in the writer's order and types,
@@ -256,7 +254,7 @@ pub fn conform(
     batch: &RecordBatch,
     schema: &SchemaRef,
     partition: &HashMap<String, Option<String>>,
-) -> Result<RecordBatch, String> {
+) -> Result<RecordBatch> {
     let columns = schema
         .fields()
         .iter()
@@ -267,8 +265,8 @@ pub fn conform(
                 column_of(batch, f.name(), f.data_type(), partition)
             }
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(Error::from)
 }
 
 /// Rows of a data file (those in `kept`, all when None), every column, the
@@ -279,7 +277,7 @@ pub async fn live_rows(
     partition: &HashMap<String, Option<String>>,
     kept: Option<Vec<Range<usize>>>,
     schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>, String> {
+) -> Result<Vec<RecordBatch>> {
     if kept.as_ref().is_some_and(|k| k.is_empty()) {
         return Ok(Vec::new());
     }

@@ -9,6 +9,7 @@ use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::{DeltaTable, ObjectStore, Path};
 
 use super::parquet_row_count;
+use crate::delta::error::{Doing as _, Error, Result};
 
 /// The keep masks (true: the row is live) of those `files` that have a deletion
 /// vector, by their path (decoded, as `LogicalFileView::path`). Read with the
@@ -18,7 +19,7 @@ use super::parquet_row_count;
 pub async fn keep_masks(
     table: &DeltaTable,
     files: &[&deltalake::kernel::LogicalFileView],
-) -> Result<HashMap<String, Vec<bool>>, String> {
+) -> Result<HashMap<String, Vec<bool>>> {
     let store = table.object_store();
     let mut reader = VectorReader::for_table(table);
     let mut masks = HashMap::new();
@@ -37,7 +38,9 @@ pub async fn keep_masks(
         let mut keep = vec![true; rows];
         for p in reader.deleted(&descriptor).await? {
             *keep.get_mut(p as usize).ok_or_else(|| {
-                format!("the deletion vector of {path} deletes position {p}, past its {rows} rows")
+                Error::table(format!(
+                    "the deletion vector of {path} deletes position {p}, past its {rows} rows"
+                ))
             })? = false;
         }
         masks.insert(path, keep);
@@ -75,29 +78,23 @@ impl VectorReader {
     }
 
     /// The positions a data file's vector deletes, in order.
-    pub async fn deleted(
-        &mut self,
-        descriptor: &DeletionVectorDescriptor,
-    ) -> Result<Vec<u64>, String> {
+    pub async fn deleted(&mut self, descriptor: &DeletionVectorDescriptor) -> Result<Vec<u64>> {
         use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
-        let kernel = Kernel::try_from(descriptor.clone()).map_err(|e| e.to_string())?;
+        let kernel = Kernel::try_from(descriptor.clone()).map_err(Error::from)?;
         // The kernel's reader gets only the file this vector is in (none for an
         // inline vector), not every file fetched so far.
         let mut one = HashMap::new();
-        if let Some(url) = kernel
-            .absolute_path(&self.root)
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(url) = kernel.absolute_path(&self.root).map_err(Error::from)? {
             if !self.fetched.contains_key(&url) {
-                let path = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+                let path = Path::from_url_path(url.path()).map_err(Error::from)?;
                 let bytes = self
                     .store
                     .get(&path)
                     .await
-                    .map_err(|e| format!("deletion vector {url}: {e}"))?
+                    .doing(|| format!("deletion vector {url}"))?
                     .bytes()
                     .await
-                    .map_err(|e| format!("deletion vector {url}: {e}"))?;
+                    .doing(|| format!("deletion vector {url}"))?;
                 self.fetched.insert(url.clone(), bytes);
             }
             one.insert(url.clone(), self.fetched[&url].clone());
@@ -105,7 +102,7 @@ impl VectorReader {
         let storage = Arc::new(Fetched(one));
         let deleted = kernel
             .read(storage, &self.root)
-            .map_err(|e| format!("deletion vector of a file in {}: {e}", self.root))?;
+            .doing(|| format!("deletion vector of a file in {}", self.root))?;
         Ok(deleted.iter().collect())
     }
 }

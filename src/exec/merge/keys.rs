@@ -96,7 +96,7 @@ impl KeyPass {
                 .iter()
                 .zip(&self.key_types)
                 .map(|(k, t)| dv::column_of(b, k, t, &f.partition))
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, crate::delta::Error>>()?;
             let keys = self
                 .converter
                 .convert_columns(&key_arrays)

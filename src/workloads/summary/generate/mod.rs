@@ -132,7 +132,10 @@ fn table<'p>(plan: &'p Plan, name: &str) -> Result<&'p TablePlan> {
     plan.tables.iter().find(|t| t.name == name).ok_or_else(|| {
         Problem::invalid(
             Code::GenerateSchema,
-            format!("the pipeline has no table `{name}`: `generate summary` needs summary, latest_summary and accounts"),
+            format!(
+                "the pipeline has no table `{name}`: \
+                 `generate summary` needs summary, latest_summary and accounts"
+            ),
         )
     })
 }
@@ -281,7 +284,7 @@ async fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result
     {
         let t = table(plan, name)?;
         let url = crate::delta::table_url(&t.location)
-            .map_err(|e| Problem::invalid(Code::GenerateLocation, e))?;
+            .map_err(|e| Problem::invalid(Code::GenerateLocation, e.to_string()))?;
         let exists = match url.to_file_path() {
             Ok(path) => path.exists(),
             Err(()) => crate::delta::open_if_exists(&url)
@@ -299,7 +302,7 @@ async fn prepare_locations(plan: &Plan, replace: bool, hist_rpt: bool) -> Result
             }
             crate::delta::remove_all(&url)
                 .await
-                .map_err(|e| Problem::failed(Code::GenerateLocation, e))?;
+                .map_err(|e| Problem::failed(Code::GenerateLocation, e.to_string()))?;
         }
     }
     Ok(())

@@ -83,21 +83,18 @@ pub async fn next_batch(
 
 /// Every row of latest_summary as values in the summary layout (arrays left out).
 async fn latest_rows(t: &TablePlan, layout: &Layout) -> Result<Vec<Vec<V>>> {
-    let failed = |e: String| Problem::failed(Code::GenerateSchema, format!("latest_summary: {e}"));
-    let url = crate::delta::table_url(&t.location).map_err(failed)?;
+    let failed = |e: &dyn std::fmt::Display| {
+        Problem::failed(Code::GenerateSchema, format!("latest_summary: {e}"))
+    };
+    let url = crate::delta::table_url(&t.location).map_err(|e| failed(&e))?;
     let table = crate::delta::open_if_exists(&url)
         .await
-        .map_err(failed)?
-        .ok_or_else(|| failed("does not exist; generate a warehouse first".into()))?;
+        .map_err(|e| failed(&e))?
+        .ok_or_else(|| failed(&"does not exist; generate a warehouse first"))?;
     let ctx = crate::session::new_context();
-    let provider = table
-        .table_provider()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let df = ctx
-        .read_table(provider)
-        .map_err(|e| failed(e.to_string()))?;
-    let batches = df.collect().await.map_err(|e| failed(e.to_string()))?;
+    let provider = table.table_provider().await.map_err(|e| failed(&e))?;
+    let df = ctx.read_table(provider).map_err(|e| failed(&e))?;
+    let batches = df.collect().await.map_err(|e| failed(&e))?;
     let mut rows = Vec::new();
     for b in &batches {
         let columns: Vec<Option<usize>> = layout
@@ -114,7 +111,7 @@ async fn latest_rows(t: &TablePlan, layout: &Layout) -> Result<Vec<Vec<V>>> {
                     None => Ok(V::Null),
                 })
                 .collect::<std::result::Result<Vec<V>, _>>()
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(&e))?;
             rows.push(row);
         }
     }
