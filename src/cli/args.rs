@@ -18,7 +18,12 @@ orders it into a plan that runs stages in parallel wherever their reads and writ
 allow, with the same result as running them one by one.";
 
 #[derive(Debug, Parser)]
-#[command(name = "sqlplan", version, about = "A declarative SQL-plan compiler and executor for Delta Lake tables", long_about = ABOUT)]
+#[command(
+    name = "sqlplan",
+    version,
+    about = "A declarative SQL-plan compiler and executor for Delta Lake tables",
+    long_about = ABOUT
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -45,9 +50,12 @@ pub enum Command {
     ///
     /// Exit codes: 0 the pipeline is valid (with --baseline: and unchanged), 3 it
     /// changed (with --baseline), 2 it is invalid or crosses a budget.
-    #[command(
-        after_help = "Examples:\n  sqlplan plan pipelines/examples/orders.yaml\n  sqlplan plan pipelines/summary.yaml --var warehouse=/data/wh --explain\n  sqlplan plan pipelines/examples/orders.yaml --format json > plan.json\n  sqlplan plan pipelines/summary.yaml --baseline origin/main --format markdown > review.md"
-    )]
+    #[command(after_help = "Examples:\n  \
+        sqlplan plan pipelines/examples/orders.yaml\n  \
+        sqlplan plan pipelines/summary.yaml --var warehouse=/data/wh --explain\n  \
+        sqlplan plan pipelines/examples/orders.yaml --format json > plan.json\n  \
+        sqlplan plan pipelines/summary.yaml --baseline origin/main --format markdown \
+        > review.md")]
     Plan {
         #[command(flatten)]
         input: PipelineArgs,
@@ -72,9 +80,11 @@ pub enum Command {
     ///
     /// Exit codes: 0 success, 1 a stage failed (named, with its template; stages that
     /// had not started were skipped), 2 the pipeline is invalid (nothing written).
-    #[command(
-        after_help = "Examples:\n  sqlplan run pipelines/examples/orders.yaml --var warehouse=/tmp/wh\n  sqlplan run pipelines/summary.yaml --jobs 4 --report run.json\n  sqlplan run pipelines/summary.yaml --var warehouse=s3://bucket/wh --engine df://127.0.0.1:50050"
-    )]
+    #[command(after_help = "Examples:\n  \
+        sqlplan run pipelines/examples/orders.yaml --var warehouse=/tmp/wh\n  \
+        sqlplan run pipelines/summary.yaml --jobs 4 --report run.json\n  \
+        sqlplan run pipelines/summary.yaml --var warehouse=s3://bucket/wh \
+        --engine df://127.0.0.1:50050")]
     Run {
         #[command(flatten)]
         input: PipelineArgs,
@@ -114,9 +124,9 @@ pub enum Command {
     /// stages by status, bytes read and written, and the error; then, for the newest,
     /// each stage and the version it committed. JSON adds the vars, the plan
     /// fingerprint and every table's version at the run's start.
-    #[command(
-        after_help = "Examples:\n  sqlplan runs pipelines/summary.yaml --var warehouse=/data/wh\n  sqlplan runs pipelines/summary.yaml --format json --limit 1"
-    )]
+    #[command(after_help = "Examples:\n  \
+        sqlplan runs pipelines/summary.yaml --var warehouse=/data/wh\n  \
+        sqlplan runs pipelines/summary.yaml --format json --limit 1")]
     Runs {
         #[command(flatten)]
         input: PipelineArgs,
@@ -143,9 +153,9 @@ pub enum Command {
     /// must hold exactly the rows listed (compared on the columns listed, in any
     /// order). Several `steps` make several runs. Prints PASS/FAIL per case with the
     /// missing and unexpected rows; exit 1 if any case fails.
-    #[command(
-        after_help = "Example:\n  sqlplan test pipelines/examples/orders.yaml   # reads pipelines/examples/orders.tests.yaml"
-    )]
+    #[command(after_help = "Example:\n  \
+        sqlplan test pipelines/examples/orders.yaml   \
+        # reads pipelines/examples/orders.tests.yaml")]
     Test {
         /// The pipeline YAML file.
         pipeline: PathBuf,
@@ -176,9 +186,9 @@ pub enum Command {
     ///
     /// Exit codes: 0 every vector checks out (or the table has none), 1 problems
     /// were found (each listed) or the table cannot be read.
-    #[command(
-        after_help = "Examples:\n  sqlplan verify-vectors /data/wh/summary\n  sqlplan verify-vectors s3://bucket/wh/summary --format json"
-    )]
+    #[command(after_help = "Examples:\n  \
+        sqlplan verify-vectors /data/wh/summary\n  \
+        sqlplan verify-vectors s3://bucket/wh/summary --format json")]
     VerifyVectors {
         /// The table's location: a path or a URL (`s3://…`).
         location: String,
@@ -194,9 +204,9 @@ pub enum Command {
     /// per-stage time, rows, files, and the batch's records by case. Run it from the
     /// project root. DIR is regenerated on every demo; a directory the demo did not
     /// create is never touched.
-    #[command(
-        after_help = "Examples:\n  cargo run -- demo\n  sqlplan demo --accounts 50000 --warehouse /tmp/demo"
-    )]
+    #[command(after_help = "Examples:\n  \
+        cargo run -- demo\n  \
+        sqlplan demo --accounts 50000 --warehouse /tmp/demo")]
     Demo(DemoArgs),
     /// Measure speed and memory of a shipped pipeline (see `bench summary --help`).
     #[command(subcommand)]
@@ -210,23 +220,26 @@ pub enum Command {
     /// the executors registered with it. sqlplan's scans of Delta tables (deletion
     /// vectors included) are encoded here, so the stock Ballista binaries cannot
     /// stand in for this command.
-    #[command(
-        after_help = "A scheduler and two executors on one machine:\n  sqlplan scheduler --port 50050 &\n  sqlplan executor --scheduler 127.0.0.1:50050 --port 50051 --grpc-port 50052 &\n  sqlplan executor --scheduler 127.0.0.1:50050 --port 50061 --grpc-port 50062 &\n  sqlplan run pipelines/summary.yaml --var warehouse=s3://bucket/wh --engine df://127.0.0.1:50050"
-    )]
+    #[command(after_help = "A scheduler and two executors on one machine:\n  \
+        sqlplan scheduler --port 50050 &\n  \
+        sqlplan executor --scheduler 127.0.0.1:50050 --port 50051 --grpc-port 50052 &\n  \
+        sqlplan executor --scheduler 127.0.0.1:50050 --port 50061 --grpc-port 50062 &\n  \
+        sqlplan run pipelines/summary.yaml --var warehouse=s3://bucket/wh \
+        --engine df://127.0.0.1:50050")]
     Scheduler(crate::cluster::serve::SchedulerArgs),
     /// Start a cluster executor (Apache Ballista) that registers with a scheduler.
     ///
     /// Runs until stopped. It reads tables itself: object store credentials come
     /// from its own environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     /// AWS_REGION, AWS_ENDPOINT_URL…).
-    #[command(
-        after_help = "Example:\n  sqlplan executor --scheduler 127.0.0.1:50050 --port 50051 --grpc-port 50052 --concurrent-tasks 2"
-    )]
+    #[command(after_help = "Example:\n  \
+        sqlplan executor --scheduler 127.0.0.1:50050 --port 50051 --grpc-port 50052 \
+        --concurrent-tasks 2")]
     Executor(crate::cluster::serve::ExecutorArgs),
     /// Draw the stage dependency graph (edges labelled with their hazards).
-    #[command(
-        after_help = "Examples:\n  sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg"
-    )]
+    #[command(after_help = "Examples:\n  \
+        sqlplan graph pipelines/examples/orders.yaml > dag.mmd\n  \
+        sqlplan graph pipelines/examples/orders.yaml --format dot | dot -Tsvg > dag.svg")]
     Graph {
         #[command(flatten)]
         input: PipelineArgs,
@@ -249,9 +262,10 @@ pub enum GenerateTarget {
     /// records and records 2–40 months back. Tables, columns, the mapping, the
     /// rolling columns, sentinels and delete codes are read from the pipeline file.
     /// The same arguments give the same rows.
-    #[command(
-        after_help = "Example:\n  sqlplan generate summary --warehouse /tmp/wh --accounts 100000 --months 36\n  sqlplan plan pipelines/summary.yaml --var warehouse=/tmp/wh\n  sqlplan run pipelines/summary.yaml --var warehouse=/tmp/wh"
-    )]
+    #[command(after_help = "Example:\n  \
+        sqlplan generate summary --warehouse /tmp/wh --accounts 100000 --months 36\n  \
+        sqlplan plan pipelines/summary.yaml --var warehouse=/tmp/wh\n  \
+        sqlplan run pipelines/summary.yaml --var warehouse=/tmp/wh")]
     Summary(GenerateSummaryArgs),
 }
 
@@ -263,9 +277,11 @@ pub enum BenchTarget {
     /// --report writes everything as JSON. The warehouse lives in a temporary
     /// directory removed afterwards; --from copies one generated earlier (so the
     /// generation is not repeated for every measurement).
-    #[command(
-        after_help = "Examples:\n  sqlplan bench summary --accounts 20000 --report bench.json\n  sqlplan generate summary --warehouse /data/wh100k --accounts 100000\n  sqlplan bench summary --from /data/wh100k --accounts 100000 --report bench-100k.json"
-    )]
+    #[command(after_help = "Examples:\n  \
+        sqlplan bench summary --accounts 20000 --report bench.json\n  \
+        sqlplan generate summary --warehouse /data/wh100k --accounts 100000\n  \
+        sqlplan bench summary --from /data/wh100k --accounts 100000 \
+        --report bench-100k.json")]
     Summary(BenchSummaryArgs),
 }
 

@@ -151,10 +151,16 @@ async fn bind_sql(
     }
     if sql.stage.report && !kind.defines_relation() {
         let span = sql.stage.name.span;
-        return Err(Problem::invalid(Code::ReportNotARelation, format!("stage `{}` has `report: true` but defines no relation", sql.name()))
+        let message = format!(
+            "stage `{}` has `report: true` but defines no relation",
+            sql.name()
+        );
+        let help = "only SELECT stages can report their rows; \
+                    report a SELECT of what this stage writes instead";
+        return Err(Problem::invalid(Code::ReportNotARelation, message)
             .in_source(&sql.spec.yaml)
             .label(span, "this stage")
-            .help("only SELECT stages can report their rows; report a SELECT of what this stage writes instead"));
+            .help(help));
     }
     if kind.defines_relation() {
         // Later stages see this stage's output schema. A materialized relation is
@@ -173,10 +179,16 @@ async fn bind_sql(
     let checks = match &sql.stage.expect {
         Some(expect) => {
             if kind != StageKind::Materialized {
-                return Err(Problem::invalid(Code::ExpectationsNeedMaterialize, format!("stage `{}` has `expect:` but is not a materialized SELECT", sql.name()))
+                let message = format!(
+                    "stage `{}` has `expect:` but is not a materialized SELECT",
+                    sql.name()
+                );
+                let help = "checks run once on a computed relation: \
+                            make the stage a SELECT with `materialize: true`";
+                return Err(Problem::invalid(Code::ExpectationsNeedMaterialize, message)
                     .in_source(&sql.spec.yaml)
                     .label(sql.stage.name.span, "this stage")
-                    .help("checks run once on a computed relation: make the stage a SELECT with `materialize: true`"));
+                    .help(help));
             }
             bind_checks(sql, expect, checks, ctx).await?
         }
@@ -285,24 +297,57 @@ fn resolve(
     };
     match stages.iter().position(|s| s.name.value == read.name) {
         Some(i) if i < index && defines_relation(i) => Ok(Resolved::Relation(read.name.clone())),
-        Some(i) if i < index => Err(at(
-            Code::NotARelation,
-            format!("stage `{}` reads `{}`, but stage `{}` writes a table and defines no relation", sql.name(), read.name, read.name),
-            "not a relation",
-        )
-        .help("only SELECT stages define relations; read the table the stage writes instead")),
-        Some(i) => Err(at(
-            Code::ReadBeforeDefined,
-            format!("stage `{}` reads `{}`, which no earlier stage defines", sql.name(), read.name),
-            "defined only later",
-        )
-        .help(format!("stages run in program order: `{}` is stage {} of the pipeline and `{}` is stage {}; move `{}` before `{}`", read.name, i + 1, sql.name(), index + 1, read.name, sql.name()))),
+        Some(i) if i < index => {
+            let message = format!(
+                "stage `{}` reads `{}`, but stage `{}` writes a table and defines no relation",
+                sql.name(),
+                read.name,
+                read.name
+            );
+            let help =
+                "only SELECT stages define relations; read the table the stage writes instead";
+            Err(at(Code::NotARelation, message, "not a relation").help(help))
+        }
+        Some(i) => {
+            let message = format!(
+                "stage `{}` reads `{}`, which no earlier stage defines",
+                sql.name(),
+                read.name
+            );
+            let help = format!(
+                "stages run in program order: `{}` is stage {} of the pipeline \
+                 and `{}` is stage {}; move `{}` before `{}`",
+                read.name,
+                i + 1,
+                sql.name(),
+                index + 1,
+                read.name,
+                sql.name()
+            );
+            Err(at(Code::ReadBeforeDefined, message, "defined only later").help(help))
+        }
         None => {
-            let known: Vec<&str> = tables.keys().map(String::as_str).chain(stages[..index].iter().enumerate().filter(|(i, _)| defines_relation(*i)).map(|(_, s)| s.name.value.as_str())).collect();
-            let help = did_you_mean(&read.name, known.iter().copied())
-                .unwrap_or_else(|| format!("known relations here: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
-            Err(at(Code::UnknownRelation, format!("stage `{}` reads `{}`, which is neither a declared table nor an earlier stage", sql.name(), read.name), "unknown relation")
-                .help(format!("{help} Tables are declared under `tables:` in the pipeline.")))
+            let earlier = stages[..index]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| defines_relation(*i))
+                .map(|(_, s)| s.name.value.as_str());
+            let known: Vec<&str> = tables.keys().map(String::as_str).chain(earlier).collect();
+            let help = did_you_mean(&read.name, known.iter().copied()).unwrap_or_else(|| {
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                format!("known relations here: {known}")
+            });
+            let message = format!(
+                "stage `{}` reads `{}`, which is neither a declared table nor an earlier stage",
+                sql.name(),
+                read.name
+            );
+            let help = format!("{help} Tables are declared under `tables:` in the pipeline.");
+            Err(at(Code::UnknownRelation, message, "unknown relation").help(help))
         }
     }
 }
@@ -385,7 +430,11 @@ async fn bind_optimize(
                 return Err(yaml_problem(
                     spanned.span,
                     Code::BadValue,
-                    format!("`deleted_above` of stage `{}` is `{text}`: it must be a share of rows, from 0 to 1", stage.name.value),
+                    format!(
+                        "`deleted_above` of stage `{}` is `{text}`: \
+                         it must be a share of rows, from 0 to 1",
+                        stage.name.value
+                    ),
                     "not a number from 0 to 1",
                 ));
             };
@@ -420,8 +469,23 @@ async fn bind_optimize(
             })?;
         for column in identifiers(&expr) {
             if !table.partition_columns.contains(&column) {
-                return Err(yaml_problem(spanned.span, Code::NotAPartitionFilter, format!("optimize filters name partition columns only; `{column}` is not a partition column of `{}`", table.name), "in this filter")
-                    .help(format!("partition columns of `{}`: {}", table.name, list_or_none(&table.partition_columns))));
+                let message = format!(
+                    "optimize filters name partition columns only; \
+                     `{column}` is not a partition column of `{}`",
+                    table.name
+                );
+                let help = format!(
+                    "partition columns of `{}`: {}",
+                    table.name,
+                    list_or_none(&table.partition_columns)
+                );
+                return Err(yaml_problem(
+                    spanned.span,
+                    Code::NotAPartitionFilter,
+                    message,
+                    "in this filter",
+                )
+                .help(help));
             }
         }
         ctx.sql(&format!("SELECT 1 FROM {} WHERE {text}", table.name))
@@ -526,7 +590,10 @@ fn df_problem(sql: &StageSql<'_>, err: &DataFusionError, phase: &str) -> Problem
     };
     // Type coercion failures have no variant of their own (they are `Plan` errors
     // raised while binding), so they alone are told apart by their wording.
-    let coercion = matches!(err.find_root(), DataFusionError::Plan(m) if m.starts_with("Cannot coerce") || m.contains("type coercion"));
+    let coercion = match err.find_root() {
+        DataFusionError::Plan(m) => m.starts_with("Cannot coerce") || m.contains("type coercion"),
+        _ => false,
+    };
     let (code, label) = match (&missing, phase) {
         (Some(Some(_)), _) => (Code::UnknownColumn, "unknown column"),
         (Some(None), _) => (Code::AmbiguousColumn, "ambiguous reference"),

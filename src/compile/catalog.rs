@@ -133,18 +133,29 @@ async fn declared_schema(
     ctx: &SessionContext,
 ) -> Result<SchemaRef> {
     let Some(columns) = &table.schema else {
-        return Err(Problem::invalid(Code::MissingTable, format!("table `{}` does not exist and declares no schema", table.name.value))
+        let message = format!(
+            "table `{}` does not exist and declares no schema",
+            table.name.value
+        );
+        let help = "create the table first, \
+                    or declare `schema:` (and `partition_by:`) so the run creates it";
+        return Err(Problem::invalid(Code::MissingTable, message)
             .in_source(&spec.yaml)
             .label(table.location.span, "no Delta table here")
-            .help("create the table first, or declare `schema:` (and `partition_by:`) so the run creates it"));
+            .help(help));
     };
     let mut fields = Vec::with_capacity(columns.len());
     for column in columns {
         let data_type = sql_type(ctx, &column.data_type.value).await.map_err(|e| {
-            Problem::invalid(Code::UnknownType, format!("unknown column type `{}`", column.data_type.value))
+            let message = format!("unknown column type `{}`", column.data_type.value);
+            let help = format!(
+                "use a SQL type such as BIGINT, INT, STRING, DATE, TIMESTAMP, DECIMAL(p,s) \
+                 or ARRAY<INT> ({e})"
+            );
+            Problem::invalid(Code::UnknownType, message)
                 .in_source(&spec.yaml)
                 .label(column.data_type.span, "not a SQL type DataFusion knows")
-                .help(format!("use a SQL type such as BIGINT, INT, STRING, DATE, TIMESTAMP, DECIMAL(p,s) or ARRAY<INT> ({e})"))
+                .help(help)
         })?;
         fields.push(Field::new(&column.name.value, data_type, column.nullable));
     }

@@ -165,23 +165,56 @@ fn not_allowed(stage: &StageSql<'_>, statement: &Statement, what: &str) -> Probl
     } else {
         (loc.line as usize, loc.column as usize)
     };
+    let message = format!("{what} is not allowed in stage `{}`", stage.name());
+    let help = "a SQL stage is one SELECT (defines a relation), INSERT [OVERWRITE] INTO, \
+                MERGE INTO or DELETE FROM a declared table; \
+                tables are created from their declared schema, \
+                and maintenance is a stage of its own (optimize, vacuum)";
     stage
-        .problem_at(Code::StatementNotAllowed, format!("{what} is not allowed in stage `{}`", stage.name()), line, col, None, "not allowed here")
-        .help("a SQL stage is one SELECT (defines a relation), INSERT [OVERWRITE] INTO, MERGE INTO or DELETE FROM a declared table; tables are created from their declared schema, and maintenance is a stage of its own (optimize, vacuum)")
+        .problem_at(
+            Code::StatementNotAllowed,
+            message,
+            line,
+            col,
+            None,
+            "not allowed here",
+        )
+        .help(help)
 }
 
 fn relation(stage: &StageSql<'_>, name: &ObjectName) -> Result<RelationRef> {
     let loc = name.span().start;
+    let (line, column) = (loc.line as usize, loc.column as usize);
     let written = name.to_string();
     if name.0.len() != 1 {
+        let message = format!("`{written}`: qualified names are not supported");
+        let help = "refer to a table by its name under `tables:` in the pipeline, \
+                    and to an earlier SELECT stage by the stage name";
         return Err(stage
-            .problem_at(Code::QualifiedName, format!("`{written}`: qualified names are not supported"), loc.line as usize, loc.column as usize, Some(&written), "qualified name")
-            .help("refer to a table by its name under `tables:` in the pipeline, and to an earlier SELECT stage by the stage name"));
+            .problem_at(
+                Code::QualifiedName,
+                message,
+                line,
+                column,
+                Some(&written),
+                "qualified name",
+            )
+            .help(help));
     }
     let Some(ident) = name.0[0].as_ident() else {
+        let message = format!("`{written}` is not a relation name");
+        let help = "refer to a table by its name under `tables:`, \
+                    or to an earlier SELECT stage by its name";
         return Err(stage
-            .problem_at(Code::BadRelation, format!("`{written}` is not a relation name"), loc.line as usize, loc.column as usize, Some(&written), "not a name")
-            .help("refer to a table by its name under `tables:`, or to an earlier SELECT stage by its name"));
+            .problem_at(
+                Code::BadRelation,
+                message,
+                line,
+                column,
+                Some(&written),
+                "not a name",
+            )
+            .help(help));
     };
     // DataFusion folds unquoted identifiers to lower case; do the same.
     let normalized = if ident.quote_style.is_some() {
@@ -191,8 +224,8 @@ fn relation(stage: &StageSql<'_>, name: &ObjectName) -> Result<RelationRef> {
     };
     Ok(RelationRef {
         name: normalized,
-        line: loc.line as usize,
-        column: loc.column as usize,
+        line,
+        column,
         written,
     })
 }
@@ -275,7 +308,17 @@ fn parse_problem(stage: &StageSql<'_>, err: &ParserError) -> Problem {
     let token = message
         .rsplit_once("found: ")
         .map(|(_, t)| t.trim().to_string());
+    let message = format!("SQL syntax error in stage `{}`: {message}", stage.name());
+    let help = "the SQL is parsed after rendering: \
+                positions are those of the rendered statement, mapped back to the template";
     stage
-        .problem_at(Code::SqlSyntax, format!("SQL syntax error in stage `{}`: {message}", stage.name()), line, col, token.as_deref(), "syntax error here")
-        .help("the SQL is parsed after rendering: positions are those of the rendered statement, mapped back to the template")
+        .problem_at(
+            Code::SqlSyntax,
+            message,
+            line,
+            col,
+            token.as_deref(),
+            "syntax error here",
+        )
+        .help(help)
 }

@@ -236,7 +236,8 @@ impl Plan {
                 .iter()
                 .find(|t| &t.name == w)
                 .and_then(|t| t.deletion_vectors.as_ref());
-            let fallback = " (copy-on-write instead if ON is not key equalities only or a clause is NOT MATCHED BY SOURCE)";
+            let fallback = " (copy-on-write instead if ON is not key equalities only \
+                            or a clause is NOT MATCHED BY SOURCE)";
             if let (true, Some(v)) = (s.kind().changes_existing_rows(), vectors) {
                 let _ = writeln!(
                     out,

@@ -74,9 +74,15 @@ impl Loader<'_> {
         self.check_keys(map, EXPECT_KEYS, &what)?;
         let quarantine = self.optional_string(map, "quarantine")?;
         let Some(list) = map.get_node("checks").and_then(Node::as_sequence) else {
+            let help =
+                "write `checks: [{name: key_present, check: \"id IS NOT NULL\", action: drop}]`";
             return Err(self
-                .error_at(node.span(), Code::BadExpectations, format!("{what} has no `checks:` list"))
-                .help("write `checks: [{name: key_present, check: \"id IS NOT NULL\", action: drop}]`"));
+                .error_at(
+                    node.span(),
+                    Code::BadExpectations,
+                    format!("{what} has no `checks:` list"),
+                )
+                .help(help));
         };
         let mut checks: Vec<CheckSpec> = Vec::new();
         for item in list.iter() {
@@ -98,9 +104,20 @@ impl Loader<'_> {
         }
         if quarantine.is_none() {
             if let Some(drop) = checks.iter().find(|c| c.action == CheckAction::Drop) {
+                let message = format!(
+                    "check `{}` drops rows, but stage `{stage}` names no quarantine table",
+                    drop.name.value
+                );
+                let help = "add `quarantine: TABLE` under `expect:` \
+                            (a declared table without `schema:`), or make the check `action: fail`";
                 return Err(self
-                    .error(drop.name.span, Code::QuarantineMissing, format!("check `{}` drops rows, but stage `{stage}` names no quarantine table", drop.name.value), "a `drop` check")
-                    .help("add `quarantine: TABLE` under `expect:` (a declared table without `schema:`), or make the check `action: fail`"));
+                    .error(
+                        drop.name.span,
+                        Code::QuarantineMissing,
+                        message,
+                        "a `drop` check",
+                    )
+                    .help(help));
             }
         }
         Ok(Some(ExpectSpec { quarantine, checks }))
@@ -123,7 +140,12 @@ impl Loader<'_> {
                     format!("unknown action `{other}`"),
                     "not an action",
                 );
-                e = e.help(did_you_mean(other, ["drop", "fail"]).unwrap_or_else(|| "an action is `drop` (into the quarantine table) or `fail` (stop the run before any write)".into()));
+                let help = did_you_mean(other, ["drop", "fail"]).unwrap_or_else(|| {
+                    "an action is `drop` (into the quarantine table) \
+                     or `fail` (stop the run before any write)"
+                        .into()
+                });
+                e = e.help(help);
                 return Err(e);
             }
         };
@@ -148,7 +170,15 @@ impl Loader<'_> {
                     format!("quarantine table `{}` is not declared", q.value),
                     "unknown table",
                 );
-                e = e.help(did_you_mean(&q.value, tables.keys().map(String::as_str)).unwrap_or_else(|| format!("declare it under `tables:` with a location, e.g. `{}: {{location: \"{{{{ warehouse }}}}/{}\"}}`", q.value, q.value)));
+                let help = did_you_mean(&q.value, tables.keys().map(String::as_str))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "declare it under `tables:` with a location, \
+                             e.g. `{}: {{location: \"{{{{ warehouse }}}}/{}\"}}`",
+                            q.value, q.value
+                        )
+                    });
+                e = e.help(help);
                 return Err(e);
             };
             let columns: Vec<ColumnSpec> = QUARANTINE_COLUMNS
@@ -174,10 +204,21 @@ impl Loader<'_> {
             };
             match &table.schema {
                 Some(declared) if !same(declared) => {
+                    let message = format!(
+                        "`{}` is a quarantine table; its columns are sqlplan's",
+                        q.value
+                    );
+                    let help = "remove its `schema:`: a quarantine table has the columns \
+                                run, stage, check_name and record (the row as JSON)";
                     return Err(self
-                        .error(table.name.span, Code::QuarantineSchema, format!("`{}` is a quarantine table; its columns are sqlplan's", q.value), "declared with a schema")
+                        .error(
+                            table.name.span,
+                            Code::QuarantineSchema,
+                            message,
+                            "declared with a schema",
+                        )
                         .label(q.span, "used as a quarantine table here")
-                        .help("remove its `schema:`: a quarantine table has the columns run, stage, check_name and record (the row as JSON)"));
+                        .help(help));
                 }
                 _ => table.schema = Some(columns),
             }

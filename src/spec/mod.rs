@@ -287,7 +287,10 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         /// Whatever the file holds, loading it gives a value or a diagnostic.
         #[test]
-        fn loading_never_panics(text in "(name|stages|vars|tables|sql|query|after|materialize|optimize|location|: |- |\\[|\\]|\\{|\\}|\\n|  |'|\"|x|1|é|#|\\|)*") {
+        fn loading_never_panics(
+            text in "(name|stages|vars|tables|sql|query|after|materialize|optimize|location|\
+                     : |- |\\[|\\]|\\{|\\}|\\n|  |'|\"|x|1|é|#|\\|)*"
+        ) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("p.yaml");
             std::fs::write(&path, &text).unwrap();

@@ -329,10 +329,21 @@ impl Loader<'_> {
                     .help("stage names define relations and must be unique"));
             }
             if let Some(t) = tables.get(&stage.name.value) {
+                let message = format!(
+                    "stage `{}` has the name of a declared table",
+                    stage.name.value
+                );
+                let help =
+                    "a SELECT stage defines a relation named after the stage; pick another name";
                 return Err(self
-                    .error(stage.name.span, Code::StageShadowsTable, format!("stage `{}` has the name of a declared table", stage.name.value), "stage name")
+                    .error(
+                        stage.name.span,
+                        Code::StageShadowsTable,
+                        message,
+                        "stage name",
+                    )
                     .label(t.name.span, "table declared here")
-                    .help("a SELECT stage defines a relation named after the stage; pick another name"));
+                    .help(help));
             }
             stages.push(stage);
         }
@@ -350,16 +361,30 @@ impl Loader<'_> {
             .collect();
         let body = match bodies.as_slice() {
             [] => {
+                let message = format!("stage `{}` has nothing to do", name.value);
+                let help = "give it one of `sql: FILE`, `query: SQL`, \
+                            `optimize: {table: …}` or `vacuum: {table: …}`";
                 return Err(self
-                    .error(name.span, Code::StageWithoutBody, format!("stage `{}` has nothing to do", name.value), "this stage")
-                    .help("give it one of `sql: FILE`, `query: SQL`, `optimize: {table: …}` or `vacuum: {table: …}`"))
+                    .error(name.span, Code::StageWithoutBody, message, "this stage")
+                    .help(help));
             }
             [key] => self.stage_body(key.as_str(), map)?,
             [first, second, ..] => {
+                let message = format!(
+                    "stage `{}` has both `{}` and `{}`",
+                    name.value,
+                    first.as_str(),
+                    second.as_str()
+                );
                 return Err(self
-                    .error(self.scalar_span(second), Code::StageWithTwoBodies, format!("stage `{}` has both `{}` and `{}`", name.value, first.as_str(), second.as_str()), "second body")
+                    .error(
+                        self.scalar_span(second),
+                        Code::StageWithTwoBodies,
+                        message,
+                        "second body",
+                    )
                     .label(self.scalar_span(first), "first body")
-                    .help("a stage does one thing: split it into two stages"))
+                    .help("a stage does one thing: split it into two stages"));
             }
         };
         let materialize = self.flag(map, "materialize")?;
@@ -456,19 +481,30 @@ impl Loader<'_> {
                 let m = self.mapping(node, "vacuum")?;
                 self.check_keys(m, VACUUM_KEYS, "vacuum")?;
                 let hours = m.get_scalar("retain_hours").ok_or_else(|| {
-                    self.error_at(node.span(), Code::MissingKey, "`vacuum` needs an explicit `retain_hours`")
-                        .help("e.g. `retain_hours: 168` (7 days, Delta's default); files younger than that are kept")
+                    let message = "`vacuum` needs an explicit `retain_hours`";
+                    let help = "e.g. `retain_hours: 168` (7 days, Delta's default); \
+                                files younger than that are kept";
+                    self.error_at(node.span(), Code::MissingKey, message)
+                        .help(help)
                 })?;
                 let retain = self.parse_u64(hours, "retain_hours")?;
                 if retain < DELTA_DEFAULT_RETAIN_HOURS && !self.flag(m, "below_delta_default")? {
+                    let message = format!(
+                        "`retain_hours: {retain}` is below Delta's default \
+                         of {DELTA_DEFAULT_RETAIN_HOURS} hours"
+                    );
+                    let help = "files an older version still needs (time travel, a reader, \
+                                an interrupted run that resumes on the versions it started from) \
+                                would be removed; if that is intended, \
+                                add `below_delta_default: true`";
                     return Err(self
                         .error(
                             self.scalar_span(hours),
                             Code::BadValue,
-                            format!("`retain_hours: {retain}` is below Delta's default of {DELTA_DEFAULT_RETAIN_HOURS} hours"),
+                            message,
                             "shorter than 7 days",
                         )
-                        .help("files an older version still needs (time travel, a reader, an interrupted run that resumes on the versions it started from) would be removed; if that is intended, add `below_delta_default: true`"));
+                        .help(help));
                 }
                 Ok(StageBody::Vacuum(VacuumSpec {
                     table: self.required_string(m, "table", node.span())?,

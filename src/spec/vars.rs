@@ -84,8 +84,14 @@ impl Loader<'_> {
                     format!("`--var {key}=…` sets a variable the pipeline does not declare"),
                 );
                 p = p.help(match did_you_mean(key, known.iter().copied()) {
-                    Some(s) => format!("{s} Declare it under `vars:` with a default to make it settable."),
-                    None if known.is_empty() => "this pipeline declares no variables; declare it under `vars:` with a default".into(),
+                    Some(s) => {
+                        format!("{s} Declare it under `vars:` with a default to make it settable.")
+                    }
+                    None if known.is_empty() => {
+                        let help = "this pipeline declares no variables; \
+                                    declare it under `vars:` with a default";
+                        help.to_string()
+                    }
                     None => format!("declared variables: {}", known.join(", ")),
                 });
                 return Err(p);

@@ -152,7 +152,10 @@ impl<'a> YamlReader<'a> {
             self.error(
                 self.scalar_span(s),
                 Code::BadValue,
-                format!("`{key}` must be a size: bytes, or a number with a unit like `500 MB` or `2 GiB`"),
+                format!(
+                    "`{key}` must be a size: bytes, \
+                     or a number with a unit like `500 MB` or `2 GiB`"
+                ),
                 "not a size",
             )
         })
@@ -270,9 +273,17 @@ pub fn check_identifier(l: &YamlReader<'_>, name: &Spanned<String>, what: &str) 
     if ok {
         return Ok(());
     }
+    let message = format!("`{}` is not a valid {what}", name.value);
+    let help = "names become SQL identifiers: \
+                use lowercase letters, digits and `_`, starting with a letter";
     Err(l
-        .error(name.span, Code::BadName, format!("`{}` is not a valid {what}", name.value), "not a lowercase identifier")
-        .help("names become SQL identifiers: use lowercase letters, digits and `_`, starting with a letter"))
+        .error(
+            name.span,
+            Code::BadName,
+            message,
+            "not a lowercase identifier",
+        )
+        .help(help))
 }
 
 /// `123`, `500 MB`, `1.5GiB` → bytes.

@@ -427,7 +427,10 @@ async fn a_crash_between_two_finish_commits_is_finished_by_the_next_run() {
     let pipeline = TWO_TABLES.replace(
         "state: {mark: {table: b, default: \"none\"}}",
         "state: {mark: {table: b, default: \"none\"}, first: {table: a, default: \"none\"}}",
-    ) + "  - name: first\n    query: SELECT CAST(min(id) AS VARCHAR) AS first FROM src\n    materialize: true\n    state: first\n";
+    ) + "  - name: first\n    \
+           query: SELECT CAST(min(id) AS VARCHAR) AS first FROM src\n    \
+           materialize: true\n    \
+           state: first\n";
     let p = two_tables().await;
     p.write("pipeline.yaml", &pipeline);
     let crashed = run_two(&p, &[], Some("after:finish:a"));

@@ -61,7 +61,10 @@ fn a_wrong_expectation_fails_with_a_diff() {
         out.stdout
     );
     assert!(
-        out.stdout.contains("FAIL a write stage is no relation: `merge_totals` under `expect:` is a stage that writes"),
+        out.stdout.contains(
+            "FAIL a write stage is no relation: \
+             `merge_totals` under `expect:` is a stage that writes"
+        ),
         "{}",
         out.stdout
     );
@@ -108,10 +111,14 @@ fn the_summary_worked_examples_pass() {
 /// never a silent pass with zero checks.
 #[test]
 fn fixture_files_are_checked_before_anything_runs() {
-    let given = r#"given: {orders: [{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}]}"#;
+    let order = r#"{order_id: 1, customer_id: 7, amount: 10.0, status: placed, ds: "2024-01-02"}"#;
+    let given = format!("given: {{orders: [{order}]}}");
     let cases = [
         (
-            format!("cases:\n  - name: typo\n    steps:\n      - {{{given}, expects: {{customer_totals: []}}}}\n"),
+            format!(
+                "cases:\n  - name: typo\n    steps:\n      \
+                 - {{{given}, expects: {{customer_totals: []}}}}\n"
+            ),
             "unknown key `expects` in a step",
             "did you mean `expect`?",
         ),
@@ -131,7 +138,10 @@ fn fixture_files_are_checked_before_anything_runs() {
             "add `expect: {TABLE: [rows…]}` to a step",
         ),
         (
-            format!("cases:\n  - name: unknown table\n    steps:\n      - {{{given}, expect: {{customer_total: []}}}}\n"),
+            format!(
+                "cases:\n  - name: unknown table\n    steps:\n      \
+                 - {{{given}, expect: {{customer_total: []}}}}\n"
+            ),
             "`customer_total` under `expect:` is not a table of the pipeline",
             "did you mean `customer_totals`?",
         ),

@@ -50,7 +50,9 @@ async fn history_arrays() {
         "[100, , , ]"
     );
     // Worked example 2: Dec [5000, 4500], Mar after a gap of 2 → [5400, N, N, 5000, 4500].
-    assert_eq!(eval("{{ history.shift(5400, 2, 'make_array(5000, 4500, NULL, NULL, NULL, NULL)', 6, 'INT') }}").await, "[5400, , , 5000, 4500, ]");
+    let shift = "{{ history.shift(5400, 2, 'make_array(5000, 4500, NULL, NULL, NULL, NULL)', \
+                 6, 'INT') }}";
+    assert_eq!(eval(shift).await, "[5400, , , 5000, 4500, ]");
     // Values never move past the last element.
     assert_eq!(
         eval("{{ history.shift(9, 0, 'make_array(1, 2, 3)', 3, 'INT') }}").await,

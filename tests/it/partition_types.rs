@@ -130,7 +130,9 @@ fn lines(rows: &[Row]) -> Vec<String> {
 
 /// The rows as `id,index,v` lines, from any reader that speaks SQL: `t` the table,
 /// `vals` the index → value table.
-const LINES: &str = "SELECT CAST(t.id AS VARCHAR) || ',' || COALESCE(CAST(vals.i AS VARCHAR), 'null') || ',' || t.v AS line FROM t LEFT JOIN vals ON t.p = vals.p";
+const LINES: &str = "SELECT CAST(t.id AS VARCHAR) || ',' \
+                     || COALESCE(CAST(vals.i AS VARCHAR), 'null') || ',' || t.v AS line \
+                     FROM t LEFT JOIN vals ON t.p = vals.p";
 
 fn rows_batch(case: &Case, rows: &[Row], op: Option<&[&str]>) -> RecordBatch {
     let mut fields = vec![
@@ -168,7 +170,11 @@ fn vals_batch(case: &Case) -> RecordBatch {
     .unwrap()
 }
 
-const MERGE: &str = "USING changes c ON t.id = c.id AND t.p = c.p WHEN MATCHED AND c.op = 'delete' THEN DELETE WHEN MATCHED THEN UPDATE SET v = c.v WHEN NOT MATCHED AND c.op = 'upsert' THEN INSERT (id, p, v) VALUES (c.id, c.p, c.v)";
+const MERGE: &str = "USING changes c ON t.id = c.id AND t.p = c.p \
+                     WHEN MATCHED AND c.op = 'delete' THEN DELETE \
+                     WHEN MATCHED THEN UPDATE SET v = c.v \
+                     WHEN NOT MATCHED AND c.op = 'upsert' \
+                     THEN INSERT (id, p, v) VALUES (c.id, c.p, c.v)";
 
 /// Two targets (`dv` with vectors, `cow` without), each MERGEd from `changes`,
 /// then rows of the first partition value marked `d…` deleted; `seen` reads `dv`
@@ -419,7 +425,16 @@ pub fn python_lines(table: &Path, vals: &Path) -> Option<Vec<String>> {
     if !crate::common::python_deltalake("from deltalake import QueryBuilder") {
         return None;
     }
-    let script = "import sys, os\nfrom deltalake import DeltaTable, QueryBuilder\nq = QueryBuilder().register('t', DeltaTable(sys.argv[1])).register('vals', DeltaTable(sys.argv[2]))\nimport pyarrow as pa\nfor row in pa.table(q.execute(sys.argv[3]).read_all()).to_pylist():\n    print(row['line'])\nsys.stdout.flush()\nos._exit(0)\n";
+    let script = "\
+import sys, os
+from deltalake import DeltaTable, QueryBuilder
+q = QueryBuilder().register('t', DeltaTable(sys.argv[1])).register('vals', DeltaTable(sys.argv[2]))
+import pyarrow as pa
+for row in pa.table(q.execute(sys.argv[3]).read_all()).to_pylist():
+    print(row['line'])
+sys.stdout.flush()
+os._exit(0)
+";
     python(script, table, vals, LINES)
 }
 
@@ -440,7 +455,17 @@ pub fn duckdb_lines(table: &Path, vals: &Path) -> Option<Vec<String>> {
         return None;
     }
     // The extension ships in the wheel; loading it by path needs no network.
-    let script = "import sys, os, glob, duckdb, duckdb_extension_delta\next = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), 'extensions', '*', 'delta.duckdb_extension'))[0]\nc = duckdb.connect()\nc.execute(f\"LOAD '{ext}'\")\nc.execute(\"CREATE VIEW t AS SELECT * FROM delta_scan('\" + sys.argv[1] + \"')\")\nc.execute(\"CREATE VIEW vals AS SELECT * FROM delta_scan('\" + sys.argv[2] + \"')\")\nfor (line,) in c.execute(sys.argv[3]).fetchall():\n    print(line)\n";
+    let script = "\
+import sys, os, glob, duckdb, duckdb_extension_delta
+ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), \
+    'extensions', '*', 'delta.duckdb_extension'))[0]
+c = duckdb.connect()
+c.execute(f\"LOAD '{ext}'\")
+c.execute(\"CREATE VIEW t AS SELECT * FROM delta_scan('\" + sys.argv[1] + \"')\")
+c.execute(\"CREATE VIEW vals AS SELECT * FROM delta_scan('\" + sys.argv[2] + \"')\")
+for (line,) in c.execute(sys.argv[3]).fetchall():
+    print(line)
+";
     python(script, table, vals, LINES)
 }
 
@@ -486,7 +511,9 @@ tables:
     location: warehouse/vals
 stages:
   - name: apply
-    query: MERGE INTO t USING changes s ON t.id = s.id AND t.p = s.p WHEN MATCHED THEN UPDATE SET v = s.v WHEN NOT MATCHED THEN INSERT (id, p, v) VALUES (s.id, s.p, s.v)
+    query: MERGE INTO t USING changes s ON t.id = s.id AND t.p = s.p \
+           WHEN MATCHED THEN UPDATE SET v = s.v \
+           WHEN NOT MATCHED THEN INSERT (id, p, v) VALUES (s.id, s.p, s.v)
   - name: seen
     query: SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS keys FROM t
     materialize: true

@@ -105,7 +105,19 @@ fn a_symlink_out_of_the_project_is_not_followed() {
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret.sql");
     std::fs::write(&secret, "SELECT 'TOP-SECRET-VALUE' AS id").unwrap();
-    let pipeline = "name: evil\ntables:\n  t:\n    location: ./wh/t\n    schema:\n      - {name: id, type: BIGINT}\nstages:\n  - name: steal\n    sql: sql/innocent.sql\n  - name: steal_by_include\n    sql: sql/includes.sql\n";
+    let pipeline = "\
+name: evil
+tables:
+  t:
+    location: ./wh/t
+    schema:
+      - {name: id, type: BIGINT}
+stages:
+  - name: steal
+    sql: sql/innocent.sql
+  - name: steal_by_include
+    sql: sql/includes.sql
+";
     for (target, include) in [(true, false), (false, true)] {
         let project = crate::common::Project::new(&[("pipeline.yaml", pipeline)]);
         let sql = project.path().join("sql");

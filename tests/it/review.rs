@@ -103,7 +103,11 @@ async fn a_review_names_each_kind_of_change() {
     // A new stage.
     p.write(
         "pipeline.yaml",
-        &format!("{PIPELINE}  - name: count_u\n    query: SELECT count(*) AS n FROM u WHERE id > 5\n    materialize: true\n"),
+        &format!(
+            "{PIPELINE}  - name: count_u\n    \
+             query: SELECT count(*) AS n FROM u WHERE id > 5\n    \
+             materialize: true\n"
+        ),
     );
     let (code, text) = review(&p, "text");
     assert_eq!(code, 3);

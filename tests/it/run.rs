@@ -612,7 +612,16 @@ async fn python_deltalake_reads_what_sqlplan_wrote() {
     .await;
     let out = project.sqlplan(&["run", "pipeline.yaml"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let script = "import sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1])\nrows = sorted((r['id'], r['v'], r['ds']) for r in t.to_pyarrow_table().to_pylist())\nprint(t.version(), rows, flush=True)\n# deltalake's runtime threads can abort at interpreter teardown; skip it.\nimport os\nos._exit(0)\n";
+    let script = "\
+import sys
+from deltalake import DeltaTable
+t = DeltaTable(sys.argv[1])
+rows = sorted((r['id'], r['v'], r['ds']) for r in t.to_pyarrow_table().to_pylist())
+print(t.version(), rows, flush=True)
+# deltalake's runtime threads can abort at interpreter teardown; skip it.
+import os
+os._exit(0)
+";
     let read = std::process::Command::new("python3")
         .args([
             "-c",
@@ -643,11 +652,12 @@ async fn the_summary_run_reports_its_counts() {
     let vars = [("warehouse".to_string(), wh.clone())];
     let pipeline = crate::common::repo().join("pipelines/summary.yaml");
     let plan = sqlplan::build_plan(&pipeline, None, &vars).await.unwrap();
+    let ts = "2026-01-01T00:00:00";
     let rows = serde_json::json!([
-        {"cons_acct_key": 1, "rpt_as_of_mo": "2025-12", "acct_bal_am": 1, "base_ts": "2026-01-01T00:00:00"},
-        {"cons_acct_key": 2, "rpt_as_of_mo": "2025-11", "acct_bal_am": 1, "base_ts": "2026-01-01T00:00:00"},
-        {"cons_acct_key": 2, "rpt_as_of_mo": "2025-12", "acct_bal_am": 1, "base_ts": "2026-01-01T00:00:00"},
-        {"cons_acct_key": 3, "rpt_as_of_mo": "2025-12", "soft_del_cd": "1", "base_ts": "2026-01-01T00:00:00"}
+        {"cons_acct_key": 1, "rpt_as_of_mo": "2025-12", "acct_bal_am": 1, "base_ts": ts},
+        {"cons_acct_key": 2, "rpt_as_of_mo": "2025-11", "acct_bal_am": 1, "base_ts": ts},
+        {"cons_acct_key": 2, "rpt_as_of_mo": "2025-12", "acct_bal_am": 1, "base_ts": ts},
+        {"cons_acct_key": 3, "rpt_as_of_mo": "2025-12", "soft_del_cd": "1", "base_ts": ts}
     ]);
     sqlplan::append_rows(&plan, "accounts", &rows)
         .await

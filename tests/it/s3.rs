@@ -57,7 +57,8 @@ impl S3 {
         wait_for(port, "moto");
         let create = format!(
             "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
-             aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='warehouse')",
+             aws_secret_access_key='test', region_name='us-east-1')\
+             .create_bucket(Bucket='warehouse')",
             s3.endpoint
         );
         let made = Command::new("python3")

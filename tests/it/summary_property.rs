@@ -183,7 +183,11 @@ fn cases() -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 20, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        max_shrink_iters: 20,
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn the_pipeline_equals_the_sequential_model(
         first in prop::collection::vec(raw_record(), 0..10),
@@ -205,13 +209,24 @@ proptest! {
         let after_deletes = expected(&model, &counts);
         let w2 = deletes.iter().map(|r| r.base_ts).max().or(w1);
         let watermark = w2.filter(|_| !reread);
-        let mut b3: Vec<Record> = if reread { [b1.clone(), deletes.clone()].concat() } else { Vec::new() };
+        let mut b3: Vec<Record> = if reread {
+            [b1.clone(), deletes.clone()].concat()
+        } else {
+            Vec::new()
+        };
         let index = first.len() + deletes.len();
-        b3.extend(records(&second, index).into_iter().filter(|r| watermark.is_none_or(|w| r.base_ts > w)));
+        b3.extend(
+            records(&second, index)
+                .into_iter()
+                .filter(|r| watermark.is_none_or(|w| r.base_ts > w)),
+        );
         let counts = apply(&mut model, &b3);
         let after_second = expected(&model, &counts);
 
-        let mut last_step = json!({"given": {"accounts": accounts_rows(&second, index)}, "expect": after_second});
+        let mut last_step = json!({
+            "given": {"accounts": accounts_rows(&second, index)},
+            "expect": after_second,
+        });
         if reread {
             last_step["vars"] = json!({"watermark": "1900-01-01T00:00:00"});
         }
@@ -222,13 +237,30 @@ proptest! {
         ]}]});
         let project = Project::new(&[("random.tests.yaml", &fixture.to_string())]);
         let path = project.path().join("random.tests.yaml");
-        let out = sqlplan_in(&repo(), &["test", "pipelines/summary.yaml", "--fixtures", path.to_str().unwrap()]);
-        prop_assert_eq!(out.code, 0, "first {:?}\ndeleted {:?}\nsecond {:?}\nreread {}\n{}\n{}", first, deleted, second, reread, out.stdout, out.stderr);
+        let out = sqlplan_in(
+            &repo(),
+            &["test", "pipelines/summary.yaml", "--fixtures", path.to_str().unwrap()],
+        );
+        prop_assert_eq!(
+            out.code,
+            0,
+            "first {:?}\ndeleted {:?}\nsecond {:?}\nreread {}\n{}\n{}",
+            first,
+            deleted,
+            second,
+            reread,
+            out.stdout,
+            out.stderr
+        );
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 20, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        max_shrink_iters: 20,
+        ..ProptestConfig::default()
+    })]
     /// Each batch's times start later than the previous one's but overlap it, so
     /// some records fall at or below the watermark and are not read (the model
     /// skips them too). After a batch with `compact`, the run's compaction stages
@@ -236,7 +268,10 @@ proptest! {
     /// after the others, none (`1`).
     #[test]
     fn several_batches_with_compaction_between_some_equal_the_model(
-        batches in prop::collection::vec((prop::collection::vec(raw_record(), 0..8), prop::bool::ANY), 3..6),
+        batches in prop::collection::vec(
+            (prop::collection::vec(raw_record(), 0..8), prop::bool::ANY),
+            3..6,
+        ),
     ) {
         let mut model = Summary::new();
         let mut watermark: Option<i64> = None;
@@ -264,7 +299,10 @@ proptest! {
         let fixture = json!({"cases": [{"name": "batches", "steps": steps}]});
         let project = Project::new(&[("batches.tests.yaml", &fixture.to_string())]);
         let path = project.path().join("batches.tests.yaml");
-        let out = sqlplan_in(&repo(), &["test", "pipelines/summary.yaml", "--fixtures", path.to_str().unwrap()]);
+        let out = sqlplan_in(
+            &repo(),
+            &["test", "pipelines/summary.yaml", "--fixtures", path.to_str().unwrap()],
+        );
         prop_assert_eq!(out.code, 0, "batches {:?}\n{}\n{}", batches, out.stdout, out.stderr);
     }
 }

@@ -5,12 +5,13 @@ use crate::common::{create_table, id_text, ids, Project};
 
 /// A state variable recorded on `marks`: the `mark` stage returns its value.
 fn state_pipeline(state_type: &str, mark_sql: &str) -> String {
+    let marks_schema = "[{name: id, type: BIGINT}, {name: mark, type: STRING}]";
     format!(
         r#"name: marked
 state: {{mark: {{table: marks, type: {state_type}, default: "2000-01-01"}}}}
 tables:
   src: {{location: warehouse/src}}
-  marks: {{location: warehouse/marks, schema: [{{name: id, type: BIGINT}}, {{name: mark, type: STRING}}]}}
+  marks: {{location: warehouse/marks, schema: {marks_schema}}}
 stages:
   - name: write_marks
     query: "INSERT INTO marks SELECT id, {{{{ mark | literal }}}} FROM src"

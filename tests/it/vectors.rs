@@ -104,7 +104,8 @@ fn expected(changed: &[(i64, &str)], gone: &[i64], added: &[(i64, &str, &str)]) 
     out.into_iter().map(|(_, r)| r).collect()
 }
 
-const UPSERT: &str = "WHEN MATCHED THEN UPDATE SET v = c.v\nWHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)";
+const UPSERT: &str = "WHEN MATCHED THEN UPDATE SET v = c.v\n\
+                      WHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)";
 
 /// Versions of `target`: 0 create, 1 rows, 2 the run turning vectors on, 3 the
 /// MERGE, 4 the run's finish.
@@ -314,12 +315,25 @@ async fn python_deltalake_reads_tables_with_vectors_like_delta_rs() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     // No NULLs and no formatting that could differ between the two DataFusions.
-    let query = "SELECT cons_acct_key, rpt_as_of_mo, COALESCE(balance_am, -1) AS b, COALESCE(payment_history_grid, '-') AS g FROM t ORDER BY cons_acct_key, rpt_as_of_mo";
+    let query = "SELECT cons_acct_key, rpt_as_of_mo, COALESCE(balance_am, -1) AS b, \
+                 COALESCE(payment_history_grid, '-') AS g \
+                 FROM t ORDER BY cons_acct_key, rpt_as_of_mo";
     for table in ["summary", "latest_summary"] {
         let path = wh.join(table);
         let log = std::fs::read_dir(path.join("_delta_log")).unwrap().count();
         assert!(log > 2);
-        let script = "import sys, os\nfrom deltalake import DeltaTable, QueryBuilder\nt = DeltaTable(sys.argv[1])\nr = QueryBuilder().register('t', t).execute(sys.argv[2]).read_all()\nimport pyarrow as pa\nrows = pa.table(r).to_pylist()\nfor row in rows:\n    print(','.join('' if v is None else str(v) for v in row.values()))\nsys.stdout.flush()\nos._exit(0)\n";
+        let script = "\
+import sys, os
+from deltalake import DeltaTable, QueryBuilder
+t = DeltaTable(sys.argv[1])
+r = QueryBuilder().register('t', t).execute(sys.argv[2]).read_all()
+import pyarrow as pa
+rows = pa.table(r).to_pylist()
+for row in rows:
+    print(','.join('' if v is None else str(v) for v in row.values()))
+sys.stdout.flush()
+os._exit(0)
+";
         let read = std::process::Command::new("python3")
             .args(["-c", script, path.to_str().unwrap(), query])
             .output()
@@ -356,7 +370,14 @@ async fn python_deltalake_reads_tables_with_vectors_like_delta_rs() {
 async fn vacuum_keeps_referenced_vectors_and_optimize_still_works() {
     let p = project(UPSERT, 0.5, batch(&[2, 13], &["B", "N"], &["x", "y"])).await;
     let with_maintenance = std::fs::read_to_string(p.path().join("pipeline.yaml")).unwrap()
-        + "  - name: clean\n    vacuum: {table: target, retain_hours: 0, below_delta_default: true}\n  - name: after_clean\n    query: SELECT id, v FROM target ORDER BY id\n    materialize: true\n    report: true\n  - name: compact\n    optimize: {table: target}\n";
+        + "  - name: clean\n    \
+             vacuum: {table: target, retain_hours: 0, below_delta_default: true}\n  \
+             - name: after_clean\n    \
+             query: SELECT id, v FROM target ORDER BY id\n    \
+             materialize: true\n    \
+             report: true\n  \
+             - name: compact\n    \
+             optimize: {table: target}\n";
     std::fs::write(p.path().join("pipeline.yaml"), with_maintenance).unwrap();
     run(&p);
     let target = p.warehouse().join("target");
@@ -385,7 +406,18 @@ async fn vacuum_keeps_referenced_vectors_and_optimize_still_works() {
 #[tokio::test]
 async fn delete_writes_vectors_and_removes_emptied_files() {
     let p = project(UPSERT, 0.5, batch(&[], &[], &[])).await;
-    let pipeline = "name: d\ntables:\n  target:\n    location: warehouse/target\n    deletion_vectors: true\nstages:\n  - name: first\n    query: DELETE FROM target WHERE id IN (3, 4) OR v = 'v12'\n  - name: second\n    query: DELETE FROM target WHERE ds = 'y'\n";
+    let pipeline = "\
+name: d
+tables:
+  target:
+    location: warehouse/target
+    deletion_vectors: true
+stages:
+  - name: first
+    query: DELETE FROM target WHERE id IN (3, 4) OR v = 'v12'
+  - name: second
+    query: DELETE FROM target WHERE ds = 'y'
+";
     std::fs::write(p.path().join("pipeline.yaml"), pipeline).unwrap();
     let out = p.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -67,11 +67,14 @@ async fn run_figures(run: &crate::report::RunReport, warehouse: &Path) -> Value 
         .iter()
         .filter_map(|s| s.metrics.bytes_written)
         .sum();
+    let compact = seconds("compact_summary")
+        .zip(seconds("compact_latest"))
+        .map(|(a, b)| a + b);
     let mut figures = json!({
         "existing_seconds": seconds("existing"),
         "merge_summary_seconds": seconds("merge_summary"),
         "merge_latest_seconds": seconds("merge_latest"),
-        "compact_seconds": seconds("compact_summary").zip(seconds("compact_latest")).map(|(a, b)| a + b),
+        "compact_seconds": compact,
         "rows_changed": changed,
         "bytes_written": written,
         "summary": table_size(&warehouse.join("summary")).await,
@@ -237,14 +240,26 @@ pub async fn summary(
     for n in 2..=options.batches {
         months.push(next_month(pipeline, gen, &run_options, n, options.copy_on_write).await?);
     }
+    let build = if cfg!(debug_assertions) {
+        "dev profile, dependencies at opt-level 2"
+    } else {
+        "release profile"
+    };
+    let peak_rss_note = "peak resident memory of the process during each phase, \
+                         including what it still held from earlier phases";
+    let merge = if options.copy_on_write {
+        "copy-on-write (delta-rs)"
+    } else {
+        "deletion vectors where declared"
+    };
     Ok(json!({
         "benchmark": "summary",
         "sqlplan": env!("CARGO_PKG_VERSION"),
-        "build": if cfg!(debug_assertions) { "dev profile, dependencies at opt-level 2" } else { "release profile" },
-        "peak_rss_note": "peak resident memory of the process during each phase, including what it still held from earlier phases",
+        "build": build,
+        "peak_rss_note": peak_rss_note,
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "jobs": run_options.jobs,
-        "merge": if options.copy_on_write { "copy-on-write (delta-rs)" } else { "deletion vectors where declared" },
+        "merge": merge,
         "accounts": gen.accounts,
         "months": gen.months,
         "batch_records": gen.batch_records,
@@ -296,12 +311,17 @@ async fn table_size(path: &Path) -> Value {
             Ok(s) => {
                 let files: Vec<_> = s.log_data().iter().collect();
                 let (rows, deleted) = crate::delta::vectors::row_counts(&files);
+                let deleted_share = if rows > 0 {
+                    (deleted as f64 / rows as f64 * 1e4).round() / 1e4
+                } else {
+                    0.0
+                };
                 json!({
                     "files": files.len(),
                     "bytes": files.iter().map(|f| f.size()).sum::<i64>(),
                     "rows": rows,
                     "deleted_rows": deleted,
-                    "deleted_share": if rows > 0 { (deleted as f64 / rows as f64 * 1e4).round() / 1e4 } else { 0.0 },
+                    "deleted_share": deleted_share,
                 })
             }
             Err(_) => Value::Null,
