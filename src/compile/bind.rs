@@ -11,7 +11,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{visit_expressions, Expr as SqlExpr};
+use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
@@ -22,7 +22,7 @@ use super::StageSql;
 use crate::diag::{did_you_mean, Code, Problem, Result};
 use crate::plan::{CheckPlan, Maintenance, StageKind, Work};
 use crate::render::Rendered;
-use crate::spec::{PipelineSpec, Spanned, StageBody, StageSpec};
+use crate::spec::{PipelineSpec, StageBody};
 
 /// A stage after binding: what it reads and writes by name, and its optimized
 /// DataFusion plan for SQL stages.
@@ -66,14 +66,10 @@ async fn bind_stages(
     for (index, stage) in spec.stages.iter().enumerate() {
         let r = &rendered.stages[index];
         let b = match (&stage.body, &parsed[index]) {
-            (StageBody::Optimize(o), _) => bind_optimize(spec, stage, o, r, tables, ctx).await?,
-            (StageBody::Vacuum(v), _) => BoundStage {
-                writes: Some(check_table(spec, &v.table, tables)?.name.clone()),
-                maintenance: Some(Maintenance::Vacuum {
-                    retain_hours: v.retain_hours.value,
-                }),
-                ..empty(Work::Vacuum)
-            },
+            (StageBody::Optimize(o), _) => {
+                super::maintain::bind_optimize(spec, stage, o, r, tables, ctx).await?
+            }
+            (StageBody::Vacuum(v), _) => super::maintain::bind_vacuum(spec, v, tables)?,
             (_, Some(_)) => {
                 let sql = StageSql {
                     spec,
@@ -90,7 +86,7 @@ async fn bind_stages(
     Ok(bound)
 }
 
-fn empty(work: Work) -> BoundStage {
+pub(super) fn empty(work: Work) -> BoundStage {
     BoundStage {
         work,
         reads_tables: Vec::new(),
@@ -386,189 +382,6 @@ fn resolve_target(
             "not a declared table",
         )
         .help(help))
-}
-
-fn check_table<'t>(
-    spec: &PipelineSpec,
-    table: &Spanned<String>,
-    tables: &'t BTreeMap<String, TableInfo>,
-) -> Result<&'t TableInfo> {
-    tables.get(&table.value).ok_or_else(|| {
-        Problem::unknown_table(
-            format!("`{}` is not a declared table", table.value),
-            &table.value,
-            tables.keys().map(String::as_str),
-        )
-        .in_source(&spec.yaml)
-        .label(table.span, "unknown table")
-    })
-}
-
-async fn bind_optimize(
-    spec: &PipelineSpec,
-    stage: &StageSpec,
-    o: &crate::spec::OptimizeSpec,
-    rendered: &crate::render::RenderedStage,
-    tables: &BTreeMap<String, TableInfo>,
-    ctx: &SessionContext,
-) -> Result<BoundStage> {
-    let filter = rendered.text.as_deref();
-    let table = check_table(spec, &o.table, tables)?;
-    let yaml_problem = |span, code, message: String, label: &str| {
-        Problem::invalid(code, message)
-            .in_source(&spec.yaml)
-            .label(span, label)
-    };
-    let deleted_above = match (&o.deleted_above, &rendered.deleted_above) {
-        (Some(spanned), Some(text)) => {
-            let share = text
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|r| (0.0..=1.0).contains(r));
-            let Some(share) = share else {
-                return Err(yaml_problem(
-                    spanned.span,
-                    Code::BadValue,
-                    format!(
-                        "`deleted_above` of stage `{}` is `{text}`: \
-                         it must be a share of rows, from 0 to 1",
-                        stage.name.value
-                    ),
-                    "not a number from 0 to 1",
-                ));
-            };
-            if !o.zorder_by.is_empty() {
-                return Err(yaml_problem(
-                    spanned.span,
-                    Code::BadValue,
-                    "`deleted_above` compacts partitions; it does not z-order (use two stages)"
-                        .to_string(),
-                    "with zorder_by",
-                ));
-            }
-            Some(share)
-        }
-        _ => None,
-    };
-    let mut parsed_filter = None;
-    if let (Some(text), Some(spanned)) = (filter, &o.filter) {
-        let expr = Parser::new(&GenericDialect {})
-            .try_with_sql(text)
-            .and_then(|mut p| p.parse_expr())
-            .map_err(|e| {
-                yaml_problem(
-                    spanned.span,
-                    Code::SqlSyntax,
-                    format!(
-                        "the `where` of stage `{}` is not a SQL predicate: {e}",
-                        stage.name.value
-                    ),
-                    "here",
-                )
-            })?;
-        for column in identifiers(&expr) {
-            if !table.partition_columns.contains(&column) {
-                let message = format!(
-                    "optimize filters name partition columns only; \
-                     `{column}` is not a partition column of `{}`",
-                    table.name
-                );
-                let help = format!(
-                    "partition columns of `{}`: {}",
-                    table.name,
-                    list_or_none(&table.partition_columns)
-                );
-                return Err(yaml_problem(
-                    spanned.span,
-                    Code::NotAPartitionFilter,
-                    message,
-                    "in this filter",
-                )
-                .help(help));
-            }
-        }
-        ctx.sql(&format!("SELECT 1 FROM {} WHERE {text}", table.name))
-            .await
-            .map_err(|e| {
-                yaml_problem(
-                    spanned.span,
-                    Code::Bind,
-                    format!(
-                        "the `where` of stage `{}`: {}",
-                        stage.name.value,
-                        e.strip_backtrace()
-                    ),
-                    "here",
-                )
-            })?;
-        parsed_filter = Some(expr);
-    }
-    for column in &o.zorder_by {
-        let known: Vec<&str> = table
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect();
-        if !known.contains(&column.value.as_str()) {
-            let help = did_you_mean(&column.value, known.iter().copied())
-                .unwrap_or_else(|| format!("columns of `{}`: {}", table.name, known.join(", ")));
-            return Err(yaml_problem(
-                column.span,
-                Code::UnknownColumn,
-                format!("`{}` is not a column of `{}`", column.value, table.name),
-                "unknown column",
-            )
-            .help(help));
-        }
-        if table.partition_columns.contains(&column.value) {
-            return Err(yaml_problem(
-                column.span,
-                Code::ZorderPartitionColumn,
-                format!(
-                    "`{}` is a partition column; z-order by data columns",
-                    column.value
-                ),
-                "partition column",
-            ));
-        }
-    }
-    Ok(BoundStage {
-        writes: Some(table.name.clone()),
-        maintenance: Some(Maintenance::Optimize {
-            filter: filter.map(str::to_string),
-            zorder_by: o.zorder_by.iter().map(|c| c.value.clone()).collect(),
-            target_size: o.target_size,
-            deleted_above,
-        }),
-        ..empty(Work::Optimize {
-            filter: parsed_filter,
-        })
-    })
-}
-
-fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".into()
-    } else {
-        items.join(", ")
-    }
-}
-
-fn identifiers(expr: &SqlExpr) -> Vec<String> {
-    let mut out = Vec::new();
-    let _ = visit_expressions(expr, |e| {
-        match e {
-            SqlExpr::Identifier(i) => out.push(i.value.to_lowercase()),
-            SqlExpr::CompoundIdentifier(parts) => {
-                out.extend(parts.last().map(|i| i.value.to_lowercase()))
-            }
-            _ => {}
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    out
 }
 
 /// A DataFusion planning error as a diagnostic: DataFusion's own span when it has

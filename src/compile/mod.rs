@@ -10,6 +10,7 @@ pub mod bind;
 pub mod catalog;
 pub mod dag;
 pub mod estimate;
+mod maintain;
 pub mod parse;
 mod scans;
 
