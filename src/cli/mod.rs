@@ -122,9 +122,7 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             selection,
             ..
         } => {
-            let plan = selection.apply(
-                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?,
-            )?;
+            let plan = selection.apply(build(&input).await?)?;
             Ok(match format {
                 PlanFormat::Text | PlanFormat::Markdown => plan.to_text(explain),
                 PlanFormat::Json => plan.to_json(explain),
@@ -139,13 +137,8 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             abandon,
             engine,
         } => {
-            let plan = selection.apply(
-                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?,
-            )?;
-            if let Some(e) = &engine {
-                crate::cluster::scheduler_url(e)
-                    .map_err(|m| Problem::invalid(Code::BadEngine, m.to_string()))?;
-            }
+            let plan = selection.apply(build(&input).await?)?;
+            check_engine(engine.as_deref())?;
             let mut options = crate::exec::RunOptions {
                 spill_threshold,
                 abandon,
@@ -155,67 +148,13 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             if let Some(j) = jobs {
                 options.jobs = j.max(1);
             }
-            let run = crate::exec::run(plan, &options).await?;
-            if let Some(path) = report {
-                std::fs::write(&path, run.to_json()).map_err(|e| {
-                    Problem::failed(
-                        Code::ReportUnwritable,
-                        format!("cannot write {}: {e}", path.display()),
-                    )
-                })?;
-            }
-            if run.succeeded() {
-                return Ok(run.to_text());
-            }
-            print!("{}", run.to_text());
-            Err(match run.failed_stage() {
-                Some(s) => Problem::failed(
-                    Code::StageFailed,
-                    format!(
-                        "stage `{}` failed: {}",
-                        s.name,
-                        s.error.as_deref().unwrap_or("")
-                    ),
-                )
-                .help(format!(
-                    "{}; stages that had not started were skipped",
-                    s.template
-                        .as_deref()
-                        .map_or("see the report".to_string(), |t| format!(
-                            "its SQL is in {t}"
-                        ))
-                )),
-                None => Problem::failed(
-                    Code::Interrupted,
-                    "the run was interrupted; running stages were cancelled before committing",
-                ),
-            })
+            run(plan, &options, report.as_deref()).await
         }
         Command::Runs {
             input,
             format,
             limit,
-        } => {
-            let plan =
-                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
-            let failed =
-                |e: crate::delta::Error| Problem::failed(Code::LedgerUnreadable, e.to_string());
-            let Some(location) = crate::control::ledger::location(&plan).map_err(failed)? else {
-                return Ok("this pipeline writes no table: its runs are not recorded\n".into());
-            };
-            let mut entries = crate::control::ledger::read(&location, &plan.pipeline)
-                .await
-                .map_err(failed)?;
-            entries.truncate(limit);
-            Ok(match format {
-                PlanFormat::Text | PlanFormat::Markdown => {
-                    crate::control::ledger::to_text(&location, &entries)
-                }
-                PlanFormat::Json => {
-                    serde_json::to_string_pretty(&entries).expect("entries serialise") + "\n"
-                }
-            })
-        }
+        } => runs(&input, format, limit).await,
         Command::Test {
             pipeline,
             fixtures,
@@ -223,37 +162,12 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             junit,
             engine,
         } => {
-            if let Some(e) = &engine {
-                crate::cluster::scheduler_url(e)
-                    .map_err(|m| Problem::invalid(Code::BadEngine, m.to_string()))?;
-            }
+            check_engine(engine.as_deref())?;
             let fixtures = fixtures.unwrap_or_else(|| crate::fixtures::default_fixtures(&pipeline));
             let results =
                 crate::fixtures::run(&pipeline, root.as_deref(), &fixtures, engine.as_deref())
                     .await?;
-            if let Some(path) = junit {
-                let name = pipeline
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let xml = crate::fixtures::to_junit(&name, &results)
-                    .map_err(|e| Problem::failed(Code::ReportUnwritable, e))?;
-                std::fs::write(&path, xml).map_err(|e| {
-                    Problem::failed(
-                        Code::ReportUnwritable,
-                        format!("cannot write {}: {e}", path.display()),
-                    )
-                })?;
-            }
-            let report = crate::fixtures::to_text(&results);
-            if results.iter().all(|r| r.passed()) {
-                return Ok(report);
-            }
-            print!("{report}");
-            Err(Problem::failed(
-                Code::FixturesFailed,
-                "some fixture cases failed (see above)",
-            ))
+            test_results(&pipeline, &results, junit.as_deref())
         }
         Command::VerifyVectors { .. } => unreachable!("`execute` runs verify-vectors"),
         Command::Schema { what } => {
@@ -275,14 +189,124 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             .map(|()| String::new())
             .map_err(|e| Problem::failed(Code::ClusterProcess, e.to_string())),
         Command::Graph { input, format } => {
-            let plan =
-                crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await?;
+            let plan = build(&input).await?;
             Ok(match format {
                 GraphFormat::Mermaid => plan.to_mermaid(),
                 GraphFormat::Dot => plan.to_dot(),
             })
         }
     }
+}
+
+/// The plan of the pipeline the arguments name.
+async fn build(input: &PipelineArgs) -> Result<crate::plan::Plan, Problem> {
+    crate::build_plan(&input.pipeline, input.root.as_deref(), &input.vars).await
+}
+
+/// `--engine`, if given, names a scheduler: checked before anything is planned to run.
+fn check_engine(engine: Option<&str>) -> Result<(), Problem> {
+    match engine {
+        Some(e) => crate::cluster::scheduler_url(e)
+            .map(|_| ())
+            .map_err(|m| Problem::invalid(Code::BadEngine, m.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// `run`: the report on standard output (and as JSON in `report`); a failed or
+/// interrupted run is an error after its report.
+async fn run(
+    plan: crate::plan::Plan,
+    options: &crate::exec::RunOptions,
+    report: Option<&std::path::Path>,
+) -> Result<String, Problem> {
+    let run = crate::exec::run(plan, options).await?;
+    if let Some(path) = report {
+        std::fs::write(path, run.to_json()).map_err(|e| {
+            Problem::failed(
+                Code::ReportUnwritable,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+    }
+    if run.succeeded() {
+        return Ok(run.to_text());
+    }
+    print!("{}", run.to_text());
+    Err(match run.failed_stage() {
+        Some(s) => {
+            let message = format!(
+                "stage `{}` failed: {}",
+                s.name,
+                s.error.as_deref().unwrap_or("")
+            );
+            let sql = s
+                .template
+                .as_deref()
+                .map_or("see the report".to_string(), |t| {
+                    format!("its SQL is in {t}")
+                });
+            Problem::failed(Code::StageFailed, message)
+                .help(format!("{sql}; stages that had not started were skipped"))
+        }
+        None => Problem::failed(
+            Code::Interrupted,
+            "the run was interrupted; running stages were cancelled before committing",
+        ),
+    })
+}
+
+/// `runs`: the pipeline's attempts from the run ledger, newest first.
+async fn runs(input: &PipelineArgs, format: PlanFormat, limit: usize) -> Result<String, Problem> {
+    let plan = build(input).await?;
+    let failed = |e: crate::delta::Error| Problem::failed(Code::LedgerUnreadable, e.to_string());
+    let Some(location) = crate::control::ledger::location(&plan).map_err(failed)? else {
+        return Ok("this pipeline writes no table: its runs are not recorded\n".into());
+    };
+    let mut entries = crate::control::ledger::read(&location, &plan.pipeline)
+        .await
+        .map_err(failed)?;
+    entries.truncate(limit);
+    Ok(match format {
+        PlanFormat::Text | PlanFormat::Markdown => {
+            crate::control::ledger::to_text(&location, &entries)
+        }
+        PlanFormat::Json => {
+            serde_json::to_string_pretty(&entries).expect("entries serialise") + "\n"
+        }
+    })
+}
+
+/// `test`: the cases' results (and JUnit XML in `junit`); a failed case is an error
+/// after the results.
+fn test_results(
+    pipeline: &std::path::Path,
+    results: &[crate::fixtures::CaseResult],
+    junit: Option<&std::path::Path>,
+) -> Result<String, Problem> {
+    if let Some(path) = junit {
+        let name = pipeline
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let xml = crate::fixtures::to_junit(&name, results)
+            .map_err(|e| Problem::failed(Code::ReportUnwritable, e))?;
+        std::fs::write(path, xml).map_err(|e| {
+            Problem::failed(
+                Code::ReportUnwritable,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+    }
+    let report = crate::fixtures::to_text(results);
+    if results.iter().all(|r| r.passed()) {
+        return Ok(report);
+    }
+    print!("{report}");
+    Err(Problem::failed(
+        Code::FixturesFailed,
+        "some fixture cases failed (see above)",
+    ))
 }
 
 /// Diagnostics go to standard error: in colour on a terminal, else plain text at a
