@@ -151,33 +151,7 @@ pub async fn summary(
 ) -> Result<Value> {
     let gen = &options.generate;
     let warehouse = gen.warehouse.clone();
-    let local = Path::new(&gen.warehouse);
-    let generate = match &options.from {
-        Some(from) => {
-            let (_, m) = measured(async {
-                copy_tree(from, local).map_err(|e| {
-                    Problem::failed(
-                        Code::BenchCopy,
-                        format!("cannot copy {} to {warehouse}: {e}", from.display()),
-                    )
-                })
-            })
-            .await?;
-            json!({"copied_from": from.display().to_string(), "copy": m})
-        }
-        None => {
-            let (generated, m) =
-                measured(super::generate::summary(pipeline, None, gen, progress)).await?;
-            json!({
-                "measure": m,
-                "summary_rows": generated.summary_rows,
-                "latest_rows": generated.latest_rows,
-                "batch_rows": generated.batch_rows,
-                "batch_kinds": generated.batch,
-                "files": generated.files,
-            })
-        }
-    };
+    let generate = prepare_warehouse(pipeline, options, progress).await?;
     let (plan, plan_measure) =
         measured(bench_plan(pipeline, &warehouse, options.copy_on_write)).await?;
     let scans: serde_json::Map<String, Value> = plan
@@ -206,28 +180,7 @@ pub async fn summary(
             format!("the benchmark run failed:\n{}", run.to_text()),
         ));
     }
-    let stages: Vec<Value> = run
-        .stages
-        .iter()
-        .map(|s| {
-            let m = &s.metrics;
-            json!({
-                "stage": s.name,
-                "seconds": s.wall_ms.map(|w| w / 1e3),
-                "rows_out": m.rows_out,
-                "rows_inserted": m.rows_inserted,
-                "rows_updated": m.rows_updated,
-                "files_scanned": m.files_scanned,
-                "bytes_scanned": m.bytes_scanned,
-                "files_added": m.files_added,
-                "files_removed": m.files_removed,
-                "bytes_written": m.bytes_written,
-                "files_with_vectors": m.files_with_vectors,
-                "files_rewritten": m.files_rewritten,
-                "rows_deleted_by_vector": m.rows_deleted_by_vector,
-            })
-        })
-        .collect();
+    let stages: Vec<Value> = run.stages.iter().map(stage_figures).collect();
     let counts: Vec<Value> = run
         .stages
         .iter()
@@ -271,6 +224,63 @@ pub async fn summary(
         "run": {"measure": run_measure, "stages": stages, "counts": counts},
         "batches": months,
     }))
+}
+
+/// The warehouse the benchmark runs on: copied from `--from`, or generated; what
+/// that took and made.
+async fn prepare_warehouse(
+    pipeline: &Path,
+    options: &BenchOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Value> {
+    let gen = &options.generate;
+    let local = Path::new(&gen.warehouse);
+    Ok(match &options.from {
+        Some(from) => {
+            let (_, m) = measured(async {
+                copy_tree(from, local).map_err(|e| {
+                    Problem::failed(
+                        Code::BenchCopy,
+                        format!("cannot copy {} to {}: {e}", from.display(), gen.warehouse),
+                    )
+                })
+            })
+            .await?;
+            json!({"copied_from": from.display().to_string(), "copy": m})
+        }
+        None => {
+            let (generated, m) =
+                measured(super::generate::summary(pipeline, None, gen, progress)).await?;
+            json!({
+                "measure": m,
+                "summary_rows": generated.summary_rows,
+                "latest_rows": generated.latest_rows,
+                "batch_rows": generated.batch_rows,
+                "batch_kinds": generated.batch,
+                "files": generated.files,
+            })
+        }
+    })
+}
+
+/// One stage's time and metrics.
+fn stage_figures(s: &crate::report::StageReport) -> Value {
+    let m = &s.metrics;
+    json!({
+        "stage": s.name,
+        "seconds": s.wall_ms.map(|w| w / 1e3),
+        "rows_out": m.rows_out,
+        "rows_inserted": m.rows_inserted,
+        "rows_updated": m.rows_updated,
+        "files_scanned": m.files_scanned,
+        "bytes_scanned": m.bytes_scanned,
+        "files_added": m.files_added,
+        "files_removed": m.files_removed,
+        "bytes_written": m.bytes_written,
+        "files_with_vectors": m.files_with_vectors,
+        "files_rewritten": m.files_rewritten,
+        "rows_deleted_by_vector": m.rows_deleted_by_vector,
+    })
 }
 
 /// One more month on the same warehouse: its batch generated from latest_summary,
