@@ -94,6 +94,9 @@ pub struct StageReport {
     pub metrics: StageMetrics,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the stage failed, by kind (`conflict`, `checks_failed`, `delta`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -103,7 +106,7 @@ fn ms(d: Duration) -> f64 {
 impl StageReport {
     pub fn new(
         stage: &StagePlan,
-        result: Result<StageMetrics, String>,
+        result: Result<StageMetrics, (&'static str, String)>,
         started: Duration,
         finished: Duration,
     ) -> Self {
@@ -112,6 +115,7 @@ impl StageReport {
             Ok(m) => (StageStatus::Succeeded, m, None),
             Err(e) => (StageStatus::Failed, StageMetrics::default(), Some(e)),
         };
+        let (error_kind, error) = error.map(|(k, m)| (Some(k), Some(m))).unwrap_or_default();
         StageReport {
             name: stage.name.clone(),
             kind: stage.kind(),
@@ -123,6 +127,7 @@ impl StageReport {
             writes: stage.writes.clone(),
             metrics,
             error,
+            error_kind,
         }
     }
 
@@ -138,6 +143,7 @@ impl StageReport {
             writes: stage.writes.clone(),
             metrics: StageMetrics::default(),
             error: None,
+            error_kind: None,
         }
     }
 }

@@ -67,6 +67,27 @@ pub enum StageError {
     Internal(String),
 }
 
+impl StageError {
+    /// The kind as the run report names it (`error_kind`): what a script can
+    /// branch on without reading the message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageError::Engine(_) => "engine",
+            StageError::ChecksFailed(_) => "checks_failed",
+            StageError::DuplicateKey(_) => "duplicate_key",
+            StageError::StateNotSingle { .. } => "state_not_single",
+            StageError::StateType { .. } => "state_type",
+            StageError::Refused(_) | StageError::Conflict { .. } => "conflict",
+            StageError::Delta(_) => "delta",
+            StageError::LocalFile { .. } => "local_file",
+            StageError::Table(_) => "table",
+            StageError::Unsupported(_) => "unsupported",
+            StageError::Resume(_) => "resume",
+            StageError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<crate::delta::Error> for StageError {
     /// Errors of the Delta layer; a commit Delta's conflict check refused is found
     /// by its type in the error's sources.

@@ -262,8 +262,8 @@ impl<'p> Schedule<'p> {
             .expect("planned stage");
         let ok = f.result.is_ok();
         progress.log(stage, &f.result, f.finished - f.started);
-        // The report is a document: the error is its message from here on.
-        let result = f.result.map_err(|e| e.to_string());
+        // The report is a document: the error is its kind and message from here on.
+        let result = f.result.map_err(|e| (e.kind(), e.to_string()));
         let report = StageReport::new(stage, result, f.started, f.finished);
         self.reports.insert(f.name.clone(), report);
         if ok {

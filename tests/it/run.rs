@@ -386,7 +386,9 @@ stages:
     assert!(out.stderr.contains("stage `boom` failed"), "{}", out.stderr);
     let r = report(&project);
     assert_eq!(stage(&r, "boom")["status"], "failed");
+    assert_eq!(stage(&r, "boom")["error_kind"], "engine");
     assert_eq!(stage(&r, "write")["status"], "skipped");
+    assert!(stage(&r, "write").get("error_kind").is_none());
 }
 
 /// Each commit carries an application transaction; the run number grows per run.
