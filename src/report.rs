@@ -165,6 +165,18 @@ pub struct RunReport {
     pub wall_ms: f64,
     /// In execution order.
     pub stages: Vec<StageReport>,
+    /// A run on a cluster: what this process received from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received: Option<Received>,
+}
+
+/// Rows and bytes (Arrow's in-memory size) the sqlplan process received from the
+/// cluster in a run: results it needed here (MERGE sources, `report:` and
+/// `state:` relations, the names of files the executors wrote).
+#[derive(Clone, Copy, Debug, Default, Serialize, schemars::JsonSchema)]
+pub struct Received {
+    pub rows: u64,
+    pub bytes: u64,
 }
 
 impl RunReport {
@@ -193,6 +205,7 @@ impl RunReport {
             status,
             wall_ms: ms(wall),
             stages,
+            received: None,
         }
     }
 

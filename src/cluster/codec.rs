@@ -27,12 +27,29 @@ use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use super::sink::{ScratchWrite, ScratchWriteExec};
 use crate::delta::scan::exec::Reader;
 use crate::delta::scan::{DataFile, DeltaFiles, DeltaFilesExec};
 
 /// Marks sqlplan's encodings (Ballista's own never start with it).
 const PROVIDER: &[u8] = b"sqlplan/DeltaFiles/1\n";
 const SCAN: &[u8] = b"sqlplan/DeltaFilesExec/1\n";
+/// A relation written to the scratch folder (its folder's URL follows).
+const WRITE: &[u8] = b"sqlplan/ScratchWrite/1\n";
+const WRITE_EXEC: &[u8] = b"sqlplan/ScratchWriteExec/1\n";
+
+/// The folder a `ScratchWrite` message names.
+fn folder_of(bytes: &[u8]) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| error("decoding a scratch write", e))
+}
+
+/// The one input a node was encoded with.
+fn one<T: Clone>(inputs: &[T], what: &str) -> Result<T> {
+    match inputs {
+        [input] => Ok(input.clone()),
+        _ => Err(error(what, "expected one input")),
+    }
+}
 
 fn error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Internal(format!("{what}: {e}"))
@@ -59,11 +76,22 @@ impl LogicalExtensionCodec for LogicalCodec {
         inputs: &[LogicalPlan],
         ctx: &TaskContext,
     ) -> Result<Extension> {
-        self.ballista.try_decode(buf, inputs, ctx)
+        let Some(folder) = buf.strip_prefix(WRITE) else {
+            return self.ballista.try_decode(buf, inputs, ctx);
+        };
+        let input = one(inputs, "decoding a scratch write")?;
+        Ok(Extension {
+            node: Arc::new(ScratchWrite::new(input, folder_of(folder)?)?),
+        })
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
-        self.ballista.try_encode(node, buf)
+        let Some(write) = node.node.as_any().downcast_ref::<ScratchWrite>() else {
+            return self.ballista.try_encode(node, buf);
+        };
+        buf.extend_from_slice(WRITE);
+        buf.extend_from_slice(write.folder.as_bytes());
+        Ok(())
     }
 
     fn try_decode_table_provider(
@@ -164,6 +192,12 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(folder) = buf.strip_prefix(WRITE_EXEC) {
+            let folder = url::Url::parse(&folder_of(folder)?)
+                .map_err(|e| error("decoding a scratch write", e))?;
+            let input = one(inputs, "decoding a scratch write")?;
+            return Ok(Arc::new(ScratchWriteExec::new(input, folder)));
+        }
         let Some(bytes) = buf.strip_prefix(SCAN) else {
             return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
         };
@@ -221,6 +255,11 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(write) = node.downcast_ref::<ScratchWriteExec>() {
+            buf.extend_from_slice(WRITE_EXEC);
+            buf.extend_from_slice(write.folder.as_str().as_bytes());
+            return Ok(());
+        }
         let Some(scan) = node.downcast_ref::<DeltaFilesExec>() else {
             return self.ballista.try_encode(node, buf, proto_converter);
         };

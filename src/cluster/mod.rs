@@ -13,7 +13,9 @@
 //! credentials of their own environment.
 
 pub mod codec;
+pub mod received;
 pub mod serve;
+pub mod sink;
 
 use std::sync::Arc;
 
@@ -35,6 +37,8 @@ pub struct Remote {
     state: SessionState,
     /// Where this run's materialized relations go (`…/_sqlplan/scratch/<run>/`).
     pub scratch: url::Url,
+    /// Rows and bytes this process received from the cluster.
+    pub received: Arc<received::Counter>,
 }
 
 impl Remote {
@@ -67,7 +71,11 @@ impl Remote {
                 .build()
                 .upgrade_for_ballista(scheduler)
                 .doing(|| format!("cluster {engine}"))?;
-        Ok(Remote { state, scratch })
+        Ok(Remote {
+            state,
+            scratch,
+            received: Arc::default(),
+        })
     }
 
     /// The physical plan that runs `plan` on the cluster (its results stream back
@@ -90,16 +98,42 @@ impl Remote {
                 .create_physical_plan(&optimized, &self.state)
                 .await?
         };
+        let physical = Arc::new(received::Received::new(physical, self.received.clone()));
         Ok((physical, Arc::new(TaskContext::from(&self.state))))
+    }
+
+    /// Where relation `name`'s files go.
+    fn folder(&self, name: &str) -> Result<url::Url> {
+        self.scratch
+            .join(&format!("{name}/"))
+            .doing(|| format!("scratch folder for `{name}`"))
+    }
+
+    /// Runs `plan` on the cluster with its rows written to relation `name`'s
+    /// scratch folder where they are computed: a file per task of its last stage.
+    /// This process receives only the files' names, rows and bytes. `None` for a
+    /// plan that optimizes to an empty relation (Ballista would plan it without
+    /// columns): the caller writes that one.
+    pub async fn write(&self, name: &str, plan: &LogicalPlan) -> Result<Option<Written>> {
+        if matches!(self.state.optimize(plan)?, LogicalPlan::EmptyRelation(_)) {
+            return Ok(None);
+        }
+        let folder = self.folder(name)?;
+        let write = sink::ScratchWrite::plan(plan.clone(), &folder)?;
+        let (physical, task) = self.physical(&write).await?;
+        let batches = datafusion::physical_plan::collect(physical.clone(), task)
+            .await
+            .doing(|| format!("writing `{name}` on the cluster"))?;
+        Ok(Some(Written {
+            files: sink::written(&batches)?,
+            plan: physical,
+        }))
     }
 
     /// Copies a local Parquet file into the scratch folder, where every executor can
     /// read it; returns its folder's URL (registered as the relation).
     pub async fn publish(&self, name: &str, file: &std::path::Path) -> Result<url::Url> {
-        let folder = self
-            .scratch
-            .join(&format!("{name}/"))
-            .doing(|| format!("scratch folder for `{name}`"))?;
+        let folder = self.folder(name)?;
         let (store, prefix) = stores::store_for(&folder)?;
         let target = prefix.clone().join("part-0.parquet");
         let mut writer =
@@ -120,6 +154,13 @@ impl Remote {
     pub async fn clean(&self) -> Result<()> {
         crate::delta::remove_all(&self.scratch).await
     }
+}
+
+/// A relation the cluster wrote: its files (URL, rows, bytes) and the plan that
+/// wrote them (for its scan metrics).
+pub struct Written {
+    pub files: Vec<(String, u64, u64)>,
+    pub plan: Arc<dyn ExecutionPlan>,
 }
 
 /// `df://host:port` → the scheduler's gRPC URL.

@@ -74,11 +74,12 @@ fn runtime(temp: Option<&str>) -> datafusion::common::Result<Arc<RuntimeEnv>> {
 }
 
 /// The scheduler's session for planning a job: Ballista's defaults, with object
-/// stores found from URLs.
+/// stores found from URLs and sqlplan's plan nodes (`ScratchWrite`).
 fn scheduler_session(config: SessionConfig) -> datafusion::common::Result<SessionState> {
     let state = ballista_core::utils::default_session_builder(config)?;
     Ok(SessionStateBuilder::new_from_existing(state)
         .with_runtime_env(runtime(None)?)
+        .with_query_planner(Arc::new(super::sink::QueryPlanner))
         .build())
 }
 

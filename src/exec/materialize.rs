@@ -29,6 +29,11 @@ impl Executor {
         use futures::StreamExt;
         let df = self.query(query).await?;
         let (df, literal_bounds) = self.bounded(df).await?;
+        if let (Some(remote), true) = (&self.remote, stage.checks.is_empty()) {
+            if let Some(written) = remote.write(&stage.name, df.logical_plan()).await? {
+                return self.register_written(stage, written, literal_bounds).await;
+            }
+        }
         let width = df.schema().fields().len();
         let mut checker = (!stage.checks.is_empty()).then(|| Checker::new(&stage.checks));
         let df = match &checker {
@@ -124,6 +129,54 @@ impl Executor {
             files_scanned: scan.files,
             bytes_scanned: scan.bytes,
             spilled_bytes,
+            literal_bounds,
+            ..Default::default()
+        })
+    }
+
+    /// A relation the cluster wrote where it computed it: exactly the files its
+    /// tasks reported are the relation (a lost task's file is not among them).
+    async fn register_written(
+        &self,
+        stage: &StagePlan,
+        written: crate::cluster::Written,
+        literal_bounds: Vec<String>,
+    ) -> StageResult<StageMetrics> {
+        use datafusion::datasource::file_format::parquet::ParquetFormat;
+        use datafusion::datasource::listing::{
+            ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+        };
+        let urls = written
+            .files
+            .iter()
+            .map(|(file, _, _)| ListingTableUrl::parse(file))
+            .collect::<datafusion::common::Result<Vec<_>>>()
+            .map_err(df_err)?;
+        let first = urls
+            .first()
+            .ok_or("the cluster wrote no file for a relation")?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet");
+        // Every file has the columns of the one plan that wrote it.
+        let schema = options
+            .infer_schema(&self.ctx.state(), first)
+            .await
+            .map_err(df_err)?;
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema);
+        let table = ListingTable::try_new(config).map_err(df_err)?;
+        self.ctx
+            .register_table(stage.name.as_str(), Arc::new(table))
+            .map_err(df_err)?;
+        let scan = scan_stats(&written.plan);
+        super::metrics::profile(&stage.name, &written.plan);
+        self.materialized.lock().await.insert(stage.name.clone());
+        Ok(StageMetrics {
+            rows_out: Some(written.files.iter().map(|f| f.1).sum()),
+            files_scanned: scan.files,
+            bytes_scanned: scan.bytes,
+            spilled_bytes: Some(written.files.iter().map(|f| f.2).sum()),
             literal_bounds,
             ..Default::default()
         })

@@ -103,13 +103,17 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
             executor.tag.run_number
         ));
     }
-    let report = RunReport::new(
+    let mut report = RunReport::new(
         &executor.plan,
         executor.tag.run_number,
         executor.resumed,
         schedule.into_reports(&executor.plan),
         start.elapsed(),
     );
+    report.received = executor.remote.as_ref().map(|r| {
+        let (rows, bytes) = r.received.totals();
+        crate::report::Received { rows, bytes }
+    });
     finish(&executor, &ledger, &report).await?;
     Ok(report)
 }

@@ -74,14 +74,49 @@ async fn the_summary_pipeline_on_a_cluster_equals_a_local_run() {
     let local = tempfile::tempdir().unwrap();
     let local_wh = local.path().join("wh").to_string_lossy().into_owned();
     let expected = two_months(&s3, &local_wh, &[]).await;
+    let report = local.path().join("cluster-report.json");
     let actual = two_months(
         &s3,
         "s3://warehouse/cluster-wh",
-        &["--engine", cluster.engine.as_str()],
+        &[
+            "--engine",
+            cluster.engine.as_str(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(!expected[1]["summary"].is_empty());
     assert_eq!(actual, expected);
+    relations_stay_on_the_cluster(&std::fs::read_to_string(report).unwrap());
+}
+
+/// The executors wrote the relations without checks where they computed them:
+/// the process received fewer rows than those relations hold (it used to receive
+/// every relation's rows), and each such relation is a scratch file.
+fn relations_stay_on_the_cluster(report: &str) {
+    let report: serde_json::Value = serde_json::from_str(report).unwrap();
+    let received = report["received"]["rows"].as_u64().expect("rows received");
+    let stage = |name: &str| {
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("stage {name}"))
+            .clone()
+    };
+    let mut relation_rows = 0;
+    for name in ["existing", "updated", "latest_candidates", "new_latest"] {
+        let metrics = &stage(name)["metrics"];
+        assert!(metrics["spilled_bytes"].as_u64().unwrap() > 0, "{name}: {metrics}");
+        relation_rows += metrics["rows_out"].as_u64().unwrap();
+    }
+    eprintln!("received {received} rows; the relations hold {relation_rows}");
+    assert!(
+        received < relation_rows,
+        "received {received} rows, the relations hold {relation_rows}"
+    );
 }
 
 /// An engine that is not `df://HOST:PORT` is refused before anything runs (exit 2).

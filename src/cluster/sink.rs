@@ -1,0 +1,303 @@
+//! Materialized relations written where they are computed. On a cluster a
+//! relation's query is wrapped in a `ScratchWrite` node: the scheduler plans it as
+//! a `ScratchWriteExec` (the planner its session is built with, `QueryPlanner`), and
+//! each task of the query's last stage writes its own partition as one Parquet file
+//! in the scratch folder. The sqlplan process receives one row per file (its URL,
+//! rows and bytes), never the relation's rows, and registers exactly those files:
+//! a file a lost task left behind is never read.
+
+use std::cmp::Ordering;
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DFSchema, DFSchemaRef, DataFusionError, Result};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
+use deltalake::logstore::object_store::buffered::BufWriter;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::StreamExt;
+
+/// What a task returns for the file it wrote: its URL, rows and bytes.
+pub static WRITTEN: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+    ]))
+});
+
+/// The logical node: `input`'s rows written to Parquet files in `folder`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScratchWrite {
+    pub input: LogicalPlan,
+    /// The relation's folder (a URL ending in `/`).
+    pub folder: String,
+    schema: DFSchemaRef,
+}
+
+impl ScratchWrite {
+    /// `input` written to `folder`, as a plan the cluster runs.
+    pub fn plan(input: LogicalPlan, folder: &url::Url) -> Result<LogicalPlan> {
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(ScratchWrite::new(input, folder.to_string())?),
+        }))
+    }
+
+    pub fn new(input: LogicalPlan, folder: String) -> Result<ScratchWrite> {
+        let schema = Arc::new(DFSchema::try_from(WRITTEN.as_ref().clone())?);
+        Ok(ScratchWrite {
+            input,
+            folder,
+            schema,
+        })
+    }
+}
+
+impl PartialOrd for ScratchWrite {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.folder.cmp(&other.folder) {
+            Ordering::Equal => self.input.partial_cmp(&other.input),
+            order => Some(order),
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for ScratchWrite {
+    fn name(&self) -> &str {
+        "ScratchWrite"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+
+    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ScratchWrite: {}", self.folder)
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let [input] = <[LogicalPlan; 1]>::try_from(inputs)
+            .map_err(|_| DataFusionError::Internal("ScratchWrite has one input".into()))?;
+        ScratchWrite::new(input, self.folder.clone())
+    }
+}
+
+/// The physical node: each partition of `input` written as one Parquet file.
+#[derive(Debug)]
+pub struct ScratchWriteExec {
+    pub input: Arc<dyn ExecutionPlan>,
+    pub folder: url::Url,
+    properties: Arc<PlanProperties>,
+}
+
+impl ScratchWriteExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, folder: url::Url) -> ScratchWriteExec {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(WRITTEN.clone()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        ScratchWriteExec {
+            input,
+            folder,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for ScratchWriteExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ScratchWriteExec: {}", self.folder)
+    }
+}
+
+impl ExecutionPlan for ScratchWriteExec {
+    fn name(&self) -> &str {
+        "ScratchWriteExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("ScratchWriteExec has one child".into()))?;
+        Ok(Arc::new(ScratchWriteExec::new(input, self.folder.clone())))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context.clone())?;
+        let folder = self.folder.clone();
+        let written = futures::stream::once(async move {
+            write_partition(input, &folder, partition, &context).await
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            WRITTEN.clone(),
+            written.boxed(),
+        )))
+    }
+}
+
+/// Writes one partition's rows to a file of its own (a name no other task or
+/// attempt uses) and returns the file's row. An empty partition writes nothing,
+/// except the first, so even an empty relation has one file with its columns.
+async fn write_partition(
+    mut input: SendableRecordBatchStream,
+    folder: &url::Url,
+    partition: usize,
+    context: &TaskContext,
+) -> Result<RecordBatch> {
+    let name = format!("part-{partition:05}-{}.parquet", uuid::Uuid::new_v4());
+    let url = folder
+        .join(&name)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let store_url = ObjectStoreUrl::parse(crate::delta::stores::root(folder).as_str())?;
+    let store = context.runtime_env().object_store(&store_url)?;
+    let path = deltalake::Path::from_url_path(url.path())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let schema = input.schema();
+    let mut writer: Option<AsyncArrowWriter<BufWriter>> = None;
+    let mut rows = 0u64;
+    let open = || {
+        AsyncArrowWriter::try_new(
+            BufWriter::new(store.clone(), path.clone()),
+            schema.clone(),
+            None,
+        )
+    };
+    while let Some(batch) = input.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        rows += batch.num_rows() as u64;
+        let w = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(open()?),
+        };
+        w.write(&batch).await?;
+    }
+    if writer.is_none() && partition == 0 {
+        writer = Some(open()?);
+    }
+    let (files, rows, bytes) = match writer {
+        Some(mut w) => {
+            w.finish().await?;
+            let bytes = w.bytes_written() as u64;
+            (vec![url.to_string()], vec![rows], vec![bytes])
+        }
+        None => (vec![], vec![], vec![]),
+    };
+    Ok(RecordBatch::try_new(
+        WRITTEN.clone(),
+        vec![
+            Arc::new(StringArray::from(files)),
+            Arc::new(UInt64Array::from(rows)),
+            Arc::new(UInt64Array::from(bytes)),
+        ],
+    )?)
+}
+
+/// Plans `ScratchWrite` nodes (the scheduler's physical planner has it).
+#[derive(Debug, Default)]
+pub struct ScratchPlanner;
+
+#[async_trait::async_trait]
+impl ExtensionPlanner for ScratchPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn datafusion::catalog::Session,
+        _ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(write) = node.as_any().downcast_ref::<ScratchWrite>() else {
+            return Ok(None);
+        };
+        let [input] = physical_inputs else {
+            return Err(DataFusionError::Internal(
+                "ScratchWrite has one input".into(),
+            ));
+        };
+        let folder = url::Url::parse(&write.folder)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Some(Arc::new(ScratchWriteExec::new(input.clone(), folder))))
+    }
+}
+
+/// The scheduler's query planner: DataFusion's, with sqlplan's nodes.
+#[derive(Debug, Default)]
+pub struct QueryPlanner;
+
+#[async_trait::async_trait]
+impl datafusion::execution::context::QueryPlanner for QueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn datafusion::catalog::Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(ScratchPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}
+
+/// The files a `ScratchWrite` plan's results name, with their rows and bytes.
+pub fn written(batches: &[RecordBatch]) -> Result<Vec<(String, u64, u64)>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::UInt64Type;
+    let mut files = Vec::new();
+    for b in batches {
+        let (file, rows, bytes) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_primitive::<UInt64Type>(),
+            b.column(2).as_primitive::<UInt64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            files.push((file.value(i).to_string(), rows.value(i), bytes.value(i)));
+        }
+    }
+    Ok(files)
+}
