@@ -320,6 +320,14 @@ impl RunReport {
                 let _ = writeln!(out, "  quarantined: {q}");
             }
         }
+        if let Some(r) = self.received {
+            let _ = writeln!(
+                out,
+                "\nreceived from the cluster: {} rows, {:.1} MB",
+                r.rows,
+                r.bytes as f64 / 1e6
+            );
+        }
         for s in self.stages.iter().filter(|s| s.error.is_some()) {
             let _ = writeln!(
                 out,

@@ -55,12 +55,53 @@ fn error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Internal(format!("{what}: {e}"))
 }
 
-/// The provider as it crosses: its schema travels beside it in the plan.
+/// The provider as it crosses: its schema travels beside it in the plan, and its
+/// files as the table version they are of (the scheduler reads that version's
+/// log), or as the list itself for a table without a version.
 #[derive(Serialize, Deserialize)]
 struct ProviderMessage {
     table_url: url::Url,
     partitions: Vec<String>,
-    files: Vec<DataFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<DataFile>>,
+}
+
+/// Recently read file lists by table and version: the stages of a run read the
+/// same versions again and again.
+static FILE_LISTS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::VecDeque<((url::Url, i64), Arc<Vec<DataFile>>)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// File lists kept at once.
+const KEPT_FILE_LISTS: usize = 32;
+
+/// The files of `table_url` at `version`, read from its log once.
+fn files_at(table_url: &url::Url, version: i64) -> Result<Arc<Vec<DataFile>>> {
+    let key = (table_url.clone(), version);
+    let cached = |lists: &std::collections::VecDeque<_>| {
+        lists
+            .iter()
+            .find(|(k, _): &&((url::Url, i64), Arc<Vec<DataFile>>)| *k == key)
+            .map(|(_, files)| files.clone())
+    };
+    if let Some(files) = cached(&FILE_LISTS.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(files);
+    }
+    // Decoding is synchronous; the scheduler runs it on a worker of a
+    // multi-threaded runtime, which may block while the log is read.
+    let read = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(crate::delta::scan::files_at(table_url, version))
+    })
+    .map_err(|e| error(&format!("reading {table_url} at version {version}"), e))?;
+    let files = Arc::new(read);
+    let mut lists = FILE_LISTS.lock().unwrap_or_else(|e| e.into_inner());
+    lists.push_back((key, files.clone()));
+    if lists.len() > KEPT_FILE_LISTS {
+        lists.pop_front();
+    }
+    Ok(files)
 }
 
 /// Ballista's logical codec plus the `DeltaFiles` provider.
@@ -108,11 +149,17 @@ impl LogicalExtensionCodec for LogicalCodec {
         };
         let m: ProviderMessage =
             serde_json::from_slice(json).map_err(|e| error("decoding a Delta scan", e))?;
+        let files = match (m.files, m.version) {
+            (Some(files), _) => Arc::new(files),
+            (None, Some(version)) => files_at(&m.table_url, version)?,
+            (None, None) => return Err(error("decoding a Delta scan", "no files, no version")),
+        };
         Ok(Arc::new(DeltaFiles {
             table_url: m.table_url,
             schema,
             partitions: m.partitions,
-            files: Arc::new(m.files),
+            files,
+            version: m.version,
         }))
     }
 
@@ -131,7 +178,11 @@ impl LogicalExtensionCodec for LogicalCodec {
         let m = ProviderMessage {
             table_url: files.table_url.clone(),
             partitions: files.partitions.clone(),
-            files: files.files.as_ref().clone(),
+            version: files.version,
+            files: files
+                .version
+                .is_none()
+                .then(|| files.files.as_ref().clone()),
         };
         serde_json::to_writer(buf, &m).map_err(|e| error("encoding a Delta scan", e))
     }

@@ -1,7 +1,7 @@
 //! What the sqlplan process receives from the cluster: every result stream of a
 //! cluster plan passes through a `Received` node that counts its rows and bytes
-//! (Arrow's in-memory size of the batches), so a run report can say how much of
-//! the work came back to the one process.
+//! (the Arrow data of the rows, not the buffers they were decoded into), so a run
+//! report can say how much of the work came back to the one process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,11 +92,19 @@ impl ExecutionPlan for Received {
                 counter
                     .rows
                     .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                counter
-                    .bytes
-                    .fetch_add(b.get_array_memory_size() as u64, Ordering::Relaxed);
+                counter.bytes.fetch_add(bytes_of(b), Ordering::Relaxed);
             }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
     }
+}
+
+/// The bytes of a batch's rows: a batch decoded from a message may be a slice of
+/// one large buffer, whose whole size `get_array_memory_size` would count.
+fn bytes_of(batch: &datafusion::arrow::array::RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+        .sum()
 }

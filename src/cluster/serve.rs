@@ -28,6 +28,10 @@ pub struct SchedulerArgs {
     /// Port for clients (`run --engine df://HOST:PORT`) and executors.
     #[arg(long, default_value_t = 50050)]
     pub port: u16,
+    /// Seconds without a heartbeat after which an executor is taken for dead: the
+    /// tasks it was running are run again on the others.
+    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
+    pub executor_timeout: u64,
 }
 
 /// `sqlplan executor` options.
@@ -51,6 +55,10 @@ pub struct ExecutorArgs {
     /// Where shuffle files go [default: a temporary directory].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<String>,
+    /// Seconds between heartbeats to the scheduler (keep it well below the
+    /// scheduler's --executor-timeout).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub heartbeat: u64,
 }
 
 /// Ballista's log lines on standard error, filtered by `RUST_LOG` [default: info].
@@ -100,6 +108,9 @@ pub async fn scheduler(args: &SchedulerArgs) -> crate::delta::error::Result<()> 
         override_logical_codec: Some(Arc::new(codec::LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(codec::PhysicalCodec::default())),
         override_session_builder: Some(Arc::new(scheduler_session)),
+        executor_timeout_seconds: args.executor_timeout,
+        no_executors_grace_period_seconds: args.executor_timeout,
+        expire_dead_executor_interval_seconds: args.executor_timeout.div_ceil(2).clamp(1, 15),
         ..SchedulerConfig::default()
     };
     let cluster = BallistaCluster::new_from_config(&config)
@@ -153,6 +164,7 @@ pub async fn executor(args: &ExecutorArgs) -> crate::delta::error::Result<()> {
         scheduler_host: host.to_string(),
         scheduler_port,
         vcores: args.concurrent_tasks.unwrap_or(0),
+        executor_heartbeat_interval_seconds: args.heartbeat,
         work_dir: work_dir.clone(),
         grpc_max_decoding_message_size: MAX_MESSAGE_BYTES as u32,
         grpc_max_encoding_message_size: MAX_MESSAGE_BYTES as u32,

@@ -11,6 +11,7 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef, DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -18,8 +19,6 @@ use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
-use deltalake::logstore::object_store::buffered::BufWriter;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -27,6 +26,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use deltalake::logstore::object_store::buffered::BufWriter;
 use futures::StreamExt;
 
 /// What a task returns for the file it wrote: its URL, rows and bytes.
@@ -261,8 +261,8 @@ impl ExtensionPlanner for ScratchPlanner {
                 "ScratchWrite has one input".into(),
             ));
         };
-        let folder = url::Url::parse(&write.folder)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let folder =
+            url::Url::parse(&write.folder).map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(Some(Arc::new(ScratchWriteExec::new(input.clone(), folder))))
     }
 }

@@ -155,8 +155,8 @@ impl Executor {
         let first = urls
             .first()
             .ok_or("the cluster wrote no file for a relation")?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         // Every file has the columns of the one plan that wrote it.
         let schema = options
             .infer_schema(&self.ctx.state(), first)

@@ -5,12 +5,20 @@
 use std::process::{Child, Command, Stdio};
 
 use super::common::{free_port, wait_for};
-use super::s3::{two_months, S3};
+use super::s3::{ok, two_months, S3};
 
 /// A scheduler and executors, stopped when dropped.
 struct Cluster {
     processes: Vec<Child>,
     engine: String,
+}
+
+impl Cluster {
+    /// Kills process `i` (0 is the scheduler).
+    fn kill(&mut self, i: usize) {
+        let _ = self.processes[i].kill();
+        let _ = self.processes[i].wait();
+    }
 }
 
 impl Drop for Cluster {
@@ -24,6 +32,16 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn start(s3: &S3, executors: usize) -> Cluster {
+        Cluster::start_with(s3, executors, &[], &[])
+    }
+
+    /// With extra arguments for the scheduler and for each executor.
+    fn start_with(
+        s3: &S3,
+        executors: usize,
+        scheduler_args: &[&str],
+        executor_args: &[&str],
+    ) -> Cluster {
         let spawn = |args: &[String]| {
             Command::new(env!("CARGO_BIN_EXE_sqlplan"))
                 .args(args)
@@ -36,17 +54,19 @@ impl Cluster {
         };
         let scheduler = free_port();
         let mut cluster = Cluster {
-            processes: vec![spawn(&[
-                "scheduler".into(),
-                "--port".into(),
-                scheduler.to_string(),
-            ])],
+            processes: vec![spawn(
+                &[
+                    vec!["scheduler".into(), "--port".into(), scheduler.to_string()],
+                    scheduler_args.iter().map(|a| a.to_string()).collect(),
+                ]
+                .concat(),
+            )],
             engine: format!("df://127.0.0.1:{scheduler}"),
         };
         wait_for(scheduler, "the scheduler");
         for _ in 0..executors {
             let (port, grpc) = (free_port(), free_port());
-            cluster.processes.push(spawn(&[
+            let args: Vec<String> = [
                 "executor".into(),
                 "--scheduler".into(),
                 format!("127.0.0.1:{scheduler}"),
@@ -56,7 +76,11 @@ impl Cluster {
                 grpc.to_string(),
                 "--concurrent-tasks".into(),
                 "2".into(),
-            ]));
+            ]
+            .into_iter()
+            .chain(executor_args.iter().map(|a| a.to_string()))
+            .collect();
+            cluster.processes.push(spawn(&args));
             wait_for(port, "an executor");
             wait_for(grpc, "an executor");
         }
@@ -109,7 +133,10 @@ fn relations_stay_on_the_cluster(report: &str) {
     let mut relation_rows = 0;
     for name in ["existing", "updated", "latest_candidates", "new_latest"] {
         let metrics = &stage(name)["metrics"];
-        assert!(metrics["spilled_bytes"].as_u64().unwrap() > 0, "{name}: {metrics}");
+        assert!(
+            metrics["spilled_bytes"].as_u64().unwrap() > 0,
+            "{name}: {metrics}"
+        );
         relation_rows += metrics["rows_out"].as_u64().unwrap();
     }
     eprintln!("received {received} rows; the relations hold {relation_rows}");
@@ -117,6 +144,88 @@ fn relations_stay_on_the_cluster(report: &str) {
         received < relation_rows,
         "received {received} rows, the relations hold {relation_rows}"
     );
+}
+
+/// One of two executors is killed while a cluster run of the summary pipeline is
+/// in its middle. The run either completes on the other executor (Ballista runs
+/// the lost tasks again) or fails naming what was lost; either way, running again
+/// gives the tables of a local run, with the same number of commits (none
+/// repeated), and the files lost tasks left behind are never read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
+    let Some(s3) = S3::start() else { return };
+    let mut cluster =
+        Cluster::start_with(&s3, 2, &["--executor-timeout", "4"], &["--heartbeat", "1"]);
+    let local = tempfile::tempdir().unwrap();
+    let local_wh = local.path().join("wh").to_string_lossy().into_owned();
+    let cluster_wh = "s3://warehouse/fault-wh";
+    for wh in [local_wh.as_str(), cluster_wh] {
+        ok(s3.sqlplan(&[
+            "generate",
+            "summary",
+            "--warehouse",
+            wh,
+            "--accounts",
+            "400",
+            "--seed",
+            "7",
+        ]));
+    }
+    ok(s3.sqlplan(&[
+        "run",
+        "pipelines/summary.yaml",
+        "--var",
+        &format!("warehouse={local_wh}"),
+    ]));
+
+    let var = format!("warehouse={cluster_wh}");
+    let run = [
+        "run",
+        "pipelines/summary.yaml",
+        "--var",
+        &var,
+        "--engine",
+        &cluster.engine,
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        .args(run)
+        .current_dir(super::common::repo())
+        .envs(s3.env())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The executor dies once the run has computed `existing` (the MERGEs and the
+    // relations they read are still to come).
+    let mut stderr = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
+        let line = line.unwrap();
+        if line.contains("done   existing") {
+            cluster.kill(1);
+        }
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    let status = child.wait().unwrap();
+    if !status.success() {
+        assert!(
+            stderr.contains("executor"),
+            "a failed run names the lost executor:\n{stderr}"
+        );
+        ok(s3.sqlplan(&run));
+    }
+    for table in ["summary", "latest_summary", "rejected_records"] {
+        assert_eq!(
+            s3.rows(cluster_wh, table).await,
+            s3.rows(&local_wh, table).await,
+            "{table}\n{stderr}"
+        );
+        assert_eq!(
+            s3.version(cluster_wh, table).await,
+            s3.version(&local_wh, table).await,
+            "commits to {table}"
+        );
+    }
 }
 
 /// An engine that is not `df://HOST:PORT` is refused before anything runs (exit 2).

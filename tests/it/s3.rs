@@ -89,9 +89,12 @@ impl S3 {
         sqlplan_with_env(&repo(), args, self.env())
     }
 
-    /// Every row of `table` under `warehouse` (a local folder or an s3:// URL), all
-    /// columns, sorted; read by a fresh delta-rs load.
-    pub async fn rows(&self, warehouse: &str, table: &str) -> Vec<String> {
+    /// The newest version of `table` under `warehouse`: how many commits it has had.
+    pub async fn version(&self, warehouse: &str, table: &str) -> Option<i64> {
+        self.open(warehouse, table).await.version()
+    }
+
+    async fn open(&self, warehouse: &str, table: &str) -> deltalake::DeltaTable {
         deltalake::aws::register_handlers(None);
         let location = if warehouse.starts_with("s3://") {
             url::Url::parse(&format!("{warehouse}/{table}/")).unwrap()
@@ -103,12 +106,18 @@ impl S3 {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let table = deltalake::DeltaTableBuilder::from_url(location)
+        deltalake::DeltaTableBuilder::from_url(location)
             .unwrap()
             .with_storage_options(options)
             .load()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Every row of `table` under `warehouse` (a local folder or an s3:// URL), all
+    /// columns, sorted; read by a fresh delta-rs load.
+    pub async fn rows(&self, warehouse: &str, table: &str) -> Vec<String> {
+        let table = self.open(warehouse, table).await;
         let ctx = datafusion::prelude::SessionContext::new();
         ctx.register_table("t", table.table_provider().await.unwrap())
             .unwrap();
@@ -133,7 +142,7 @@ impl S3 {
     }
 }
 
-fn ok(out: Output) -> String {
+pub fn ok(out: Output) -> String {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     out.stdout
 }

@@ -54,7 +54,18 @@ pub async fn provider(table: &DeltaTable, shipped: bool) -> DeltaResult<Arc<dyn 
     if !(shipped || has_vectors) {
         return Ok(delta);
     }
-    let files = snapshot
+    Ok(Arc::new(DeltaFiles {
+        table_url: table.table_url().clone(),
+        schema: delta.schema(),
+        partitions: snapshot.metadata().partition_columns().to_vec(),
+        files: Arc::new(files_of(snapshot)),
+        version: table.version().map(|v| v as i64),
+    }))
+}
+
+/// A snapshot's data files, as a scan needs them.
+fn files_of(snapshot: &deltalake::table::state::DeltaTableState) -> Vec<DataFile> {
+    snapshot
         .log_data()
         .iter()
         .map(|f| DataFile {
@@ -63,13 +74,17 @@ pub async fn provider(table: &DeltaTable, shipped: bool) -> DeltaResult<Arc<dyn 
             partition: f.partition_values_map().into_iter().collect(),
             vector: f.deletion_vector_descriptor(),
         })
-        .collect();
-    Ok(Arc::new(DeltaFiles {
-        table_url: table.table_url().clone(),
-        schema: delta.schema(),
-        partitions: snapshot.metadata().partition_columns().to_vec(),
-        files: Arc::new(files),
-    }))
+        .collect()
+}
+
+/// The data files of the table at `table_url` as of `version`, read from its log
+/// (a cluster's scheduler rebuilds a scan from the version the client names).
+pub async fn files_at(table_url: &url::Url, version: i64) -> DeltaResult<Vec<DataFile>> {
+    let table = deltalake::DeltaTableBuilder::from_url(table_url.clone())?
+        .with_version(version as u64)
+        .load()
+        .await?;
+    Ok(files_of(table.snapshot()?))
 }
 
 /// One data file of a snapshot, as a scan needs it, in the log's own terms (so it
@@ -92,6 +107,8 @@ pub struct DeltaFiles {
     pub schema: SchemaRef,
     pub partitions: Vec<String>,
     pub files: Arc<Vec<DataFile>>,
+    /// The table version `files` are of (none: a table without a commit yet).
+    pub version: Option<i64>,
 }
 
 fn df_error(e: impl std::fmt::Display) -> DataFusionError {
