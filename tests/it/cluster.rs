@@ -179,13 +179,14 @@ async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
     ]));
 
     let var = format!("warehouse={cluster_wh}");
+    let engine = cluster.engine.clone();
     let run = [
         "run",
         "pipelines/summary.yaml",
         "--var",
         &var,
         "--engine",
-        &cluster.engine,
+        &engine,
     ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_sqlplan"))
         .args(run)
@@ -195,18 +196,21 @@ async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    // The executor dies once the run has computed `existing` (the MERGEs and the
-    // relations they read are still to come).
-    let mut stderr = String::new();
+    // The executor dies as `updated` starts: its job's tasks are running on both
+    // executors, and the MERGEs are still to come.
+    let (mut stderr, mut killed) = (String::new(), false);
     for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
         let line = line.unwrap();
-        if line.contains("done   existing") {
+        if line.contains("start  updated") {
             cluster.kill(1);
+            killed = true;
         }
         stderr.push_str(&line);
         stderr.push('\n');
     }
     let status = child.wait().unwrap();
+    assert!(killed, "the run never reached `existing`:\n{stderr}");
+    eprintln!("the run that lost an executor: {status}\n{stderr}");
     if !status.success() {
         assert!(
             stderr.contains("executor"),

@@ -90,7 +90,7 @@ impl S3 {
     }
 
     /// The newest version of `table` under `warehouse`: how many commits it has had.
-    pub async fn version(&self, warehouse: &str, table: &str) -> Option<i64> {
+    pub async fn version(&self, warehouse: &str, table: &str) -> Option<u64> {
         self.open(warehouse, table).await.version()
     }
 
