@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use super::sink::{ScratchWrite, ScratchWriteExec};
 use crate::delta::scan::exec::Reader;
+use crate::delta::scan::keys::{
+    Candidate as KeyPassCandidate, KeyPassExec, KeyPassFiles, KeyPassSpec,
+};
 use crate::delta::scan::{DataFile, DeltaFiles, DeltaFilesExec};
 
 /// Marks sqlplan's encodings (Ballista's own never start with it).
@@ -37,6 +40,26 @@ const SCAN: &[u8] = b"sqlplan/DeltaFilesExec/1\n";
 /// A relation written to the scratch folder (its folder's URL follows).
 const WRITE: &[u8] = b"sqlplan/ScratchWrite/1\n";
 const WRITE_EXEC: &[u8] = b"sqlplan/ScratchWriteExec/1\n";
+/// A MERGE's key pass (its spec as JSON follows; the provider adds its groups).
+const KEY_PASS: &[u8] = b"sqlplan/KeyPassFiles/1\n";
+const KEY_PASS_EXEC: &[u8] = b"sqlplan/KeyPassExec/1\n";
+
+/// The key pass provider as it crosses (its schema travels beside it).
+#[derive(Serialize, Deserialize)]
+struct KeyPassMessage {
+    spec: KeyPassSpec,
+    groups: Vec<Vec<KeyPassCandidate>>,
+}
+
+/// The key pass node as it crosses: its groups are its input.
+#[derive(Clone, PartialEq, Message)]
+struct KeyPassExecMessage {
+    /// `KeyPassSpec` as JSON.
+    #[prost(string, tag = "1")]
+    spec: String,
+    #[prost(message, optional, tag = "2")]
+    schema: Option<protobuf::Schema>,
+}
 
 /// The folder a `ScratchWrite` message names.
 fn folder_of(bytes: &[u8]) -> Result<String> {
@@ -142,6 +165,15 @@ impl LogicalExtensionCodec for LogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> Result<Arc<dyn TableProvider>> {
+        if let Some(json) = buf.strip_prefix(KEY_PASS) {
+            let m: KeyPassMessage =
+                serde_json::from_slice(json).map_err(|e| error("decoding a key pass", e))?;
+            return Ok(Arc::new(KeyPassFiles {
+                spec: Arc::new(m.spec),
+                schema,
+                groups: m.groups,
+            }));
+        }
         let Some(json) = buf.strip_prefix(PROVIDER) else {
             return self
                 .ballista
@@ -169,6 +201,14 @@ impl LogicalExtensionCodec for LogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
+        if let Some(pass) = node.downcast_ref::<KeyPassFiles>() {
+            buf.extend_from_slice(KEY_PASS);
+            let m = KeyPassMessage {
+                spec: pass.spec.as_ref().clone(),
+                groups: pass.groups.clone(),
+            };
+            return serde_json::to_writer(buf, &m).map_err(|e| error("encoding a key pass", e));
+        }
         let Some(files) = node.downcast_ref::<DeltaFiles>() else {
             return self
                 .ballista
@@ -243,6 +283,24 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(bytes) = buf.strip_prefix(KEY_PASS_EXEC) {
+            let m =
+                KeyPassExecMessage::decode(bytes).map_err(|e| error("decoding a key pass", e))?;
+            let spec: KeyPassSpec =
+                serde_json::from_str(&m.spec).map_err(|e| error("decoding a key pass", e))?;
+            let schema = m
+                .schema
+                .as_ref()
+                .ok_or_else(|| error("decoding a key pass", "no schema"))?;
+            let schema =
+                Schema::try_from(schema).map_err(|e| error("decoding a key pass's schema", e))?;
+            let groups = one(inputs, "decoding a key pass")?;
+            return Ok(Arc::new(KeyPassExec::new(
+                Arc::new(spec),
+                Arc::new(schema),
+                groups,
+            )));
+        }
         if let Some(folder) = buf.strip_prefix(WRITE_EXEC) {
             let folder = url::Url::parse(&folder_of(folder)?)
                 .map_err(|e| error("decoding a scratch write", e))?;
@@ -306,6 +364,18 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(pass) = node.downcast_ref::<KeyPassExec>() {
+            let m = KeyPassExecMessage {
+                spec: serde_json::to_string(pass.spec.as_ref())
+                    .map_err(|e| error("encoding a key pass", e))?,
+                schema: Some(
+                    protobuf::Schema::try_from(pass.schema().as_ref())
+                        .map_err(|e| error("encoding a key pass's schema", e))?,
+                ),
+            };
+            buf.extend_from_slice(KEY_PASS_EXEC);
+            return m.encode(buf).map_err(|e| error("encoding a key pass", e));
+        }
         if let Some(write) = node.downcast_ref::<ScratchWriteExec>() {
             buf.extend_from_slice(WRITE_EXEC);
             buf.extend_from_slice(write.folder.as_str().as_bytes());

@@ -6,6 +6,7 @@
 pub mod commit;
 pub mod error;
 pub mod failpoint;
+pub mod keys;
 pub mod location;
 mod observe;
 pub mod partition;

@@ -134,20 +134,39 @@ impl Executor {
         })
     }
 
-    /// A relation the cluster wrote where it computed it: exactly the files its
-    /// tasks reported are the relation (a lost task's file is not among them).
+    /// A relation the cluster wrote where it computed it.
     async fn register_written(
         &self,
         stage: &StagePlan,
         written: crate::cluster::Written,
         literal_bounds: Vec<String>,
     ) -> StageResult<StageMetrics> {
+        self.register_files(&stage.name, &written.files).await?;
+        let scan = scan_stats(&written.plan);
+        super::metrics::profile(&stage.name, &written.plan);
+        self.materialized.lock().await.insert(stage.name.clone());
+        Ok(StageMetrics {
+            rows_out: Some(written.files.iter().map(|f| f.1).sum()),
+            files_scanned: scan.files,
+            bytes_scanned: scan.bytes,
+            spilled_bytes: Some(written.files.iter().map(|f| f.2).sum()),
+            literal_bounds,
+            ..Default::default()
+        })
+    }
+
+    /// Registers the Parquet `files` (URL, rows, bytes) the cluster wrote as
+    /// relation `name`: exactly those files (a lost task's file is not among them).
+    pub(super) async fn register_files(
+        &self,
+        name: &str,
+        files: &[(String, u64, u64)],
+    ) -> StageResult<()> {
         use datafusion::datasource::file_format::parquet::ParquetFormat;
         use datafusion::datasource::listing::{
             ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
         };
-        let urls = written
-            .files
+        let urls = files
             .iter()
             .map(|(file, _, _)| ListingTableUrl::parse(file))
             .collect::<datafusion::common::Result<Vec<_>>>()
@@ -167,19 +186,9 @@ impl Executor {
             .with_schema(schema);
         let table = ListingTable::try_new(config).map_err(df_err)?;
         self.ctx
-            .register_table(stage.name.as_str(), Arc::new(table))
+            .register_table(name, Arc::new(table))
             .map_err(df_err)?;
-        let scan = scan_stats(&written.plan);
-        super::metrics::profile(&stage.name, &written.plan);
-        self.materialized.lock().await.insert(stage.name.clone());
-        Ok(StageMetrics {
-            rows_out: Some(written.files.iter().map(|f| f.1).sum()),
-            files_scanned: scan.files,
-            bytes_scanned: scan.bytes,
-            spilled_bytes: Some(written.files.iter().map(|f| f.2).sum()),
-            literal_bounds,
-            ..Default::default()
-        })
+        Ok(())
     }
 
     /// Appends the rows a stage's checks dropped to its quarantine table (one commit;

@@ -245,13 +245,13 @@ fn properties(output: SchemaRef, partitions: &Arc<dyn ExecutionPlan>) -> Arc<Pla
 
 /// An in-memory source with a partition per group, holding one row: the group's
 /// files as JSON.
-fn group_files(groups: &[Vec<DataFile>]) -> Result<Arc<dyn ExecutionPlan>> {
+pub(super) fn group_files<T: Serialize>(groups: &[Vec<T>]) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "files",
         DataType::Utf8,
         false,
     )]));
-    let empty = [Vec::new()];
+    let empty: [Vec<T>; 1] = [Vec::new()];
     let groups = if groups.is_empty() {
         &empty[..]
     } else {
@@ -269,11 +269,11 @@ fn group_files(groups: &[Vec<DataFile>]) -> Result<Arc<dyn ExecutionPlan>> {
 }
 
 /// The groups partition `partition` of `partitions` holds.
-async fn groups_of(
+pub(super) async fn groups_of<T: serde::de::DeserializeOwned>(
     partitions: &Arc<dyn ExecutionPlan>,
     partition: usize,
     context: &Arc<TaskContext>,
-) -> Result<Vec<Vec<DataFile>>> {
+) -> Result<Vec<Vec<T>>> {
     let batches: Vec<RecordBatch> = partitions
         .execute(partition, context.clone())?
         .try_collect()

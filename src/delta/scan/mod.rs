@@ -18,6 +18,7 @@
 //! files by the log's statistics).
 
 pub mod exec;
+pub mod keys;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

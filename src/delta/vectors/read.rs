@@ -28,24 +28,48 @@ pub async fn keep_masks(
             continue;
         };
         let path = f.path().to_string();
-        let rows = match f.num_records() {
-            Some(rows) => rows,
-            None => {
-                let location = crate::delta::partition::file_path(&Path::default(), &path)?;
-                parquet_row_count(&store, &location, f.size().max(0) as u64).await?
-            }
-        };
-        let mut keep = vec![true; rows];
-        for p in reader.deleted(&descriptor).await? {
-            *keep.get_mut(p as usize).ok_or_else(|| {
-                Error::table(format!(
-                    "the deletion vector of {path} deletes position {p}, past its {rows} rows"
-                ))
-            })? = false;
-        }
+        let size = f.size().max(0) as u64;
+        let keep = keep_mask(
+            &mut reader,
+            &store,
+            &path,
+            size,
+            f.num_records(),
+            &descriptor,
+        )
+        .await?;
         masks.insert(path, keep);
     }
     Ok(masks)
+}
+
+/// The keep mask of one data file (`path` relative to the table root, which
+/// `store` serves) with `rows` physical rows (read from its footer when the log
+/// does not say) and a vector.
+pub async fn keep_mask(
+    reader: &mut VectorReader,
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+    rows: Option<usize>,
+    descriptor: &DeletionVectorDescriptor,
+) -> Result<Vec<bool>> {
+    let rows = match rows {
+        Some(rows) => rows,
+        None => {
+            let location = crate::delta::partition::file_path(&Path::default(), path)?;
+            parquet_row_count(store, &location, size).await?
+        }
+    };
+    let mut keep = vec![true; rows];
+    for p in reader.deleted(descriptor).await? {
+        *keep.get_mut(p as usize).ok_or_else(|| {
+            Error::table(format!(
+                "the deletion vector of {path} deletes position {p}, past its {rows} rows"
+            ))
+        })? = false;
+    }
+    Ok(keep)
 }
 
 /// Reads the deletion vectors of one table's files with the kernel's reader

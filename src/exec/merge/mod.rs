@@ -6,6 +6,7 @@
 
 mod cow;
 mod keys;
+mod remote;
 mod vectors;
 
 use std::sync::Arc;
@@ -75,9 +76,7 @@ impl Executor {
         stage: &StagePlan,
         statement: &Statement,
     ) -> StageResult<StageMetrics> {
-        let merge = self.plan_merge(statement).await?;
-        let source = merge.source_frame(self)?;
-        check_unique_keys(&source, &source_keys(&merge.on, &merge.target)).await?;
+        let (mut merge, source_df) = self.plan_merge(statement).await?;
         let table = self.table(&merge.target).await?;
         let options = self
             .plan
@@ -85,22 +84,49 @@ impl Executor {
             .iter()
             .find(|t| t.name == merge.target)
             .and_then(|t| t.deletion_vectors.clone());
-        match options {
+        let with_vectors = match options {
             Some(options) if crate::delta::vectors::enabled(&table) => {
-                match vectors::key_columns(&merge) {
-                    Some(keys) => {
-                        self.merge_with_vectors(stage, merge, keys, table, &options)
-                            .await
-                    }
-                    None => self.merge_copy_on_write(stage, merge, source, table).await,
-                }
+                vectors::key_columns(&merge).map(|keys| (options, keys))
             }
-            _ => self.merge_copy_on_write(stage, merge, source, table).await,
+            _ => None,
+        };
+        if let (Some(remote), Some((options, keys))) = (&self.remote, &with_vectors) {
+            let source =
+                remote::Source::write(self, remote, stage, &merge, source_df.clone(), keys).await?;
+            if let Some(source) = source {
+                return self
+                    .merge_on_cluster(stage, merge, source, keys.clone(), table, options)
+                    .await;
+            }
+        }
+        self.compute_source(&mut merge, source_df).await?;
+        let source = merge.source_frame(self)?;
+        let keys = source_keys(&merge.on, &merge.target);
+        if let Some(duplicates) = duplicates(&source, &keys)? {
+            duplicate_error(&duplicates.collect().await.map_err(df_err)?, &keys)?;
+        }
+        match with_vectors {
+            Some((options, keys)) => {
+                self.merge_with_vectors(stage, merge, keys, table, &options)
+                    .await
+            }
+            None => self.merge_copy_on_write(stage, merge, source, table).await,
         }
     }
 
-    /// Plans the statement and computes its source once.
-    async fn plan_merge(&self, statement: &Statement) -> StageResult<Merge> {
+    /// Computes the source, once, in this process.
+    async fn compute_source(&self, merge: &mut Merge, source: DataFrame) -> StageResult<()> {
+        let (physical, task) = self.physical(source).await?;
+        merge.source_schema = physical.schema();
+        merge.source = datafusion::physical_plan::collect(physical, task)
+            .await
+            .map_err(df_err)?;
+        Ok(())
+    }
+
+    /// Plans the statement: its parts and its source (with literal key bounds),
+    /// not yet computed.
+    async fn plan_merge(&self, statement: &Statement) -> StageResult<(Merge, DataFrame)> {
         let state = self.ctx.state();
         let LogicalPlan::Dml(dml) = self.plan_statement(statement.clone()).await? else {
             return Err("not a MERGE".into());
@@ -122,21 +148,17 @@ impl Executor {
             })?;
         let source = DataFrame::new(state, (*dml.input).clone());
         let (source, literal_bounds) = self.bounded(source).await?;
-        let (physical, task) = self.physical(source).await?;
-        let source_schema = physical.schema();
-        let batches = datafusion::physical_plan::collect(physical, task)
-            .await
-            .map_err(df_err)?;
-        Ok(Merge {
+        let merge = Merge {
             target: dml.table_name.table().to_string(),
             source_alias,
             on: op.on,
             clauses: op.clauses,
             target_schema: dml.target.schema().clone(),
-            source_schema,
-            source: batches,
+            source_schema: Arc::new(source.schema().as_arrow().clone()),
+            source: Vec::new(),
             literal_bounds,
-        })
+        };
+        Ok((merge, source))
     }
 }
 
@@ -190,23 +212,25 @@ fn is_source_side(e: &Expr, target: &str) -> bool {
 /// Two source rows for one target key would make the result depend on which one
 /// happens to be applied: an error that names the key, never a silent pick. A row
 /// with a NULL key matches no target row (NULL = NULL is not true), so such rows
-/// may repeat.
-async fn check_unique_keys(source: &DataFrame, keys: &[Expr]) -> StageResult<()> {
+/// may repeat. The query for one repeated key (none without keys).
+fn duplicates(source: &DataFrame, keys: &[Expr]) -> StageResult<Option<DataFrame>> {
     let Some(all_set) =
         datafusion::logical_expr::utils::conjunction(keys.iter().map(|k| k.clone().is_not_null()))
     else {
-        return Ok(());
+        return Ok(None);
     };
-    let dup = source
+    source
         .clone()
         .filter(all_set)
         .and_then(|d| d.aggregate(keys.to_vec(), vec![count(lit(1)).alias("sqlplan_rows")]))
         .and_then(|d| d.filter(col("sqlplan_rows").gt(lit(1))))
         .and_then(|d| d.limit(0, Some(1)))
-        .map_err(df_err)?
-        .collect()
-        .await
-        .map_err(df_err)?;
+        .map(Some)
+        .map_err(df_err)
+}
+
+/// The error naming a repeated key, if `dup` (the result of `duplicates`) holds one.
+fn duplicate_error(dup: &[RecordBatch], keys: &[Expr]) -> StageResult<()> {
     let Some(batch) = dup.iter().find(|b| b.num_rows() > 0) else {
         return Ok(());
     };

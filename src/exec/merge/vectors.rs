@@ -30,18 +30,15 @@ use deltalake::DeltaTable;
 
 use super::super::changes::candidates;
 use super::super::context::{df_err, Executor, StageResult};
-use super::keys::{KeyPass, SourceKeys};
 use super::{frame, key_pairs, Merge};
+use crate::delta::keys::{Matcher, SourceKeys, FILE, MATCHED_SOURCE_ROW, POSITION};
 use crate::delta::vectors as dv;
 use crate::delta::writer::FileWriter;
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
 
-/// Helper columns: a source row's index, and a matched target row's file and position.
+/// Helper columns: a source row's index, and the clause that applies to a row.
 const SOURCE_ROW: &str = "__sqlplan_source_row";
-const MATCHED_SOURCE_ROW: &str = "__sqlplan_matched_source_row";
-const FILE: &str = "__sqlplan_file";
-const POSITION: &str = "__sqlplan_position";
 const ACTION: &str = "__sqlplan_action";
 
 /// The MERGE key as (target column, source expression), when this writer can run
@@ -91,7 +88,7 @@ impl Executor {
 
         // 1-2. Candidate files, with their existing vectors; their matched rows.
         let mut candidates = candidates(&table, |f, p| pass.lookup.may_hold(f, p)).await?;
-        let matched = pass.run(&table, &mut candidates).await?;
+        let matched = super::keys::run(&pass, &table, &mut candidates).await?;
 
         // 3. The clauses, over the source joined with the matched rows.
         let table_schema = snapshot.snapshot().arrow_schema();
@@ -163,23 +160,34 @@ impl Executor {
                 None,
             )
             .map_err(df_err)?;
-        let order: Vec<_> = keys
-            .iter()
-            .map(|(c, _)| col(c.as_str()).sort(true, false))
-            .collect();
-        joined
-            .with_column(ACTION, action_expr(merge)?)
-            .map_err(df_err)?
-            .filter(col(ACTION).gt(lit(0u32)))
-            .map_err(df_err)?
-            .select(output_exprs(merge, table_schema)?)
-            .map_err(df_err)?
-            .sort(order)
-            .map_err(df_err)?
+        clauses(merge, keys, joined, table_schema)?
             .collect()
             .await
             .map_err(df_err)
     }
+}
+
+/// The clauses over the source joined with the matched rows: each row's clause
+/// and the table's columns as that clause sets them, in key order.
+pub(super) fn clauses(
+    merge: &Merge,
+    keys: &[(String, Expr)],
+    joined: DataFrame,
+    table_schema: &SchemaRef,
+) -> StageResult<DataFrame> {
+    let order: Vec<_> = keys
+        .iter()
+        .map(|(c, _)| col(c.as_str()).sort(true, false))
+        .collect();
+    joined
+        .with_column(ACTION, action_expr(merge)?)
+        .map_err(df_err)?
+        .filter(col(ACTION).gt(lit(0u32)))
+        .map_err(df_err)?
+        .select(output_exprs(merge, table_schema)?)
+        .map_err(df_err)?
+        .sort(order)
+        .map_err(df_err)
 }
 
 /// The key pass of this MERGE: the source's keys looked up, what it reads of each
@@ -190,7 +198,7 @@ async fn key_pass(
     target_fields: &BTreeMap<String, DataType>,
     partitions: &[String],
     source_df: &DataFrame,
-) -> StageResult<KeyPass> {
+) -> StageResult<Matcher> {
     let key_types: Vec<DataType> = keys.iter().map(|(c, _)| target_fields[c].clone()).collect();
     let keyed = source_df
         .clone()
@@ -207,7 +215,8 @@ async fn key_pass(
         .map_err(df_err)?;
     let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
         .map_err(df_err)?;
-    let lookup = SourceKeys::new(&converter, &keyed, keys, &key_types, partitions)?;
+    let names: Vec<String> = keys.iter().map(|(c, _)| c.clone()).collect();
+    let lookup = SourceKeys::new(&converter, &keyed, &names, &key_types, partitions)?;
     let referenced = referenced_columns(merge, keys, target_fields);
     let read: Vec<String> = referenced
         .iter()
@@ -225,7 +234,7 @@ async fn key_pass(
             ])
             .collect::<Vec<_>>(),
     ));
-    Ok(KeyPass {
+    Ok(Matcher {
         read,
         lookup,
         converter,
@@ -238,16 +247,16 @@ async fn key_pass(
 }
 
 /// What the clauses did: positions to delete per candidate file, and counts.
-struct Applied {
-    deleted: BTreeMap<u32, Vec<u64>>,
-    updated: u64,
-    inserted: u64,
-    deleted_rows: u64,
+pub(super) struct Applied {
+    pub(super) deleted: BTreeMap<u32, Vec<u64>>,
+    pub(super) updated: u64,
+    pub(super) inserted: u64,
+    pub(super) deleted_rows: u64,
 }
 
 /// Hands the rows the clauses write to `writer` and collects the positions they
 /// delete (an UPDATE deletes the old version of its row too).
-async fn apply(
+pub(super) async fn apply(
     merge: &Merge,
     outcome: Vec<RecordBatch>,
     writer: &mut FileWriter,
@@ -306,7 +315,7 @@ async fn apply(
 }
 
 /// Target columns the clauses read, the keys, and those an UPDATE keeps.
-fn referenced_columns(
+pub(super) fn referenced_columns(
     merge: &Merge,
     keys: &[(String, Expr)],
     target_fields: &BTreeMap<String, DataType>,

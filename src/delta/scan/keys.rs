@@ -1,0 +1,381 @@
+//! The key pass of a MERGE as a scan a cluster runs. `KeyPassFiles` is a
+//! provider whose rows are the live rows of a table's candidate files whose key
+//! is among the MERGE source's keys (`delta::keys::Matcher`), each with the
+//! target columns the MERGE reads, its file (the candidate's index) and its
+//! position. Its node `KeyPassExec` reads a group of candidate files per
+//! partition: each task reads the source's keys from the relation the cluster
+//! wrote (Parquet files in the scratch folder), the files' existing vectors, and
+//! matches; no key and no target row passes through the sqlplan process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::TableType;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use deltalake::kernel::DeletionVectorDescriptor;
+use deltalake::ObjectStore;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::df_error;
+use super::exec::{group_files, groups_of};
+use crate::delta::keys::{MatchFile, Matcher, SourceKeys, FILE, MATCHED_SOURCE_ROW, POSITION};
+use crate::delta::stores;
+use crate::delta::vectors::{keep_mask, DataFile, VectorReader};
+
+/// A candidate file as it crosses to an executor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Its index among the MERGE's candidates (the matched rows' file column).
+    pub index: u32,
+    /// Relative to the table root, decoded.
+    pub path: String,
+    pub size: u64,
+    /// Physical rows, when the log says.
+    pub rows: Option<usize>,
+    pub partition: HashMap<String, Option<String>>,
+    pub vector: Option<DeletionVectorDescriptor>,
+}
+
+/// What every task of a key pass needs besides its files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyPassSpec {
+    pub table_url: url::Url,
+    /// The source relation's files (URLs) and, in key order, the columns that
+    /// hold its keys (already of the target key columns' types).
+    pub source_files: Vec<String>,
+    pub source_keys: Vec<String>,
+    /// The target's key columns and partition columns.
+    pub keys: Vec<String>,
+    pub partitions: Vec<String>,
+    /// Target columns the matched rows carry (keys included), in table order.
+    pub referenced: Vec<String>,
+}
+
+impl KeyPassSpec {
+    /// The matched rows' schema: `referenced` with `types`, then the file,
+    /// position and source row.
+    pub fn matched_schema(&self, types: &BTreeMap<String, DataType>) -> Result<SchemaRef> {
+        let fields = self
+            .referenced
+            .iter()
+            .map(|c| {
+                let t = types
+                    .get(c)
+                    .ok_or_else(|| df_error(format!("the target has no column `{c}`")))?;
+                Ok(Field::new(c, t.clone(), true))
+            })
+            .chain([
+                Ok(Field::new(FILE, DataType::UInt32, false)),
+                Ok(Field::new(POSITION, DataType::UInt64, false)),
+                Ok(Field::new(MATCHED_SOURCE_ROW, DataType::UInt64, false)),
+            ])
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The matcher a task runs: the source's keys read from its files.
+    async fn matcher(&self, schema: &SchemaRef, context: &TaskContext) -> Result<Matcher> {
+        let target_fields: BTreeMap<String, DataType> = self
+            .referenced
+            .iter()
+            .map(|c| Ok((c.clone(), schema.field_with_name(c)?.data_type().clone())))
+            .collect::<Result<_>>()?;
+        let key_types: Vec<DataType> = self
+            .keys
+            .iter()
+            .map(|k| {
+                target_fields
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| df_error(format!("key `{k}` is not among the columns read")))
+            })
+            .collect::<Result<_>>()?;
+        let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
+        let keyed = self.source_keys(&key_types, context).await?;
+        let lookup = SourceKeys::new(&converter, &keyed, &self.keys, &key_types, &self.partitions)
+            .map_err(df_error)?;
+        Ok(Matcher {
+            read: self
+                .referenced
+                .iter()
+                .filter(|c| !self.partitions.contains(c))
+                .cloned()
+                .collect(),
+            lookup,
+            converter,
+            keys: self.keys.clone(),
+            key_types,
+            referenced: self.referenced.clone(),
+            target_fields,
+            matched_schema: schema.clone(),
+        })
+    }
+
+    /// The source's key columns, cast to the key types, with a source row column
+    /// (unused here: matched rows join back to the source by key).
+    #[allow(deprecated)] // ParquetObjectReader, as `vectors::read_rows` uses it
+    async fn source_keys(
+        &self,
+        key_types: &[DataType],
+        context: &TaskContext,
+    ) -> Result<Vec<RecordBatch>> {
+        use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
+        use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+        let mut keyed = Vec::new();
+        for file in &self.source_files {
+            let url = url::Url::parse(file).map_err(df_error)?;
+            let store = root_store(&url, context)?;
+            let path = deltalake::Path::from_url_path(url.path()).map_err(df_error)?;
+            let reader = ParquetObjectReader::new(store, path);
+            let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+            let roots: Vec<usize> = self
+                .source_keys
+                .iter()
+                .map(|k| {
+                    builder
+                        .schema()
+                        .index_of(k)
+                        .map_err(|e| df_error(format!("source relation {file}: {e}")))
+                })
+                .collect::<Result<_>>()?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots.clone());
+            let batches: Vec<RecordBatch> =
+                builder.with_projection(mask).build()?.try_collect().await?;
+            for b in batches {
+                // The projected batch holds the key columns in file order.
+                let mut columns: Vec<ArrayRef> = Vec::new();
+                for (k, t) in self.source_keys.iter().zip(key_types) {
+                    let column = b
+                        .column_by_name(k)
+                        .ok_or_else(|| df_error(format!("source relation {file} has no `{k}`")))?;
+                    columns.push(datafusion::arrow::compute::cast(column, t)?);
+                }
+                columns.push(Arc::new(UInt64Array::from(vec![0u64; b.num_rows()])));
+                let fields: Vec<Field> = columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Field::new(format!("k{i}"), c.data_type().clone(), true))
+                    .collect();
+                keyed.push(RecordBatch::try_new(
+                    Arc::new(Schema::new(fields)),
+                    columns,
+                )?);
+            }
+        }
+        Ok(keyed)
+    }
+}
+
+/// The store serving the root of `url`'s scheme and host, from the task's runtime.
+fn root_store(url: &url::Url, context: &TaskContext) -> Result<Arc<dyn ObjectStore>> {
+    let store_url = ObjectStoreUrl::parse(stores::root(url).as_str())?;
+    context.runtime_env().object_store(&store_url)
+}
+
+/// The provider: matched rows of the candidate files, in groups.
+#[derive(Debug)]
+pub struct KeyPassFiles {
+    pub spec: Arc<KeyPassSpec>,
+    /// The matched rows' schema (`KeyPassSpec::matched_schema`).
+    pub schema: SchemaRef,
+    pub groups: Vec<Vec<Candidate>>,
+}
+
+#[async_trait]
+impl TableProvider for KeyPassFiles {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let exec: Arc<dyn ExecutionPlan> = Arc::new(KeyPassExec::new(
+            self.spec.clone(),
+            self.schema.clone(),
+            group_files(&self.groups)?,
+        ));
+        let Some(projection) = projection else {
+            return Ok(exec);
+        };
+        use datafusion::physical_expr::expressions::Column;
+        use datafusion::physical_plan::projection::ProjectionExec;
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
+            .iter()
+            .map(|&i| {
+                let name = self.schema.field(i).name().clone();
+                (
+                    Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                    name,
+                )
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, exec)?))
+    }
+}
+
+/// The node: a group of candidate files per partition, matched by each task.
+#[derive(Debug)]
+pub struct KeyPassExec {
+    pub spec: Arc<KeyPassSpec>,
+    /// An in-memory source with a partition per group (the group's files as JSON).
+    pub groups: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+}
+
+impl KeyPassExec {
+    pub fn new(
+        spec: Arc<KeyPassSpec>,
+        schema: SchemaRef,
+        groups: Arc<dyn ExecutionPlan>,
+    ) -> KeyPassExec {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(groups.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        KeyPassExec {
+            spec,
+            groups,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for KeyPassExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "KeyPassExec: table={}, keys={:?}, groups={}",
+            self.spec.table_url,
+            self.spec.keys,
+            self.groups.output_partitioning().partition_count()
+        )
+    }
+}
+
+impl ExecutionPlan for KeyPassExec {
+    fn name(&self) -> &str {
+        "KeyPassExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.groups]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [groups] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("KeyPassExec has one child".into()))?;
+        Ok(Arc::new(KeyPassExec::new(
+            self.spec.clone(),
+            self.schema(),
+            groups,
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let spec = self.spec.clone();
+        let schema = self.schema();
+        let groups = self.groups.clone();
+        let task_schema = schema.clone();
+        let matched = futures::stream::once(async move {
+            let groups: Vec<Vec<Candidate>> = groups_of(&groups, partition, &context).await?;
+            let batches = match_files(&spec, &task_schema, groups.concat(), &context).await?;
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            matched.boxed(),
+        )))
+    }
+}
+
+/// One task's work: the matched rows of its candidate files.
+async fn match_files(
+    spec: &KeyPassSpec,
+    schema: &SchemaRef,
+    files: Vec<Candidate>,
+    context: &TaskContext,
+) -> Result<Vec<RecordBatch>> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let matcher = Arc::new(spec.matcher(schema, context).await?);
+    let root = root_store(&spec.table_url, context)?;
+    let table_path = deltalake::Path::from_url_path(spec.table_url.path()).map_err(df_error)?;
+    let table_store: Arc<dyn ObjectStore> = Arc::new(
+        deltalake::logstore::object_store::prefix::PrefixStore::new(root.clone(), table_path),
+    );
+    let mut vectors = VectorReader::new(root, &spec.table_url);
+    let mut matched = Vec::new();
+    for c in files {
+        let keep = match &c.vector {
+            Some(d) => Some(Arc::new(
+                keep_mask(&mut vectors, &table_store, &c.path, c.size, c.rows, d)
+                    .await
+                    .map_err(df_error)?,
+            )),
+            None => None,
+        };
+        let file = MatchFile {
+            index: c.index,
+            file: DataFile {
+                path: c.path,
+                size: c.size,
+            },
+            partition: c.partition,
+            keep,
+        };
+        let (_, _, batches) = matcher
+            .clone()
+            .scan(table_store.clone(), file)
+            .await
+            .map_err(df_error)?;
+        matched.extend(batches);
+    }
+    Ok(matched)
+}

@@ -1,0 +1,306 @@
+//! MERGE into a table with deletion vectors on a cluster. The source is written
+//! where it is computed (the scratch folder, with its keys cast to the target's
+//! key types); the process learns only which partition values and key ranges it
+//! covers, to choose the candidate files from the log. The key pass runs on the
+//! executors (`KeyPassFiles`: each task matches a group of candidate files
+//! against the source's keys), and so do the join of the source with the matched
+//! rows and the clauses. The process receives the rows the clauses write and the
+//! positions they delete, writes the new files and the vectors, and makes the one
+//! commit, as a local MERGE does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::hash_utils::RandomState;
+use datafusion::common::{JoinType, ScalarValue};
+use datafusion::functions_aggregate::expr_fn::{max, min};
+use datafusion::logical_expr::{cast as cast_expr, col, Expr};
+use datafusion::prelude::DataFrame;
+use deltalake::protocol::DeltaOperation;
+use deltalake::DeltaTable;
+
+use super::super::changes::{candidates, Candidate};
+use super::super::context::{df_err, Executor, StageResult};
+use super::vectors::{apply, clauses, referenced_columns};
+use super::{duplicate_error, duplicates, source_keys, Merge};
+use crate::cluster::Remote;
+use crate::delta::keys::SourceKeys;
+use crate::delta::scan::keys::{Candidate as Shipped, KeyPassFiles, KeyPassSpec};
+use crate::delta::writer::FileWriter;
+use crate::plan::{StagePlan, VectorOptions};
+use crate::report::StageMetrics;
+
+/// The source's key columns as written (the i-th key cast to its target type).
+fn key_column(i: usize) -> String {
+    format!("__sqlplan_key_{i}")
+}
+
+/// A MERGE source the cluster wrote to the scratch folder.
+pub(super) struct Source {
+    /// Registered under this name; read as the statement's source alias.
+    name: String,
+    files: Vec<String>,
+    rows: u64,
+}
+
+impl Source {
+    /// Writes `source` with its keys where the cluster computes it; `None` for a
+    /// source that is empty by plan (the local path handles it).
+    pub(super) async fn write(
+        exec: &Executor,
+        remote: &Remote,
+        stage: &StagePlan,
+        merge: &Merge,
+        source: DataFrame,
+        keys: &[(String, Expr)],
+    ) -> StageResult<Option<Source>> {
+        let types = key_types(merge, keys)?;
+        let mut keyed = source;
+        for (i, ((_, e), t)) in keys.iter().zip(&types).enumerate() {
+            keyed = keyed
+                .with_column(&key_column(i), cast_expr(e.clone(), t.clone()))
+                .map_err(df_err)?;
+        }
+        let name = format!("{}__merge_source", stage.name);
+        let Some(written) = remote.write(&name, keyed.logical_plan()).await? else {
+            return Ok(None);
+        };
+        exec.register_files(&name, &written.files).await?;
+        Ok(Some(Source {
+            name,
+            files: written.files.iter().map(|f| f.0.clone()).collect(),
+            rows: written.files.iter().map(|f| f.1).sum(),
+        }))
+    }
+}
+
+/// The target's types of the key columns.
+fn key_types(merge: &Merge, keys: &[(String, Expr)]) -> StageResult<Vec<DataType>> {
+    keys.iter()
+        .map(|(c, _)| {
+            Ok(merge
+                .target_schema
+                .field_with_name(c)
+                .map_err(df_err)?
+                .data_type()
+                .clone())
+        })
+        .collect()
+}
+
+impl Executor {
+    pub(super) async fn merge_on_cluster(
+        &self,
+        stage: &StagePlan,
+        merge: Merge,
+        source: Source,
+        keys: Vec<(String, Expr)>,
+        table: DeltaTable,
+        options: &VectorOptions,
+    ) -> StageResult<StageMetrics> {
+        let snapshot = table.snapshot().map_err(df_err)?.clone();
+        let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        let target_fields: BTreeMap<String, DataType> = merge
+            .target_schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let source_df = self
+            .ctx
+            .table(source.name.as_str())
+            .await
+            .map_err(df_err)?
+            .alias(&merge.source_alias)
+            .map_err(df_err)?;
+        let key_exprs = source_keys(&merge.on, &merge.target);
+        if let Some(duplicates) = duplicates(&source_df, &key_exprs)? {
+            duplicate_error(&self.collect(duplicates).await?, &key_exprs)?;
+        }
+
+        // The candidate files, from the log and what the source's keys cover.
+        let types = key_types(&merge, &keys)?;
+        let summary = self
+            .key_summary(&source_df, &keys, &types, &partitions)
+            .await?;
+        let mut candidates = candidates(&table, |f, p| summary.may_hold(f, p)).await?;
+
+        // The key pass, the join and the clauses, on the executors.
+        let names: Vec<String> = keys.iter().map(|(c, _)| c.clone()).collect();
+        let spec = KeyPassSpec {
+            table_url: table.table_url().clone(),
+            source_files: source.files.clone(),
+            source_keys: (0..keys.len()).map(key_column).collect(),
+            keys: names.clone(),
+            partitions: partitions.clone(),
+            referenced: referenced_columns(&merge, &keys, &target_fields),
+        };
+        let schema = spec.matched_schema(&target_fields).map_err(df_err)?;
+        let pass = KeyPassFiles {
+            spec: Arc::new(spec),
+            schema,
+            groups: self.groups(&candidates),
+        };
+        let matched = self
+            .ctx
+            .read_table(Arc::new(pass))
+            .map_err(df_err)?
+            .alias(&merge.target)
+            .map_err(df_err)?;
+        let left: Vec<String> = (0..keys.len()).map(key_column).collect();
+        let left: Vec<&str> = left.iter().map(String::as_str).collect();
+        let right: Vec<&str> = names.iter().map(String::as_str).collect();
+        let joined = source_df
+            .join(matched, JoinType::Left, &left, &right, None)
+            .map_err(df_err)?;
+        let table_schema = snapshot.snapshot().arrow_schema();
+        let outcome = self
+            .collect(clauses(&merge, &keys, joined, &table_schema)?)
+            .await?;
+
+        // The new rows and the vectors, written here; one commit.
+        let mut writer = FileWriter::for_table(&table, None)?;
+        let applied = apply(&merge, outcome, &mut writer, table_schema.fields().len()).await?;
+        self.count_rows(&table, &mut candidates, &applied.deleted)
+            .await?;
+        let operation = DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: Some(merge.on.to_string()),
+            matched_predicates: vec![],
+            not_matched_predicates: vec![],
+            not_matched_by_source_predicates: vec![],
+        };
+        let w = self
+            .commit_changes(
+                stage,
+                &merge.target,
+                table,
+                &candidates,
+                applied.deleted,
+                writer,
+                options.rewrite_above,
+                operation,
+            )
+            .await?;
+        Ok(StageMetrics {
+            literal_bounds: merge.literal_bounds.clone(),
+            rows_out: Some(source.rows),
+            rows_inserted: Some(applied.inserted),
+            rows_updated: Some(applied.updated),
+            rows_deleted: Some(applied.deleted_rows),
+            files_scanned: Some(candidates.len() as u64),
+            ..w.metrics()
+        })
+    }
+
+    /// `df`'s rows, computed where the run's queries run.
+    pub(in crate::exec) async fn collect(&self, df: DataFrame) -> StageResult<Vec<RecordBatch>> {
+        let (plan, task) = self.physical(df).await?;
+        datafusion::physical_plan::collect(plan, task)
+            .await
+            .map_err(df_err)
+    }
+
+    /// The partition values and integer key ranges the source's keys cover (two
+    /// small aggregates on the cluster), to choose candidate files as a local
+    /// MERGE does; the keys themselves stay on the cluster.
+    async fn key_summary(
+        &self,
+        source: &DataFrame,
+        keys: &[(String, Expr)],
+        types: &[DataType],
+        partitions: &[String],
+    ) -> StageResult<SourceKeys> {
+        let mut partition_values = BTreeMap::new();
+        let mut ranges = BTreeMap::new();
+        for (i, ((c, _), t)) in keys.iter().zip(types).enumerate() {
+            let column = col(key_column(i));
+            if partitions.contains(c) {
+                let values = source
+                    .clone()
+                    .select(vec![column])
+                    .and_then(|d| d.distinct())
+                    .map_err(df_err)?;
+                let mut set = HashSet::new();
+                for b in self.collect(values).await? {
+                    for row in 0..b.num_rows() {
+                        // As the target's type (the relation may read strings as
+                        // views): compared with the log's typed partition values.
+                        let v = ScalarValue::try_from_array(b.column(0), row)
+                            .and_then(|v| v.cast_to(t))
+                            .map_err(df_err)?;
+                        if !v.is_null() {
+                            set.insert(v);
+                        }
+                    }
+                }
+                partition_values.insert(c.clone(), (t.clone(), set));
+            } else if t.is_integer() {
+                let bounds = source
+                    .clone()
+                    .aggregate(vec![], vec![min(column.clone()), max(column)])
+                    .map_err(df_err)?;
+                let batches = self.collect(bounds).await?;
+                let columns: Vec<&ArrayRef> =
+                    batches.iter().flat_map(|b| b.columns().iter()).collect();
+                if let Some(range) = crate::delta::keys::key_range(&columns) {
+                    ranges.insert(c.clone(), range);
+                }
+            }
+        }
+        Ok(SourceKeys {
+            rows: HashMap::with_hasher(RandomState::default()),
+            partition_values,
+            ranges,
+        })
+    }
+
+    /// The candidates in as many groups as the session's target partitions: a
+    /// key pass task per group.
+    fn groups(&self, candidates: &[Candidate]) -> Vec<Vec<Shipped>> {
+        let n = self.ctx.state().config().target_partitions().max(1);
+        let per_group = candidates.len().div_ceil(n).max(1);
+        candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Shipped {
+                index: i as u32,
+                path: c.path.clone(),
+                size: c.view.size().max(0) as u64,
+                rows: c.view.num_records(),
+                partition: c.partition.clone(),
+                vector: c.view.deletion_vector_descriptor(),
+            })
+            .collect::<Vec<_>>()
+            .chunks(per_group)
+            .map(<[Shipped]>::to_vec)
+            .collect()
+    }
+
+    /// The physical row count of each candidate with deleted positions whose log
+    /// entry does not say (a local key pass counts them as it reads).
+    async fn count_rows(
+        &self,
+        table: &DeltaTable,
+        candidates: &mut [Candidate],
+        deleted: &BTreeMap<u32, Vec<u64>>,
+    ) -> StageResult<()> {
+        let store = table.object_store();
+        for &i in deleted.keys() {
+            let c = &mut candidates[i as usize];
+            if c.view.num_records().is_none() {
+                let location =
+                    crate::delta::partition::file_path(&deltalake::Path::default(), &c.path)?;
+                c.rows = crate::delta::vectors::parquet_row_count(
+                    &store,
+                    &location,
+                    c.view.size().max(0) as u64,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
