@@ -8,14 +8,14 @@
 #   benchmarks/cluster.sh [ACCOUNTS] [BATCH_RECORDS] [OUT.json]
 #
 # Needs python3 with moto's server (pip install "moto[server]" boto3) and
-# GNU time (/usr/bin/time). SQLPLAN is the binary [default: target/debug/sqlplan
-# under CARGO_TARGET_DIR].
+# GNU time (/usr/bin/time). SQLPLAN is the binary [default: debug/sqlplan under
+# CARGO_TARGET_DIR, which defaults to the one .ci/run uses].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 accounts=${1:-100000}
 batch=${2:-$accounts}
 out=${3:-cluster-$accounts-$batch.json}
-target=${CARGO_TARGET_DIR:-target}
+target=${CARGO_TARGET_DIR:-$HOME/.cache/sqlplan-target}
 sqlplan=${SQLPLAN:-$target/debug/sqlplan}
 work=$(mktemp -d)
 pids=()

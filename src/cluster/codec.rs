@@ -27,7 +27,7 @@ use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::sink::{ScratchWrite, ScratchWriteExec};
+use super::sink::{DataWrite, DataWriteExec, DataWriteSpec, ScratchWrite, ScratchWriteExec};
 use crate::delta::scan::exec::Reader;
 use crate::delta::scan::keys::{
     Candidate as KeyPassCandidate, KeyPassExec, KeyPassFiles, KeyPassSpec,
@@ -40,6 +40,9 @@ const SCAN: &[u8] = b"sqlplan/DeltaFilesExec/1\n";
 /// A relation written to the scratch folder (its folder's URL follows).
 const WRITE: &[u8] = b"sqlplan/ScratchWrite/1\n";
 const WRITE_EXEC: &[u8] = b"sqlplan/ScratchWriteExec/1\n";
+/// New data files written by the executors (the `DataWriteSpec` JSON follows).
+const DATA_WRITE: &[u8] = b"sqlplan/DataWrite/1\n";
+const DATA_WRITE_EXEC: &[u8] = b"sqlplan/DataWriteExec/1\n";
 /// A MERGE's key pass (its spec as JSON follows; the provider adds its groups).
 const KEY_PASS: &[u8] = b"sqlplan/KeyPassFiles/1\n";
 const KEY_PASS_EXEC: &[u8] = b"sqlplan/KeyPassExec/1\n";
@@ -61,9 +64,9 @@ struct KeyPassExecMessage {
     schema: Option<protobuf::Schema>,
 }
 
-/// The folder a `ScratchWrite` message names.
-fn folder_of(bytes: &[u8]) -> Result<String> {
-    String::from_utf8(bytes.to_vec()).map_err(|e| error("decoding a scratch write", e))
+/// The text a message carries (a folder's URL, a spec as JSON).
+fn text_of(bytes: &[u8]) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| error("decoding a plan node", e))
 }
 
 /// The one input a node was encoded with.
@@ -140,16 +143,27 @@ impl LogicalExtensionCodec for LogicalCodec {
         inputs: &[LogicalPlan],
         ctx: &TaskContext,
     ) -> Result<Extension> {
+        if let Some(spec) = buf.strip_prefix(DATA_WRITE) {
+            let input = one(inputs, "decoding a data write")?;
+            return Ok(Extension {
+                node: Arc::new(DataWrite::new(input, text_of(spec)?)?),
+            });
+        }
         let Some(folder) = buf.strip_prefix(WRITE) else {
             return self.ballista.try_decode(buf, inputs, ctx);
         };
         let input = one(inputs, "decoding a scratch write")?;
         Ok(Extension {
-            node: Arc::new(ScratchWrite::new(input, folder_of(folder)?)?),
+            node: Arc::new(ScratchWrite::new(input, text_of(folder)?)?),
         })
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        if let Some(write) = node.node.as_any().downcast_ref::<DataWrite>() {
+            buf.extend_from_slice(DATA_WRITE);
+            buf.extend_from_slice(write.spec.as_bytes());
+            return Ok(());
+        }
         let Some(write) = node.node.as_any().downcast_ref::<ScratchWrite>() else {
             return self.ballista.try_encode(node, buf);
         };
@@ -283,6 +297,12 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(spec) = buf.strip_prefix(DATA_WRITE_EXEC) {
+            let spec: DataWriteSpec =
+                serde_json::from_slice(spec).map_err(|e| error("decoding a data write", e))?;
+            let input = one(inputs, "decoding a data write")?;
+            return Ok(Arc::new(DataWriteExec::new(input, Arc::new(spec))));
+        }
         if let Some(bytes) = buf.strip_prefix(KEY_PASS_EXEC) {
             let m =
                 KeyPassExecMessage::decode(bytes).map_err(|e| error("decoding a key pass", e))?;
@@ -302,7 +322,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             )));
         }
         if let Some(folder) = buf.strip_prefix(WRITE_EXEC) {
-            let folder = url::Url::parse(&folder_of(folder)?)
+            let folder = url::Url::parse(&text_of(folder)?)
                 .map_err(|e| error("decoding a scratch write", e))?;
             let input = one(inputs, "decoding a scratch write")?;
             return Ok(Arc::new(ScratchWriteExec::new(input, folder)));
@@ -364,6 +384,11 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(write) = node.downcast_ref::<DataWriteExec>() {
+            buf.extend_from_slice(DATA_WRITE_EXEC);
+            return serde_json::to_writer(buf, write.spec.as_ref())
+                .map_err(|e| error("encoding a data write", e));
+        }
         if let Some(pass) = node.downcast_ref::<KeyPassExec>() {
             let m = KeyPassExecMessage {
                 spec: serde_json::to_string(pass.spec.as_ref())

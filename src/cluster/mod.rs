@@ -138,6 +138,22 @@ impl Remote {
         }))
     }
 
+    /// Runs `plan` (the table's columns) on the cluster with its rows written as
+    /// new data files of the table `spec` names, each task its own; returns their
+    /// Add actions (nothing is committed) and the rows written.
+    pub async fn write_data(
+        &self,
+        plan: &LogicalPlan,
+        spec: &sink::DataWriteSpec,
+    ) -> Result<(Vec<deltalake::kernel::Add>, u64)> {
+        let write = sink::DataWrite::plan(plan.clone(), spec)?;
+        let (physical, task) = self.physical(&write).await?;
+        let batches = datafusion::physical_plan::collect(physical, task)
+            .await
+            .doing(|| format!("writing new files of {} on the cluster", spec.table_url))?;
+        Ok(sink::added(&batches)?)
+    }
+
     /// Copies a local Parquet file into the scratch folder, where every executor can
     /// read it; returns its folder's URL (registered as the relation).
     pub async fn publish(&self, name: &str, file: &std::path::Path) -> Result<url::Url> {

@@ -238,7 +238,8 @@ async fn write_partition(
     )?)
 }
 
-/// Plans `ScratchWrite` nodes (the scheduler's physical planner has it).
+/// Plans `ScratchWrite` and `DataWrite` nodes (the scheduler's physical planner
+/// has it).
 #[derive(Debug, Default)]
 pub struct ScratchPlanner;
 
@@ -253,17 +254,23 @@ impl ExtensionPlanner for ScratchPlanner {
         _session: &dyn datafusion::catalog::Session,
         _ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(write) = node.as_any().downcast_ref::<ScratchWrite>() else {
+        let [input] = physical_inputs else {
             return Ok(None);
         };
-        let [input] = physical_inputs else {
-            return Err(DataFusionError::Internal(
-                "ScratchWrite has one input".into(),
-            ));
-        };
-        let folder =
-            url::Url::parse(&write.folder).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(Some(Arc::new(ScratchWriteExec::new(input.clone(), folder))))
+        if let Some(write) = node.as_any().downcast_ref::<ScratchWrite>() {
+            let folder = url::Url::parse(&write.folder)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            return Ok(Some(Arc::new(ScratchWriteExec::new(input.clone(), folder))));
+        }
+        if let Some(write) = node.as_any().downcast_ref::<DataWrite>() {
+            let spec: DataWriteSpec = serde_json::from_str(&write.spec)
+                .map_err(|e| DataFusionError::External(e.into()))?;
+            return Ok(Some(Arc::new(DataWriteExec::new(
+                input.clone(),
+                Arc::new(spec),
+            ))));
+        }
+        Ok(None)
     }
 }
 
@@ -300,4 +307,239 @@ pub fn written(batches: &[RecordBatch]) -> Result<Vec<(String, u64, u64)>> {
         }
     }
     Ok(files)
+}
+
+/// What a `DataWriteExec` task returns: the Add actions of the files it wrote
+/// (a JSON array) and its rows.
+pub static ADDED: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("adds", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+    ]))
+});
+
+/// Where a `DataWrite` writes: new data files of a Delta table.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DataWriteSpec {
+    pub table_url: url::Url,
+    pub partitions: Vec<String>,
+    /// Each task writes its rows in this order (the MERGE key), so a new file's
+    /// key statistics let later reads skip its row groups.
+    pub sort_by: Vec<String>,
+}
+
+/// The logical node: `input`'s rows (the table's columns, of its types) written
+/// as new data files of a table where they are computed. Nothing is committed:
+/// the tasks return the Add actions and the sqlplan process commits them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataWrite {
+    pub input: LogicalPlan,
+    /// `DataWriteSpec` as JSON.
+    pub spec: String,
+    schema: DFSchemaRef,
+}
+
+impl DataWrite {
+    pub fn plan(input: LogicalPlan, spec: &DataWriteSpec) -> Result<LogicalPlan> {
+        let spec = serde_json::to_string(spec).map_err(|e| DataFusionError::External(e.into()))?;
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(DataWrite::new(input, spec)?),
+        }))
+    }
+
+    pub fn new(input: LogicalPlan, spec: String) -> Result<DataWrite> {
+        let schema = Arc::new(DFSchema::try_from(ADDED.as_ref().clone())?);
+        Ok(DataWrite {
+            input,
+            spec,
+            schema,
+        })
+    }
+}
+
+impl PartialOrd for DataWrite {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.spec.cmp(&other.spec) {
+            Ordering::Equal => self.input.partial_cmp(&other.input),
+            order => Some(order),
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for DataWrite {
+    fn name(&self) -> &str {
+        "DataWrite"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+
+    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "DataWrite: {}", self.spec)
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let [input] = <[LogicalPlan; 1]>::try_from(inputs)
+            .map_err(|_| DataFusionError::Internal("DataWrite has one input".into()))?;
+        DataWrite::new(input, self.spec.clone())
+    }
+}
+
+/// The physical node: each partition of `input` written as new data files.
+#[derive(Debug)]
+pub struct DataWriteExec {
+    pub input: Arc<dyn ExecutionPlan>,
+    pub spec: Arc<DataWriteSpec>,
+    properties: Arc<PlanProperties>,
+}
+
+impl DataWriteExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, spec: Arc<DataWriteSpec>) -> DataWriteExec {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(ADDED.clone()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        DataWriteExec {
+            input,
+            spec,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for DataWriteExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "DataWriteExec: {}", self.spec.table_url)
+    }
+}
+
+impl ExecutionPlan for DataWriteExec {
+    fn name(&self) -> &str {
+        "DataWriteExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("DataWriteExec has one child".into()))?;
+        Ok(Arc::new(DataWriteExec::new(input, self.spec.clone())))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let spec = self.spec.clone();
+        let written = futures::stream::once(async move { write_data(input, &spec).await });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            ADDED.clone(),
+            written.boxed(),
+        )))
+    }
+}
+
+/// One task's rows, sorted by the spec's columns, written as new data files (a
+/// file per partition value, as delta-rs's writer lays them out).
+async fn write_data(input: SendableRecordBatchStream, spec: &DataWriteSpec) -> Result<RecordBatch> {
+    use futures::TryStreamExt;
+    let schema = input.schema();
+    let batches: Vec<RecordBatch> = input.try_collect().await?;
+    let rows = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+    let count = rows.num_rows() as u64;
+    let mut adds = Vec::new();
+    if count > 0 {
+        let rows = sorted(rows, &spec.sort_by)?;
+        let external = |e: deltalake::DeltaTableError| DataFusionError::External(Box::new(e));
+        let mut writer = deltalake::writer::RecordBatchWriter::try_new(
+            spec.table_url.as_str(),
+            schema.clone(),
+            Some(spec.partitions.clone()),
+            None,
+        )
+        .map_err(external)?
+        .with_writer_properties(crate::delta::writer_properties());
+        use deltalake::writer::DeltaWriter;
+        writer.write(rows).await.map_err(external)?;
+        adds = writer.flush().await.map_err(external)?;
+    }
+    let json = serde_json::to_string(&adds).map_err(|e| DataFusionError::External(e.into()))?;
+    Ok(RecordBatch::try_new(
+        ADDED.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![json])),
+            Arc::new(UInt64Array::from(vec![count])),
+        ],
+    )?)
+}
+
+/// `rows` in ascending order of `columns` (nulls last), as a local MERGE writes.
+fn sorted(rows: RecordBatch, columns: &[String]) -> Result<RecordBatch> {
+    use datafusion::arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+    if columns.is_empty() {
+        return Ok(rows);
+    }
+    let sort: Vec<SortColumn> = columns
+        .iter()
+        .map(|c| {
+            Ok(SortColumn {
+                values: rows.column(rows.schema().index_of(c)?).clone(),
+                options: Some(datafusion::arrow::compute::SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                }),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let indices = lexsort_to_indices(&sort, None)?;
+    Ok(take_record_batch(&rows, &indices)?)
+}
+
+/// The Add actions and rows `DataWrite` tasks returned.
+pub fn added(batches: &[RecordBatch]) -> Result<(Vec<deltalake::kernel::Add>, u64)> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::UInt64Type;
+    let (mut adds, mut rows) = (Vec::new(), 0);
+    for b in batches {
+        let (json, count) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_primitive::<UInt64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            let task: Vec<deltalake::kernel::Add> = serde_json::from_str(json.value(i))
+                .map_err(|e| DataFusionError::External(e.into()))?;
+            adds.extend(task);
+            rows += count.value(i);
+        }
+    }
+    Ok((adds, rows))
 }

@@ -126,7 +126,8 @@ impl Executor {
     }
 
     /// Deletes `deleted` (candidate index → positions) and commits, with the rows
-    /// already given to `writer` (new and updated rows).
+    /// already given to `writer` (new and updated rows) and the files `added`
+    /// elsewhere (a cluster's executors).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn commit_changes(
         &self,
@@ -136,6 +137,7 @@ impl Executor {
         candidates: &[Candidate],
         mut deleted: BTreeMap<u32, Vec<u64>>,
         mut writer: FileWriter,
+        added: Vec<deltalake::kernel::Add>,
         rewrite_above: f64,
         operation: DeltaOperation,
     ) -> StageResult<Written> {
@@ -179,7 +181,8 @@ impl Executor {
                 vector_files.push(i as usize);
             }
         }
-        let adds = writer.flush().await?;
+        let mut adds = writer.flush().await?;
+        adds.extend(added);
         let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
         for i in &vector_files {
             let c = &candidates[*i];
@@ -266,6 +269,7 @@ impl Executor {
                 &candidates,
                 deleted,
                 writer,
+                Vec::new(),
                 rewrite_above,
                 operation,
             )

@@ -269,9 +269,18 @@ pub fn same_months(
             if got == rows {
                 continue;
             }
+            // Rows counted, so a repeated row shows as well as a missing one.
             let only = |x: &Vec<String>, y: &Vec<String>| -> Vec<String> {
+                let mut left: BTreeMap<&String, i64> = BTreeMap::new();
+                for r in y {
+                    *left.entry(r).or_default() += 1;
+                }
                 x.iter()
-                    .filter(|r| !y.contains(r))
+                    .filter(|r| {
+                        let n = left.entry(r).or_default();
+                        *n -= 1;
+                        *n < 0
+                    })
                     .take(3)
                     .map(|r| r.chars().take(240).collect())
                     .collect()

@@ -16,17 +16,18 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::hash_utils::RandomState;
 use datafusion::common::{JoinType, ScalarValue};
 use datafusion::functions_aggregate::expr_fn::{max, min};
-use datafusion::logical_expr::{cast as cast_expr, col, Expr};
+use datafusion::logical_expr::{cast as cast_expr, col, lit, Expr, Partitioning};
 use datafusion::prelude::DataFrame;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 
 use super::super::changes::{candidates, Candidate};
 use super::super::context::{df_err, Executor, StageResult};
-use super::vectors::{apply, clauses, referenced_columns};
+use super::vectors::{acts, clauses, referenced_columns, Act, Applied, ACTION};
 use super::{duplicate_error, duplicates, source_keys, Merge};
+use crate::cluster::sink::DataWriteSpec;
 use crate::cluster::Remote;
-use crate::delta::keys::SourceKeys;
+use crate::delta::keys::{SourceKeys, FILE, POSITION};
 use crate::delta::scan::keys::{Candidate as Shipped, KeyPassFiles, KeyPassSpec};
 use crate::delta::writer::FileWriter;
 use crate::plan::{StagePlan, VectorOptions};
@@ -76,6 +77,38 @@ impl Source {
     }
 }
 
+/// What the clauses did, from the positions they delete (each with its clause)
+/// and the rows the executors wrote (new and updated rows).
+fn applied(acts: &[Act], positions: &[RecordBatch], rows_written: u64) -> StageResult<Applied> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
+    let mut applied = Applied {
+        deleted: BTreeMap::new(),
+        updated: 0,
+        inserted: 0,
+        deleted_rows: 0,
+    };
+    for b in positions {
+        let action = b.column(0).as_primitive::<UInt32Type>();
+        let file = b.column(1).as_primitive::<UInt32Type>();
+        let position = b.column(2).as_primitive::<UInt64Type>();
+        for i in 0..b.num_rows() {
+            match acts.get(action.value(i) as usize - 1) {
+                Some(Act::Update) => applied.updated += 1,
+                Some(Act::Delete) => applied.deleted_rows += 1,
+                _ => return Err("a MERGE position without a deleting clause".into()),
+            }
+            applied
+                .deleted
+                .entry(file.value(i))
+                .or_default()
+                .push(position.value(i));
+        }
+    }
+    applied.inserted = rows_written - applied.updated;
+    Ok(applied)
+}
+
 /// The target's types of the key columns.
 fn key_types(merge: &Merge, keys: &[(String, Expr)]) -> StageResult<Vec<DataType>> {
     keys.iter()
@@ -100,6 +133,10 @@ impl Executor {
         table: DeltaTable,
         options: &VectorOptions,
     ) -> StageResult<StageMetrics> {
+        let remote = self
+            .remote
+            .as_ref()
+            .ok_or("a MERGE on the cluster without a cluster")?;
         let snapshot = table.snapshot().map_err(df_err)?.clone();
         let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
         let target_fields: BTreeMap<String, DataType> = merge
@@ -156,15 +193,58 @@ impl Executor {
             .join(matched, JoinType::Left, &left, &right, None)
             .map_err(df_err)?;
         let table_schema = snapshot.snapshot().arrow_schema();
-        let outcome = self
-            .collect(clauses(&merge, &keys, joined, &table_schema)?)
-            .await?;
+        let outcome = clauses(&merge, joined, &table_schema)?;
 
-        // The new rows and the vectors, written here; one commit.
-        let mut writer = FileWriter::for_table(&table, None)?;
-        let applied = apply(&merge, outcome, &mut writer, table_schema.fields().len()).await?;
+        // The outcome written where it is computed; from it, the new files
+        // written by the executors and the positions to delete brought here.
+        let name = format!("{}__merge_outcome", stage.name);
+        let Some(written) = remote.write(&name, outcome.logical_plan()).await? else {
+            return Err("a MERGE outcome was planned empty".into());
+        };
+        self.register_files(&name, &written.files).await?;
+        let outcome = self.ctx.table(name.as_str()).await.map_err(df_err)?;
+        let acts = acts(&merge);
+        let clauses_that = |wanted: &dyn Fn(Act) -> bool| -> Vec<Expr> {
+            (0..acts.len())
+                .filter(|&i| wanted(acts[i]))
+                .map(|i| lit(i as u32 + 1))
+                .collect()
+        };
+        let deleting = clauses_that(&|a| a != Act::Insert);
+        let positions = outcome
+            .clone()
+            .filter(col(ACTION).in_list(deleting, false))
+            .and_then(|d| d.select(vec![col(ACTION), col(FILE), col(POSITION)]))
+            .map_err(df_err)?;
+        let positions = self.collect(positions).await?;
+        let writing = clauses_that(&|a| a != Act::Delete);
+        let columns: Vec<Expr> = table_schema
+            .fields()
+            .iter()
+            .map(|f| col(f.name()))
+            .collect();
+        let spread: Vec<Expr> = if partitions.is_empty() {
+            names.iter().map(col).collect()
+        } else {
+            partitions.iter().map(col).collect()
+        };
+        let tasks = self.ctx.state().config().target_partitions().max(1);
+        let rows = outcome
+            .filter(col(ACTION).in_list(writing, false))
+            .and_then(|d| d.select(columns))
+            .and_then(|d| d.repartition(Partitioning::Hash(spread, tasks)))
+            .map_err(df_err)?;
+        let spec = DataWriteSpec {
+            table_url: table.table_url().clone(),
+            partitions: partitions.clone(),
+            sort_by: names.clone(),
+        };
+        let (added, rows_written) = remote.write_data(rows.logical_plan(), &spec).await?;
+        let applied = applied(&acts, &positions, rows_written)?;
         self.count_rows(&table, &mut candidates, &applied.deleted)
             .await?;
+        // Rewritten files are written here (their rows are read here too).
+        let writer = FileWriter::for_table(&table, None)?;
         let operation = DeltaOperation::Merge {
             predicate: None,
             merge_predicate: Some(merge.on.to_string()),
@@ -180,6 +260,7 @@ impl Executor {
                 &candidates,
                 applied.deleted,
                 writer,
+                added,
                 options.rewrite_above,
                 operation,
             )

@@ -39,7 +39,7 @@ use crate::report::StageMetrics;
 
 /// Helper columns: a source row's index, and the clause that applies to a row.
 const SOURCE_ROW: &str = "__sqlplan_source_row";
-const ACTION: &str = "__sqlplan_action";
+pub(super) const ACTION: &str = "__sqlplan_action";
 
 /// The MERGE key as (target column, source expression), when this writer can run
 /// the statement: ON is only such equalities and no clause is NOT MATCHED BY SOURCE
@@ -56,7 +56,7 @@ pub(super) fn key_columns(merge: &Merge) -> Option<Vec<(String, Expr)>> {
 
 /// What one clause does to the row it applies to.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Act {
+pub(super) enum Act {
     Update,
     Delete,
     Insert,
@@ -123,6 +123,7 @@ impl Executor {
                 &candidates,
                 applied.deleted,
                 writer,
+                Vec::new(),
                 options.rewrite_above,
                 operation,
             )
@@ -160,7 +161,13 @@ impl Executor {
                 None,
             )
             .map_err(df_err)?;
-        clauses(merge, keys, joined, table_schema)?
+        let order: Vec<_> = keys
+            .iter()
+            .map(|(c, _)| col(c.as_str()).sort(true, false))
+            .collect();
+        clauses(merge, joined, table_schema)?
+            .sort(order)
+            .map_err(df_err)?
             .collect()
             .await
             .map_err(df_err)
@@ -168,25 +175,19 @@ impl Executor {
 }
 
 /// The clauses over the source joined with the matched rows: each row's clause
-/// and the table's columns as that clause sets them, in key order.
+/// (`ACTION`), the table's columns as that clause sets them, and the matched row's
+/// file and position.
 pub(super) fn clauses(
     merge: &Merge,
-    keys: &[(String, Expr)],
     joined: DataFrame,
     table_schema: &SchemaRef,
 ) -> StageResult<DataFrame> {
-    let order: Vec<_> = keys
-        .iter()
-        .map(|(c, _)| col(c.as_str()).sort(true, false))
-        .collect();
     joined
         .with_column(ACTION, action_expr(merge)?)
         .map_err(df_err)?
         .filter(col(ACTION).gt(lit(0u32)))
         .map_err(df_err)?
         .select(output_exprs(merge, table_schema)?)
-        .map_err(df_err)?
-        .sort(order)
         .map_err(df_err)
 }
 
@@ -262,15 +263,7 @@ pub(super) async fn apply(
     writer: &mut FileWriter,
     table_columns: usize,
 ) -> StageResult<Applied> {
-    let acts: Vec<Act> = merge
-        .clauses
-        .iter()
-        .map(|c| match &c.action {
-            MergeIntoAction::Update(_) => Act::Update,
-            MergeIntoAction::Delete => Act::Delete,
-            MergeIntoAction::Insert { .. } => Act::Insert,
-        })
-        .collect();
+    let acts = acts(merge);
     let writer_schema = writer.arrow_schema();
     let columns: Vec<usize> = (0..table_columns).collect();
     let mut applied = Applied {
@@ -312,6 +305,19 @@ pub(super) async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// What each clause does, in clause order (`ACTION` is its index plus one).
+pub(super) fn acts(merge: &Merge) -> Vec<Act> {
+    merge
+        .clauses
+        .iter()
+        .map(|c| match &c.action {
+            MergeIntoAction::Update(_) => Act::Update,
+            MergeIntoAction::Delete => Act::Delete,
+            MergeIntoAction::Insert { .. } => Act::Insert,
+        })
+        .collect()
 }
 
 /// Target columns the clauses read, the keys, and those an UPDATE keeps.

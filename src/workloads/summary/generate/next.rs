@@ -94,6 +94,15 @@ async fn latest_rows(t: &TablePlan, layout: &Layout) -> Result<Vec<Vec<V>>> {
     let ctx = crate::session::new_context();
     let provider = table.table_provider().await.map_err(|e| failed(&e))?;
     let df = ctx.read_table(provider).map_err(|e| failed(&e))?;
+    // In key order (the table's first column, one row per account), so the batch
+    // depends on the rows only, not on how they are laid out in files.
+    let first = df.schema().field(0).name().clone();
+    let df = df
+        .sort(vec![datafusion::logical_expr::Expr::Column(
+            datafusion::common::Column::from_name(first),
+        )
+        .sort(true, false)])
+        .map_err(|e| failed(&e))?;
     let batches = df.collect().await.map_err(|e| failed(&e))?;
     let mut rows = Vec::new();
     for b in &batches {
