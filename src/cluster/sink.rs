@@ -22,6 +22,7 @@ use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::Distribution;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
@@ -442,6 +443,29 @@ impl ExecutionPlan for DataWriteExec {
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
+    }
+
+    /// Each partition value (each key, for an unpartitioned table) in one task, so
+    /// a run adds one file per partition value, as a local run does.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        let columns = if self.spec.partitions.is_empty() {
+            &self.spec.sort_by
+        } else {
+            &self.spec.partitions
+        };
+        let schema = self.input.schema();
+        let exprs: Result<Vec<Arc<dyn PhysicalExpr>>> = columns
+            .iter()
+            .map(|c| {
+                Ok(Arc::new(
+                    datafusion::physical_expr::expressions::Column::new_with_schema(c, &schema)?,
+                ) as Arc<dyn PhysicalExpr>)
+            })
+            .collect();
+        match exprs {
+            Ok(exprs) if !exprs.is_empty() => vec![Distribution::KeyPartitioned(exprs)],
+            _ => vec![Distribution::UnspecifiedDistribution],
+        }
     }
 
     fn with_new_children(

@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::hash_utils::RandomState;
 use datafusion::common::{JoinType, ScalarValue};
 use datafusion::functions_aggregate::expr_fn::{max, min};
-use datafusion::logical_expr::{cast as cast_expr, col, lit, Expr, Partitioning};
+use datafusion::logical_expr::{cast as cast_expr, col, lit, Expr};
 use datafusion::prelude::DataFrame;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
@@ -223,16 +223,10 @@ impl Executor {
             .iter()
             .map(|f| col(f.name()))
             .collect();
-        let spread: Vec<Expr> = if partitions.is_empty() {
-            names.iter().map(col).collect()
-        } else {
-            partitions.iter().map(col).collect()
-        };
-        let tasks = self.ctx.state().config().target_partitions().max(1);
+        // `DataWriteExec` asks for its rows hashed by partition value (or key).
         let rows = outcome
             .filter(col(ACTION).in_list(writing, false))
             .and_then(|d| d.select(columns))
-            .and_then(|d| d.repartition(Partitioning::Hash(spread, tasks)))
             .map_err(df_err)?;
         let spec = DataWriteSpec {
             table_url: table.table_url().clone(),
