@@ -20,7 +20,7 @@ use crate::plan::CheckPlan;
 use crate::spec::CheckAction;
 
 /// Name of the column holding a check's outcome while the relation is computed.
-fn check_column(i: usize) -> String {
+pub(super) fn check_column(i: usize) -> String {
     format!("__sqlplan_check_{i}")
 }
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
+use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::Query;
 use deltalake::protocol::SaveMode;
 
 use super::context::{df_err, Executor, StageResult};
 use super::error::StageError;
-use super::expect::{quarantine_label, Checker};
+use super::expect::{check_column, quarantine_label, Checker};
 use super::metrics::scan_stats;
 use crate::delta;
 use crate::plan::StagePlan;
@@ -29,9 +30,35 @@ impl Executor {
         use futures::StreamExt;
         let df = self.query(query).await?;
         let (df, literal_bounds) = self.bounded(df).await?;
-        if let (Some(remote), true) = (&self.remote, stage.checks.is_empty()) {
-            if let Some(written) = remote.write(&stage.name, df.logical_plan()).await? {
-                return self.register_written(stage, written, literal_bounds).await;
+        if let Some(remote) = &self.remote {
+            let checker = (!stage.checks.is_empty()).then(|| Checker::new(&stage.checks));
+            let (name, checked) = match &checker {
+                Some(c) => (
+                    format!("{}__checked", stage.name),
+                    c.with_check_columns(df.clone(), &self.ctx.state())?,
+                ),
+                None => (stage.name.clone(), df.clone()),
+            };
+            if let Some(written) = remote.write(&name, checked.logical_plan()).await? {
+                self.register_files(&name, &written.files).await?;
+                let mut metrics = match checker {
+                    Some(c) => {
+                        let rows = written.files.iter().map(|f| f.1).sum();
+                        self.checked_on_cluster(stage, &name, rows, c, &df).await?
+                    }
+                    None => StageMetrics {
+                        rows_out: Some(written.files.iter().map(|f| f.1).sum()),
+                        ..Default::default()
+                    },
+                };
+                let scan = scan_stats(&written.plan);
+                super::metrics::profile(&stage.name, &written.plan);
+                metrics.files_scanned = scan.files;
+                metrics.bytes_scanned = scan.bytes;
+                metrics.spilled_bytes = Some(written.files.iter().map(|f| f.2).sum());
+                metrics.literal_bounds = literal_bounds;
+                self.materialized.lock().await.insert(stage.name.clone());
+                return Ok(metrics);
             }
         }
         let width = df.schema().fields().len();
@@ -134,23 +161,62 @@ impl Executor {
         })
     }
 
-    /// A relation the cluster wrote where it computed it.
-    async fn register_written(
+    /// A checked relation the cluster wrote with its check columns (as `name`):
+    /// only the rows failing a check come here, to be counted, quarantined or
+    /// quoted exactly as a local run does; the relation is the written rows that
+    /// pass every check, without the check columns.
+    async fn checked_on_cluster(
         &self,
         stage: &StagePlan,
-        written: crate::cluster::Written,
-        literal_bounds: Vec<String>,
+        name: &str,
+        rows: u64,
+        mut checker: Checker,
+        unchecked: &DataFrame,
     ) -> StageResult<StageMetrics> {
-        self.register_files(&stage.name, &written.files).await?;
-        let scan = scan_stats(&written.plan);
-        super::metrics::profile(&stage.name, &written.plan);
-        self.materialized.lock().await.insert(stage.name.clone());
+        use datafusion::logical_expr::{not, Expr};
+        let written = self.ctx.table(name).await.map_err(df_err)?;
+        let column = |n: &str| Expr::Column(datafusion::common::Column::from_name(n));
+        let all_pass = datafusion::logical_expr::utils::conjunction(
+            (0..stage.checks.len()).map(|i| column(&check_column(i))),
+        )
+        .ok_or("a checked relation without checks")?;
+        let rejected = self
+            .collect(
+                written
+                    .clone()
+                    .filter(not(all_pass.clone()))
+                    .map_err(df_err)?,
+            )
+            .await?;
+        let mut rejected_rows = 0u64;
+        for batch in rejected {
+            rejected_rows += batch.num_rows() as u64;
+            checker.split(batch)?;
+        }
+        if let Some(failure) = checker.failure(&stage.name) {
+            return Err(StageError::ChecksFailed(failure));
+        }
+        if !checker.dropped.is_empty() {
+            self.quarantine(stage, &checker).await?;
+        }
+        let columns: Vec<Expr> = unchecked
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| column(f.name()))
+            .collect();
+        let relation = written
+            .clone()
+            .filter(all_pass)
+            .and_then(|d| d.select(columns))
+            .map_err(df_err)?;
+        self.ctx
+            .register_table(stage.name.as_str(), relation.into_view())
+            .map_err(df_err)?;
         Ok(StageMetrics {
-            rows_out: Some(written.files.iter().map(|f| f.1).sum()),
-            files_scanned: scan.files,
-            bytes_scanned: scan.bytes,
-            spilled_bytes: Some(written.files.iter().map(|f| f.2).sum()),
-            literal_bounds,
+            checks: checker.counts(),
+            quarantined: Some(checker.dropped.len() as u64),
+            rows_out: Some(rows.saturating_sub(rejected_rows)),
             ..Default::default()
         })
     }

@@ -115,9 +115,9 @@ async fn the_summary_pipeline_on_a_cluster_equals_a_local_run() {
     relations_stay_on_the_cluster(&std::fs::read_to_string(report).unwrap());
 }
 
-/// The executors wrote the relations without checks where they computed them:
-/// the process received fewer rows than those relations hold (it used to receive
-/// every relation's rows), and each such relation is a scratch file.
+/// The executors wrote the relations where they computed them (a checked one
+/// with its check columns): the process received fewer rows than those relations
+/// hold (it used to receive every relation's rows, then the MERGE sources).
 fn relations_stay_on_the_cluster(report: &str) {
     let report: serde_json::Value = serde_json::from_str(report).unwrap();
     let received = report["received"]["rows"].as_u64().expect("rows received");
@@ -131,7 +131,18 @@ fn relations_stay_on_the_cluster(report: &str) {
             .clone()
     };
     let mut relation_rows = 0;
-    for name in ["existing", "updated", "latest_candidates", "new_latest"] {
+    // `incoming` has checks: only its failing rows come back (quarantined).
+    assert!(
+        stage("incoming")["metrics"]["checks"].is_object(),
+        "{report}"
+    );
+    for name in [
+        "incoming",
+        "existing",
+        "updated",
+        "latest_candidates",
+        "new_latest",
+    ] {
         let metrics = &stage(name)["metrics"];
         assert!(
             metrics["spilled_bytes"].as_u64().unwrap() > 0,
