@@ -243,6 +243,91 @@ async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
     }
 }
 
+/// Two DELETEs on a table with deletion vectors, the second reading the first's
+/// vectors.
+const PURGE: &str = r#"name: purge
+vars:
+  warehouse: ./warehouse
+tables:
+  summary:
+    location: "{{ warehouse }}/summary"
+    partition_by: [rpt_as_of_mo]
+    deletion_vectors: true
+stages:
+  - name: some_keys
+    query: DELETE FROM summary WHERE cons_acct_key % 7 = 3
+  - name: half_a_month
+    query: DELETE FROM summary WHERE rpt_as_of_mo = '2025-06' AND cons_acct_key % 2 = 0
+"#;
+
+/// DELETE on a cluster tests its predicate on the executors and deletes by vector
+/// exactly the rows a local run deletes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_on_a_cluster_equals_a_local_one() {
+    let Some(s3) = S3::start() else { return };
+    let cluster = Cluster::start(&s3, 2);
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("purge.yaml"), PURGE).unwrap();
+    let local_wh = project.path().join("wh").to_string_lossy().into_owned();
+    let cluster_wh = "s3://warehouse/purge-wh";
+    for wh in [local_wh.as_str(), cluster_wh] {
+        ok(s3.sqlplan(&[
+            "generate",
+            "summary",
+            "--warehouse",
+            wh,
+            "--accounts",
+            "400",
+            "--seed",
+            "7",
+        ]));
+    }
+    let run = |wh: &str, extra: &[&str]| {
+        let var = format!("warehouse={wh}");
+        let args: Vec<&str> = ["run", "purge.yaml", "--var", &var]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        ok(super::common::sqlplan_with_env(
+            project.path(),
+            &args,
+            s3.env(),
+        ))
+    };
+    run(&local_wh, &[]);
+    let report = project.path().join("report.json");
+    run(
+        cluster_wh,
+        &[
+            "--engine",
+            &cluster.engine,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    let expected = s3.rows(&local_wh, "summary").await;
+    assert!(!expected.is_empty());
+    assert_eq!(s3.rows(cluster_wh, "summary").await, expected);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    let stage = |name: &str| {
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["metrics"]
+            .clone()
+    };
+    for name in ["some_keys", "half_a_month"] {
+        assert!(
+            stage(name)["files_with_vectors"].as_u64() > Some(0),
+            "{name}: {}",
+            stage(name)
+        );
+    }
+}
+
 /// An engine that is not `df://HOST:PORT` is refused before anything runs (exit 2).
 #[test]
 fn an_engine_that_is_not_df_is_refused() {

@@ -52,7 +52,9 @@ pub struct Candidate {
     pub vector: Option<DeletionVectorDescriptor>,
 }
 
-/// What every task of a key pass needs besides its files.
+/// What every task of a key pass needs besides its files. Without keys (a
+/// DELETE's pass) every live row is returned, with `referenced` (the columns its
+/// predicate reads), for the cluster to test.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyPassSpec {
     pub table_url: url::Url,
@@ -344,7 +346,10 @@ async fn match_files(
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    let matcher = Arc::new(spec.matcher(schema, context).await?);
+    let matcher = match spec.keys.is_empty() {
+        true => None,
+        false => Some(Arc::new(spec.matcher(schema, context).await?)),
+    };
     let root = root_store(&spec.table_url, context)?;
     let table_path = deltalake::Path::from_url_path(spec.table_url.path()).map_err(df_error)?;
     let table_store: Arc<dyn ObjectStore> = Arc::new(
@@ -370,12 +375,63 @@ async fn match_files(
             partition: c.partition,
             keep,
         };
-        let (_, _, batches) = matcher
-            .clone()
-            .scan(table_store.clone(), file)
-            .await
-            .map_err(df_error)?;
-        matched.extend(batches);
+        let batches = match &matcher {
+            Some(m) => m.clone().scan(table_store.clone(), file).await.map(|m| m.2),
+            None => live_rows(spec, schema, table_store.clone(), file).await,
+        };
+        matched.extend(batches.map_err(df_error)?);
     }
     Ok(matched)
+}
+
+/// Every live row of a file: `spec.referenced` (partition columns from the log's
+/// values), its file and position.
+async fn live_rows(
+    spec: &KeyPassSpec,
+    schema: &SchemaRef,
+    store: Arc<dyn ObjectStore>,
+    f: MatchFile,
+) -> crate::delta::error::Result<Vec<RecordBatch>> {
+    use datafusion::arrow::array::{AsArray, UInt32Array};
+    use datafusion::arrow::datatypes::Int64Type;
+    let read: Vec<String> = spec
+        .referenced
+        .iter()
+        .filter(|c| !spec.partitions.contains(c))
+        .cloned()
+        .collect();
+    let (batches, _) = crate::delta::vectors::read_rows(store, &f.file, &read, None).await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let positions = b
+            .column_by_name(crate::delta::vectors::ROW_NUMBER)
+            .ok_or_else(|| crate::delta::Error::table("a DELETE read rows without row numbers"))?
+            .as_primitive::<Int64Type>();
+        let live: Vec<u32> = (0..b.num_rows())
+            .filter(|&i| {
+                let p = positions.value(i) as usize;
+                f.keep.as_ref().is_none_or(|k| k[p])
+            })
+            .map(|i| i as u32)
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let idx = UInt32Array::from(live);
+        let mut columns = spec
+            .referenced
+            .iter()
+            .map(|c| {
+                let t = schema.field_with_name(c)?.data_type().clone();
+                let a = crate::delta::vectors::column_of(b, c, &t, &f.partition)?;
+                Ok(datafusion::arrow::compute::take(&a, &idx, None)?)
+            })
+            .collect::<crate::delta::error::Result<Vec<ArrayRef>>>()?;
+        let taken = datafusion::arrow::compute::take(positions, &idx, None)?;
+        columns.push(Arc::new(UInt32Array::from(vec![f.index; idx.len()])));
+        columns.push(datafusion::arrow::compute::cast(&taken, &DataType::UInt64)?);
+        columns.push(Arc::new(UInt64Array::from(vec![0u64; idx.len()])));
+        out.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    Ok(out)
 }

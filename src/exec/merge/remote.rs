@@ -21,14 +21,14 @@ use datafusion::prelude::DataFrame;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 
-use super::super::changes::{candidates, Candidate};
+use super::super::changes::candidates;
 use super::super::context::{df_err, Executor, StageResult};
 use super::vectors::{acts, clauses, referenced_columns, Act, Applied, ACTION};
 use super::{duplicate_error, duplicates, source_keys, Merge};
 use crate::cluster::sink::DataWriteSpec;
 use crate::cluster::Remote;
 use crate::delta::keys::{SourceKeys, FILE, POSITION};
-use crate::delta::scan::keys::{Candidate as Shipped, KeyPassFiles, KeyPassSpec};
+use crate::delta::scan::keys::{KeyPassFiles, KeyPassSpec};
 use crate::delta::writer::FileWriter;
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
@@ -178,7 +178,7 @@ impl Executor {
         let pass = KeyPassFiles {
             spec: Arc::new(spec),
             schema,
-            groups: self.groups(&candidates),
+            groups: self.ship(&candidates, |_| true),
         };
         let matched = self
             .ctx
@@ -330,52 +330,5 @@ impl Executor {
             partition_values,
             ranges,
         })
-    }
-
-    /// The candidates in as many groups as the session's target partitions: a
-    /// key pass task per group.
-    fn groups(&self, candidates: &[Candidate]) -> Vec<Vec<Shipped>> {
-        let n = self.ctx.state().config().target_partitions().max(1);
-        let per_group = candidates.len().div_ceil(n).max(1);
-        candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Shipped {
-                index: i as u32,
-                path: c.path.clone(),
-                size: c.view.size().max(0) as u64,
-                rows: c.view.num_records(),
-                partition: c.partition.clone(),
-                vector: c.view.deletion_vector_descriptor(),
-            })
-            .collect::<Vec<_>>()
-            .chunks(per_group)
-            .map(<[Shipped]>::to_vec)
-            .collect()
-    }
-
-    /// The physical row count of each candidate with deleted positions whose log
-    /// entry does not say (a local key pass counts them as it reads).
-    async fn count_rows(
-        &self,
-        table: &DeltaTable,
-        candidates: &mut [Candidate],
-        deleted: &BTreeMap<u32, Vec<u64>>,
-    ) -> StageResult<()> {
-        let store = table.object_store();
-        for &i in deleted.keys() {
-            let c = &mut candidates[i as usize];
-            if c.view.num_records().is_none() {
-                let location =
-                    crate::delta::partition::file_path(&deltalake::Path::default(), &c.path)?;
-                c.rows = crate::delta::vectors::parquet_row_count(
-                    &store,
-                    &location,
-                    c.view.size().max(0) as u64,
-                )
-                .await?;
-            }
-        }
-        Ok(())
     }
 }
