@@ -8,7 +8,8 @@
 #   benchmarks/cluster.sh [ACCOUNTS] [BATCH_RECORDS] [OUT.json]
 #
 # Needs python3 with moto's server (pip install "moto[server]" boto3) and
-# GNU time (/usr/bin/time). SQLPLAN is the binary [default: debug/sqlplan under
+# GNU time (/usr/bin/time). LOCAL=1 runs the same on S3 with the local engine
+# (no cluster), to tell the cluster's cost from S3's. SQLPLAN is the binary [default: debug/sqlplan under
 # CARGO_TARGET_DIR, which defaults to the one .ci/run uses].
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,37 +49,42 @@ warehouse=s3://warehouse/wh
 echo "generating $accounts accounts, a batch of $batch records, on S3" >&2
 "$sqlplan" generate summary --warehouse "$warehouse" --accounts "$accounts" --batch-records "$batch" >&2
 
-scheduler=$(port)
-"$sqlplan" scheduler --port "$scheduler" 2>"$work/scheduler.log" &
-pids+=($!)
-wait_port "$scheduler"
-for i in 1 2; do
-    flight=$(port)
-    grpc=$(port)
-    "$sqlplan" executor --scheduler "127.0.0.1:$scheduler" --port "$flight" --grpc-port "$grpc" \
-        --concurrent-tasks 2 --work-dir "$work" 2>"$work/executor-$i.log" &
+engine=()
+setup="moto S3 on this machine, the local engine"
+if [ -z "${LOCAL:-}" ]; then
+    scheduler=$(port)
+    "$sqlplan" scheduler --port "$scheduler" 2>"$work/scheduler.log" &
     pids+=($!)
-    wait_port "$flight"
-done
-
-echo "running on the cluster" >&2
+    wait_port "$scheduler"
+    for i in 1 2; do
+        flight=$(port)
+        grpc=$(port)
+        "$sqlplan" executor --scheduler "127.0.0.1:$scheduler" --port "$flight" \
+            --grpc-port "$grpc" --concurrent-tasks 2 --work-dir "$work" 2>"$work/executor-$i.log" &
+        pids+=($!)
+        wait_port "$flight"
+    done
+    engine=(--engine "df://127.0.0.1:$scheduler")
+    setup="moto S3, a scheduler and 2 executors (2 task slots each) on this machine"
+fi
+echo "running: $setup" >&2
 /usr/bin/time -f '%M %e' -o "$work/time" \
     "$sqlplan" run pipelines/summary.yaml --var "warehouse=$warehouse" \
-    --engine "df://127.0.0.1:$scheduler" --report "$out" >&2
+    "${engine[@]}" --report "$out" >&2
 read -r peak_kib seconds <"$work/time"
-python3 - "$out" "$peak_kib" "$seconds" "$accounts" "$batch" <<'EOF'
+python3 - "$out" "$peak_kib" "$seconds" "$accounts" "$batch" "$setup" <<'EOF'
 import json, sys
-path, peak_kib, seconds, accounts, batch = sys.argv[1:]
+path, peak_kib, seconds, accounts, batch, setup = sys.argv[1:]
 report = json.load(open(path))
 report["benchmark"] = {
-    "setup": "moto S3, a scheduler and 2 executors (2 task slots each) on this machine",
+    "setup": setup,
     "accounts": int(accounts),
     "batch_records": int(batch),
     "seconds": float(seconds),
     "sqlplan_peak_rss_mib": round(int(peak_kib) / 1024, 1),
 }
 json.dump(report, open(path, "w"), indent=2)
-r = report["received"]
+r = report.get("received") or {"rows": 0, "bytes": 0}
 print(f"run {float(seconds):.1f} s; sqlplan process peak {int(peak_kib)/1024:.0f} MiB; "
       f"received {r['rows']} rows, {r['bytes']/1e6:.1f} MB from the cluster")
 EOF

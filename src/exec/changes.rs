@@ -52,6 +52,18 @@ pub(super) async fn candidates(
     table: &DeltaTable,
     wanted: impl Fn(&LogicalFileView, &HashMap<String, Option<String>>) -> bool,
 ) -> StageResult<Vec<Candidate>> {
+    let mut candidates = candidates_from_log(table, wanted)?;
+    let all: Vec<usize> = (0..candidates.len()).collect();
+    with_vectors(table, &mut candidates, &all).await?;
+    Ok(candidates)
+}
+
+/// The files `wanted` accepts, from the log alone: their existing vectors are not
+/// read (on a cluster the executors read them; see `with_vectors`).
+pub(super) fn candidates_from_log(
+    table: &DeltaTable,
+    wanted: impl Fn(&LogicalFileView, &HashMap<String, Option<String>>) -> bool,
+) -> StageResult<Vec<Candidate>> {
     let snapshot = table.snapshot().map_err(df_err)?;
     let mut candidates: Vec<Candidate> = Vec::new();
     for view in snapshot.log_data().iter() {
@@ -66,12 +78,22 @@ pub(super) async fn candidates(
             });
         }
     }
-    let views: Vec<&LogicalFileView> = candidates.iter().map(|c| &c.view).collect();
+    Ok(candidates)
+}
+
+/// Reads the existing vectors of the candidates at `which` (indices) as keep masks.
+pub(super) async fn with_vectors(
+    table: &DeltaTable,
+    candidates: &mut [Candidate],
+    which: &[usize],
+) -> StageResult<()> {
+    let views: Vec<&LogicalFileView> = which.iter().map(|&i| &candidates[i].view).collect();
     let mut masks = dv::keep_masks(table, &views).await?;
-    for c in &mut candidates {
+    for &i in which {
+        let c = &mut candidates[i];
         c.keep = masks.remove(&c.path).map(Arc::new);
     }
-    Ok(candidates)
+    Ok(())
 }
 
 /// What `commit_changes` wrote.
@@ -338,6 +360,8 @@ impl Executor {
                 rows_deleted += 1;
             }
         }
+        let changed: Vec<usize> = deleted.keys().map(|&i| i as usize).collect();
+        with_vectors(&table, &mut candidates, &changed).await?;
         self.count_rows(&table, &mut candidates, &deleted).await?;
         let writer = FileWriter::for_table(&table, None)?;
         let w = self
@@ -386,9 +410,10 @@ impl Executor {
             .metadata()
             .partition_columns()
             .to_vec();
-        let mut candidates = candidates(&table, |_, _| true).await?;
-        let kept = partition_pass(&state, &schema, &partitions, &candidates, &condition)?;
         if self.remote.is_some() {
+            // The executors read the files' vectors; here only the changed files'.
+            let candidates = candidates_from_log(&table, |_, _| true)?;
+            let kept = partition_pass(&state, &schema, &partitions, &candidates, &condition)?;
             return self
                 .delete_on_cluster(
                     stage,
@@ -402,6 +427,8 @@ impl Executor {
                 )
                 .await;
         }
+        let mut candidates = candidates(&table, |_, _| true).await?;
+        let kept = partition_pass(&state, &schema, &partitions, &candidates, &condition)?;
         let test = RowTest::new(&state, condition.as_ref(), &schema, &partitions)?;
         let store = table.object_store();
         let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();

@@ -21,7 +21,7 @@ use datafusion::prelude::DataFrame;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 
-use super::super::changes::candidates;
+use super::super::changes::{candidates_from_log, with_vectors};
 use super::super::context::{df_err, Executor, StageResult};
 use super::vectors::{acts, clauses, referenced_columns, Act, Applied, ACTION};
 use super::{duplicate_error, duplicates, source_keys, Merge};
@@ -162,7 +162,8 @@ impl Executor {
         let summary = self
             .key_summary(&source_df, &keys, &types, &partitions)
             .await?;
-        let mut candidates = candidates(&table, |f, p| summary.may_hold(f, p)).await?;
+        // The executors read the candidates' vectors; here only the changed files'.
+        let mut candidates = candidates_from_log(&table, |f, p| summary.may_hold(f, p))?;
 
         // The key pass, the join and the clauses, on the executors.
         let names: Vec<String> = keys.iter().map(|(c, _)| c.clone()).collect();
@@ -235,6 +236,8 @@ impl Executor {
         };
         let (added, rows_written) = remote.write_data(rows.logical_plan(), &spec).await?;
         let applied = applied(&acts, &positions, rows_written)?;
+        let changed: Vec<usize> = applied.deleted.keys().map(|&i| i as usize).collect();
+        with_vectors(&table, &mut candidates, &changed).await?;
         self.count_rows(&table, &mut candidates, &applied.deleted)
             .await?;
         // Rewritten files are written here (their rows are read here too).
