@@ -27,7 +27,7 @@ use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::sink::{DataWrite, DataWriteExec, DataWriteSpec, ScratchWrite, ScratchWriteExec};
+use super::sink::{DataWriteExec, DataWriteSpec, ScratchWriteExec, Sink, Target};
 use crate::delta::scan::exec::Reader;
 use crate::delta::scan::keys::{
     Candidate as KeyPassCandidate, KeyPassExec, KeyPassFiles, KeyPassSpec,
@@ -37,11 +37,9 @@ use crate::delta::scan::{DataFile, DeltaFiles, DeltaFilesExec};
 /// Marks sqlplan's encodings (Ballista's own never start with it).
 const PROVIDER: &[u8] = b"sqlplan/DeltaFiles/1\n";
 const SCAN: &[u8] = b"sqlplan/DeltaFilesExec/1\n";
-/// A relation written to the scratch folder (its folder's URL follows).
-const WRITE: &[u8] = b"sqlplan/ScratchWrite/1\n";
+/// Rows written where they are computed (the sink's `Target` as JSON follows).
+const SINK: &[u8] = b"sqlplan/Sink/1\n";
 const WRITE_EXEC: &[u8] = b"sqlplan/ScratchWriteExec/1\n";
-/// New data files written by the executors (the `DataWriteSpec` JSON follows).
-const DATA_WRITE: &[u8] = b"sqlplan/DataWrite/1\n";
 const DATA_WRITE_EXEC: &[u8] = b"sqlplan/DataWriteExec/1\n";
 /// A MERGE's key pass (its spec as JSON follows; the provider adds its groups).
 const KEY_PASS: &[u8] = b"sqlplan/KeyPassFiles/1\n";
@@ -94,11 +92,13 @@ struct ProviderMessage {
     files: Option<Vec<DataFile>>,
 }
 
+/// A table's files at a version.
+type FileList = ((url::Url, i64), Arc<Vec<DataFile>>);
+
 /// Recently read file lists by table and version: the stages of a run read the
 /// same versions again and again.
-static FILE_LISTS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::VecDeque<((url::Url, i64), Arc<Vec<DataFile>>)>>,
-> = std::sync::LazyLock::new(Default::default);
+static FILE_LISTS: std::sync::LazyLock<std::sync::Mutex<std::collections::VecDeque<FileList>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// File lists kept at once.
 const KEPT_FILE_LISTS: usize = 32;
@@ -109,7 +109,7 @@ fn files_at(table_url: &url::Url, version: i64) -> Result<Arc<Vec<DataFile>>> {
     let cached = |lists: &std::collections::VecDeque<_>| {
         lists
             .iter()
-            .find(|(k, _): &&((url::Url, i64), Arc<Vec<DataFile>>)| *k == key)
+            .find(|(k, _): &&FileList| *k == key)
             .map(|(_, files)| files.clone())
     };
     if let Some(files) = cached(&FILE_LISTS.lock().unwrap_or_else(|e| e.into_inner())) {
@@ -143,33 +143,23 @@ impl LogicalExtensionCodec for LogicalCodec {
         inputs: &[LogicalPlan],
         ctx: &TaskContext,
     ) -> Result<Extension> {
-        if let Some(spec) = buf.strip_prefix(DATA_WRITE) {
-            let input = one(inputs, "decoding a data write")?;
-            return Ok(Extension {
-                node: Arc::new(DataWrite::new(input, text_of(spec)?)?),
-            });
-        }
-        let Some(folder) = buf.strip_prefix(WRITE) else {
+        let Some(json) = buf.strip_prefix(SINK) else {
             return self.ballista.try_decode(buf, inputs, ctx);
         };
-        let input = one(inputs, "decoding a scratch write")?;
+        let target: Target =
+            serde_json::from_slice(json).map_err(|e| error("decoding a sink", e))?;
+        let input = one(inputs, "decoding a sink")?;
         Ok(Extension {
-            node: Arc::new(ScratchWrite::new(input, text_of(folder)?)?),
+            node: Arc::new(Sink::new(input, target)?),
         })
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
-        if let Some(write) = node.node.as_any().downcast_ref::<DataWrite>() {
-            buf.extend_from_slice(DATA_WRITE);
-            buf.extend_from_slice(write.spec.as_bytes());
-            return Ok(());
-        }
-        let Some(write) = node.node.as_any().downcast_ref::<ScratchWrite>() else {
+        let Some(sink) = node.node.as_any().downcast_ref::<Sink>() else {
             return self.ballista.try_encode(node, buf);
         };
-        buf.extend_from_slice(WRITE);
-        buf.extend_from_slice(write.folder.as_bytes());
-        Ok(())
+        buf.extend_from_slice(SINK);
+        serde_json::to_writer(buf, &sink.target).map_err(|e| error("encoding a sink", e))
     }
 
     fn try_decode_table_provider(

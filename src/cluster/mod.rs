@@ -127,7 +127,7 @@ impl Remote {
             return Ok(None);
         }
         let folder = self.folder(name)?;
-        let write = sink::ScratchWrite::plan(plan.clone(), &folder)?;
+        let write = sink::Sink::scratch(plan.clone(), &folder)?;
         let (physical, task) = self.physical(&write).await?;
         let batches = datafusion::physical_plan::collect(physical.clone(), task)
             .await
@@ -146,7 +146,7 @@ impl Remote {
         plan: &LogicalPlan,
         spec: &sink::DataWriteSpec,
     ) -> Result<(Vec<deltalake::kernel::Add>, u64)> {
-        let write = sink::DataWrite::plan(plan.clone(), spec)?;
+        let write = sink::Sink::data(plan.clone(), spec)?;
         let (physical, task) = self.physical(&write).await?;
         let batches = datafusion::physical_plan::collect(physical, task)
             .await

@@ -82,7 +82,7 @@ fn runtime(temp: Option<&str>) -> datafusion::common::Result<Arc<RuntimeEnv>> {
 }
 
 /// The scheduler's session for planning a job: Ballista's defaults, with object
-/// stores found from URLs and sqlplan's plan nodes (`ScratchWrite`).
+/// stores found from URLs and sqlplan's plan nodes (`Sink`).
 fn scheduler_session(config: SessionConfig) -> datafusion::common::Result<SessionState> {
     let state = ballista_core::utils::default_session_builder(config)?;
     Ok(SessionStateBuilder::new_from_existing(state)

@@ -1,8 +1,9 @@
-//! Materialized relations written where they are computed. On a cluster a
-//! relation's query is wrapped in a `ScratchWrite` node: the scheduler plans it as
-//! a `ScratchWriteExec` (the planner its session is built with, `QueryPlanner`), and
-//! each task of the query's last stage writes its own partition as one Parquet file
-//! in the scratch folder. The sqlplan process receives one row per file (its URL,
+//! Rows written where they are computed. On a cluster a relation's query is
+//! wrapped in a `Sink` node: the scheduler plans it as a `ScratchWriteExec` (the
+//! planner its session is built with, `QueryPlanner`), and each task of the
+//! query's last stage writes its own partition as one Parquet file in the scratch
+//! folder. A MERGE's new rows go to a `Sink` too, planned as a `DataWriteExec`
+//! that writes new data files of the table and returns their Add actions. The sqlplan process receives one row per file (its URL,
 //! rows and bytes), never the relation's rows, and registers exactly those files:
 //! a file a lost task left behind is never read.
 
@@ -39,45 +40,85 @@ pub static WRITTEN: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// The logical node: `input`'s rows written to Parquet files in `folder`.
+/// Where a `Sink` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
+pub enum Target {
+    /// A relation's Parquet files in this scratch folder (a URL ending in `/`);
+    /// each task returns its file's row (`WRITTEN`).
+    Scratch(String),
+    /// New data files of a Delta table (`DataWriteSpec` as JSON); each task
+    /// returns its Add actions (`ADDED`). Nothing is committed.
+    Data(String),
+}
+
+/// The logical node: `input`'s rows written where they are computed, each task
+/// its own files.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ScratchWrite {
+pub struct Sink {
     pub input: LogicalPlan,
-    /// The relation's folder (a URL ending in `/`).
-    pub folder: String,
+    pub target: Target,
     schema: DFSchemaRef,
 }
 
-impl ScratchWrite {
-    /// `input` written to `folder`, as a plan the cluster runs.
-    pub fn plan(input: LogicalPlan, folder: &url::Url) -> Result<LogicalPlan> {
+impl Sink {
+    /// `input` written to the scratch `folder`, as a plan the cluster runs.
+    pub fn scratch(input: LogicalPlan, folder: &url::Url) -> Result<LogicalPlan> {
+        Sink::plan(input, Target::Scratch(folder.to_string()))
+    }
+
+    /// `input` (the table's columns) written as new data files of a table.
+    pub fn data(input: LogicalPlan, spec: &DataWriteSpec) -> Result<LogicalPlan> {
+        let spec = serde_json::to_string(spec).map_err(|e| DataFusionError::External(e.into()))?;
+        Sink::plan(input, Target::Data(spec))
+    }
+
+    fn plan(input: LogicalPlan, target: Target) -> Result<LogicalPlan> {
         Ok(LogicalPlan::Extension(Extension {
-            node: Arc::new(ScratchWrite::new(input, folder.to_string())?),
+            node: Arc::new(Sink::new(input, target)?),
         }))
     }
 
-    pub fn new(input: LogicalPlan, folder: String) -> Result<ScratchWrite> {
-        let schema = Arc::new(DFSchema::try_from(WRITTEN.as_ref().clone())?);
-        Ok(ScratchWrite {
+    pub fn new(input: LogicalPlan, target: Target) -> Result<Sink> {
+        let returns = match target {
+            Target::Scratch(_) => WRITTEN.as_ref(),
+            Target::Data(_) => ADDED.as_ref(),
+        };
+        let schema = Arc::new(DFSchema::try_from(returns.clone())?);
+        Ok(Sink {
             input,
-            folder,
+            target,
             schema,
+        })
+    }
+
+    /// The physical node that writes `input` as this sink says.
+    fn exec(&self, input: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
+        Ok(match &self.target {
+            Target::Scratch(folder) => Arc::new(ScratchWriteExec::new(
+                input,
+                url::Url::parse(folder).map_err(|e| external(e.into()))?,
+            )),
+            Target::Data(spec) => Arc::new(DataWriteExec::new(
+                input,
+                Arc::new(serde_json::from_str(spec).map_err(|e| external(e.into()))?),
+            )),
         })
     }
 }
 
-impl PartialOrd for ScratchWrite {
+impl PartialOrd for Sink {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        match self.folder.cmp(&other.folder) {
-            Ordering::Equal => self.input.partial_cmp(&other.input),
-            order => Some(order),
+        match self.target.partial_cmp(&other.target) {
+            Some(Ordering::Equal) => self.input.partial_cmp(&other.input),
+            order => order,
         }
     }
 }
 
-impl UserDefinedLogicalNodeCore for ScratchWrite {
+impl UserDefinedLogicalNodeCore for Sink {
     fn name(&self) -> &str {
-        "ScratchWrite"
+        "Sink"
     }
 
     fn inputs(&self) -> Vec<&LogicalPlan> {
@@ -93,13 +134,13 @@ impl UserDefinedLogicalNodeCore for ScratchWrite {
     }
 
     fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "ScratchWrite: {}", self.folder)
+        write!(f, "Sink: {:?}", self.target)
     }
 
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
         let [input] = <[LogicalPlan; 1]>::try_from(inputs)
-            .map_err(|_| DataFusionError::Internal("ScratchWrite has one input".into()))?;
-        ScratchWrite::new(input, self.folder.clone())
+            .map_err(|_| DataFusionError::Internal("Sink has one input".into()))?;
+        Sink::new(input, self.target.clone())
     }
 }
 
@@ -239,8 +280,7 @@ async fn write_partition(
     )?)
 }
 
-/// Plans `ScratchWrite` and `DataWrite` nodes (the scheduler's physical planner
-/// has it).
+/// Plans `Sink` nodes (the scheduler's physical planner has it).
 #[derive(Debug, Default)]
 pub struct ScratchPlanner;
 
@@ -258,20 +298,10 @@ impl ExtensionPlanner for ScratchPlanner {
         let [input] = physical_inputs else {
             return Ok(None);
         };
-        if let Some(write) = node.as_any().downcast_ref::<ScratchWrite>() {
-            let folder = url::Url::parse(&write.folder)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            return Ok(Some(Arc::new(ScratchWriteExec::new(input.clone(), folder))));
+        match node.as_any().downcast_ref::<Sink>() {
+            Some(sink) => sink.exec(input.clone()).map(Some),
+            None => Ok(None),
         }
-        if let Some(write) = node.as_any().downcast_ref::<DataWrite>() {
-            let spec: DataWriteSpec = serde_json::from_str(&write.spec)
-                .map_err(|e| DataFusionError::External(e.into()))?;
-            return Ok(Some(Arc::new(DataWriteExec::new(
-                input.clone(),
-                Arc::new(spec),
-            ))));
-        }
-        Ok(None)
     }
 }
 
@@ -292,7 +322,7 @@ impl datafusion::execution::context::QueryPlanner for QueryPlanner {
     }
 }
 
-/// The files a `ScratchWrite` plan's results name, with their rows and bytes.
+/// The files a scratch `Sink` plan's results name, with their rows and bytes.
 pub fn written(batches: &[RecordBatch]) -> Result<Vec<(String, u64, u64)>> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::UInt64Type;
@@ -319,7 +349,7 @@ pub static ADDED: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// Where a `DataWrite` writes: new data files of a Delta table.
+/// Where a data `Sink` writes: new data files of a Delta table.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DataWriteSpec {
     pub table_url: url::Url,
@@ -327,72 +357,6 @@ pub struct DataWriteSpec {
     /// Each task writes its rows in this order (the MERGE key), so a new file's
     /// key statistics let later reads skip its row groups.
     pub sort_by: Vec<String>,
-}
-
-/// The logical node: `input`'s rows (the table's columns, of its types) written
-/// as new data files of a table where they are computed. Nothing is committed:
-/// the tasks return the Add actions and the sqlplan process commits them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DataWrite {
-    pub input: LogicalPlan,
-    /// `DataWriteSpec` as JSON.
-    pub spec: String,
-    schema: DFSchemaRef,
-}
-
-impl DataWrite {
-    pub fn plan(input: LogicalPlan, spec: &DataWriteSpec) -> Result<LogicalPlan> {
-        let spec = serde_json::to_string(spec).map_err(|e| DataFusionError::External(e.into()))?;
-        Ok(LogicalPlan::Extension(Extension {
-            node: Arc::new(DataWrite::new(input, spec)?),
-        }))
-    }
-
-    pub fn new(input: LogicalPlan, spec: String) -> Result<DataWrite> {
-        let schema = Arc::new(DFSchema::try_from(ADDED.as_ref().clone())?);
-        Ok(DataWrite {
-            input,
-            spec,
-            schema,
-        })
-    }
-}
-
-impl PartialOrd for DataWrite {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        match self.spec.cmp(&other.spec) {
-            Ordering::Equal => self.input.partial_cmp(&other.input),
-            order => Some(order),
-        }
-    }
-}
-
-impl UserDefinedLogicalNodeCore for DataWrite {
-    fn name(&self) -> &str {
-        "DataWrite"
-    }
-
-    fn inputs(&self) -> Vec<&LogicalPlan> {
-        vec![&self.input]
-    }
-
-    fn schema(&self) -> &DFSchemaRef {
-        &self.schema
-    }
-
-    fn expressions(&self) -> Vec<Expr> {
-        Vec::new()
-    }
-
-    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "DataWrite: {}", self.spec)
-    }
-
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
-        let [input] = <[LogicalPlan; 1]>::try_from(inputs)
-            .map_err(|_| DataFusionError::Internal("DataWrite has one input".into()))?;
-        DataWrite::new(input, self.spec.clone())
-    }
 }
 
 /// The physical node: each partition of `input` written as new data files.
@@ -548,7 +512,7 @@ fn sorted(rows: RecordBatch, columns: &[String]) -> Result<RecordBatch> {
     Ok(take_record_batch(&rows, &indices)?)
 }
 
-/// The Add actions and rows `DataWrite` tasks returned.
+/// The Add actions and rows a data `Sink`'s tasks returned.
 pub fn added(batches: &[RecordBatch]) -> Result<(Vec<deltalake::kernel::Add>, u64)> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::UInt64Type;

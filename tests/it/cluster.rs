@@ -121,15 +121,7 @@ async fn the_summary_pipeline_on_a_cluster_equals_a_local_run() {
 fn relations_stay_on_the_cluster(report: &str) {
     let report: serde_json::Value = serde_json::from_str(report).unwrap();
     let received = report["received"]["rows"].as_u64().expect("rows received");
-    let stage = |name: &str| {
-        report["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("stage {name}"))
-            .clone()
-    };
+    let stage = |name: &str| stage_of(&report, name);
     let mut relation_rows = 0;
     // `incoming` has checks: only its failing rows come back (quarantined).
     assert!(
@@ -155,6 +147,17 @@ fn relations_stay_on_the_cluster(report: &str) {
         received < relation_rows,
         "received {received} rows, the relations hold {relation_rows}"
     );
+}
+
+/// A stage's entry in a run report.
+fn stage_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("stage {name}"))
+        .clone()
 }
 
 /// One of two executors is killed while a cluster run of the summary pipeline is
@@ -310,15 +313,7 @@ async fn a_delete_on_a_cluster_equals_a_local_one() {
     assert_eq!(s3.rows(cluster_wh, "summary").await, expected);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
-    let stage = |name: &str| {
-        report["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["metrics"]
-            .clone()
-    };
+    let stage = |name: &str| stage_of(&report, name)["metrics"].clone();
     for name in ["some_keys", "half_a_month"] {
         assert!(
             stage(name)["files_with_vectors"].as_u64() > Some(0),

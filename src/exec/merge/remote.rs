@@ -18,12 +18,11 @@ use datafusion::common::{JoinType, ScalarValue};
 use datafusion::functions_aggregate::expr_fn::{max, min};
 use datafusion::logical_expr::{cast as cast_expr, col, lit, Expr};
 use datafusion::prelude::DataFrame;
-use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 
 use super::super::changes::{candidates_from_log, with_vectors};
 use super::super::context::{df_err, Executor, StageResult};
-use super::vectors::{acts, clauses, referenced_columns, Act, Applied, ACTION};
+use super::vectors::{acts, clauses, merge_operation, referenced_columns, Act, Applied, ACTION};
 use super::{duplicate_error, duplicates, source_keys, Merge};
 use crate::cluster::sink::DataWriteSpec;
 use crate::cluster::Remote;
@@ -242,13 +241,7 @@ impl Executor {
             .await?;
         // Rewritten files are written here (their rows are read here too).
         let writer = FileWriter::for_table(&table, None)?;
-        let operation = DeltaOperation::Merge {
-            predicate: None,
-            merge_predicate: Some(merge.on.to_string()),
-            matched_predicates: vec![],
-            not_matched_predicates: vec![],
-            not_matched_by_source_predicates: vec![],
-        };
+        let operation = merge_operation(&merge);
         let w = self
             .commit_changes(
                 stage,

@@ -108,13 +108,7 @@ impl Executor {
         let applied = apply(&merge, outcome, &mut writer, table_schema.fields().len()).await?;
 
         // 4-5. Per file: remove, rewrite or give it a vector; one commit.
-        let operation = DeltaOperation::Merge {
-            predicate: None,
-            merge_predicate: Some(merge.on.to_string()),
-            matched_predicates: vec![],
-            not_matched_predicates: vec![],
-            not_matched_by_source_predicates: vec![],
-        };
+        let operation = merge_operation(&merge);
         let w = self
             .commit_changes(
                 stage,
@@ -305,6 +299,17 @@ pub(super) async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// The operation a MERGE's commit records.
+pub(super) fn merge_operation(merge: &Merge) -> DeltaOperation {
+    DeltaOperation::Merge {
+        predicate: None,
+        merge_predicate: Some(merge.on.to_string()),
+        matched_predicates: vec![],
+        not_matched_predicates: vec![],
+        not_matched_by_source_predicates: vec![],
+    }
 }
 
 /// What each clause does, in clause order (`ACTION` is its index plus one).
