@@ -48,8 +48,8 @@ pub struct MatchFile {
     pub index: u32,
     pub file: DataFile,
     pub partition: HashMap<String, Option<String>>,
-    /// Its existing vector as a keep mask (true: live).
-    pub keep: Option<Arc<Vec<bool>>>,
+    /// The rows its existing vector deletes.
+    pub keep: Option<Arc<super::vectors::Deleted>>,
 }
 
 impl Matcher {
@@ -77,7 +77,7 @@ impl Matcher {
             let (mut take_idx, mut pos, mut src) = (Vec::new(), Vec::new(), Vec::new());
             for i in 0..b.num_rows() {
                 let p = positions.value(i) as u64;
-                if f.keep.as_ref().is_some_and(|k| !k[p as usize]) {
+                if f.keep.as_ref().is_some_and(|k| !k.is_live(p)) {
                     continue; // deleted by the file's vector already
                 }
                 if let Some(s) = self.lookup.rows.get(keys.row(i).as_ref()) {

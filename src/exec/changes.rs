@@ -31,8 +31,8 @@ pub(super) struct Candidate {
     pub view: LogicalFileView,
     pub path: String,
     pub partition: HashMap<String, Option<String>>,
-    /// Its existing vector as a keep mask (true: live), if it has one.
-    pub keep: Option<Arc<Vec<bool>>>,
+    /// The rows its existing vector deletes, if it has one.
+    pub keep: Option<Arc<dv::Deleted>>,
     /// Physical rows (known once the file was read).
     pub rows: usize,
 }
@@ -177,7 +177,7 @@ impl Executor {
             let already: Vec<u64> = c
                 .keep
                 .as_ref()
-                .map(|k| (0..k.len() as u64).filter(|p| !k[*p as usize]).collect())
+                .map(|k| k.positions().collect())
                 .unwrap_or_default();
             let live = c.rows - already.len();
             actions.push(Action::Remove(c.view.remove_action(true)));
@@ -572,7 +572,7 @@ impl RowTest {
                 .as_primitive::<Int64Type>();
             for r in 0..b.num_rows() {
                 let p = positions.value(r) as u64;
-                let live = c.keep.as_ref().is_none_or(|k| k[p as usize]);
+                let live = c.keep.as_ref().is_none_or(|k| k.is_live(p));
                 let matches = hit.as_ref().is_none_or(|h| h.is_valid(r) && h.value(r));
                 if live && matches {
                     out.push(p);

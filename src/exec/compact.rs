@@ -69,9 +69,9 @@ impl Executor {
         let mut purged = 0u64;
         for f in &chosen {
             let path = f.path().to_string();
-            let kept = masks.remove(&path).map(|keep| {
-                purged += keep.iter().filter(|k| !**k).count() as u64;
-                dv::ranges((0..keep.len() as u64).filter(|p| keep[*p as usize]))
+            let kept = masks.remove(&path).map(|deleted| {
+                purged += deleted.count();
+                dv::ranges((0..deleted.rows as u64).filter(|p| deleted.is_live(*p)))
             });
             let file = DataFile {
                 path,

@@ -36,7 +36,7 @@ use super::df_error;
 use super::exec::{group_files, groups_of};
 use crate::delta::keys::{MatchFile, Matcher, SourceKeys, FILE, MATCHED_SOURCE_ROW, POSITION};
 use crate::delta::stores;
-use crate::delta::vectors::{keep_mask, DataFile, VectorReader};
+use crate::delta::vectors::{deleted_rows, DataFile, VectorReader};
 
 /// A candidate file as it crosses to an executor.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -360,7 +360,7 @@ async fn match_files(
     for c in files {
         let keep = match &c.vector {
             Some(d) => Some(Arc::new(
-                keep_mask(&mut vectors, &table_store, &c.path, c.size, c.rows, d)
+                deleted_rows(&mut vectors, &table_store, &c.path, c.size, c.rows, d)
                     .await
                     .map_err(df_error)?,
             )),
@@ -410,7 +410,7 @@ async fn live_rows(
         let live: Vec<u32> = (0..b.num_rows())
             .filter(|&i| {
                 let p = positions.value(i) as usize;
-                f.keep.as_ref().is_none_or(|k| k[p])
+                f.keep.as_ref().is_none_or(|k| k.is_live(p as u64))
             })
             .map(|i| i as u32)
             .collect();

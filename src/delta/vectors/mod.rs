@@ -34,7 +34,7 @@ mod feature;
 mod read;
 
 pub use feature::{enable, enabled};
-pub use read::{keep_mask, keep_masks, VectorReader};
+pub use read::{deleted_rows, keep_masks, Deleted, VectorReader};
 
 /// The column with each row's position in its data file.
 pub const ROW_NUMBER: &str = "__sqlplan_row_number";

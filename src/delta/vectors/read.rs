@@ -11,7 +11,33 @@ use deltalake::{DeltaTable, ObjectStore, Path};
 use super::parquet_row_count;
 use crate::delta::error::{Doing as _, Error, Result};
 
-/// The keep masks (true: the row is live) of those `files` that have a deletion
+/// The rows a file's existing vector deletes, as the vector holds them (a Roaring
+/// bitmap: a few bits a row at most, where a byte per row would not fit a large
+/// table in memory), with the file's physical row count.
+#[derive(Clone, Debug)]
+pub struct Deleted {
+    pub rows: usize,
+    positions: roaring::RoaringTreemap,
+}
+
+impl Deleted {
+    /// Whether the row at `position` is still live.
+    pub fn is_live(&self, position: u64) -> bool {
+        !self.positions.contains(position)
+    }
+
+    /// The deleted positions, in order.
+    pub fn positions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.positions.iter()
+    }
+
+    /// How many rows the vector deletes.
+    pub fn count(&self) -> u64 {
+        self.positions.len()
+    }
+}
+
+/// The deleted rows of those `files` that have a deletion
 /// vector, by their path (decoded, as `LogicalFileView::path`). Read with the
 /// kernel's reader, as the scan reads them (`VectorReader`); delta-rs's
 /// `DeltaScan::deletion_vectors` selects files by URL-joining the paths it is given,
@@ -19,7 +45,7 @@ use crate::delta::error::{Doing as _, Error, Result};
 pub async fn keep_masks(
     table: &DeltaTable,
     files: &[&deltalake::kernel::LogicalFileView],
-) -> Result<HashMap<String, Vec<bool>>> {
+) -> Result<HashMap<String, Deleted>> {
     let store = table.object_store();
     let mut reader = VectorReader::for_table(table);
     let mut masks = HashMap::new();
@@ -29,7 +55,7 @@ pub async fn keep_masks(
         };
         let path = f.path().to_string();
         let size = f.size().max(0) as u64;
-        let keep = keep_mask(
+        let keep = deleted_rows(
             &mut reader,
             &store,
             &path,
@@ -43,17 +69,17 @@ pub async fn keep_masks(
     Ok(masks)
 }
 
-/// The keep mask of one data file (`path` relative to the table root, which
-/// `store` serves) with `rows` physical rows (read from its footer when the log
-/// does not say) and a vector.
-pub async fn keep_mask(
+/// The rows one data file's vector deletes (`path` relative to the table root,
+/// which `store` serves), with its physical rows (read from its footer when the log
+/// does not say).
+pub async fn deleted_rows(
     reader: &mut VectorReader,
     store: &Arc<dyn ObjectStore>,
     path: &str,
     size: u64,
     rows: Option<usize>,
     descriptor: &DeletionVectorDescriptor,
-) -> Result<Vec<bool>> {
+) -> Result<Deleted> {
     let rows = match rows {
         Some(rows) => rows,
         None => {
@@ -61,15 +87,13 @@ pub async fn keep_mask(
             parquet_row_count(store, &location, size).await?
         }
     };
-    let mut keep = vec![true; rows];
-    for p in reader.deleted(descriptor).await? {
-        *keep.get_mut(p as usize).ok_or_else(|| {
-            Error::table(format!(
-                "the deletion vector of {path} deletes position {p}, past its {rows} rows"
-            ))
-        })? = false;
+    let positions = reader.bitmap(descriptor).await?;
+    if let Some(p) = positions.max().filter(|&p| p >= rows as u64) {
+        return Err(Error::table(format!(
+            "the deletion vector of {path} deletes position {p}, past its {rows} rows"
+        )));
     }
-    Ok(keep)
+    Ok(Deleted { rows, positions })
 }
 
 /// Reads the deletion vectors of one table's files with the kernel's reader
@@ -103,6 +127,14 @@ impl VectorReader {
 
     /// The positions a data file's vector deletes, in order.
     pub async fn deleted(&mut self, descriptor: &DeletionVectorDescriptor) -> Result<Vec<u64>> {
+        Ok(self.bitmap(descriptor).await?.iter().collect())
+    }
+
+    /// The positions a data file's vector deletes, as the vector's bitmap.
+    pub async fn bitmap(
+        &mut self,
+        descriptor: &DeletionVectorDescriptor,
+    ) -> Result<roaring::RoaringTreemap> {
         use buoyant_kernel::actions::deletion_vector::DeletionVectorDescriptor as Kernel;
         let kernel = Kernel::try_from(descriptor.clone()).map_err(Error::from)?;
         // The kernel's reader gets only the file this vector is in (none for an
@@ -127,7 +159,7 @@ impl VectorReader {
         let deleted = kernel
             .read(storage, &self.root)
             .doing(|| format!("deletion vector of a file in {}", self.root))?;
-        Ok(deleted.iter().collect())
+        Ok(deleted)
     }
 }
 
