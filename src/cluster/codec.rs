@@ -27,7 +27,7 @@ use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::sink::{DataWriteExec, DataWriteSpec, ScratchWriteExec, Sink, Target};
+use super::sink::{DataWriteExec, DataWriteSpec, ScratchSpec, ScratchWriteExec, Sink, Target};
 use crate::delta::scan::exec::Reader;
 use crate::delta::scan::keys::{
     Candidate as KeyPassCandidate, KeyPassExec, KeyPassFiles, KeyPassSpec,
@@ -60,11 +60,6 @@ struct KeyPassExecMessage {
     spec: String,
     #[prost(message, optional, tag = "2")]
     schema: Option<protobuf::Schema>,
-}
-
-/// The text a message carries (a folder's URL, a spec as JSON).
-fn text_of(bytes: &[u8]) -> Result<String> {
-    String::from_utf8(bytes.to_vec()).map_err(|e| error("decoding a plan node", e))
 }
 
 /// The one input a node was encoded with.
@@ -311,11 +306,11 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                 groups,
             )));
         }
-        if let Some(folder) = buf.strip_prefix(WRITE_EXEC) {
-            let folder = url::Url::parse(&text_of(folder)?)
-                .map_err(|e| error("decoding a scratch write", e))?;
+        if let Some(json) = buf.strip_prefix(WRITE_EXEC) {
+            let spec: ScratchSpec =
+                serde_json::from_slice(json).map_err(|e| error("decoding a scratch write", e))?;
             let input = one(inputs, "decoding a scratch write")?;
-            return Ok(Arc::new(ScratchWriteExec::new(input, folder)));
+            return Ok(Arc::new(ScratchWriteExec::new(input, Arc::new(spec))));
         }
         let Some(bytes) = buf.strip_prefix(SCAN) else {
             return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
@@ -393,8 +388,8 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         }
         if let Some(write) = node.downcast_ref::<ScratchWriteExec>() {
             buf.extend_from_slice(WRITE_EXEC);
-            buf.extend_from_slice(write.folder.as_str().as_bytes());
-            return Ok(());
+            return serde_json::to_writer(buf, write.spec.as_ref())
+                .map_err(|e| error("encoding a scratch write", e));
         }
         let Some(scan) = node.downcast_ref::<DeltaFilesExec>() else {
             return self.ballista.try_encode(node, buf, proto_converter);

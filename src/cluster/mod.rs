@@ -123,11 +123,21 @@ impl Remote {
     /// plan that optimizes to an empty relation (Ballista would plan it without
     /// columns): the caller writes that one.
     pub async fn write(&self, name: &str, plan: &LogicalPlan) -> Result<Option<Written>> {
+        self.write_split(name, plan, Vec::new()).await
+    }
+
+    /// `write`, each task's rows split into files by the values of `split_by`.
+    pub async fn write_split(
+        &self,
+        name: &str,
+        plan: &LogicalPlan,
+        split_by: Vec<String>,
+    ) -> Result<Option<Written>> {
         if matches!(self.state.optimize(plan)?, LogicalPlan::EmptyRelation(_)) {
             return Ok(None);
         }
         let folder = self.folder(name)?;
-        let write = sink::Sink::scratch(plan.clone(), &folder)?;
+        let write = sink::Sink::scratch(plan.clone(), &folder, split_by)?;
         let (physical, task) = self.physical(&write).await?;
         let batches = datafusion::physical_plan::collect(physical.clone(), task)
             .await
@@ -183,7 +193,7 @@ impl Remote {
 /// A relation the cluster wrote: its files (URL, rows, bytes) and the plan that
 /// wrote them (for its scan metrics).
 pub struct Written {
-    pub files: Vec<(String, u64, u64)>,
+    pub files: Vec<sink::WrittenFile>,
     pub plan: Arc<dyn ExecutionPlan>,
 }
 

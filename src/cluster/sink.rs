@@ -37,15 +37,36 @@ pub static WRITTEN: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("file", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),
+        Field::new("values", DataType::Utf8, true),
     ]))
 });
+
+/// Where a scratch `Sink` writes: a relation's folder (a URL ending in `/`), and
+/// the columns whose values split each task's rows into files of their own (a
+/// MERGE source by its partition keys, so a key pass task reads only the files of
+/// its partitions).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
+pub struct ScratchSpec {
+    pub folder: String,
+    pub split_by: Vec<String>,
+}
+
+/// A file a scratch `Sink` task wrote: its URL, rows, bytes, and the values of
+/// the split columns its rows share (`split_values`), if split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WrittenFile {
+    pub url: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub values: Option<String>,
+}
 
 /// Where a `Sink` writes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub enum Target {
-    /// A relation's Parquet files in this scratch folder (a URL ending in `/`);
-    /// each task returns its file's row (`WRITTEN`).
-    Scratch(String),
+    /// A relation's Parquet files in a scratch folder; each task returns its
+    /// files' rows (`WRITTEN`).
+    Scratch(ScratchSpec),
     /// New data files of a Delta table (`DataWriteSpec` as JSON); each task
     /// returns its Add actions (`ADDED`). Nothing is committed.
     Data(String),
@@ -61,9 +82,18 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// `input` written to the scratch `folder`, as a plan the cluster runs.
-    pub fn scratch(input: LogicalPlan, folder: &url::Url) -> Result<LogicalPlan> {
-        Sink::plan(input, Target::Scratch(folder.to_string()))
+    /// `input` written to the scratch `folder`, each task's rows split into files
+    /// by the values of `split_by`, as a plan the cluster runs.
+    pub fn scratch(
+        input: LogicalPlan,
+        folder: &url::Url,
+        split_by: Vec<String>,
+    ) -> Result<LogicalPlan> {
+        let spec = ScratchSpec {
+            folder: folder.to_string(),
+            split_by,
+        };
+        Sink::plan(input, Target::Scratch(spec))
     }
 
     /// `input` (the table's columns) written as new data files of a table.
@@ -95,10 +125,10 @@ impl Sink {
     fn exec(&self, input: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
         Ok(match &self.target {
-            Target::Scratch(folder) => Arc::new(ScratchWriteExec::new(
-                input,
-                url::Url::parse(folder).map_err(|e| external(e.into()))?,
-            )),
+            Target::Scratch(spec) => {
+                url::Url::parse(&spec.folder).map_err(|e| external(e.into()))?;
+                Arc::new(ScratchWriteExec::new(input, Arc::new(spec.clone())))
+            }
             Target::Data(spec) => Arc::new(DataWriteExec::new(
                 input,
                 Arc::new(serde_json::from_str(spec).map_err(|e| external(e.into()))?),
@@ -144,16 +174,17 @@ impl UserDefinedLogicalNodeCore for Sink {
     }
 }
 
-/// The physical node: each partition of `input` written as one Parquet file.
+/// The physical node: each partition of `input` written as one Parquet file (one
+/// per value of the split columns).
 #[derive(Debug)]
 pub struct ScratchWriteExec {
     pub input: Arc<dyn ExecutionPlan>,
-    pub folder: url::Url,
+    pub spec: Arc<ScratchSpec>,
     properties: Arc<PlanProperties>,
 }
 
 impl ScratchWriteExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, folder: url::Url) -> ScratchWriteExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, spec: Arc<ScratchSpec>) -> ScratchWriteExec {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(WRITTEN.clone()),
             Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
@@ -162,7 +193,7 @@ impl ScratchWriteExec {
         ));
         ScratchWriteExec {
             input,
-            folder,
+            spec,
             properties,
         }
     }
@@ -170,7 +201,7 @@ impl ScratchWriteExec {
 
 impl DisplayAs for ScratchWriteExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "ScratchWriteExec: {}", self.folder)
+        write!(f, "ScratchWriteExec: {:?}", self.spec)
     }
 }
 
@@ -200,7 +231,13 @@ impl ExecutionPlan for ScratchWriteExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let [input] = <[_; 1]>::try_from(children)
             .map_err(|_| DataFusionError::Internal("ScratchWriteExec has one child".into()))?;
-        Ok(Arc::new(ScratchWriteExec::new(input, self.folder.clone())))
+        Ok(Arc::new(ScratchWriteExec::new(input, self.spec.clone())))
+    }
+
+    /// Rows split by the values of their split columns, so each value's rows are
+    /// written by one task, in one file.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![keyed_by(&self.spec.split_by, &self.input)]
     }
 
     fn execute(
@@ -209,9 +246,9 @@ impl ExecutionPlan for ScratchWriteExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context.clone())?;
-        let folder = self.folder.clone();
+        let spec = self.spec.clone();
         let written = futures::stream::once(async move {
-            write_partition(input, &folder, partition, &context).await
+            write_partition(input, &spec, partition, &context).await
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             WRITTEN.clone(),
@@ -220,64 +257,125 @@ impl ExecutionPlan for ScratchWriteExec {
     }
 }
 
-/// Writes one partition's rows to a file of its own (a name no other task or
-/// attempt uses) and returns the file's row. An empty partition writes nothing,
-/// except the first, so even an empty relation has one file with its columns.
+/// Rows partitioned by the values of `columns` (any distribution without them).
+fn keyed_by(columns: &[String], input: &Arc<dyn ExecutionPlan>) -> Distribution {
+    let schema = input.schema();
+    let exprs: Result<Vec<Arc<dyn PhysicalExpr>>> = columns
+        .iter()
+        .map(|c| {
+            let column =
+                datafusion::physical_expr::expressions::Column::new_with_schema(c, &schema)?;
+            Ok(Arc::new(column) as Arc<dyn PhysicalExpr>)
+        })
+        .collect();
+    match exprs {
+        Ok(exprs) if !exprs.is_empty() => Distribution::KeyPartitioned(exprs),
+        _ => Distribution::UnspecifiedDistribution,
+    }
+}
+
+/// A file being written by a task.
+struct Open {
+    url: url::Url,
+    writer: AsyncArrowWriter<BufWriter>,
+    rows: u64,
+}
+
+/// Writes one partition's rows to files of its own (names no other task or
+/// attempt uses), one per value of the split columns, and returns a row per file.
+/// An empty partition writes nothing, except the first, so even an empty relation
+/// has one file with its columns.
 async fn write_partition(
     mut input: SendableRecordBatchStream,
-    folder: &url::Url,
+    spec: &ScratchSpec,
     partition: usize,
     context: &TaskContext,
 ) -> Result<RecordBatch> {
-    let name = format!("part-{partition:05}-{}.parquet", uuid::Uuid::new_v4());
-    let url = folder
-        .join(&name)
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    let store_url = ObjectStoreUrl::parse(crate::delta::stores::root(folder).as_str())?;
+    let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
+    let folder = url::Url::parse(&spec.folder).map_err(|e| external(e.into()))?;
+    let store_url = ObjectStoreUrl::parse(crate::delta::stores::root(&folder).as_str())?;
     let store = context.runtime_env().object_store(&store_url)?;
-    let path = deltalake::Path::from_url_path(url.path())
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
     let schema = input.schema();
-    let mut writer: Option<AsyncArrowWriter<BufWriter>> = None;
-    let mut rows = 0u64;
-    let open = || {
-        AsyncArrowWriter::try_new(
-            BufWriter::new(store.clone(), path.clone()),
-            schema.clone(),
-            None,
-        )
+    let split: Vec<usize> = spec
+        .split_by
+        .iter()
+        .map(|c| schema.index_of(c))
+        .collect::<std::result::Result<_, _>>()?;
+    let open = || -> Result<Open> {
+        let name = format!("part-{partition:05}-{}.parquet", uuid::Uuid::new_v4());
+        let url = folder.join(&name).map_err(|e| external(e.into()))?;
+        let path = deltalake::Path::from_url_path(url.path()).map_err(|e| external(e.into()))?;
+        let writer =
+            AsyncArrowWriter::try_new(BufWriter::new(store.clone(), path), schema.clone(), None)?;
+        Ok(Open {
+            url,
+            writer,
+            rows: 0,
+        })
     };
+    let mut files: std::collections::BTreeMap<String, Open> = Default::default();
     while let Some(batch) = input.next().await {
         let batch = batch?;
-        if batch.num_rows() == 0 {
-            continue;
+        for (values, rows) in split_rows(&batch, &split)? {
+            let file = match files.entry(values) {
+                std::collections::btree_map::Entry::Occupied(f) => f.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(open()?),
+            };
+            file.rows += rows.num_rows() as u64;
+            file.writer.write(&rows).await?;
         }
-        rows += batch.num_rows() as u64;
-        let w = match &mut writer {
-            Some(w) => w,
-            None => writer.insert(open()?),
-        };
-        w.write(&batch).await?;
     }
-    if writer.is_none() && partition == 0 {
-        writer = Some(open()?);
+    if files.is_empty() && partition == 0 {
+        files.insert(String::new(), open()?);
     }
-    let (files, rows, bytes) = match writer {
-        Some(mut w) => {
-            w.finish().await?;
-            let bytes = w.bytes_written() as u64;
-            (vec![url.to_string()], vec![rows], vec![bytes])
-        }
-        None => (vec![], vec![], vec![]),
-    };
+    let (mut urls, mut rows, mut bytes, mut values) = (vec![], vec![], vec![], vec![]);
+    for (value, mut f) in files {
+        f.writer.finish().await?;
+        urls.push(f.url.to_string());
+        rows.push(f.rows);
+        bytes.push(f.writer.bytes_written() as u64);
+        values.push((!split.is_empty() && f.rows > 0).then_some(value));
+    }
     Ok(RecordBatch::try_new(
         WRITTEN.clone(),
         vec![
-            Arc::new(StringArray::from(files)),
+            Arc::new(StringArray::from(urls)),
             Arc::new(UInt64Array::from(rows)),
             Arc::new(UInt64Array::from(bytes)),
+            Arc::new(StringArray::from(values)),
         ],
     )?)
+}
+
+/// `batch`'s non-empty groups of rows by the values of the `split` columns (one
+/// group, unnamed, without split columns).
+fn split_rows(batch: &RecordBatch, split: &[usize]) -> Result<Vec<(String, RecordBatch)>> {
+    use datafusion::arrow::compute::take_record_batch;
+    use datafusion::common::ScalarValue;
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    if split.is_empty() {
+        return Ok(vec![(String::new(), batch.clone())]);
+    }
+    let mut groups: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for row in 0..batch.num_rows() {
+        let values = split
+            .iter()
+            .map(|&c| ScalarValue::try_from_array(batch.column(c), row))
+            .collect::<Result<Vec<_>>>()?;
+        groups
+            .entry(crate::delta::scan::keys::split_values(&values))
+            .or_default()
+            .push(row as u32);
+    }
+    groups
+        .into_iter()
+        .map(|(values, rows)| {
+            let rows = datafusion::arrow::array::UInt32Array::from(rows);
+            Ok((values, take_record_batch(batch, &rows)?))
+        })
+        .collect()
 }
 
 /// Plans `Sink` nodes (the scheduler's physical planner has it).
@@ -323,18 +421,24 @@ impl datafusion::execution::context::QueryPlanner for QueryPlanner {
 }
 
 /// The files a scratch `Sink` plan's results name, with their rows and bytes.
-pub fn written(batches: &[RecordBatch]) -> Result<Vec<(String, u64, u64)>> {
-    use datafusion::arrow::array::AsArray;
+pub fn written(batches: &[RecordBatch]) -> Result<Vec<WrittenFile>> {
+    use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::UInt64Type;
     let mut files = Vec::new();
     for b in batches {
-        let (file, rows, bytes) = (
+        let (file, rows, bytes, values) = (
             b.column(0).as_string::<i32>(),
             b.column(1).as_primitive::<UInt64Type>(),
             b.column(2).as_primitive::<UInt64Type>(),
+            b.column(3).as_string::<i32>(),
         );
         for i in 0..b.num_rows() {
-            files.push((file.value(i).to_string(), rows.value(i), bytes.value(i)));
+            files.push(WrittenFile {
+                url: file.value(i).to_string(),
+                rows: rows.value(i),
+                bytes: bytes.value(i),
+                values: values.is_valid(i).then(|| values.value(i).to_string()),
+            });
         }
     }
     Ok(files)
@@ -417,19 +521,7 @@ impl ExecutionPlan for DataWriteExec {
         } else {
             &self.spec.partitions
         };
-        let schema = self.input.schema();
-        let exprs: Result<Vec<Arc<dyn PhysicalExpr>>> = columns
-            .iter()
-            .map(|c| {
-                Ok(Arc::new(
-                    datafusion::physical_expr::expressions::Column::new_with_schema(c, &schema)?,
-                ) as Arc<dyn PhysicalExpr>)
-            })
-            .collect();
-        match exprs {
-            Ok(exprs) if !exprs.is_empty() => vec![Distribution::KeyPartitioned(exprs)],
-            _ => vec![Distribution::UnspecifiedDistribution],
-        }
+        vec![keyed_by(columns, &self.input)]
     }
 
     fn with_new_children(

@@ -320,6 +320,7 @@ impl Executor {
             table_url: table.table_url().clone(),
             source_files: Vec::new(),
             source_keys: Vec::new(),
+            split_keys: Vec::new(),
             keys: Vec::new(),
             partitions,
             referenced: schema

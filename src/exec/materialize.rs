@@ -43,11 +43,11 @@ impl Executor {
                 self.register_files(&name, &written.files).await?;
                 let mut metrics = match checker {
                     Some(c) => {
-                        let rows = written.files.iter().map(|f| f.1).sum();
+                        let rows = written.files.iter().map(|f| f.rows).sum();
                         self.checked_on_cluster(stage, &name, rows, c, &df).await?
                     }
                     None => StageMetrics {
-                        rows_out: Some(written.files.iter().map(|f| f.1).sum()),
+                        rows_out: Some(written.files.iter().map(|f| f.rows).sum()),
                         ..Default::default()
                     },
                 };
@@ -55,7 +55,7 @@ impl Executor {
                 super::metrics::profile(&stage.name, &written.plan);
                 metrics.files_scanned = scan.files;
                 metrics.bytes_scanned = scan.bytes;
-                metrics.spilled_bytes = Some(written.files.iter().map(|f| f.2).sum());
+                metrics.spilled_bytes = Some(written.files.iter().map(|f| f.bytes).sum());
                 metrics.literal_bounds = literal_bounds;
                 self.materialized.lock().await.insert(stage.name.clone());
                 return Ok(metrics);
@@ -226,7 +226,7 @@ impl Executor {
     pub(super) async fn register_files(
         &self,
         name: &str,
-        files: &[(String, u64, u64)],
+        files: &[crate::cluster::sink::WrittenFile],
     ) -> StageResult<()> {
         use datafusion::datasource::file_format::parquet::ParquetFormat;
         use datafusion::datasource::listing::{
@@ -234,7 +234,7 @@ impl Executor {
         };
         let urls = files
             .iter()
-            .map(|(file, _, _)| ListingTableUrl::parse(file))
+            .map(|f| ListingTableUrl::parse(&f.url))
             .collect::<datafusion::common::Result<Vec<_>>>()
             .map_err(df_err)?;
         let first = urls

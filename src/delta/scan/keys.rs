@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use super::df_error;
 use super::exec::{group_files, groups_of};
 use crate::delta::keys::{MatchFile, Matcher, SourceKeys, FILE, MATCHED_SOURCE_ROW, POSITION};
-use crate::delta::stores;
 use crate::delta::vectors::{deleted_rows, DataFile, VectorReader};
+use crate::delta::{partition, stores};
 
 /// A candidate file as it crosses to an executor.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,16 +52,39 @@ pub struct Candidate {
     pub vector: Option<DeletionVectorDescriptor>,
 }
 
+/// One row's values of the split columns, as one string (each value as its
+/// `ScalarValue` prints it, so typed values compare by their text).
+pub fn split_values(values: &[datafusion::common::ScalarValue]) -> String {
+    values
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
+/// A file of a MERGE source in the scratch folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub url: String,
+    /// The values of the split keys all its rows have (`split_values`);
+    /// none: any.
+    pub values: Option<String>,
+}
+
 /// What every task of a key pass needs besides its files. Without keys (a
 /// DELETE's pass) every live row is returned, with `referenced` (the columns its
 /// predicate reads), for the cluster to test.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyPassSpec {
     pub table_url: url::Url,
-    /// The source relation's files (URLs) and, in key order, the columns that
-    /// hold its keys (already of the target key columns' types).
-    pub source_files: Vec<String>,
+    /// The source relation's files and, in key order, the columns that hold its
+    /// keys (already of the target key columns' types).
+    pub source_files: Vec<SourceFile>,
     pub source_keys: Vec<String>,
+    /// The key columns that are partition columns, whose values each source file
+    /// holds one of (`SourceFile::values`): a task reads only the files of its
+    /// candidates' partitions.
+    pub split_keys: Vec<String>,
     /// The target's key columns and partition columns.
     pub keys: Vec<String>,
     pub partitions: Vec<String>,
@@ -91,8 +114,14 @@ impl KeyPassSpec {
         Ok(Arc::new(Schema::new(fields)))
     }
 
-    /// The matcher a task runs: the source's keys read from its files.
-    async fn matcher(&self, schema: &SchemaRef, context: &TaskContext) -> Result<Matcher> {
+    /// The matcher a task runs on `files`: the keys of the source files that can
+    /// hold their partitions' keys.
+    async fn matcher(
+        &self,
+        schema: &SchemaRef,
+        files: &[Candidate],
+        context: &TaskContext,
+    ) -> Result<Matcher> {
         let target_fields: BTreeMap<String, DataType> = self
             .referenced
             .iter()
@@ -109,7 +138,8 @@ impl KeyPassSpec {
             })
             .collect::<Result<_>>()?;
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
-        let keyed = self.source_keys(&key_types, context).await?;
+        let wanted = self.source_files_for(files, &target_fields)?;
+        let keyed = self.source_keys(&wanted, &key_types, context).await?;
         let lookup = SourceKeys::new(&converter, &keyed, &self.keys, &key_types, &self.partitions)
             .map_err(df_error)?;
         Ok(Matcher {
@@ -134,13 +164,15 @@ impl KeyPassSpec {
     #[allow(deprecated)] // ParquetObjectReader, as `vectors::read_rows` uses it
     async fn source_keys(
         &self,
+        source_files: &[&SourceFile],
         key_types: &[DataType],
         context: &TaskContext,
     ) -> Result<Vec<RecordBatch>> {
         use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
         use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
         let mut keyed = Vec::new();
-        for file in &self.source_files {
+        for source in source_files {
+            let file = &source.url;
             let url = url::Url::parse(file).map_err(df_error)?;
             let store = root_store(&url, context)?;
             let path = deltalake::Path::from_url_path(url.path()).map_err(df_error)?;
@@ -181,6 +213,37 @@ impl KeyPassSpec {
             }
         }
         Ok(keyed)
+    }
+}
+
+impl KeyPassSpec {
+    /// The source files whose split values some of `files`' partitions have (all
+    /// of them when the source is not split).
+    fn source_files_for(
+        &self,
+        files: &[Candidate],
+        types: &BTreeMap<String, DataType>,
+    ) -> Result<Vec<&SourceFile>> {
+        if self.split_keys.is_empty() {
+            return Ok(self.source_files.iter().collect());
+        }
+        let mut wanted = std::collections::HashSet::new();
+        for c in files {
+            let values = self
+                .split_keys
+                .iter()
+                .map(|k| {
+                    let raw = c.partition.get(k).and_then(|v| v.as_deref());
+                    partition::value(raw, &types[k]).map_err(df_error)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            wanted.insert(split_values(&values));
+        }
+        Ok(self
+            .source_files
+            .iter()
+            .filter(|f| f.values.as_ref().is_none_or(|v| wanted.contains(v)))
+            .collect())
     }
 }
 
@@ -348,7 +411,7 @@ async fn match_files(
     }
     let matcher = match spec.keys.is_empty() {
         true => None,
-        false => Some(Arc::new(spec.matcher(schema, context).await?)),
+        false => Some(Arc::new(spec.matcher(schema, &files, context).await?)),
     };
     let root = root_store(&spec.table_url, context)?;
     let table_path = deltalake::Path::from_url_path(spec.table_url.path()).map_err(df_error)?;
@@ -434,4 +497,82 @@ async fn live_rows(
         out.push(RecordBatch::try_new(schema.clone(), columns)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::common::ScalarValue;
+
+    fn candidate(index: u32, p: Option<&str>) -> Candidate {
+        Candidate {
+            index,
+            path: format!("f{index}.parquet"),
+            size: 1,
+            rows: Some(1),
+            partition: HashMap::from([("p".to_string(), p.map(str::to_string))]),
+            vector: None,
+        }
+    }
+
+    /// A source split by a partition key: a task reads the files of its
+    /// candidates' partition values (compared typed, here dates written by the
+    /// sink and read from the log as text) and the unsplit ones, nothing else.
+    #[test]
+    fn a_task_reads_only_the_source_files_of_its_partitions() {
+        let day = |s: &str| {
+            let v = ScalarValue::Utf8(Some(s.to_string()))
+                .cast_to(&DataType::Date32)
+                .unwrap();
+            Some(split_values(&[v]))
+        };
+        let file = |url: &str, values: Option<String>| SourceFile {
+            url: url.to_string(),
+            values,
+        };
+        let spec = KeyPassSpec {
+            table_url: url::Url::parse("s3://b/t/").unwrap(),
+            source_files: vec![
+                file("june", day("2025-06-01")),
+                file("july", day("2025-07-01")),
+                file("empty", None),
+            ],
+            source_keys: vec!["k0".into(), "k1".into()],
+            split_keys: vec!["p".into()],
+            keys: vec!["id".into(), "p".into()],
+            partitions: vec!["p".into()],
+            referenced: vec!["id".into(), "p".into()],
+        };
+        let types = BTreeMap::from([
+            ("id".to_string(), DataType::Int64),
+            ("p".to_string(), DataType::Date32),
+        ]);
+        let read = |files: &[Candidate]| -> Vec<String> {
+            spec.source_files_for(files, &types)
+                .unwrap()
+                .iter()
+                .map(|f| f.url.clone())
+                .collect()
+        };
+        assert_eq!(read(&[candidate(0, Some("2025-07-01"))]), ["july", "empty"]);
+        assert_eq!(
+            read(&[
+                candidate(0, Some("2025-06-01")),
+                candidate(1, Some("2025-07-01"))
+            ]),
+            ["june", "july", "empty"]
+        );
+        assert_eq!(read(&[candidate(0, None)]), ["empty"]);
+        let unsplit = KeyPassSpec {
+            split_keys: Vec::new(),
+            ..spec.clone()
+        };
+        assert_eq!(
+            unsplit
+                .source_files_for(&[candidate(0, None)], &types)
+                .unwrap()
+                .len(),
+            3
+        );
+    }
 }

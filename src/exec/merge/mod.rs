@@ -92,7 +92,8 @@ impl Executor {
         };
         if let (Some(remote), Some((options, keys))) = (&self.remote, &with_vectors) {
             let source =
-                remote::Source::write(self, remote, stage, &merge, source_df.clone(), keys).await?;
+                remote::Source::write(self, remote, stage, &merge, source_df.clone(), keys, &table)
+                    .await?;
             if let Some(source) = source {
                 return self
                     .merge_on_cluster(stage, merge, source, keys.clone(), table, options)

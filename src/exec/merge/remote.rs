@@ -27,7 +27,7 @@ use super::{duplicate_error, duplicates, source_keys, Merge};
 use crate::cluster::sink::DataWriteSpec;
 use crate::cluster::Remote;
 use crate::delta::keys::{SourceKeys, FILE, POSITION};
-use crate::delta::scan::keys::{KeyPassFiles, KeyPassSpec};
+use crate::delta::scan::keys::{KeyPassFiles, KeyPassSpec, SourceFile};
 use crate::delta::writer::FileWriter;
 use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
@@ -41,7 +41,7 @@ fn key_column(i: usize) -> String {
 pub(super) struct Source {
     /// Registered under this name; read as the statement's source alias.
     name: String,
-    files: Vec<String>,
+    files: Vec<SourceFile>,
     rows: u64,
 }
 
@@ -55,7 +55,14 @@ impl Source {
         merge: &Merge,
         source: DataFrame,
         keys: &[(String, Expr)],
+        table: &DeltaTable,
     ) -> StageResult<Option<Source>> {
+        let partitions = table
+            .snapshot()
+            .map_err(df_err)?
+            .metadata()
+            .partition_columns()
+            .to_vec();
         let types = key_types(merge, keys)?;
         let mut keyed = source;
         for (i, ((_, e), t)) in keys.iter().zip(&types).enumerate() {
@@ -63,15 +70,33 @@ impl Source {
                 .with_column(&key_column(i), cast_expr(e.clone(), t.clone()))
                 .map_err(df_err)?;
         }
+        // Split by the key columns that are partition columns: a key pass task
+        // then reads only the source files of its candidates' partitions.
+        let split_by: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, (c, _))| partitions.contains(c))
+            .map(|(i, _)| key_column(i))
+            .collect();
         let name = format!("{}__merge_source", stage.name);
-        let Some(written) = remote.write(&name, keyed.logical_plan()).await? else {
+        let Some(written) = remote
+            .write_split(&name, keyed.logical_plan(), split_by)
+            .await?
+        else {
             return Ok(None);
         };
         exec.register_files(&name, &written.files).await?;
         Ok(Some(Source {
             name,
-            files: written.files.iter().map(|f| f.0.clone()).collect(),
-            rows: written.files.iter().map(|f| f.1).sum(),
+            rows: written.files.iter().map(|f| f.rows).sum(),
+            files: written
+                .files
+                .into_iter()
+                .map(|f| SourceFile {
+                    url: f.url,
+                    values: f.values,
+                })
+                .collect(),
         }))
     }
 }
@@ -170,6 +195,11 @@ impl Executor {
             table_url: table.table_url().clone(),
             source_files: source.files.clone(),
             source_keys: (0..keys.len()).map(key_column).collect(),
+            split_keys: names
+                .iter()
+                .filter(|c| partitions.contains(c))
+                .cloned()
+                .collect(),
             keys: names.clone(),
             partitions: partitions.clone(),
             referenced: referenced_columns(&merge, &keys, &target_fields),
