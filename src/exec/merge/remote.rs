@@ -117,7 +117,10 @@ fn applied(acts: &[Act], positions: &[RecordBatch], rows_written: u64) -> StageR
         let file = b.column(1).as_primitive::<UInt32Type>();
         let position = b.column(2).as_primitive::<UInt64Type>();
         for i in 0..b.num_rows() {
-            match acts.get(action.value(i) as usize - 1) {
+            match (action.value(i) as usize)
+                .checked_sub(1)
+                .and_then(|a| acts.get(a))
+            {
                 Some(Act::Update) => applied.updated += 1,
                 Some(Act::Delete) => applied.deleted_rows += 1,
                 _ => return Err("a MERGE position without a deleting clause".into()),
@@ -129,7 +132,9 @@ fn applied(acts: &[Act], positions: &[RecordBatch], rows_written: u64) -> StageR
                 .push(position.value(i));
         }
     }
-    applied.inserted = rows_written - applied.updated;
+    applied.inserted = rows_written
+        .checked_sub(applied.updated)
+        .ok_or("a MERGE wrote fewer rows than it updated")?;
     Ok(applied)
 }
 
@@ -251,7 +256,7 @@ impl Executor {
         let columns: Vec<Expr> = table_schema
             .fields()
             .iter()
-            .map(|f| col(f.name()))
+            .map(|f| Expr::Column(datafusion::common::Column::from_name(f.name())))
             .collect();
         // `DataWriteExec` asks for its rows hashed by partition value (or key).
         let rows = outcome
