@@ -85,6 +85,16 @@ struct ProviderMessage {
     version: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     files: Option<Vec<DataFile>>,
+    /// With `version`: the number of files and their bytes, so a list read
+    /// earlier for the same URL and version (of a table since replaced, whose
+    /// versions start again) is never taken for this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<(u64, u64)>,
+}
+
+/// The number of files and their bytes.
+fn fingerprint(files: &[DataFile]) -> (u64, u64) {
+    (files.len() as u64, files.iter().map(|f| f.size).sum())
 }
 
 /// A table's files at a version.
@@ -98,13 +108,19 @@ static FILE_LISTS: std::sync::LazyLock<std::sync::Mutex<std::collections::VecDeq
 /// File lists kept at once.
 const KEPT_FILE_LISTS: usize = 32;
 
-/// The files of `table_url` at `version`, read from its log once.
-fn files_at(table_url: &url::Url, version: i64) -> Result<Arc<Vec<DataFile>>> {
+/// The files of `table_url` at `version`, read from its log once, which must be
+/// the files the client planned (`expected`, their count and bytes).
+fn files_at(
+    table_url: &url::Url,
+    version: i64,
+    expected: Option<(u64, u64)>,
+) -> Result<Arc<Vec<DataFile>>> {
+    let fits = |files: &Arc<Vec<DataFile>>| expected.is_none_or(|e| fingerprint(files) == e);
     let key = (table_url.clone(), version);
     let cached = |lists: &std::collections::VecDeque<_>| {
         lists
             .iter()
-            .find(|(k, _): &&FileList| *k == key)
+            .find(|(k, files): &&FileList| *k == key && fits(files))
             .map(|(_, files)| files.clone())
     };
     if let Some(files) = cached(&FILE_LISTS.lock().unwrap_or_else(|e| e.into_inner())) {
@@ -117,6 +133,12 @@ fn files_at(table_url: &url::Url, version: i64) -> Result<Arc<Vec<DataFile>>> {
     })
     .map_err(|e| error(&format!("reading {table_url} at version {version}"), e))?;
     let files = Arc::new(read);
+    if !fits(&files) {
+        return Err(error(
+            &format!("reading {table_url} at version {version}"),
+            "its files are not those the client planned (was the table replaced?)",
+        ));
+    }
     let mut lists = FILE_LISTS.lock().unwrap_or_else(|e| e.into_inner());
     lists.push_back((key, files.clone()));
     if lists.len() > KEPT_FILE_LISTS {
@@ -182,7 +204,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             serde_json::from_slice(json).map_err(|e| error("decoding a Delta scan", e))?;
         let files = match (m.files, m.version) {
             (Some(files), _) => Arc::new(files),
-            (None, Some(version)) => files_at(&m.table_url, version)?,
+            (None, Some(version)) => files_at(&m.table_url, version, m.fingerprint)?,
             (None, None) => return Err(error("decoding a Delta scan", "no files, no version")),
         };
         Ok(Arc::new(DeltaFiles {
@@ -222,6 +244,7 @@ impl LogicalExtensionCodec for LogicalCodec {
                 .version
                 .is_none()
                 .then(|| files.files.as_ref().clone()),
+            fingerprint: Some(fingerprint(&files.files)),
         };
         serde_json::to_writer(buf, &m).map_err(|e| error("encoding a Delta scan", e))
     }

@@ -461,6 +461,10 @@ pub struct DataWriteSpec {
     /// Each task writes its rows in this order (the MERGE key), so a new file's
     /// key statistics let later reads skip its row groups.
     pub sort_by: Vec<String>,
+    /// The table's NOT NULL columns: a NULL in one fails the write, as a local
+    /// write fails (the rows' own schema may call every column nullable).
+    #[serde(default)]
+    pub not_null: Vec<String>,
 }
 
 /// The physical node: each partition of `input` written as new data files.
@@ -558,6 +562,15 @@ async fn write_data(input: SendableRecordBatchStream, spec: &DataWriteSpec) -> R
     let count = rows.num_rows() as u64;
     let mut adds = Vec::new();
     if count > 0 {
+        for c in &spec.not_null {
+            let nulls = rows.column(rows.schema().index_of(c)?).null_count();
+            if nulls > 0 {
+                return Err(DataFusionError::Execution(format!(
+                    "{nulls} rows to write into {} have NULL in its NOT NULL column `{c}`",
+                    spec.table_url
+                )));
+            }
+        }
         let rows = sorted(rows, &spec.sort_by)?;
         let external = |e: deltalake::DeltaTableError| DataFusionError::External(Box::new(e));
         let mut writer = deltalake::writer::RecordBatchWriter::try_new(
@@ -622,4 +635,42 @@ pub fn added(batches: &[RecordBatch]) -> Result<(Vec<deltalake::kernel::Add>, u6
         }
     }
     Ok((adds, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::datasource::memory::MemorySourceConfig;
+
+    /// New rows with NULL in a NOT NULL column fail on the executor, before any
+    /// file is written, as a local write fails.
+    #[tokio::test]
+    async fn a_null_in_a_not_null_column_fails_the_write() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let rows = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        let input = MemorySourceConfig::try_new_exec(&[vec![rows]], schema, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DataWriteSpec {
+            table_url: url::Url::from_directory_path(dir.path()).unwrap(),
+            partitions: Vec::new(),
+            sort_by: vec!["id".into()],
+            not_null: vec!["id".into()],
+        };
+        let exec = DataWriteExec::new(input, Arc::new(spec));
+        let out =
+            datafusion::physical_plan::collect(Arc::new(exec), Arc::new(TaskContext::default()))
+                .await;
+        let message = out.unwrap_err().to_string();
+        assert!(message.contains("NOT NULL column `id`"), "{message}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+    }
 }

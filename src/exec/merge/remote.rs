@@ -181,8 +181,11 @@ impl Executor {
             .map_err(df_err)?
             .alias(&merge.source_alias)
             .map_err(df_err)?;
-        let key_exprs = source_keys(&merge.on, &merge.target);
-        if let Some(duplicates) = duplicates(&source_df, &key_exprs)? {
+        // Keys as the join compares them: cast to the target's types (two source
+        // keys may become one), named as the statement writes them.
+        let cast_keys: Vec<Expr> = (0..keys.len()).map(|i| col(key_column(i))).collect();
+        if let Some(duplicates) = duplicates(&source_df, &cast_keys)? {
+            let key_exprs = source_keys(&merge.on, &merge.target);
             duplicate_error(&self.collect(duplicates).await?, &key_exprs)?;
         }
 
@@ -253,10 +256,15 @@ impl Executor {
             .map_err(df_err)?;
         let positions = self.collect(positions).await?;
         let writing = clauses_that(&|a| a != Act::Delete);
+        // Of the table's types: the outcome was read back with the session's own
+        // (strings as views).
         let columns: Vec<Expr> = table_schema
             .fields()
             .iter()
-            .map(|f| Expr::Column(datafusion::common::Column::from_name(f.name())))
+            .map(|f| {
+                let column = Expr::Column(datafusion::common::Column::from_name(f.name()));
+                cast_expr(column, f.data_type().clone()).alias(f.name())
+            })
             .collect();
         // `DataWriteExec` asks for its rows hashed by partition value (or key).
         let rows = outcome
@@ -267,6 +275,12 @@ impl Executor {
             table_url: table.table_url().clone(),
             partitions: partitions.clone(),
             sort_by: names.clone(),
+            not_null: table_schema
+                .fields()
+                .iter()
+                .filter(|f| !f.is_nullable())
+                .map(|f| f.name().clone())
+                .collect(),
         };
         let (added, rows_written) = remote.write_data(rows.logical_plan(), &spec).await?;
         let applied = applied(&acts, &positions, rows_written)?;
