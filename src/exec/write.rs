@@ -31,6 +31,11 @@ impl Executor {
         let df = self.query(source).await?;
         let (df, literal_bounds) = self.bounded(df).await?;
         let df = conform(df, &table, columns)?;
+        if let (Some(remote), false) = (&self.remote, stage.kind() == StageKind::InsertOverwrite) {
+            return self
+                .append_on_cluster(stage, remote, &target, table, df, literal_bounds)
+                .await;
+        }
         let (plan, task) = self.physical(df).await?;
         let (batches, scan) = collect_with_scan_metrics(plan, task).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -72,6 +77,60 @@ impl Executor {
             bytes_written: metric(&m, "num_added_bytes"),
             files_scanned: scan.files,
             bytes_scanned: scan.bytes,
+            literal_bounds,
+            version,
+            ..Default::default()
+        })
+    }
+
+    /// INSERT (append) on a cluster: the executors write the new data files where
+    /// the rows are computed and return their Add actions; this process commits
+    /// them with the run's transaction, as a local INSERT commits.
+    async fn append_on_cluster(
+        &self,
+        stage: &StagePlan,
+        remote: &crate::cluster::Remote,
+        target: &str,
+        table: DeltaTable,
+        df: DataFrame,
+        literal_bounds: Vec<String>,
+    ) -> StageResult<StageMetrics> {
+        use deltalake::kernel::Action;
+        let snapshot = table.snapshot().map_err(df_err)?;
+        let partitions = snapshot.metadata().partition_columns().to_vec();
+        let spec = crate::cluster::sink::DataWriteSpec {
+            table_url: table.table_url().clone(),
+            partitions: partitions.clone(),
+            sort_by: Vec::new(),
+            not_null: snapshot
+                .snapshot()
+                .arrow_schema()
+                .fields()
+                .iter()
+                .filter(|f| !f.is_nullable())
+                .map(|f| f.name().clone())
+                .collect(),
+        };
+        let (adds, rows) = remote.write_data(df.logical_plan(), &spec).await?;
+        let (files, bytes) = (
+            adds.len() as u64,
+            adds.iter().map(|a| a.size.max(0) as u64).sum(),
+        );
+        let operation = deltalake::protocol::DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!partitions.is_empty()).then_some(partitions),
+            predicate: None,
+        };
+        let actions = adds.into_iter().map(Action::Add).collect();
+        let version = self
+            .commit_actions(stage, target, table, actions, operation)
+            .await?;
+        Ok(StageMetrics {
+            rows_out: Some(rows),
+            rows_inserted: Some(rows),
+            files_added: Some(files),
+            files_removed: Some(0),
+            bytes_written: Some(bytes),
             literal_bounds,
             version,
             ..Default::default()

@@ -247,7 +247,7 @@ async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
 }
 
 /// Two DELETEs on a table with deletion vectors, the second reading the first's
-/// vectors.
+/// vectors, and an INSERT of what is left into a new partitioned table.
 const PURGE: &str = r#"name: purge
 vars:
   warehouse: ./warehouse
@@ -256,17 +256,28 @@ tables:
     location: "{{ warehouse }}/summary"
     partition_by: [rpt_as_of_mo]
     deletion_vectors: true
+  picked:
+    location: "{{ warehouse }}/picked"
+    schema:
+      - {name: cons_acct_key, type: BIGINT, nullable: false}
+      - {name: rpt_as_of_mo, type: STRING}
+    partition_by: [rpt_as_of_mo]
 stages:
   - name: some_keys
     query: DELETE FROM summary WHERE cons_acct_key % 7 = 3
   - name: half_a_month
     query: DELETE FROM summary WHERE rpt_as_of_mo = '2025-06' AND cons_acct_key % 2 = 0
+  - name: pick
+    query: |
+      INSERT INTO picked
+      SELECT cons_acct_key, rpt_as_of_mo FROM summary WHERE cons_acct_key % 5 = 1
 "#;
 
 /// DELETE on a cluster tests its predicate on the executors and deletes by vector
-/// exactly the rows a local run deletes.
+/// exactly the rows a local run deletes; INSERT's new files are written by the
+/// executors and committed here, with a local run's rows.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_delete_on_a_cluster_equals_a_local_one() {
+async fn a_delete_and_an_insert_on_a_cluster_equal_a_local_run() {
     let Some(s3) = S3::start() else { return };
     let cluster = Cluster::start(&s3, 2);
     let project = tempfile::tempdir().unwrap();
@@ -308,12 +319,19 @@ async fn a_delete_on_a_cluster_equals_a_local_one() {
             report.to_str().unwrap(),
         ],
     );
-    let expected = s3.rows(&local_wh, "summary").await;
-    assert!(!expected.is_empty());
-    assert_eq!(s3.rows(cluster_wh, "summary").await, expected);
+    for table in ["summary", "picked"] {
+        let expected = s3.rows(&local_wh, table).await;
+        assert!(!expected.is_empty(), "{table}");
+        assert_eq!(s3.rows(cluster_wh, table).await, expected, "{table}");
+    }
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
     let stage = |name: &str| stage_of(&report, name)["metrics"].clone();
+    assert!(
+        stage("pick")["files_added"].as_u64() > Some(0),
+        "{}",
+        stage("pick")
+    );
     for name in ["some_keys", "half_a_month"] {
         assert!(
             stage(name)["files_with_vectors"].as_u64() > Some(0),
