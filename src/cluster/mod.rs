@@ -13,6 +13,7 @@
 //! credentials of their own environment.
 
 pub mod codec;
+mod data;
 pub mod received;
 pub mod serve;
 pub mod sink;

@@ -6,6 +6,7 @@
 
 pub mod bounds;
 mod changes;
+mod changes_on_cluster;
 mod compact;
 mod context;
 mod error;
