@@ -57,6 +57,11 @@ pub struct StageMetrics {
     pub files_rewritten: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows_deleted_by_vector: Option<u64>,
+    /// MERGE on a cluster: how the executors found the target rows the source's
+    /// keys match: `key sets` (each task holds its partitions' source keys) or
+    /// `shuffle join` (target keys and source meet by key hash).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_pass: Option<String>,
     /// The interrupted run this one resumes committed the stage: it was not run again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub committed_earlier: bool,

@@ -42,6 +42,11 @@ pub struct DataWriteSpec {
     /// write fails (the rows' own schema may call every column nullable).
     #[serde(default)]
     pub not_null: Vec<String>,
+    /// Each task writes the rows it computed, without a shuffle (a rewrite of
+    /// the files a task read: the rows keep their files' order, and no task gets
+    /// a whole partition of the table).
+    #[serde(default)]
+    pub as_read: bool,
 }
 
 /// The physical node: each partition of `input` written as new data files.
@@ -97,6 +102,9 @@ impl ExecutionPlan for DataWriteExec {
     /// Each partition value (each key, for an unpartitioned table) in one task, so
     /// a run adds one file per partition value, as a local run does.
     fn required_input_distribution(&self) -> Vec<Distribution> {
+        if self.spec.as_read {
+            return vec![Distribution::UnspecifiedDistribution];
+        }
         let columns = if self.spec.partitions.is_empty() {
             &self.spec.sort_by
         } else {
@@ -237,6 +245,7 @@ mod tests {
             partitions: Vec::new(),
             sort_by: vec!["id".into()],
             not_null: vec!["id".into()],
+            as_read: false,
         };
         let exec = DataWriteExec::new(input, Arc::new(spec));
         let out =

@@ -185,6 +185,21 @@ impl Remote {
         Ok(folder)
     }
 
+    /// Writes `bytes` as file `name` of the scratch folder; returns its URL.
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<url::Url> {
+        let url = self
+            .scratch
+            .join(name)
+            .doing(|| format!("scratch file `{name}`"))?;
+        let (store, path) = stores::store_for(&url)?;
+        use deltalake::logstore::object_store::ObjectStoreExt as _;
+        store
+            .put(&path, bytes.into())
+            .await
+            .doing(|| format!("writing {url}"))?;
+        Ok(url)
+    }
+
     /// Removes this run's scratch folder.
     pub async fn clean(&self) -> Result<()> {
         crate::delta::remove_all(&self.scratch).await

@@ -95,6 +95,21 @@ pub(super) async fn with_vectors(
     Ok(())
 }
 
+/// What a MERGE or DELETE changed, for `commit_changes` to write and commit.
+pub(super) struct Changes {
+    /// Candidate index → the positions it deletes.
+    pub deleted: BTreeMap<u32, Vec<u64>>,
+    /// Holds the rows written in this process (a local MERGE's new and updated
+    /// rows); rewrites of a local run go here too.
+    pub writer: FileWriter,
+    /// Files written elsewhere (a cluster's executors).
+    pub added: Vec<deltalake::kernel::Add>,
+    /// A file loses more than this share of its live rows: rewritten.
+    pub rewrite_above: f64,
+    /// The order of the rows of files rewritten on a cluster (a MERGE's key).
+    pub sort_by: Vec<String>,
+}
+
 /// What `commit_changes` wrote.
 pub(super) struct Written {
     files_added: u64,
@@ -147,28 +162,30 @@ impl Executor {
         self.committed(target, table).await
     }
 
-    /// Deletes `deleted` (candidate index → positions) and commits, with the rows
-    /// already given to `writer` (new and updated rows) and the files `added`
-    /// elsewhere (a cluster's executors).
-    #[allow(clippy::too_many_arguments)]
+    /// Deletes what `changes` says and commits, with the files it added: one
+    /// commit of the removed, rewritten and new files and the new vectors.
     pub(super) async fn commit_changes(
         &self,
         stage: &StagePlan,
         target: &str,
         table: DeltaTable,
         candidates: &[Candidate],
-        mut deleted: BTreeMap<u32, Vec<u64>>,
-        mut writer: FileWriter,
-        added: Vec<deltalake::kernel::Add>,
-        rewrite_above: f64,
+        changes: Changes,
         operation: DeltaOperation,
     ) -> StageResult<Written> {
+        let Changes {
+            mut deleted,
+            mut writer,
+            added,
+            rewrite_above,
+            sort_by,
+        } = changes;
         let store = table.object_store();
-        let writer_schema = writer.arrow_schema();
         let mut vectors = VectorFile::default();
         let mut actions: Vec<Action> = Vec::new();
         let mut vector_files: Vec<usize> = Vec::new();
-        let (mut removed, mut rewritten, mut rows_by_vector) = (0u64, 0u64, 0u64);
+        let mut rewrites: Vec<(usize, BTreeSet<u64>)> = Vec::new();
+        let (mut removed, mut rows_by_vector) = (0u64, 0u64);
         for (&i, positions) in &mut deleted {
             let c = &candidates[i as usize];
             positions.sort_unstable();
@@ -184,26 +201,40 @@ impl Executor {
             if positions.len() == live {
                 removed += 1;
             } else if positions.len() as f64 > rewrite_above * live as f64 {
-                rewritten += 1;
-                let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
-                let rows = dv::live_rows(
-                    store.clone(),
-                    &c.file(),
-                    &c.partition,
-                    Some(kept),
-                    &writer_schema,
-                )
-                .await?;
-                for b in rows {
-                    writer.write(b).await?;
-                }
+                rewrites.push((i as usize, gone));
             } else {
                 rows_by_vector += positions.len() as u64;
                 vectors.add(&c.path, gone);
                 vector_files.push(i as usize);
             }
         }
-        let mut adds = writer.flush().await?;
+        let rewritten = rewrites.len() as u64;
+        let mut adds = match &self.remote {
+            Some(remote) => {
+                self.rewrite_on_cluster(remote, &table, candidates, rewrites, sort_by)
+                    .await?
+            }
+            None => {
+                let writer_schema = writer.arrow_schema();
+                for (i, gone) in rewrites {
+                    let c = &candidates[i];
+                    let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
+                    let rows = dv::live_rows(
+                        store.clone(),
+                        &c.file(),
+                        &c.partition,
+                        Some(kept),
+                        &writer_schema,
+                    )
+                    .await?;
+                    for b in rows {
+                        writer.write(b).await?;
+                    }
+                }
+                Vec::new()
+            }
+        };
+        adds.extend(writer.flush().await?);
         adds.extend(added);
         let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
         for i in &vector_files {
@@ -293,20 +324,16 @@ impl Executor {
                 deleted.insert(i as u32, positions);
             }
         }
-        let writer = FileWriter::for_table(&table, None)?;
+        let changes = Changes {
+            deleted,
+            writer: FileWriter::for_table(&table, None)?,
+            added: Vec::new(),
+            rewrite_above,
+            sort_by: Vec::new(),
+        };
         let operation = delete_operation(stage);
         let w = self
-            .commit_changes(
-                stage,
-                target,
-                table,
-                &candidates,
-                deleted,
-                writer,
-                Vec::new(),
-                rewrite_above,
-                operation,
-            )
+            .commit_changes(stage, target, table, &candidates, changes, operation)
             .await?;
         Ok(StageMetrics {
             rows_deleted: Some(rows_deleted),

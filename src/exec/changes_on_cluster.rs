@@ -4,7 +4,7 @@
 //! executors, only positions back). What they changed is committed by
 //! `changes::commit_changes`, as locally.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
@@ -12,9 +12,10 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::logical_expr::Expr;
 use deltalake::DeltaTable;
 
-use super::changes::{delete_operation, with_vectors, Candidate};
+use super::changes::{delete_operation, with_vectors, Candidate, Changes};
 use super::context::{df_err, Executor, StageResult};
 use crate::delta::scan::keys::Candidate as Shipped;
+use crate::delta::vectors::VectorFile;
 use crate::delta::writer::FileWriter;
 use crate::plan::StagePlan;
 use crate::report::StageMetrics;
@@ -27,7 +28,6 @@ impl Executor {
         candidates: &[Candidate],
         which: impl Fn(usize) -> bool,
     ) -> Vec<Vec<Shipped>> {
-        let n = self.ctx.state().config().target_partitions().max(1);
         let shipped: Vec<Shipped> = candidates
             .iter()
             .enumerate()
@@ -41,8 +41,111 @@ impl Executor {
                 vector: c.view.deletion_vector_descriptor(),
             })
             .collect();
+        self.in_groups(shipped)
+    }
+
+    /// `shipped` in as many groups as the session's target partitions.
+    fn in_groups(&self, shipped: Vec<Shipped>) -> Vec<Vec<Shipped>> {
+        let n = self.ctx.state().config().target_partitions().max(1);
         let per_group = shipped.len().div_ceil(n).max(1);
         shipped.chunks(per_group).map(<[Shipped]>::to_vec).collect()
+    }
+
+    /// Rewrites on the executors: each task reads a group of the files to
+    /// rewrite, leaves out the rows `rewrites` names (a file's old and new
+    /// deleted positions, shipped as vectors in one scratch file) and writes the
+    /// rest as new files of the table, in `sort_by` order; only their Add actions
+    /// come back. No row of a rewritten file passes through this process.
+    pub(super) async fn rewrite_on_cluster(
+        &self,
+        remote: &crate::cluster::Remote,
+        table: &DeltaTable,
+        candidates: &[Candidate],
+        rewrites: Vec<(usize, BTreeSet<u64>)>,
+        sort_by: Vec<String>,
+    ) -> StageResult<Vec<deltalake::kernel::Add>> {
+        use crate::cluster::sink::DataWriteSpec;
+        use crate::delta::scan::keys::{KeyPassFiles, KeyPassSpec};
+        use datafusion::common::Column;
+        use datafusion::logical_expr::{cast, Expr};
+        if rewrites.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut vectors = VectorFile::default();
+        for (i, gone) in &rewrites {
+            vectors.add(&candidates[*i].path, gone.iter().copied());
+        }
+        let name = format!("rewrite-{}.bin", uuid::Uuid::new_v4());
+        let at = remote
+            .scratch
+            .join(&name)
+            .map_err(crate::delta::Error::from)?;
+        let (bytes, descriptors) = vectors.encode_at(&at)?;
+        remote.put(&name, bytes).await?;
+        let descriptors: HashMap<String, _> = descriptors.into_iter().collect();
+        let shipped = rewrites
+            .iter()
+            .map(|(i, _)| {
+                let c = &candidates[*i];
+                Ok(Shipped {
+                    index: *i as u32,
+                    path: c.path.clone(),
+                    size: c.view.size().max(0) as u64,
+                    rows: Some(c.rows),
+                    partition: c.partition.clone(),
+                    vector: Some(
+                        descriptors
+                            .get(&c.path)
+                            .cloned()
+                            .ok_or("a rewrite's vector went missing")?,
+                    ),
+                })
+            })
+            .collect::<StageResult<Vec<_>>>()?;
+        let snapshot = table.snapshot().map_err(df_err)?;
+        let schema = snapshot.snapshot().arrow_schema();
+        let partitions = snapshot.metadata().partition_columns().to_vec();
+        let spec = KeyPassSpec {
+            table_url: table.table_url().clone(),
+            source_files: Vec::new(),
+            source_keys: Vec::new(),
+            split_keys: Vec::new(),
+            keys: Vec::new(),
+            partitions: partitions.clone(),
+            referenced: schema.fields().iter().map(|f| f.name().clone()).collect(),
+        };
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let pass = KeyPassFiles {
+            schema: spec.matched_schema(&types).map_err(df_err)?,
+            spec: Arc::new(spec),
+            groups: self.in_groups(shipped),
+        };
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let column = Expr::Column(Column::from_name(f.name()));
+                cast(column, f.data_type().clone()).alias(f.name())
+            })
+            .collect::<Vec<_>>();
+        let rows = self
+            .ctx
+            .read_table(Arc::new(pass))
+            .and_then(|d| d.select(columns))
+            .map_err(df_err)?;
+        let spec = DataWriteSpec {
+            table_url: table.table_url().clone(),
+            partitions,
+            sort_by,
+            not_null: Vec::new(),
+            as_read: true,
+        };
+        let (adds, _) = remote.write_data(rows.logical_plan(), &spec).await?;
+        Ok(adds)
     }
 
     /// The physical row count of each candidate with deleted positions whose log
@@ -148,17 +251,20 @@ impl Executor {
         let changed: Vec<usize> = deleted.keys().map(|&i| i as usize).collect();
         with_vectors(&table, &mut candidates, &changed).await?;
         self.count_rows(&table, &mut candidates, &deleted).await?;
-        let writer = FileWriter::for_table(&table, None)?;
+        let changes = Changes {
+            deleted,
+            writer: FileWriter::for_table(&table, None)?,
+            added: Vec::new(),
+            rewrite_above,
+            sort_by: Vec::new(),
+        };
         let w = self
             .commit_changes(
                 stage,
                 target,
                 table,
                 &candidates,
-                deleted,
-                writer,
-                Vec::new(),
-                rewrite_above,
+                changes,
                 delete_operation(stage),
             )
             .await?;

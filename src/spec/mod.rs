@@ -88,6 +88,12 @@ pub struct VectorOptions {
 impl VectorOptions {
     /// Measured on the summary pipeline (docs/deletion-vectors.md).
     pub const DEFAULT_REWRITE_ABOVE: f64 = 0.5;
+
+    /// No vectors: every file that loses a row is rewritten (a table without the
+    /// deletion-vector feature, changed on a cluster).
+    pub fn copy_on_write() -> VectorOptions {
+        VectorOptions { rewrite_above: 0.0 }
+    }
 }
 
 impl Default for VectorOptions {

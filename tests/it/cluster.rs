@@ -8,7 +8,7 @@ use super::common::{free_port, wait_for};
 use super::s3::{ok, two_months, S3};
 
 /// A scheduler and executors, stopped when dropped.
-struct Cluster {
+pub(super) struct Cluster {
     processes: Vec<Child>,
     engine: String,
 }
@@ -32,12 +32,22 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn start(s3: &S3, executors: usize) -> Cluster {
-        Cluster::start_with(s3, executors, &[], &[])
+        Cluster::start_with(&s3.env(), executors, &[], &[])
     }
 
-    /// With extra arguments for the scheduler and for each executor.
+    /// A cluster for local warehouses (its executors run on this machine).
+    pub(super) fn start_local(executors: usize) -> Cluster {
+        Cluster::start_with(&[], executors, &[], &[])
+    }
+
+    pub(super) fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// With this environment and extra arguments for the scheduler and for each
+    /// executor.
     fn start_with(
-        s3: &S3,
+        env: &[(&'static str, String)],
         executors: usize,
         scheduler_args: &[&str],
         executor_args: &[&str],
@@ -45,7 +55,7 @@ impl Cluster {
         let spawn = |args: &[String]| {
             Command::new(env!("CARGO_BIN_EXE_sqlplan"))
                 .args(args)
-                .envs(s3.env())
+                .envs(env.iter().cloned())
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -90,7 +100,9 @@ impl Cluster {
 
 /// Two months of the summary pipeline on a 2-executor cluster over S3 give exactly
 /// the tables a local run gives: the second month reads `summary` and
-/// `latest_summary` with deletion vectors, applied by the executors.
+/// `latest_summary` with deletion vectors, applied by the executors. With a key
+/// set limit of 0, `merge_latest` (a source not split by partition) finds its
+/// rows by a shuffle join and `merge_summary` (split by month) by key sets.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_summary_pipeline_on_a_cluster_equals_a_local_run() {
     let Some(s3) = S3::start() else { return };
@@ -99,7 +111,7 @@ async fn the_summary_pipeline_on_a_cluster_equals_a_local_run() {
     let local_wh = local.path().join("wh").to_string_lossy().into_owned();
     let expected = two_months(&s3, &local_wh, &[]).await;
     let report = local.path().join("cluster-report.json");
-    let actual = two_months(
+    let actual = super::s3::two_months_with(
         &s3,
         "s3://warehouse/cluster-wh",
         &[
@@ -108,11 +120,21 @@ async fn the_summary_pipeline_on_a_cluster_equals_a_local_run() {
             "--report",
             report.to_str().unwrap(),
         ],
+        &[("SQLPLAN_KEY_SET_LIMIT", "0".into())],
     )
     .await;
     assert!(!expected[1]["summary"].is_empty());
     super::s3::same_months(&actual, &expected);
-    relations_stay_on_the_cluster(&std::fs::read_to_string(report).unwrap());
+    let report = std::fs::read_to_string(report).unwrap();
+    relations_stay_on_the_cluster(&report);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    for (stage, pass) in [
+        ("merge_summary", "key sets"),
+        ("merge_latest", "shuffle join"),
+    ] {
+        let metrics = &stage_of(&report, stage)["metrics"];
+        assert_eq!(metrics["key_pass"], pass, "{stage}: {metrics}");
+    }
 }
 
 /// The executors wrote the relations where they computed them (a checked one
@@ -168,8 +190,12 @@ fn stage_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
     let Some(s3) = S3::start() else { return };
-    let mut cluster =
-        Cluster::start_with(&s3, 2, &["--executor-timeout", "4"], &["--heartbeat", "1"]);
+    let mut cluster = Cluster::start_with(
+        &s3.env(),
+        2,
+        &["--executor-timeout", "4"],
+        &["--heartbeat", "1"],
+    );
     let local = tempfile::tempdir().unwrap();
     let local_wh = local.path().join("wh").to_string_lossy().into_owned();
     let cluster_wh = "s3://warehouse/fault-wh";
@@ -247,11 +273,26 @@ async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
 }
 
 /// Two DELETEs on a table with deletion vectors, the second reading the first's
-/// vectors, and an INSERT of what is left into a new partitioned table.
+/// vectors, an INSERT of what is left into a new partitioned table, and two
+/// INSERT OVERWRITEs: of the months from `since` on (partitioned) and of a whole
+/// unpartitioned table.
 const PURGE: &str = r#"name: purge
 vars:
   warehouse: ./warehouse
+  since: "2000-01"
+  modulus: {type: int, default: 3}
 tables:
+  by_month:
+    location: "{{ warehouse }}/by_month"
+    schema:
+      - {name: rpt_as_of_mo, type: STRING}
+      - {name: n, type: BIGINT}
+    partition_by: [rpt_as_of_mo]
+  total:
+    location: "{{ warehouse }}/total"
+    schema:
+      - {name: n, type: BIGINT}
+      - {name: since, type: STRING}
   summary:
     location: "{{ warehouse }}/summary"
     partition_by: [rpt_as_of_mo]
@@ -271,6 +312,17 @@ stages:
     query: |
       INSERT INTO picked
       SELECT cons_acct_key, rpt_as_of_mo FROM summary WHERE cons_acct_key % 5 = 1
+  - name: recount
+    query: |
+      INSERT OVERWRITE by_month
+      SELECT rpt_as_of_mo, COUNT(*) AS n FROM summary
+      WHERE cons_acct_key % {{ modulus }} = 1 AND rpt_as_of_mo >= {{ since | literal }}
+      GROUP BY rpt_as_of_mo
+  - name: retotal
+    query: |
+      INSERT OVERWRITE total
+      SELECT COUNT(*) AS n, {{ since | literal }} AS since FROM summary
+      WHERE cons_acct_key % {{ modulus }} = 1
 "#;
 
 /// DELETE on a cluster tests its predicate on the executors and deletes by vector
@@ -308,37 +360,48 @@ async fn a_delete_and_an_insert_on_a_cluster_equal_a_local_run() {
             s3.env(),
         ))
     };
+    // The second run replaces only the months from 2025-07 on in `by_month`
+    // (counted another way), and all of `total`.
+    let second = ["--var", "since=2025-07", "--var", "modulus=4"];
     run(&local_wh, &[]);
-    let report = project.path().join("report.json");
-    run(
-        cluster_wh,
-        &[
+    run(&local_wh, &second);
+    let reports = [1, 2].map(|n| project.path().join(format!("report-{n}.json")));
+    for (report, extra) in reports.iter().zip([&[][..], &second[..]]) {
+        let mut args = vec![
             "--engine",
             &cluster.engine,
             "--report",
             report.to_str().unwrap(),
-        ],
+        ];
+        args.extend(extra);
+        run(cluster_wh, &args);
+    }
+    let months = s3.rows(&local_wh, "by_month").await;
+    assert!(
+        months.iter().any(|r| r.contains("2025-06"))
+            && months.iter().any(|r| r.contains("2025-07")),
+        "both runs' months are in by_month: {months:?}"
     );
-    for table in ["summary", "picked"] {
+    for table in ["summary", "picked", "by_month", "total"] {
         let expected = s3.rows(&local_wh, table).await;
         assert!(!expected.is_empty(), "{table}");
         assert_eq!(s3.rows(cluster_wh, table).await, expected, "{table}");
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
-    let stage = |name: &str| stage_of(&report, name)["metrics"].clone();
-    assert!(
-        stage("pick")["files_added"].as_u64() > Some(0),
-        "{}",
-        stage("pick")
-    );
-    for name in ["some_keys", "half_a_month"] {
-        assert!(
-            stage(name)["files_with_vectors"].as_u64() > Some(0),
-            "{name}: {}",
-            stage(name)
-        );
-    }
+    let [first, second] = reports.map(|r| {
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(r).unwrap()).unwrap()
+    });
+    let stage = |report: &serde_json::Value, name: &str| stage_of(report, name)["metrics"].clone();
+    let positive = |report: &serde_json::Value, name: &str, metric: &str| {
+        let metrics = stage(report, name);
+        assert!(metrics[metric].as_u64() > Some(0), "{name}: {metrics}");
+    };
+    positive(&first, "pick", "files_added");
+    positive(&first, "some_keys", "files_with_vectors");
+    positive(&first, "half_a_month", "files_with_vectors");
+    // The second run replaces the first's files: some months of `by_month`,
+    // all of `total`.
+    positive(&second, "recount", "files_removed");
+    positive(&second, "retotal", "files_removed");
 }
 
 /// An engine that is not `df://HOST:PORT` is refused before anything runs (exit 2).

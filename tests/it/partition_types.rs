@@ -312,8 +312,15 @@ async fn read_lines(project: &Project, table: &str) -> Vec<String> {
 }
 
 async fn differential(name: &str) {
+    let seeds = env_count("SQLPLAN_PARTITION_SEEDS", 1);
+    let steps = env_count("SQLPLAN_PARTITION_STEPS", 3);
+    differential_on(name, None, seeds, steps).await;
+}
+
+/// The differential of type `name`, run locally or with `--engine engine`.
+async fn differential_on(name: &str, engine: Option<&str>, seeds: usize, steps: usize) {
     let case = case(name);
-    for seed in 0..env_count("SQLPLAN_PARTITION_SEEDS", 1) as u64 {
+    for seed in 0..seeds as u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let project = Project::new(&[("pipeline.yaml", &pipeline(&case))]);
         let wh = project.warehouse();
@@ -339,7 +346,8 @@ async fn differential(name: &str) {
         )
         .await;
         let mut pending = Some((first, ops));
-        for step in 0..env_count("SQLPLAN_PARTITION_STEPS", 3) {
+        let mut rewritten = 0;
+        for step in 0..steps {
             let (batch, ops) = match pending.take() {
                 Some(c) => c,
                 None => {
@@ -349,8 +357,12 @@ async fn differential(name: &str) {
                 }
             };
             apply(&mut rows, &batch, &ops);
-            let context = format!("{name}, seed {seed}, step {step}, changes {batch:?} {ops:?}");
-            let out = project.sqlplan(&["run", "pipeline.yaml", "--report", "report.json"]);
+            let context = format!(
+                "{name}, seed {seed}, step {step}, engine {engine:?}, changes {batch:?} {ops:?}"
+            );
+            let mut args = vec!["run", "pipeline.yaml", "--report", "report.json"];
+            args.extend(engine.iter().flat_map(|e| ["--engine", e]));
+            let out = project.sqlplan(&args);
             assert_eq!(out.code, 0, "{context}\n{}\n{}", out.stdout, out.stderr);
             let expected = lines(&rows);
             assert_eq!(
@@ -367,6 +379,20 @@ async fn differential(name: &str) {
                 &std::fs::read_to_string(project.path().join("report.json")).unwrap(),
             )
             .unwrap();
+            if engine.is_some() {
+                // Both MERGEs ran on the executors (with and without vectors),
+                // and so did the copy-on-write DELETE (sqlplan's rewrites).
+                for merge in ["merge_dv", "merge_cow"] {
+                    let metrics = &stage(&report, merge)["metrics"];
+                    assert_eq!(metrics["key_pass"], "key sets", "{merge}: {context}");
+                }
+                for cow in ["merge_cow", "delete_cow"] {
+                    let metrics = &stage(&report, cow)["metrics"];
+                    let n = metrics["files_rewritten"].as_u64();
+                    assert!(n.is_some(), "{cow}: {metrics} {context}");
+                    rewritten += n.unwrap_or(0);
+                }
+            }
             let seen = &stage(&report, "seen")["metrics"]["reported"][0];
             assert_eq!(
                 seen["rows"].as_str().unwrap_or(""),
@@ -380,15 +406,20 @@ async fn differential(name: &str) {
                 verify.stdout, verify.stderr
             );
         }
-        let expected = lines(&rows);
-        if let Some(python) = python_lines(&wh.join("dv"), &wh.join("vals")) {
-            assert_eq!(
-                python, expected,
-                "dv (Python deltalake): {name}, seed {seed}"
-            );
+        if engine.is_some() {
+            assert!(rewritten > 0, "{name}: the executors rewrote no file");
         }
-        if let Some(duck) = duckdb_lines(&wh.join("dv"), &wh.join("vals")) {
-            assert_eq!(duck, expected, "dv (DuckDB): {name}, seed {seed}");
+        let expected = lines(&rows);
+        for table in ["dv", "cow"] {
+            if let Some(python) = python_lines(&wh.join(table), &wh.join("vals")) {
+                assert_eq!(
+                    python, expected,
+                    "{table} (Python deltalake): {name}, seed {seed}"
+                );
+            }
+            if let Some(duck) = duckdb_lines(&wh.join(table), &wh.join("vals")) {
+                assert_eq!(duck, expected, "{table} (DuckDB): {name}, seed {seed}");
+            }
         }
     }
 }
@@ -417,6 +448,29 @@ mod vectors_equal_copy_on_write_partitioned_by {
         boolean,
         string
     );
+}
+
+/// On a 2-executor cluster (over local files): MERGE and DELETE of both tables run
+/// on the executors, with vectors in `dv` and rewriting every changed file in
+/// `cow`; each type's tables must hold the model's rows, read by every reader.
+/// `SQLPLAN_CLUSTER_PARTITION_STEPS` (default 2) sets the runs per type.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_cluster_vectors_and_copy_on_write_equal_the_model_for_every_type() {
+    let cluster = crate::cluster::Cluster::start_local(2);
+    let steps = env_count("SQLPLAN_CLUSTER_PARTITION_STEPS", 2);
+    for name in [
+        "bigint",
+        "int",
+        "date",
+        "timestamp",
+        "timestamp_ntz",
+        "decimal",
+        "double",
+        "boolean",
+        "string",
+    ] {
+        differential_on(name, Some(cluster.engine()), 1, steps).await;
+    }
 }
 
 /// `LINES` over the table at `table`, read by Python's `deltalake` (its own

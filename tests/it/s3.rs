@@ -154,6 +154,16 @@ pub async fn two_months(
     warehouse: &str,
     run_extra: &[&str],
 ) -> Vec<BTreeMap<String, Vec<String>>> {
+    two_months_with(s3, warehouse, run_extra, &[]).await
+}
+
+/// `two_months`, each run with `run_env` added to the server's environment.
+pub async fn two_months_with(
+    s3: &S3,
+    warehouse: &str,
+    run_extra: &[&str],
+    run_env: &[(&'static str, String)],
+) -> Vec<BTreeMap<String, Vec<String>>> {
     let var = format!("warehouse={warehouse}");
     ok(s3.sqlplan(&[
         "generate",
@@ -180,7 +190,8 @@ pub async fn two_months(
         }
         let mut args = vec!["run", "pipelines/summary.yaml", "--var", &var];
         args.extend_from_slice(run_extra);
-        ok(s3.sqlplan(&args));
+        let env = s3.env().into_iter().chain(run_env.iter().cloned());
+        ok(sqlplan_with_env(&repo(), &args, env));
         let mut tables = BTreeMap::new();
         for t in ["summary", "latest_summary", "rejected_records"] {
             tables.insert(t.to_string(), s3.rows(warehouse, t).await);

@@ -143,7 +143,7 @@ pub fn ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<Range<usize>> {
 }
 
 /// Each data file's vector descriptor, by its path.
-type Descriptors = Vec<(String, DeletionVectorDescriptor)>;
+pub type Descriptors = Vec<(String, DeletionVectorDescriptor)>;
 
 /// The vectors of one commit, written into one file beside the data.
 #[derive(Default)]
@@ -182,6 +182,19 @@ impl VectorFile {
         writer
             .finalize()
             .doing(|| "writing a deletion vector".to_string())?;
+        Ok((bytes, descriptors))
+    }
+
+    /// The file's bytes, for a file at `url` (outside the table: a cluster's
+    /// scratch folder), and each data file's descriptor naming it by that URL
+    /// (`p` storage). Such vectors are never committed: they tell executors which
+    /// rows of a file to leave out of its rewrite.
+    pub fn encode_at(self, url: &url::Url) -> Result<(Vec<u8>, Descriptors)> {
+        let (bytes, mut descriptors) = self.encode(uuid::Uuid::new_v4())?;
+        for (_, d) in &mut descriptors {
+            d.storage_type = StorageType::AbsolutePath;
+            d.path_or_inline_dv = url.to_string();
+        }
         Ok((bytes, descriptors))
     }
 

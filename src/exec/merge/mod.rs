@@ -23,7 +23,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use super::context::{df_err, Executor, StageResult};
 use super::error::StageError;
-use crate::plan::StagePlan;
+use crate::plan::{StagePlan, VectorOptions};
 use crate::report::StageMetrics;
 
 /// A MERGE statement with its source computed.
@@ -90,7 +90,13 @@ impl Executor {
             }
             _ => None,
         };
-        if let (Some(remote), Some((options, keys))) = (&self.remote, &with_vectors) {
+        // On a cluster, a MERGE by key runs on the executors: with vectors where
+        // the table has them, else copy-on-write (every changed file rewritten).
+        let on_cluster = match &with_vectors {
+            Some((options, keys)) => Some((options.clone(), keys.clone())),
+            None => vectors::key_columns(&merge).map(|k| (VectorOptions::copy_on_write(), k)),
+        };
+        if let (Some(remote), Some((options, keys))) = (&self.remote, &on_cluster) {
             let source =
                 remote::Source::write(self, remote, stage, &merge, source_df.clone(), keys, &table)
                     .await?;

@@ -20,7 +20,7 @@ use datafusion::logical_expr::{cast as cast_expr, col, lit, Expr};
 use datafusion::prelude::DataFrame;
 use deltalake::DeltaTable;
 
-use super::super::changes::{candidates_from_log, with_vectors};
+use super::super::changes::{candidates_from_log, with_vectors, Changes};
 use super::super::context::{df_err, Executor, StageResult};
 use super::vectors::{acts, clauses, merge_operation, referenced_columns, Act, Applied, ACTION};
 use super::{duplicate_error, duplicates, source_keys, Merge};
@@ -138,6 +138,15 @@ fn applied(acts: &[Act], positions: &[RecordBatch], rows_written: u64) -> StageR
     Ok(applied)
 }
 
+/// The most source keys a key pass task holds as a hash set (about 40 bytes a
+/// key: 200 MB a task at the default); `SQLPLAN_KEY_SET_LIMIT` sets it.
+fn key_set_limit() -> u64 {
+    std::env::var("SQLPLAN_KEY_SET_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000)
+}
+
 /// The target's types of the key columns.
 fn key_types(merge: &Merge, keys: &[(String, Expr)]) -> StageResult<Vec<DataType>> {
     keys.iter()
@@ -212,6 +221,20 @@ impl Executor {
             partitions: partitions.clone(),
             referenced: referenced_columns(&merge, &keys, &target_fields),
         };
+        // A task holds the source's keys of its candidates' partitions as a hash
+        // set. A source not split by partition with more keys than that can
+        // hold meets the target's rows in a shuffle join by key instead: the pass
+        // then returns every live row and the join below does the matching.
+        let shuffle = spec.split_keys.is_empty() && source.rows > key_set_limit();
+        let spec = match shuffle {
+            true => KeyPassSpec {
+                source_files: Vec::new(),
+                source_keys: Vec::new(),
+                keys: Vec::new(),
+                ..spec
+            },
+            false => spec,
+        };
         let schema = spec.matched_schema(&target_fields).map_err(df_err)?;
         let pass = KeyPassFiles {
             spec: Arc::new(spec),
@@ -281,6 +304,7 @@ impl Executor {
                 .filter(|f| !f.is_nullable())
                 .map(|f| f.name().clone())
                 .collect(),
+            as_read: false,
         };
         let (added, rows_written) = remote.write_data(rows.logical_plan(), &spec).await?;
         let applied = applied(&acts, &positions, rows_written)?;
@@ -288,21 +312,16 @@ impl Executor {
         with_vectors(&table, &mut candidates, &changed).await?;
         self.count_rows(&table, &mut candidates, &applied.deleted)
             .await?;
-        // Rewritten files are written here (their rows are read here too).
-        let writer = FileWriter::for_table(&table, None)?;
+        let changes = Changes {
+            deleted: applied.deleted,
+            writer: FileWriter::for_table(&table, None)?,
+            added,
+            rewrite_above: options.rewrite_above,
+            sort_by: names,
+        };
         let operation = merge_operation(&merge);
         let w = self
-            .commit_changes(
-                stage,
-                &merge.target,
-                table,
-                &candidates,
-                applied.deleted,
-                writer,
-                added,
-                options.rewrite_above,
-                operation,
-            )
+            .commit_changes(stage, &merge.target, table, &candidates, changes, operation)
             .await?;
         Ok(StageMetrics {
             literal_bounds: merge.literal_bounds.clone(),
@@ -311,6 +330,7 @@ impl Executor {
             rows_updated: Some(applied.updated),
             rows_deleted: Some(applied.deleted_rows),
             files_scanned: Some(candidates.len() as u64),
+            key_pass: Some(if shuffle { "shuffle join" } else { "key sets" }.into()),
             ..w.metrics()
         })
     }

@@ -28,7 +28,7 @@ use datafusion::prelude::DataFrame;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 
-use super::super::changes::candidates;
+use super::super::changes::{candidates, Changes};
 use super::super::context::{df_err, Executor, StageResult};
 use super::{frame, key_pairs, Merge};
 use crate::delta::keys::{Matcher, SourceKeys, FILE, MATCHED_SOURCE_ROW, POSITION};
@@ -109,18 +109,15 @@ impl Executor {
 
         // 4-5. Per file: remove, rewrite or give it a vector; one commit.
         let operation = merge_operation(&merge);
+        let changes = Changes {
+            deleted: applied.deleted,
+            writer,
+            added: Vec::new(),
+            rewrite_above: options.rewrite_above,
+            sort_by: Vec::new(),
+        };
         let w = self
-            .commit_changes(
-                stage,
-                &merge.target,
-                table,
-                &candidates,
-                applied.deleted,
-                writer,
-                Vec::new(),
-                options.rewrite_above,
-                operation,
-            )
+            .commit_changes(stage, &merge.target, table, &candidates, changes, operation)
             .await?;
         Ok(StageMetrics {
             literal_bounds: merge.literal_bounds.clone(),
