@@ -60,7 +60,12 @@ impl Matcher {
         store: Arc<dyn deltalake::ObjectStore>,
         f: MatchFile,
     ) -> Result<(u32, usize, Vec<RecordBatch>)> {
-        let (batches, rows) = dv::read_rows(store, &f.file, &self.read, None).await?;
+        let keys = self.lookup.pages_of(&f.partition)?;
+        let selection = match &keys {
+            Some((column, keys)) => dv::Rows::KeyPages { column, keys },
+            None => dv::Rows::All,
+        };
+        let (batches, rows) = dv::read_rows(store, &f.file, &self.read, selection).await?;
         let mut out = Vec::new();
         for b in &batches {
             let key_arrays = self
@@ -119,6 +124,38 @@ pub struct SourceKeys {
     /// The least and greatest source value of each integer key column that is not
     /// a partition column (against the files' statistics).
     pub ranges: BTreeMap<String, (serde_json::Value, serde_json::Value)>,
+    /// Where the key is one signed integer column besides partition columns:
+    /// its source values per partition, for the key pass to read only the pages
+    /// that may hold them.
+    pub sorted: Option<SortedKeys>,
+}
+
+/// The source's values of the one integer key column that is not a partition
+/// column, ascending, by the values of the key columns that are (in key order).
+pub struct SortedKeys {
+    pub column: String,
+    /// The key columns that are partition columns, with their types.
+    pub partition_keys: Vec<(String, DataType)>,
+    pub by_partition: HashMap<Vec<ScalarValue>, Vec<i64>>,
+}
+
+impl SortedKeys {
+    /// For keys of that shape: the column's index among the keys.
+    fn shape(keys: &[String], key_types: &[DataType], partitions: &[String]) -> Option<usize> {
+        let data: Vec<usize> = (0..keys.len())
+            .filter(|&k| !partitions.contains(&keys[k]))
+            .collect();
+        let signed = |t: &DataType| {
+            matches!(
+                t,
+                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64
+            )
+        };
+        match data[..] {
+            [k] if signed(&key_types[k]) => Some(k),
+            _ => None,
+        }
+    }
 }
 
 impl SourceKeys {
@@ -152,6 +189,10 @@ impl SourceKeys {
                 }
             }
         }
+        let sorted = match SortedKeys::shape(keys, key_types, partitions) {
+            Some(k) => Some(sorted_keys(keyed, keys, key_types, k)?),
+            None => None,
+        };
         let mut ranges = BTreeMap::new();
         for (k, c) in keys.iter().enumerate() {
             if partitions.contains(c) {
@@ -166,7 +207,33 @@ impl SourceKeys {
             rows,
             partition_values,
             ranges,
+            sorted,
         })
+    }
+
+    /// The column and the sorted source keys a file with these partition values
+    /// may hold (none may be an empty list); None where the key has another
+    /// shape (the key pass reads every row).
+    pub fn pages_of(
+        &self,
+        partition: &HashMap<String, Option<String>>,
+    ) -> Result<Option<(&str, &[i64])>> {
+        let Some(sorted) = &self.sorted else {
+            return Ok(None);
+        };
+        let values = sorted
+            .partition_keys
+            .iter()
+            .map(|(c, t)| {
+                let raw = partition.get(c).and_then(|v| v.as_deref());
+                partition::value(raw, t)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let keys = sorted
+            .by_partition
+            .get(&values)
+            .map_or(&[][..], Vec::as_slice);
+        Ok(Some((sorted.column.as_str(), keys)))
     }
 
     /// A file with these partition values and key statistics may hold a source key.
@@ -200,6 +267,46 @@ impl SourceKeys {
             !(below(max, lo) || below(hi, min))
         })
     }
+}
+
+/// `SortedKeys` of key column `k` of the source's keyed batches (key columns
+/// first, cast to the key types).
+fn sorted_keys(
+    keyed: &[RecordBatch],
+    keys: &[String],
+    key_types: &[DataType],
+    k: usize,
+) -> Result<SortedKeys> {
+    use datafusion::arrow::datatypes::Int64Type;
+    let others: Vec<usize> = (0..keys.len()).filter(|&i| i != k).collect();
+    let mut by_partition: HashMap<Vec<ScalarValue>, Vec<i64>> = HashMap::new();
+    for b in keyed {
+        let arrays = &b.columns()[..keys.len()];
+        let key = datafusion::arrow::compute::cast(&arrays[k], &DataType::Int64)?;
+        let key = key.as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            if arrays.iter().any(|a| a.is_null(i)) {
+                continue; // never matches
+            }
+            let values = others
+                .iter()
+                .map(|&o| ScalarValue::try_from_array(&arrays[o], i))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            by_partition.entry(values).or_default().push(key.value(i));
+        }
+    }
+    for v in by_partition.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
+    Ok(SortedKeys {
+        column: keys[k].clone(),
+        partition_keys: others
+            .iter()
+            .map(|&o| (keys[o].clone(), key_types[o].clone()))
+            .collect(),
+        by_partition,
+    })
 }
 
 /// The least and greatest non-null value of integer key arrays, as JSON values
@@ -239,5 +346,67 @@ fn below(a: &serde_json::Value, b: &serde_json::Value) -> bool {
             matches!((a.as_i64(), b.as_i64()), (Some(a), Some(b)) if a < b)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::row::SortField;
+
+    fn keyed(ids: Vec<Option<i64>>, months: Vec<&str>) -> RecordBatch {
+        let n = ids.len();
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("k0", DataType::Int64, true),
+                Field::new("k1", DataType::Utf8, true),
+                Field::new("row", DataType::UInt64, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(months)),
+                Arc::new(UInt64Array::from(vec![0; n])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// A key of one integer column and a partition column: each partition's
+    /// keys, ascending and once (a NULL key never matches); none for a
+    /// partition the source does not reach; no list for another shape of key.
+    #[test]
+    fn the_key_pass_knows_each_partitions_keys_in_order() {
+        let types = [DataType::Int64, DataType::Utf8];
+        let converter =
+            RowConverter::new(types.iter().cloned().map(SortField::new).collect()).unwrap();
+        let batch = keyed(
+            vec![Some(9), Some(3), Some(9), None, Some(-4)],
+            vec!["2025-06", "2025-06", "2025-06", "2025-06", "2025-07"],
+        );
+        let keys = ["id".to_string(), "month".to_string()];
+        let lookup = SourceKeys::new(
+            &converter,
+            &[batch.clone()],
+            &keys,
+            &types,
+            &["month".into()],
+        )
+        .unwrap();
+        let of = |month: Option<&str>| {
+            let partition = HashMap::from([("month".to_string(), month.map(str::to_string))]);
+            lookup
+                .pages_of(&partition)
+                .unwrap()
+                .map(|(c, k)| (c.to_string(), k.to_vec()))
+        };
+        assert_eq!(of(Some("2025-06")), Some(("id".into(), vec![3, 9])));
+        assert_eq!(of(Some("2025-07")), Some(("id".into(), vec![-4])));
+        assert_eq!(of(Some("2025-08")), Some(("id".into(), vec![])));
+        assert_eq!(of(None), Some(("id".into(), vec![])));
+        // Both key columns are data columns: no page selection.
+        let unpartitioned = SourceKeys::new(&converter, &[batch], &keys, &types, &[]).unwrap();
+        assert!(unpartitioned.pages_of(&HashMap::new()).unwrap().is_none());
     }
 }

@@ -437,7 +437,7 @@ impl RowTest {
         store: Arc<dyn deltalake::ObjectStore>,
         c: &mut Candidate,
     ) -> StageResult<Vec<u64>> {
-        let (batches, rows) = dv::read_rows(store, &c.file(), &self.read, None).await?;
+        let (batches, rows) = dv::read_rows(store, &c.file(), &self.read, dv::Rows::All).await?;
         c.rows = rows;
         let mut out = Vec::new();
         for b in &batches {

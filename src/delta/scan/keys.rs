@@ -463,7 +463,9 @@ async fn live_rows(
         .filter(|c| !spec.partitions.contains(c))
         .cloned()
         .collect();
-    let (batches, _) = crate::delta::vectors::read_rows(store, &f.file, &read, None).await?;
+    let (batches, _) =
+        crate::delta::vectors::read_rows(store, &f.file, &read, crate::delta::vectors::Rows::All)
+            .await?;
     let mut out = Vec::new();
     for b in &batches {
         let positions = b

@@ -24,7 +24,9 @@ use deltalake::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
 #[allow(deprecated)] // its replacement, SpawnedReader, is for a separate I/O runtime
 use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
 use deltalake::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask, RowNumber};
-use deltalake::parquet::file::metadata::PageIndexPolicy;
+use deltalake::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
+use deltalake::parquet::schema::types::SchemaDescriptor;
 use deltalake::{ObjectStore, Path};
 use futures::TryStreamExt;
 
@@ -60,14 +62,27 @@ pub struct DataFile {
     pub size: u64,
 }
 
+/// Which rows of a data file `read_rows` reads.
+pub enum Rows<'a> {
+    /// Every row.
+    All,
+    /// The rows in these ranges.
+    In(Vec<Range<usize>>),
+    /// The rows of the pages whose statistics of the integer column `column` may
+    /// hold one of `keys` (ascending); every row where the file has no page index
+    /// for it. With the table sorted by key and small pages, a few keys read a
+    /// few pages.
+    KeyPages { column: &'a str, keys: &'a [i64] },
+}
+
 /// Rows of a data file: the `columns` (by name; absent ones are skipped) and
-/// `ROW_NUMBER`, for the rows in `ranges` (all when None). Returns the batches and
-/// the file's physical row count.
+/// `ROW_NUMBER`, for the rows `rows` selects. Returns the batches and the file's
+/// physical row count.
 pub async fn read_rows(
     store: Arc<dyn ObjectStore>,
     file: &DataFile,
     columns: &[String],
-    ranges: Option<Vec<Range<usize>>>,
+    rows: Rows<'_>,
 ) -> Result<(Vec<RecordBatch>, usize)> {
     let doing = || format!("reading {}", file.path);
     let location = super::partition::file_path(&Path::default(), &file.path)?;
@@ -76,10 +91,9 @@ pub async fn read_rows(
     let row_number =
         Arc::new(Field::new(ROW_NUMBER, DataType::Int64, false).with_extension_type(RowNumber));
     // Page indexes let a selection of rows skip whole pages; a full read needs none.
-    let pages = if ranges.is_some() {
-        PageIndexPolicy::Optional
-    } else {
-        PageIndexPolicy::Skip
+    let pages = match rows {
+        Rows::All => PageIndexPolicy::Skip,
+        _ => PageIndexPolicy::Optional,
     };
     let options = ArrowReaderOptions::new()
         .with_page_index_policy(pages)
@@ -98,6 +112,13 @@ pub async fn read_rows(
         .map(|(i, _)| i)
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let ranges = match rows {
+        Rows::All => None,
+        Rows::In(ranges) => Some(ranges),
+        Rows::KeyPages { column, keys } => {
+            key_pages(builder.metadata(), builder.parquet_schema(), column, keys)
+        }
+    };
     let mut builder = builder.with_projection(mask).with_batch_size(8192);
     if let Some(ranges) = ranges {
         builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(
@@ -112,6 +133,61 @@ pub async fn read_rows(
         .await
         .doing(doing)?;
     Ok((batches, total))
+}
+
+/// The row ranges of the pages whose statistics of top-level integer column
+/// `column` may hold one of `keys` (ascending): a page without statistics is
+/// read, a page of NULLs is not. None (read everything) without a page index for
+/// the column, or for a type whose statistics are not signed integers.
+fn key_pages(
+    metadata: &ParquetMetaData,
+    schema: &SchemaDescriptor,
+    column: &str,
+    keys: &[i64],
+) -> Option<Vec<Range<usize>>> {
+    let leaf = schema
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [column.to_string()])?;
+    let (statistics, offsets) = (metadata.column_index()?, metadata.offset_index()?);
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut base = 0usize;
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        let rows = group.num_rows() as usize;
+        let locations = offsets.get(g)?.get(leaf)?.page_locations();
+        let index = statistics.get(g)?.get(leaf)?;
+        for (p, page) in locations.iter().enumerate() {
+            let bounds = match index {
+                ColumnIndexMetaData::INT64(i) => (i.min_value(p).copied(), i.max_value(p).copied()),
+                ColumnIndexMetaData::INT32(i) => (
+                    i.min_value(p).map(|v| i64::from(*v)),
+                    i.max_value(p).map(|v| i64::from(*v)),
+                ),
+                _ => return None,
+            };
+            let hit = match bounds {
+                (Some(lo), Some(hi)) => {
+                    let i = keys.partition_point(|k| *k < lo);
+                    i < keys.len() && keys[i] <= hi
+                }
+                _ => !index.is_null_page(p),
+            };
+            if !hit {
+                continue;
+            }
+            let start = base + page.first_row_index as usize;
+            let end = base
+                + locations
+                    .get(p + 1)
+                    .map_or(rows, |next| next.first_row_index as usize);
+            match out.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => out.push(start..end),
+            }
+        }
+        base += rows;
+    }
+    Some(out)
 }
 
 /// The physical row count of a data file, from its Parquet footer.
@@ -300,7 +376,8 @@ pub async fn live_rows(
         .map(|f| f.name().clone())
         .filter(|n| !partition.contains_key(n))
         .collect();
-    let (batches, _) = read_rows(store, file, &columns, kept).await?;
+    let rows = kept.map_or(Rows::All, Rows::In);
+    let (batches, _) = read_rows(store, file, &columns, rows).await?;
     batches
         .iter()
         .map(|b| conform(b, schema, partition))
@@ -310,6 +387,74 @@ pub async fn live_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys 0, 2, 4, … 198 in pages of 10 rows (row groups of 40): the pages
+    /// whose key range may hold a wanted key, merged into runs; NULL pages and
+    /// keys between two pages' ranges read nothing.
+    #[tokio::test]
+    async fn a_key_pass_reads_the_pages_that_may_hold_its_keys() {
+        use datafusion::arrow::array::Int64Array;
+        use deltalake::parquet::arrow::ArrowWriter;
+        use deltalake::parquet::file::properties::WriterProperties;
+        let keys: Vec<Option<i64>> = (0..100)
+            .map(|i| (i < 90).then_some(i * 2)) // the last page holds NULLs
+            .collect();
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![Field::new(
+            "k",
+            DataType::Int64,
+            true,
+        )]));
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(keys))]).unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(40))
+            .set_data_page_row_count_limit(10)
+            .set_write_batch_size(10)
+            .build();
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(deltalake::logstore::object_store::memory::InMemory::new());
+        store
+            .put(&Path::from("f.parquet"), bytes.into())
+            .await
+            .unwrap();
+        let file = DataFile {
+            path: "f.parquet".into(),
+            size: store.head(&Path::from("f.parquet")).await.unwrap().size,
+        };
+        let read = |keys: Vec<i64>| {
+            let (store, file) = (store.clone(), file.clone());
+            async move {
+                let rows = Rows::KeyPages {
+                    column: "k",
+                    keys: &keys,
+                };
+                let (batches, total) = read_rows(store, &file, &["k".into()], rows).await.unwrap();
+                assert_eq!(total, 100);
+                batches
+                    .iter()
+                    .flat_map(|b| {
+                        let n = b.column_by_name(ROW_NUMBER).unwrap();
+                        let n = n
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::Int64Array>();
+                        n.unwrap().values().to_vec()
+                    })
+                    .collect::<Vec<i64>>()
+            }
+        };
+        // Key 0 (rows 0–9), keys 38 and 40 (rows 10–29), key 119 (no page).
+        assert_eq!(
+            read(vec![0, 38, 40, 119]).await,
+            (0..30).collect::<Vec<i64>>()
+        );
+        assert!(read(vec![1_000]).await.is_empty());
+        assert!(read(Vec::new()).await.is_empty());
+        assert_eq!(read(vec![178]).await, (80..90).collect::<Vec<i64>>());
+    }
 
     #[test]
     fn positions_become_runs() {

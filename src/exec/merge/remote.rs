@@ -394,6 +394,7 @@ impl Executor {
             rows: HashMap::with_hasher(RandomState::default()),
             partition_values,
             ranges,
+            sorted: None,
         })
     }
 }
