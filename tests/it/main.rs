@@ -13,6 +13,7 @@ mod macros;
 mod partition_types;
 mod plan_cli;
 mod planning;
+mod readers;
 mod review;
 mod run;
 mod s3;

@@ -17,7 +17,6 @@
 //! (`x y` could not be read back once it had a vector): `the_probe_*` below are
 //! those reports, kept as they were filed.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
@@ -27,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::common::{create_table, overwrite_table, query_tables, stage, Project};
+use crate::readers::{duckdb_lines, python_lines};
 
 /// A partition type: its Arrow type, three values (as Arrow casts them from text)
 /// and a SQL literal equal to the first.
@@ -411,13 +411,13 @@ async fn differential_on(name: &str, engine: Option<&str>, seeds: usize, steps: 
         }
         let expected = lines(&rows);
         for table in ["dv", "cow"] {
-            if let Some(python) = python_lines(&wh.join(table), &wh.join("vals")) {
+            if let Some(python) = python_lines(&wh.join(table), &wh.join("vals"), LINES) {
                 assert_eq!(
                     python, expected,
                     "{table} (Python deltalake): {name}, seed {seed}"
                 );
             }
-            if let Some(duck) = duckdb_lines(&wh.join(table), &wh.join("vals")) {
+            if let Some(duck) = duckdb_lines(&wh.join(table), &wh.join("vals"), LINES) {
                 assert_eq!(duck, expected, "{table} (DuckDB): {name}, seed {seed}");
             }
         }
@@ -471,80 +471,6 @@ async fn on_a_cluster_vectors_and_copy_on_write_equal_the_model_for_every_type()
     ] {
         differential_on(name, Some(cluster.engine()), 1, steps).await;
     }
-}
-
-/// `LINES` over the table at `table`, read by Python's `deltalake` (its own
-/// delta-rs and DataFusion); None where it is not installed (outside CI).
-pub fn python_lines(table: &Path, vals: &Path) -> Option<Vec<String>> {
-    if !crate::common::python_deltalake("from deltalake import QueryBuilder") {
-        return None;
-    }
-    let script = "\
-import sys, os
-from deltalake import DeltaTable, QueryBuilder
-q = QueryBuilder().register('t', DeltaTable(sys.argv[1])).register('vals', DeltaTable(sys.argv[2]))
-import pyarrow as pa
-for row in pa.table(q.execute(sys.argv[3]).read_all()).to_pylist():
-    print(row['line'])
-sys.stdout.flush()
-os._exit(0)
-";
-    python(script, table, vals, LINES)
-}
-
-/// `LINES` read by DuckDB's delta extension (the Delta kernel's reader); None where
-/// DuckDB or the extension is not installed, unless SQLPLAN_REQUIRE_DUCKDB is set.
-pub fn duckdb_lines(table: &Path, vals: &Path) -> Option<Vec<String>> {
-    let probe = "import duckdb, duckdb_extension_delta";
-    let ok = std::process::Command::new("python3")
-        .args(["-c", probe])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("SQLPLAN_REQUIRE_DUCKDB").is_none(),
-            "python3 with duckdb and duckdb-extension-delta is required here"
-        );
-        eprintln!("skipped: DuckDB's delta reader is not installed");
-        return None;
-    }
-    // The extension ships in the wheel; loading it by path needs no network.
-    let script = "\
-import sys, os, glob, duckdb, duckdb_extension_delta
-ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), \
-    'extensions', '*', 'delta.duckdb_extension'))[0]
-c = duckdb.connect()
-c.execute(f\"LOAD '{ext}'\")
-c.execute(\"CREATE VIEW t AS SELECT * FROM delta_scan('\" + sys.argv[1] + \"')\")
-c.execute(\"CREATE VIEW vals AS SELECT * FROM delta_scan('\" + sys.argv[2] + \"')\")
-for (line,) in c.execute(sys.argv[3]).fetchall():
-    print(line)
-";
-    python(script, table, vals, LINES)
-}
-
-fn python(script: &str, table: &Path, vals: &Path, query: &str) -> Option<Vec<String>> {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            script,
-            table.to_str().unwrap(),
-            vals.to_str().unwrap(),
-            query,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    Some(lines)
 }
 
 /// The reports as filed: 2,000 rows under two partition values, a MERGE of 41 keys
@@ -625,10 +551,10 @@ stages:
     let mut rust = query_tables(&[("t", &wh.join("t")), ("vals", &wh.join("vals"))], LINES).await;
     rust.sort();
     assert_eq!(rust, expected, "delta-rs");
-    if let Some(python) = python_lines(&wh.join("t"), &wh.join("vals")) {
+    if let Some(python) = python_lines(&wh.join("t"), &wh.join("vals"), LINES) {
         assert_eq!(python, expected, "Python deltalake");
     }
-    if let Some(duck) = duckdb_lines(&wh.join("t"), &wh.join("vals")) {
+    if let Some(duck) = duckdb_lines(&wh.join("t"), &wh.join("vals"), LINES) {
         assert_eq!(duck, expected, "DuckDB");
     }
     let verify = project.sqlplan(&["verify-vectors", "warehouse/t"]);
