@@ -10,6 +10,7 @@ mod expectations;
 mod fixtures;
 mod generate;
 mod macros;
+mod merge;
 mod partition_types;
 mod plan_cli;
 mod planning;
