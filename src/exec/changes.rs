@@ -110,6 +110,23 @@ pub(super) struct Changes {
     pub sort_by: Vec<String>,
 }
 
+impl Changes {
+    /// A DELETE's: positions only, no new rows.
+    pub fn deleting(
+        table: &DeltaTable,
+        deleted: BTreeMap<u32, Vec<u64>>,
+        rewrite_above: f64,
+    ) -> StageResult<Changes> {
+        Ok(Changes {
+            deleted,
+            writer: FileWriter::for_table(table, None)?,
+            added: Vec::new(),
+            rewrite_above,
+            sort_by: Vec::new(),
+        })
+    }
+}
+
 /// What `commit_changes` wrote.
 pub(super) struct Written {
     files_added: u64,
@@ -324,13 +341,7 @@ impl Executor {
                 deleted.insert(i as u32, positions);
             }
         }
-        let changes = Changes {
-            deleted,
-            writer: FileWriter::for_table(&table, None)?,
-            added: Vec::new(),
-            rewrite_above,
-            sort_by: Vec::new(),
-        };
+        let changes = Changes::deleting(&table, deleted, rewrite_above)?;
         let operation = delete_operation(stage);
         let w = self
             .commit_changes(stage, target, table, &candidates, changes, operation)

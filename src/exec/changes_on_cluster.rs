@@ -14,9 +14,8 @@ use deltalake::DeltaTable;
 
 use super::changes::{delete_operation, with_vectors, Candidate, Changes};
 use super::context::{df_err, Executor, StageResult};
-use crate::delta::scan::keys::Candidate as Shipped;
+use crate::delta::scan::keys::{Candidate as Shipped, KeyPassFiles, KeyPassSpec};
 use crate::delta::vectors::VectorFile;
-use crate::delta::writer::FileWriter;
 use crate::plan::StagePlan;
 use crate::report::StageMetrics;
 
@@ -51,6 +50,39 @@ impl Executor {
         shipped.chunks(per_group).map(<[Shipped]>::to_vec).collect()
     }
 
+    /// Every live row of the files in `groups` (a task a group), read on the
+    /// executors: the `referenced` columns (partition values from the log), the
+    /// file and the position.
+    fn live_rows(
+        &self,
+        table: &DeltaTable,
+        schema: &Schema,
+        referenced: Vec<String>,
+        groups: Vec<Vec<Shipped>>,
+    ) -> StageResult<datafusion::prelude::DataFrame> {
+        let snapshot = table.snapshot().map_err(df_err)?;
+        let spec = KeyPassSpec {
+            table_url: table.table_url().clone(),
+            source_files: Vec::new(),
+            source_keys: Vec::new(),
+            split_keys: Vec::new(),
+            keys: Vec::new(),
+            partitions: snapshot.metadata().partition_columns().to_vec(),
+            referenced,
+        };
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let pass = KeyPassFiles {
+            schema: spec.matched_schema(&types).map_err(df_err)?,
+            spec: Arc::new(spec),
+            groups,
+        };
+        self.ctx.read_table(Arc::new(pass)).map_err(df_err)
+    }
+
     /// Rewrites on the executors: each task reads a group of the files to
     /// rewrite, leaves out the rows `rewrites` names (a file's old and new
     /// deleted positions, shipped as vectors in one scratch file) and writes the
@@ -65,7 +97,6 @@ impl Executor {
         sort_by: Vec<String>,
     ) -> StageResult<Vec<deltalake::kernel::Add>> {
         use crate::cluster::sink::DataWriteSpec;
-        use crate::delta::scan::keys::{KeyPassFiles, KeyPassSpec};
         use datafusion::common::Column;
         use datafusion::logical_expr::{cast, Expr};
         if rewrites.is_empty() {
@@ -105,25 +136,8 @@ impl Executor {
         let snapshot = table.snapshot().map_err(df_err)?;
         let schema = snapshot.snapshot().arrow_schema();
         let partitions = snapshot.metadata().partition_columns().to_vec();
-        let spec = KeyPassSpec {
-            table_url: table.table_url().clone(),
-            source_files: Vec::new(),
-            source_keys: Vec::new(),
-            split_keys: Vec::new(),
-            keys: Vec::new(),
-            partitions: partitions.clone(),
-            referenced: schema.fields().iter().map(|f| f.name().clone()).collect(),
-        };
-        let types = schema
-            .fields()
-            .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
-            .collect();
-        let pass = KeyPassFiles {
-            schema: spec.matched_schema(&types).map_err(df_err)?,
-            spec: Arc::new(spec),
-            groups: self.in_groups(shipped),
-        };
+        let every = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let live = self.live_rows(table, &schema, every, self.in_groups(shipped))?;
         let columns = schema
             .fields()
             .iter()
@@ -132,11 +146,7 @@ impl Executor {
                 cast(column, f.data_type().clone()).alias(f.name())
             })
             .collect::<Vec<_>>();
-        let rows = self
-            .ctx
-            .read_table(Arc::new(pass))
-            .and_then(|d| d.select(columns))
-            .map_err(df_err)?;
+        let rows = live.select(columns).map_err(df_err)?;
         let spec = DataWriteSpec {
             table_url: table.table_url().clone(),
             partitions,
@@ -190,44 +200,20 @@ impl Executor {
         rewrite_above: f64,
     ) -> StageResult<StageMetrics> {
         use crate::delta::keys::{FILE, POSITION};
-        use crate::delta::scan::keys::{KeyPassFiles, KeyPassSpec};
         use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
         use datafusion::logical_expr::col;
-        let partitions = table
-            .snapshot()
-            .map_err(df_err)?
-            .metadata()
-            .partition_columns()
-            .to_vec();
         let refs = condition
             .as_ref()
             .map(|c| c.column_refs())
             .unwrap_or_default();
-        let spec = KeyPassSpec {
-            table_url: table.table_url().clone(),
-            source_files: Vec::new(),
-            source_keys: Vec::new(),
-            split_keys: Vec::new(),
-            keys: Vec::new(),
-            partitions,
-            referenced: schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| refs.iter().any(|r| &r.name == n))
-                .collect(),
-        };
-        let types = schema
+        let referenced = schema
             .fields()
             .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .map(|f| f.name().clone())
+            .filter(|n| refs.iter().any(|r| &r.name == n))
             .collect();
-        let pass = KeyPassFiles {
-            schema: spec.matched_schema(&types).map_err(df_err)?,
-            spec: Arc::new(spec),
-            groups: self.ship(&candidates, |i| kept[i]),
-        };
-        let rows = self.ctx.read_table(Arc::new(pass)).map_err(df_err)?;
+        let groups = self.ship(&candidates, |i| kept[i]);
+        let rows = self.live_rows(&table, schema, referenced, groups)?;
         let hit = match condition {
             Some(c) => rows.filter(c).map_err(df_err)?,
             None => rows,
@@ -251,13 +237,7 @@ impl Executor {
         let changed: Vec<usize> = deleted.keys().map(|&i| i as usize).collect();
         with_vectors(&table, &mut candidates, &changed).await?;
         self.count_rows(&table, &mut candidates, &deleted).await?;
-        let changes = Changes {
-            deleted,
-            writer: FileWriter::for_table(&table, None)?,
-            added: Vec::new(),
-            rewrite_above,
-            sort_by: Vec::new(),
-        };
+        let changes = Changes::deleting(&table, deleted, rewrite_above)?;
         let w = self
             .commit_changes(
                 stage,
