@@ -425,3 +425,21 @@ fn an_engine_that_is_not_df_is_refused() {
         out.stderr
     );
 }
+
+/// `sqlplan test --engine`: the example pipeline's fixtures pass on a cluster,
+/// whose executors then run its copy-on-write MERGE and its INSERT OVERWRITE.
+#[test]
+fn the_example_fixtures_pass_on_a_cluster() {
+    let cluster = Cluster::start_local(2);
+    let out = super::common::sqlplan_in(
+        &super::common::repo(),
+        &[
+            "test",
+            "pipelines/examples/orders.yaml",
+            "--engine",
+            cluster.engine(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("3 passed, 0 failed"), "{}", out.stdout);
+}
