@@ -107,9 +107,13 @@ pub enum Command {
         abandon: bool,
         /// Run the query stages on an Apache Ballista cluster: `df://HOST:PORT` of a
         /// scheduler started with `sqlplan scheduler` (its executors with `sqlplan
-        /// executor`). Results come back here; every write and commit stays with
-        /// this process. Tables must be where the executors can read them (e.g.
-        /// `s3://…`, or local paths on one machine).
+        /// executor`). The executors write the materialized relations, run MERGE's
+        /// and DELETE's passes and write the new data files; this process receives
+        /// positions and Delta actions and makes every commit. Tables must be where
+        /// the executors can read them (e.g. `s3://…`, or local paths on one
+        /// machine). A MERGE source of more than SQLPLAN_KEY_SET_LIMIT rows
+        /// (5,000,000) not split by partition finds its target rows by a shuffle
+        /// join instead of a key set per task.
         #[arg(long, value_name = "df://HOST:PORT")]
         engine: Option<String>,
     },
