@@ -49,6 +49,31 @@ pub struct DataWriteSpec {
     pub as_read: bool,
 }
 
+impl DataWriteSpec {
+    /// New files of `table` (its partitions and NOT NULL columns), each task's
+    /// rows in `sort_by` order.
+    pub fn for_table(
+        table: &deltalake::DeltaTable,
+        sort_by: Vec<String>,
+    ) -> crate::delta::error::Result<DataWriteSpec> {
+        let snapshot = table.snapshot().map_err(crate::delta::Error::from)?;
+        Ok(DataWriteSpec {
+            table_url: table.table_url().clone(),
+            partitions: snapshot.metadata().partition_columns().to_vec(),
+            sort_by,
+            not_null: snapshot
+                .snapshot()
+                .arrow_schema()
+                .fields()
+                .iter()
+                .filter(|f| !f.is_nullable())
+                .map(|f| f.name().clone())
+                .collect(),
+            as_read: false,
+        })
+    }
+}
+
 /// The physical node: each partition of `input` written as new data files.
 #[derive(Debug)]
 pub struct DataWriteExec {

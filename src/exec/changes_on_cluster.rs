@@ -135,7 +135,6 @@ impl Executor {
             .collect::<StageResult<Vec<_>>>()?;
         let snapshot = table.snapshot().map_err(df_err)?;
         let schema = snapshot.snapshot().arrow_schema();
-        let partitions = snapshot.metadata().partition_columns().to_vec();
         let every = schema.fields().iter().map(|f| f.name().clone()).collect();
         let live = self.live_rows(table, &schema, every, self.in_groups(shipped))?;
         let columns = schema
@@ -148,11 +147,8 @@ impl Executor {
             .collect::<Vec<_>>();
         let rows = live.select(columns).map_err(df_err)?;
         let spec = DataWriteSpec {
-            table_url: table.table_url().clone(),
-            partitions,
-            sort_by,
-            not_null: Vec::new(),
             as_read: true,
+            ..DataWriteSpec::for_table(table, sort_by)?
         };
         let (adds, _) = remote.write_data(rows.logical_plan(), &spec).await?;
         Ok(adds)

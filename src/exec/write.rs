@@ -111,18 +111,7 @@ impl Executor {
         let snapshot = table.snapshot().map_err(df_err)?;
         let partitions = snapshot.metadata().partition_columns().to_vec();
         let schema = snapshot.snapshot().arrow_schema();
-        let spec = crate::cluster::sink::DataWriteSpec {
-            table_url: table.table_url().clone(),
-            partitions: partitions.clone(),
-            sort_by: Vec::new(),
-            not_null: schema
-                .fields()
-                .iter()
-                .filter(|f| !f.is_nullable())
-                .map(|f| f.name().clone())
-                .collect(),
-            as_read: false,
-        };
+        let spec = crate::cluster::sink::DataWriteSpec::for_table(&table, Vec::new())?;
         let (adds, rows) = remote.write_data(df.logical_plan(), &spec).await?;
         let (files, bytes) = (
             adds.len() as u64,

@@ -294,18 +294,7 @@ impl Executor {
             .filter(col(ACTION).in_list(writing, false))
             .and_then(|d| d.select(columns))
             .map_err(df_err)?;
-        let spec = DataWriteSpec {
-            table_url: table.table_url().clone(),
-            partitions: partitions.clone(),
-            sort_by: names.clone(),
-            not_null: table_schema
-                .fields()
-                .iter()
-                .filter(|f| !f.is_nullable())
-                .map(|f| f.name().clone())
-                .collect(),
-            as_read: false,
-        };
+        let spec = DataWriteSpec::for_table(&table, names.clone())?;
         let (added, rows_written) = remote.write_data(rows.logical_plan(), &spec).await?;
         let applied = applied(&acts, &positions, rows_written)?;
         let changed: Vec<usize> = applied.deleted.keys().map(|&i| i as usize).collect();
