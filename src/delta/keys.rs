@@ -388,7 +388,7 @@ mod tests {
         let keys = ["id".to_string(), "month".to_string()];
         let lookup = SourceKeys::new(
             &converter,
-            &[batch.clone()],
+            std::slice::from_ref(&batch),
             &keys,
             &types,
             &["month".into()],
