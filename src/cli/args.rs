@@ -108,8 +108,9 @@ pub enum Command {
         /// Run the query stages on an Apache Ballista cluster: `df://HOST:PORT` of a
         /// scheduler started with `sqlplan scheduler` (its executors with `sqlplan
         /// executor`). The executors write the materialized relations, run MERGE's
-        /// and DELETE's passes and write the new data files; this process receives
-        /// positions and Delta actions and makes every commit. Tables must be where
+        /// and DELETE's passes and write the new data files and deletion vectors;
+        /// this process receives counts and Delta actions and makes every commit.
+        /// Tables must be where
         /// the executors can read them (e.g. `s3://…`, or local paths on one
         /// machine). A MERGE source of more than SQLPLAN_KEY_SET_LIMIT rows
         /// (5,000,000) not split by partition finds its target rows by a shuffle

@@ -27,7 +27,10 @@ use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::sink::{DataWriteExec, DataWriteSpec, ScratchSpec, ScratchWriteExec, Sink, Target};
+use super::sink::{
+    DataWriteExec, DataWriteSpec, ScratchSpec, ScratchWriteExec, Sink, Target, VectorWriteExec,
+    VectorWriteSpec,
+};
 use crate::delta::scan::exec::Reader;
 use crate::delta::scan::keys::{
     Candidate as KeyPassCandidate, KeyPassExec, KeyPassFiles, KeyPassSpec,
@@ -41,6 +44,7 @@ const SCAN: &[u8] = b"sqlplan/DeltaFilesExec/1\n";
 const SINK: &[u8] = b"sqlplan/Sink/1\n";
 const WRITE_EXEC: &[u8] = b"sqlplan/ScratchWriteExec/1\n";
 const DATA_WRITE_EXEC: &[u8] = b"sqlplan/DataWriteExec/1\n";
+const VECTOR_WRITE_EXEC: &[u8] = b"sqlplan/VectorWriteExec/1\n";
 /// A MERGE's key pass (its spec as JSON follows; the provider adds its groups).
 const KEY_PASS: &[u8] = b"sqlplan/KeyPassFiles/1\n";
 const KEY_PASS_EXEC: &[u8] = b"sqlplan/KeyPassExec/1\n";
@@ -311,6 +315,12 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             let input = one(inputs, "decoding a data write")?;
             return Ok(Arc::new(DataWriteExec::new(input, Arc::new(spec))));
         }
+        if let Some(spec) = buf.strip_prefix(VECTOR_WRITE_EXEC) {
+            let spec: VectorWriteSpec =
+                serde_json::from_slice(spec).map_err(|e| error("decoding a vector write", e))?;
+            let input = one(inputs, "decoding a vector write")?;
+            return Ok(Arc::new(VectorWriteExec::new(input, Arc::new(spec))));
+        }
         if let Some(bytes) = buf.strip_prefix(KEY_PASS_EXEC) {
             let m =
                 KeyPassExecMessage::decode(bytes).map_err(|e| error("decoding a key pass", e))?;
@@ -396,6 +406,11 @@ impl PhysicalExtensionCodec for PhysicalCodec {
             buf.extend_from_slice(DATA_WRITE_EXEC);
             return serde_json::to_writer(buf, write.spec.as_ref())
                 .map_err(|e| error("encoding a data write", e));
+        }
+        if let Some(write) = node.downcast_ref::<VectorWriteExec>() {
+            buf.extend_from_slice(VECTOR_WRITE_EXEC);
+            return serde_json::to_writer(buf, write.spec.as_ref())
+                .map_err(|e| error("encoding a vector write", e));
         }
         if let Some(pass) = node.downcast_ref::<KeyPassExec>() {
             let m = KeyPassExecMessage {

@@ -17,6 +17,7 @@ mod data;
 pub mod received;
 pub mod serve;
 pub mod sink;
+mod vectors;
 
 use std::sync::Arc;
 
@@ -165,6 +166,27 @@ impl Remote {
         Ok(sink::added(&batches)?)
     }
 
+    /// Runs `positions` (a file index and a position a row) on the cluster, each
+    /// file's positions in one task, which writes the vectors of the files
+    /// `spec` names; returns their descriptors (nothing is committed).
+    pub async fn write_vectors(
+        &self,
+        positions: &LogicalPlan,
+        spec: &sink::VectorWriteSpec,
+    ) -> Result<Vec<sink::WrittenVector>> {
+        let write = sink::Sink::vectors(positions.clone(), spec)?;
+        let (physical, task) = self.physical(&write).await?;
+        let batches = datafusion::physical_plan::collect(physical, task)
+            .await
+            .doing(|| {
+                format!(
+                    "writing deletion vectors of {} on the cluster",
+                    spec.table_url
+                )
+            })?;
+        Ok(sink::written_vectors(&batches)?)
+    }
+
     /// Copies a local Parquet file into the scratch folder, where every executor can
     /// read it; returns its folder's URL (registered as the relation).
     pub async fn publish(&self, name: &str, file: &std::path::Path) -> Result<url::Url> {
@@ -183,21 +205,6 @@ impl Remote {
             .await
             .doing(|| format!("copying `{name}` to {folder}"))?;
         Ok(folder)
-    }
-
-    /// Writes `bytes` as file `name` of the scratch folder; returns its URL.
-    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<url::Url> {
-        let url = self
-            .scratch
-            .join(name)
-            .doing(|| format!("scratch file `{name}`"))?;
-        let (store, path) = stores::store_for(&url)?;
-        use deltalake::logstore::object_store::ObjectStoreExt as _;
-        store
-            .put(&path, bytes.into())
-            .await
-            .doing(|| format!("writing {url}"))?;
-        Ok(url)
     }
 
     /// Removes this run's scratch folder.

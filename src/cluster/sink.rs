@@ -3,7 +3,9 @@
 //! planner its session is built with, `QueryPlanner`), and each task of the
 //! query's last stage writes its own partition as one Parquet file in the scratch
 //! folder. A MERGE's new rows go to a `Sink` too, planned as a `DataWriteExec`
-//! that writes new data files of the table and returns their Add actions. The sqlplan process receives one row per file (its URL,
+//! that writes new data files of the table and returns their Add actions, and
+//! the positions a MERGE or DELETE deletes to a `Sink` planned as a
+//! `VectorWriteExec` (`vectors.rs`), which returns vector descriptors. The sqlplan process receives one row per file (its URL,
 //! rows and bytes), never the relation's rows, and registers exactly those files:
 //! a file a lost task left behind is never read.
 
@@ -14,7 +16,6 @@ use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef, DataFusionError, Result};
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
@@ -32,6 +33,9 @@ use deltalake::logstore::object_store::buffered::BufWriter;
 use futures::StreamExt;
 
 pub use super::data::{added, DataWriteExec, DataWriteSpec, ADDED};
+pub use super::vectors::{
+    written_vectors, Losing, VectorWriteExec, VectorWriteSpec, WrittenVector, VECTORS,
+};
 
 /// What a task returns for the file it wrote: its URL, rows and bytes.
 pub static WRITTEN: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -72,6 +76,9 @@ pub enum Target {
     /// New data files of a Delta table (`DataWriteSpec` as JSON); each task
     /// returns its Add actions (`ADDED`). Nothing is committed.
     Data(String),
+    /// Deletion vectors of a table's files (`VectorWriteSpec` as JSON) from the
+    /// positions they lose; each task returns their descriptors (`VECTORS`).
+    Vectors(String),
 }
 
 /// The logical node: `input`'s rows written where they are computed, each task
@@ -104,6 +111,13 @@ impl Sink {
         Sink::plan(input, Target::Data(spec))
     }
 
+    /// The vectors of the files `spec` names, from `input`'s positions (the
+    /// file index and position columns of `delta::keys`).
+    pub fn vectors(input: LogicalPlan, spec: &VectorWriteSpec) -> Result<LogicalPlan> {
+        let spec = serde_json::to_string(spec).map_err(|e| DataFusionError::External(e.into()))?;
+        Sink::plan(input, Target::Vectors(spec))
+    }
+
     fn plan(input: LogicalPlan, target: Target) -> Result<LogicalPlan> {
         Ok(LogicalPlan::Extension(Extension {
             node: Arc::new(Sink::new(input, target)?),
@@ -114,6 +128,7 @@ impl Sink {
         let returns = match target {
             Target::Scratch(_) => WRITTEN.as_ref(),
             Target::Data(_) => ADDED.as_ref(),
+            Target::Vectors(_) => VECTORS.as_ref(),
         };
         let schema = Arc::new(DFSchema::try_from(returns.clone())?);
         Ok(Sink {
@@ -132,6 +147,10 @@ impl Sink {
                 Arc::new(ScratchWriteExec::new(input, Arc::new(spec.clone())))
             }
             Target::Data(spec) => Arc::new(DataWriteExec::new(
+                input,
+                Arc::new(serde_json::from_str(spec).map_err(|e| external(e.into()))?),
+            )),
+            Target::Vectors(spec) => Arc::new(VectorWriteExec::new(
                 input,
                 Arc::new(serde_json::from_str(spec).map_err(|e| external(e.into()))?),
             )),
@@ -295,8 +314,7 @@ async fn write_partition(
 ) -> Result<RecordBatch> {
     let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
     let folder = url::Url::parse(&spec.folder).map_err(|e| external(e.into()))?;
-    let store_url = ObjectStoreUrl::parse(crate::delta::stores::root(&folder).as_str())?;
-    let store = context.runtime_env().object_store(&store_url)?;
+    let store = crate::delta::stores::task_store(&folder, context)?;
     let schema = input.schema();
     let split: Vec<usize> = spec
         .split_by

@@ -57,6 +57,16 @@ pub fn root(url: &Url) -> Url {
     root
 }
 
+/// The store serving the root of `url`'s scheme and host, from a task's runtime
+/// (an executor's registry builds it from the URL alone).
+pub fn task_store(
+    url: &Url,
+    context: &datafusion::execution::TaskContext,
+) -> Result<Arc<dyn ObjectStore>> {
+    let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(root(url).as_str())?;
+    context.runtime_env().object_store(&store_url)
+}
+
 /// An object store registry that builds a store the first time a location asks
 /// for one (DataFusion's default knows only local files).
 #[derive(Debug, Default)]

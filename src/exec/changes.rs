@@ -15,7 +15,7 @@ use datafusion::execution::SessionState;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, LogicalFileView};
+use deltalake::kernel::{Action, Add, DeletionVectorDescriptor, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 
@@ -58,7 +58,7 @@ pub(super) async fn candidates(
 }
 
 /// The files `wanted` accepts, from the log alone: their existing vectors are not
-/// read (on a cluster the executors read them; see `with_vectors`).
+/// read (on a cluster the executors read them).
 pub(super) fn candidates_from_log(
     table: &DeltaTable,
     wanted: impl Fn(&LogicalFileView, &HashMap<String, Option<String>>) -> bool,
@@ -81,7 +81,7 @@ pub(super) fn candidates_from_log(
 }
 
 /// Reads the existing vectors of the candidates at `which` (indices) as keep masks.
-pub(super) async fn with_vectors(
+async fn with_vectors(
     table: &DeltaTable,
     candidates: &mut [Candidate],
     which: &[usize],
@@ -95,34 +95,78 @@ pub(super) async fn with_vectors(
     Ok(())
 }
 
+/// What happens to a data file that loses rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fate {
+    /// Every live row is gone: the file is removed.
+    Remove,
+    /// More than `rewrite_above` of its live rows are gone: rewritten without them.
+    Rewrite,
+    /// Given a vector: the union of its old one and the new positions.
+    Vector,
+}
+
+impl Fate {
+    /// The fate of a file that loses `deleted` of its `live` rows.
+    pub fn of(deleted: u64, live: u64, rewrite_above: f64) -> Fate {
+        if deleted >= live {
+            Fate::Remove
+        } else if deleted as f64 > rewrite_above * live as f64 {
+            Fate::Rewrite
+        } else {
+            Fate::Vector
+        }
+    }
+}
+
+/// What a MERGE or DELETE deleted.
+pub(super) enum Deleted {
+    /// Positions known in this process (a local run), by candidate index: the
+    /// vectors and rewrites are written here.
+    Positions {
+        positions: BTreeMap<u32, Vec<u64>>,
+        rewrite_above: f64,
+    },
+    /// Decided and written on a cluster.
+    Decided(Decided),
+}
+
+/// Each changed file's fate, with its vector or its rewrite written.
+#[derive(Default)]
+pub(super) struct Decided {
+    /// Candidate index → its fate and how many rows it loses.
+    pub fates: BTreeMap<u32, (Fate, u64)>,
+    /// The new vectors of the files whose fate is `Vector`.
+    pub vectors: HashMap<u32, DeletionVectorDescriptor>,
+    pub vector_bytes: u64,
+    /// The files that replace the rewritten ones.
+    pub rewritten: Vec<Add>,
+}
+
+impl Decided {
+    /// The rows the changed files lose.
+    pub fn rows(&self) -> u64 {
+        self.fates.values().map(|(_, n)| n).sum()
+    }
+}
+
 /// What a MERGE or DELETE changed, for `commit_changes` to write and commit.
 pub(super) struct Changes {
-    /// Candidate index → the positions it deletes.
-    pub deleted: BTreeMap<u32, Vec<u64>>,
+    pub deleted: Deleted,
     /// Holds the rows written in this process (a local MERGE's new and updated
     /// rows); rewrites of a local run go here too.
     pub writer: FileWriter,
     /// Files written elsewhere (a cluster's executors).
-    pub added: Vec<deltalake::kernel::Add>,
-    /// A file loses more than this share of its live rows: rewritten.
-    pub rewrite_above: f64,
-    /// The order of the rows of files rewritten on a cluster (a MERGE's key).
-    pub sort_by: Vec<String>,
+    pub added: Vec<Add>,
 }
 
 impl Changes {
-    /// A DELETE's: positions only, no new rows.
-    pub fn deleting(
-        table: &DeltaTable,
-        deleted: BTreeMap<u32, Vec<u64>>,
-        rewrite_above: f64,
-    ) -> StageResult<Changes> {
+    /// A DELETE's: deleted rows only, no new rows.
+    pub fn deleting(table: &DeltaTable, deleted: Deleted) -> StageResult<Changes> {
         Ok(Changes {
             deleted,
             writer: FileWriter::for_table(table, None)?,
             added: Vec::new(),
-            rewrite_above,
-            sort_by: Vec::new(),
         })
     }
 }
@@ -151,6 +195,66 @@ impl Written {
             ..Default::default()
         }
     }
+}
+
+/// Decides each file's fate from the positions it loses and writes the vectors
+/// (one file beside the data) and the rewrites (into `writer`) here.
+async fn decide_here(
+    table: &DeltaTable,
+    candidates: &[Candidate],
+    mut positions: BTreeMap<u32, Vec<u64>>,
+    rewrite_above: f64,
+    writer: &mut FileWriter,
+) -> StageResult<Decided> {
+    let store = table.object_store();
+    let writer_schema = writer.arrow_schema();
+    let mut decided = Decided::default();
+    let mut vectors = VectorFile::default();
+    for (&i, positions) in &mut positions {
+        let c = &candidates[i as usize];
+        positions.sort_unstable();
+        positions.dedup();
+        let already: Vec<u64> = c
+            .keep
+            .as_ref()
+            .map(|k| k.positions().collect())
+            .unwrap_or_default();
+        let live = (c.rows - already.len()) as u64;
+        let fate = Fate::of(positions.len() as u64, live, rewrite_above);
+        decided.fates.insert(i, (fate, positions.len() as u64));
+        let gone: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
+        match fate {
+            Fate::Remove => {}
+            Fate::Vector => vectors.add(&c.path, gone),
+            Fate::Rewrite => {
+                let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
+                let rows = dv::live_rows(
+                    store.clone(),
+                    &c.file(),
+                    &c.partition,
+                    Some(kept),
+                    &writer_schema,
+                )
+                .await?;
+                for b in rows {
+                    writer.write(b).await?;
+                }
+            }
+        }
+    }
+    let (descriptors, bytes) = vectors.write(store.as_ref()).await?;
+    decided.vector_bytes = bytes;
+    for (&i, (fate, _)) in &decided.fates {
+        if *fate == Fate::Vector {
+            let path = &candidates[i as usize].path;
+            let descriptor = descriptors
+                .get(path)
+                .cloned()
+                .ok_or("a deletion vector went missing")?;
+            decided.vectors.insert(i, descriptor);
+        }
+    }
+    Ok(decided)
 }
 
 impl Executor {
@@ -191,79 +295,38 @@ impl Executor {
         operation: DeltaOperation,
     ) -> StageResult<Written> {
         let Changes {
-            mut deleted,
+            deleted,
             mut writer,
             added,
-            rewrite_above,
-            sort_by,
         } = changes;
-        let store = table.object_store();
-        let mut vectors = VectorFile::default();
-        let mut actions: Vec<Action> = Vec::new();
-        let mut vector_files: Vec<usize> = Vec::new();
-        let mut rewrites: Vec<(usize, BTreeSet<u64>)> = Vec::new();
-        let (mut removed, mut rows_by_vector) = (0u64, 0u64);
-        for (&i, positions) in &mut deleted {
-            let c = &candidates[i as usize];
-            positions.sort_unstable();
-            positions.dedup();
-            let already: Vec<u64> = c
-                .keep
-                .as_ref()
-                .map(|k| k.positions().collect())
-                .unwrap_or_default();
-            let live = c.rows - already.len();
-            actions.push(Action::Remove(c.view.remove_action(true)));
-            let gone: BTreeSet<u64> = already.iter().chain(positions.iter()).copied().collect();
-            if positions.len() == live {
-                removed += 1;
-            } else if positions.len() as f64 > rewrite_above * live as f64 {
-                rewrites.push((i as usize, gone));
-            } else {
-                rows_by_vector += positions.len() as u64;
-                vectors.add(&c.path, gone);
-                vector_files.push(i as usize);
-            }
-        }
-        let rewritten = rewrites.len() as u64;
-        let mut adds = match &self.remote {
-            Some(remote) => {
-                self.rewrite_on_cluster(remote, &table, candidates, rewrites, sort_by)
-                    .await?
-            }
-            None => {
-                let writer_schema = writer.arrow_schema();
-                for (i, gone) in rewrites {
-                    let c = &candidates[i];
-                    let kept = dv::ranges((0..c.rows as u64).filter(|p| !gone.contains(p)));
-                    let rows = dv::live_rows(
-                        store.clone(),
-                        &c.file(),
-                        &c.partition,
-                        Some(kept),
-                        &writer_schema,
-                    )
-                    .await?;
-                    for b in rows {
-                        writer.write(b).await?;
-                    }
-                }
-                Vec::new()
-            }
+        let decided = match deleted {
+            Deleted::Positions {
+                positions,
+                rewrite_above,
+            } => decide_here(&table, candidates, positions, rewrite_above, &mut writer).await?,
+            Deleted::Decided(decided) => decided,
         };
-        adds.extend(writer.flush().await?);
-        adds.extend(added);
-        let (descriptors, vector_bytes) = vectors.write(store.as_ref()).await?;
-        for i in &vector_files {
-            let c = &candidates[*i];
-            #[allow(deprecated)] // the Add of a file view, to give it a new vector
-            let add = c.view.add_action();
-            let descriptor = descriptors
-                .get(&c.path)
-                .cloned()
-                .ok_or("a deletion vector went missing")?;
-            actions.push(Action::Add(dv::with_vector(add, descriptor, c.rows)?));
+        let mut actions: Vec<Action> = Vec::new();
+        let count = |wanted: Fate| decided.fates.values().filter(|(f, _)| *f == wanted).count();
+        let mut rows_by_vector = 0u64;
+        for (&i, &(fate, deleted)) in &decided.fates {
+            let c = &candidates[i as usize];
+            actions.push(Action::Remove(c.view.remove_action(true)));
+            if fate == Fate::Vector {
+                rows_by_vector += deleted;
+                #[allow(deprecated)] // the Add of a file view, to give it a new vector
+                let add = c.view.add_action();
+                let descriptor = decided
+                    .vectors
+                    .get(&i)
+                    .cloned()
+                    .ok_or("a deletion vector went missing")?;
+                actions.push(Action::Add(dv::with_vector(add, descriptor, c.rows)?));
+            }
         }
+        let mut adds = writer.flush().await?;
+        adds.extend(decided.rewritten.iter().cloned());
+        adds.extend(added);
         let data_bytes: i64 = adds.iter().map(|a| a.size).sum();
         let files_added = adds.len() as u64;
         actions.extend(adds.into_iter().map(Action::Add));
@@ -272,11 +335,11 @@ impl Executor {
             .await?;
         Ok(Written {
             files_added,
-            removed,
-            rewritten,
-            with_vectors: vector_files.len() as u64,
+            removed: count(Fate::Remove) as u64,
+            rewritten: count(Fate::Rewrite) as u64,
+            with_vectors: count(Fate::Vector) as u64,
             rows_by_vector,
-            bytes: data_bytes.max(0) as u64 + vector_bytes,
+            bytes: data_bytes.max(0) as u64 + decided.vector_bytes,
             version,
         })
     }
@@ -341,7 +404,11 @@ impl Executor {
                 deleted.insert(i as u32, positions);
             }
         }
-        let changes = Changes::deleting(&table, deleted, rewrite_above)?;
+        let deleted = Deleted::Positions {
+            positions: deleted,
+            rewrite_above,
+        };
+        let changes = Changes::deleting(&table, deleted)?;
         let operation = delete_operation(stage);
         let w = self
             .commit_changes(stage, target, table, &candidates, changes, operation)

@@ -1,21 +1,27 @@
 //! MERGE and DELETE on a table with vectors, on a cluster: the candidates as
-//! they cross to the executors, the row counts the log does not give, and
-//! DELETE's pass (every live row of the kept files, the predicate tested on the
-//! executors, only positions back). What they changed is committed by
-//! `changes::commit_changes`, as locally.
+//! they cross to the executors, DELETE's pass (every live row of the kept
+//! files, the predicate tested on the executors, the positions written to the
+//! scratch folder), and what the positions delete: counted by file on the
+//! cluster, each file's fate decided here from the counts and the log, the
+//! vectors and the rewrites written by the executors. Only counts, vector
+//! descriptors and Add actions come here; `changes::commit_changes` commits
+//! them, as locally.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Schema;
-use datafusion::logical_expr::Expr;
+use datafusion::arrow::datatypes::{Int64Type, Schema, UInt32Type};
+use datafusion::logical_expr::{col, lit, Expr};
+use datafusion::prelude::DataFrame;
+use deltalake::kernel::DeletionVectorDescriptor;
 use deltalake::DeltaTable;
 
-use super::changes::{delete_operation, with_vectors, Candidate, Changes};
+use super::changes::{delete_operation, Candidate, Changes, Decided, Deleted, Fate};
 use super::context::{df_err, Executor, StageResult};
+use crate::cluster::sink::{Losing, VectorWriteSpec};
+use crate::delta::keys::{FILE, POSITION};
 use crate::delta::scan::keys::{Candidate as Shipped, KeyPassFiles, KeyPassSpec};
-use crate::delta::vectors::VectorFile;
 use crate::plan::StagePlan;
 use crate::report::StageMetrics;
 
@@ -53,7 +59,7 @@ impl Executor {
     /// Every live row of the files in `groups` (a task a group), read on the
     /// executors: the `referenced` columns (partition values from the log), the
     /// file and the position.
-    fn live_rows(
+    pub(super) fn live_rows(
         &self,
         table: &DeltaTable,
         schema: &Schema,
@@ -84,16 +90,17 @@ impl Executor {
     }
 
     /// Rewrites on the executors: each task reads a group of the files to
-    /// rewrite, leaves out the rows `rewrites` names (a file's old and new
-    /// deleted positions, shipped as vectors in one scratch file) and writes the
-    /// rest as new files of the table, in `sort_by` order; only their Add actions
-    /// come back. No row of a rewritten file passes through this process.
-    pub(super) async fn rewrite_on_cluster(
+    /// rewrite, leaves out the rows their `rewrites` vectors delete (a file's
+    /// old and new deleted positions, written to the scratch folder by the
+    /// executors) and writes the rest as new files of the table, in `sort_by`
+    /// order; only their Add actions come back. No row of a rewritten file
+    /// passes through this process.
+    async fn rewrite_on_cluster(
         &self,
         remote: &crate::cluster::Remote,
         table: &DeltaTable,
         candidates: &[Candidate],
-        rewrites: Vec<(usize, BTreeSet<u64>)>,
+        rewrites: Vec<(usize, DeletionVectorDescriptor)>,
         sort_by: Vec<String>,
     ) -> StageResult<Vec<deltalake::kernel::Add>> {
         use crate::cluster::sink::DataWriteSpec;
@@ -102,37 +109,20 @@ impl Executor {
         if rewrites.is_empty() {
             return Ok(Vec::new());
         }
-        let mut vectors = VectorFile::default();
-        for (i, gone) in &rewrites {
-            vectors.add(&candidates[*i].path, gone.iter().copied());
-        }
-        let name = format!("rewrite-{}.bin", uuid::Uuid::new_v4());
-        let at = remote
-            .scratch
-            .join(&name)
-            .map_err(crate::delta::Error::from)?;
-        let (bytes, descriptors) = vectors.encode_at(&at)?;
-        remote.put(&name, bytes).await?;
-        let descriptors: HashMap<String, _> = descriptors.into_iter().collect();
         let shipped = rewrites
-            .iter()
-            .map(|(i, _)| {
-                let c = &candidates[*i];
-                Ok(Shipped {
-                    index: *i as u32,
+            .into_iter()
+            .map(|(i, vector)| {
+                let c = &candidates[i];
+                Shipped {
+                    index: i as u32,
                     path: c.path.clone(),
                     size: c.view.size().max(0) as u64,
                     rows: Some(c.rows),
                     partition: c.partition.clone(),
-                    vector: Some(
-                        descriptors
-                            .get(&c.path)
-                            .cloned()
-                            .ok_or("a rewrite's vector went missing")?,
-                    ),
-                })
+                    vector: Some(vector),
+                }
             })
-            .collect::<StageResult<Vec<_>>>()?;
+            .collect();
         let snapshot = table.snapshot().map_err(df_err)?;
         let schema = snapshot.snapshot().arrow_schema();
         let every = schema.fields().iter().map(|f| f.name().clone()).collect();
@@ -154,16 +144,144 @@ impl Executor {
         Ok(adds)
     }
 
-    /// The physical row count of each candidate with deleted positions whose log
-    /// entry does not say (a local key pass counts them as it reads).
-    pub(super) async fn count_rows(
+    /// `df` written to the scratch folder where it is computed, and read from
+    /// there, with its rows; `None` for a plan that is empty by plan.
+    pub(super) async fn in_scratch(
+        &self,
+        remote: &crate::cluster::Remote,
+        name: &str,
+        df: DataFrame,
+    ) -> StageResult<Option<(DataFrame, u64)>> {
+        let Some(written) = remote.write(name, df.logical_plan()).await? else {
+            return Ok(None);
+        };
+        self.register_files(name, &written.files).await?;
+        let rows = written.files.iter().map(|f| f.rows).sum();
+        Ok(Some((self.ctx.table(name).await.map_err(df_err)?, rows)))
+    }
+
+    /// How many rows `positions` (a file index and a position a row, and the
+    /// clause that deletes it in column `clause`, if any) deletes, by clause
+    /// and file: one small aggregate on the cluster, a row per changed file
+    /// and clause.
+    pub(super) async fn count_positions(
+        &self,
+        positions: &DataFrame,
+        clause: Option<&str>,
+    ) -> StageResult<BTreeMap<(u32, u32), u64>> {
+        use datafusion::functions_aggregate::expr_fn::count;
+        let mut by = vec![col(FILE)];
+        by.extend(clause.map(col));
+        let counts = positions
+            .clone()
+            .aggregate(by, vec![count(lit(1)).alias("n")])
+            .map_err(df_err)?;
+        let mut out = BTreeMap::new();
+        for b in self.collect(counts).await? {
+            let file = b.column(0).as_primitive::<UInt32Type>();
+            let n = b.column(b.num_columns() - 1).as_primitive::<Int64Type>();
+            let clause = clause.map(|_| b.column(1).as_primitive::<UInt32Type>());
+            for r in 0..b.num_rows() {
+                let c = clause.map_or(0, |c| c.value(r));
+                out.insert((c, file.value(r)), n.value(r).max(0) as u64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `positions` (a file index and a position a row, in the scratch
+    /// folder) deletes, decided and written on the cluster: each changed file's
+    /// fate from `deleted` (candidate index → rows it loses) and the log (its
+    /// rows and its vector's cardinality), without reading a vector here; the
+    /// vectors written by the executors; the rewritten files' rows written by
+    /// them too, in `sort_by` order.
+    pub(super) async fn decide_on_cluster(
         &self,
         table: &DeltaTable,
         candidates: &mut [Candidate],
-        deleted: &BTreeMap<u32, Vec<u64>>,
+        positions: &DataFrame,
+        deleted: BTreeMap<u32, u64>,
+        rewrite_above: f64,
+        sort_by: Vec<String>,
+    ) -> StageResult<Decided> {
+        let remote = self
+            .remote
+            .as_ref()
+            .ok_or("changes on the cluster without a cluster")?;
+        self.count_rows(table, candidates, deleted.keys()).await?;
+        let mut decided = Decided::default();
+        let mut losing = Vec::new();
+        for (&i, &n) in &deleted {
+            let c = &candidates[i as usize];
+            let vector = c.view.deletion_vector_descriptor();
+            let already = vector.as_ref().map_or(0, |d| d.cardinality.max(0) as u64);
+            let live = (c.rows as u64)
+                .checked_sub(already)
+                .filter(|&live| n <= live)
+                .ok_or_else(|| {
+                    crate::delta::Error::table(format!(
+                        "{} loses {n} rows, more than the {} of its {} rows its vector leaves",
+                        c.path,
+                        c.rows as u64 - already.min(c.rows as u64),
+                        c.rows
+                    ))
+                })?;
+            let fate = Fate::of(n, live, rewrite_above);
+            decided.fates.insert(i, (fate, n));
+            if fate != Fate::Remove {
+                losing.push(Losing {
+                    index: i,
+                    path: c.path.clone(),
+                    rows: c.rows as u64,
+                    vector,
+                    deleted: n,
+                    rewrite: fate == Fate::Rewrite,
+                });
+            }
+        }
+        if losing.is_empty() {
+            return Ok(decided);
+        }
+        let spec = VectorWriteSpec {
+            table_url: table.table_url().clone(),
+            scratch: remote.scratch.clone(),
+            files: losing,
+        };
+        let written = remote
+            .write_vectors(positions.logical_plan(), &spec)
+            .await?;
+        let mut rewrites = Vec::new();
+        let mut vector_files = BTreeMap::new();
+        for w in written {
+            match decided.fates.get(&w.index) {
+                Some((Fate::Vector, _)) => {
+                    vector_files.insert(w.descriptor.path_or_inline_dv.clone(), w.file_bytes);
+                    decided.vectors.insert(w.index, w.descriptor);
+                }
+                Some((Fate::Rewrite, _)) => rewrites.push((w.index as usize, w.descriptor)),
+                _ => return Err("a vector for a file that does not get one".into()),
+            }
+        }
+        if decided.vectors.len() + rewrites.len() != spec.files.len() {
+            return Err("a file that loses rows got no vector from the cluster".into());
+        }
+        decided.vector_bytes = vector_files.values().sum();
+        decided.rewritten = self
+            .rewrite_on_cluster(remote, table, candidates, rewrites, sort_by)
+            .await?;
+        Ok(decided)
+    }
+
+    /// The physical row count of each candidate with deleted positions whose log
+    /// entry does not say (a local key pass counts them as it reads).
+    async fn count_rows(
+        &self,
+        table: &DeltaTable,
+        candidates: &mut [Candidate],
+        changed: impl Iterator<Item = &u32>,
     ) -> StageResult<()> {
         let store = table.object_store();
-        for &i in deleted.keys() {
+        for &i in changed {
             let c = &mut candidates[i as usize];
             if c.view.num_records().is_none() {
                 let location =
@@ -181,8 +299,9 @@ impl Executor {
 
     /// DELETE on a table with vectors on a cluster: the files the partition pass
     /// `kept` are read on the executors (every live row, with the columns the
-    /// predicate reads), the predicate is tested there, and only the positions it
-    /// holds for come here, for the vectors and the commit.
+    /// predicate reads), the predicate is tested there, and the positions it
+    /// holds for are written to the scratch folder; the vectors and rewrites are
+    /// written from them there, and only counts and descriptors come here.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn delete_on_cluster(
         &self,
@@ -195,9 +314,10 @@ impl Executor {
         schema: &Schema,
         rewrite_above: f64,
     ) -> StageResult<StageMetrics> {
-        use crate::delta::keys::{FILE, POSITION};
-        use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
-        use datafusion::logical_expr::col;
+        let remote = self
+            .remote
+            .as_ref()
+            .ok_or("a DELETE on the cluster without a cluster")?;
         let refs = condition
             .as_ref()
             .map(|c| c.column_refs())
@@ -214,26 +334,27 @@ impl Executor {
             Some(c) => rows.filter(c).map_err(df_err)?,
             None => rows,
         };
-        let positions = self
-            .collect(hit.select(vec![col(FILE), col(POSITION)]).map_err(df_err)?)
-            .await?;
-        let mut deleted: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        let mut rows_deleted = 0u64;
-        for b in &positions {
-            let file = b.column(0).as_primitive::<UInt32Type>();
-            let position = b.column(1).as_primitive::<UInt64Type>();
-            for i in 0..b.num_rows() {
-                deleted
-                    .entry(file.value(i))
-                    .or_default()
-                    .push(position.value(i));
-                rows_deleted += 1;
+        let name = format!("{}__deleted", stage.name);
+        let positions = hit.select(vec![col(FILE), col(POSITION)]).map_err(df_err)?;
+        let decided = match self.in_scratch(remote, &name, positions).await? {
+            Some((positions, _)) => {
+                let counts = self.count_positions(&positions, None).await?;
+                let deleted = counts.into_iter().map(|((_, f), n)| (f, n)).collect();
+                self.decide_on_cluster(
+                    &table,
+                    &mut candidates,
+                    &positions,
+                    deleted,
+                    rewrite_above,
+                    Vec::new(),
+                )
+                .await?
             }
-        }
-        let changed: Vec<usize> = deleted.keys().map(|&i| i as usize).collect();
-        with_vectors(&table, &mut candidates, &changed).await?;
-        self.count_rows(&table, &mut candidates, &deleted).await?;
-        let changes = Changes::deleting(&table, deleted, rewrite_above)?;
+            None => Decided::default(),
+        };
+        let rows_deleted = decided.rows();
+        let deleted = Deleted::Decided(decided);
+        let changes = Changes::deleting(&table, deleted)?;
         let w = self
             .commit_changes(
                 stage,

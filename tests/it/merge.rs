@@ -127,3 +127,102 @@ os._exit(0)
         "3 [(1, 'a', 'x'), (2, 'B', 'x'), (3, 'C', 'y')]"
     );
 }
+
+/// Two MERGEs that are not by key alone: an ON with a condition besides the key
+/// (`t.v <> c.v`: a row whose value is unchanged is not matched, so its source
+/// row is inserted as a second row of its key), and `NOT MATCHED BY SOURCE`
+/// clauses (delete some rows no source row names, update the others).
+const GENERAL: &str = r#"name: general
+tables:
+  target:
+    location: warehouse/target
+    deletion_vectors: DV
+  changes:
+    location: warehouse/changes
+stages:
+  - name: conditional
+    query: |
+      MERGE INTO target t USING changes c ON t.id = c.id AND t.v <> c.v
+      WHEN MATCHED AND c.v = 'delete' THEN DELETE
+      WHEN MATCHED THEN UPDATE SET v = c.v
+      WHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.id, c.v, c.ds)
+  - name: by_source
+    query: |
+      MERGE INTO target t USING (SELECT * FROM changes WHERE id % 2 = 0) c ON t.id = c.id
+      WHEN MATCHED THEN UPDATE SET ds = 'seen'
+      WHEN NOT MATCHED BY SOURCE AND t.ds = 'x' THEN DELETE
+      WHEN NOT MATCHED BY SOURCE THEN UPDATE SET v = 'orphan'
+"#;
+
+/// On a 2-executor cluster, MERGEs that are not by key alone run on the
+/// executors (a join on the whole ON over every live row, FULL with `NOT
+/// MATCHED BY SOURCE`) and give the rows of a local run (delta-rs's merge), on
+/// a table with deletion vectors and on one without.
+#[tokio::test(flavor = "multi_thread")]
+async fn merges_not_by_key_alone_on_a_cluster_equal_a_local_run() {
+    let cluster = crate::cluster::Cluster::start_local(2);
+    let ids: Vec<i64> = (1..=40).collect();
+    let values: Vec<String> = ids.iter().map(|i| format!("v{}", i % 3)).collect();
+    let ds: Vec<&str> = ids
+        .iter()
+        .map(|i| if i % 4 == 0 { "y" } else { "x" })
+        .collect();
+    let change_ids: Vec<i64> = (30..=50).collect();
+    let change_values: Vec<String> = change_ids
+        .iter()
+        .map(|i| match i % 5 {
+            0 => "delete".to_string(),
+            1 => format!("v{}", i % 3),
+            _ => format!("new{i}"),
+        })
+        .collect();
+    let change_ds = vec!["z"; change_ids.len()];
+    for dv in ["true", "false"] {
+        let mut tables = Vec::new();
+        for engine in [None, Some(cluster.engine())] {
+            let project = Project::new(&[("pipeline.yaml", &GENERAL.replace("DV", dv))]);
+            let wh = project.warehouse();
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            create_table(&wh.join("target"), batch(&ids, &values, &ds), &[]).await;
+            let change_values: Vec<&str> = change_values.iter().map(String::as_str).collect();
+            let changes = batch(&change_ids, &change_values, &change_ds);
+            create_table(&wh.join("changes"), changes, &[]).await;
+            let mut args = vec!["run", "pipeline.yaml", "--report", "report.json"];
+            args.extend(engine.iter().flat_map(|e| ["--engine", *e]));
+            let out = project.sqlplan(&args);
+            assert_eq!(
+                out.code, 0,
+                "{dv} {engine:?}\n{}\n{}",
+                out.stdout, out.stderr
+            );
+            if engine.is_some() {
+                let r = report(&project);
+                for name in ["conditional", "by_source"] {
+                    let m = &stage(&r, name)["metrics"];
+                    assert_eq!(m["key_pass"], "full join", "{name}: {m}");
+                }
+                // With vectors, the first MERGE gives its file a vector; without,
+                // it rewrites it.
+                let m = &stage(&r, "conditional")["metrics"];
+                let changed = if dv == "true" {
+                    "files_with_vectors"
+                } else {
+                    "files_rewritten"
+                };
+                assert_eq!(m[changed], 1, "{dv}: {m}");
+            }
+            tables.push(
+                read_table(
+                    &wh.join("target"),
+                    "SELECT id, v, ds FROM t ORDER BY id, v, ds",
+                )
+                .await,
+            );
+        }
+        assert!(
+            tables[0].iter().any(|r| r.ends_with(",orphan,y")),
+            "{tables:?}"
+        );
+        assert_eq!(tables[1], tables[0], "deletion vectors: {dv}");
+    }
+}

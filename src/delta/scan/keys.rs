@@ -18,7 +18,6 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableType;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
@@ -174,7 +173,7 @@ impl KeyPassSpec {
         for source in source_files {
             let file = &source.url;
             let url = url::Url::parse(file).map_err(df_error)?;
-            let store = root_store(&url, context)?;
+            let store = stores::task_store(&url, context)?;
             let path = deltalake::Path::from_url_path(url.path()).map_err(df_error)?;
             let reader = ParquetObjectReader::new(store, path);
             let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
@@ -245,12 +244,6 @@ impl KeyPassSpec {
             .filter(|f| f.values.as_ref().is_none_or(|v| wanted.contains(v)))
             .collect())
     }
-}
-
-/// The store serving the root of `url`'s scheme and host, from the task's runtime.
-fn root_store(url: &url::Url, context: &TaskContext) -> Result<Arc<dyn ObjectStore>> {
-    let store_url = ObjectStoreUrl::parse(stores::root(url).as_str())?;
-    context.runtime_env().object_store(&store_url)
 }
 
 /// The provider: matched rows of the candidate files, in groups.
@@ -413,7 +406,7 @@ async fn match_files(
         true => None,
         false => Some(Arc::new(spec.matcher(schema, &files, context).await?)),
     };
-    let root = root_store(&spec.table_url, context)?;
+    let root = stores::task_store(&spec.table_url, context)?;
     let table_path = deltalake::Path::from_url_path(spec.table_url.path()).map_err(df_error)?;
     let table_store: Arc<dyn ObjectStore> = Arc::new(
         deltalake::logstore::object_store::prefix::PrefixStore::new(root.clone(), table_path),

@@ -235,6 +235,11 @@ impl VectorFile {
         self.vectors.push((path.to_string(), dv));
     }
 
+    /// Whether no vector was added.
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
     /// The file's bytes (the kernel's format) and each data file's descriptor.
     fn encode(self, uuid: uuid::Uuid) -> Result<(Vec<u8>, Descriptors)> {
         let mut bytes = Vec::new();

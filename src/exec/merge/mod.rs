@@ -2,9 +2,12 @@
 //! computed once and checked for duplicate keys, then written one of two ways:
 //! copy-on-write by delta-rs's merge builder (`cow`), or, on a table with
 //! deletion vectors, by sqlplan's own writer that marks the changed rows deleted and
-//! appends their new versions (`vectors`).
+//! appends their new versions (`vectors`). On a cluster the executors do it:
+//! a MERGE by key with its key pass (`remote`), any other with a key equality
+//! by a join on its whole ON (`general`).
 
 mod cow;
+mod general;
 mod keys;
 mod remote;
 mod vectors;
@@ -84,28 +87,44 @@ impl Executor {
             .iter()
             .find(|t| t.name == merge.target)
             .and_then(|t| t.deletion_vectors.clone());
-        let with_vectors = match options {
-            Some(options) if crate::delta::vectors::enabled(&table) => {
-                vectors::key_columns(&merge).map(|keys| (options, keys))
-            }
-            _ => None,
-        };
-        // On a cluster, a MERGE by key runs on the executors: with vectors where
-        // the table has them, else copy-on-write (every changed file rewritten).
-        let on_cluster = match &with_vectors {
-            Some((options, keys)) => Some((options.clone(), keys.clone())),
-            None => vectors::key_columns(&merge).map(|k| (VectorOptions::copy_on_write(), k)),
-        };
-        if let (Some(remote), Some((options, keys))) = (&self.remote, &on_cluster) {
-            let source =
-                remote::Source::write(self, remote, stage, &merge, source_df.clone(), keys, &table)
+        let options = options.filter(|_| crate::delta::vectors::enabled(&table));
+        let keys = vectors::key_columns(&merge);
+        // On a cluster, a MERGE runs on the executors: with vectors where the
+        // table has them, else copy-on-write (every changed file rewritten).
+        if let Some(remote) = &self.remote {
+            let on_cluster = options.clone().unwrap_or_else(VectorOptions::copy_on_write);
+            if let Some(keys) = &keys {
+                let source = remote::Source::write(
+                    self,
+                    remote,
+                    stage,
+                    &merge,
+                    source_df.clone(),
+                    keys,
+                    &table,
+                )
+                .await?;
+                if let Some(source) = source {
+                    return self
+                        .merge_on_cluster(stage, merge, source, keys.clone(), table, &on_cluster)
+                        .await;
+                }
+            } else if general::runs_on_cluster(&merge) {
+                let metrics = self
+                    .general_merge_on_cluster(
+                        stage,
+                        &merge,
+                        source_df.clone(),
+                        table.clone(),
+                        &on_cluster,
+                    )
                     .await?;
-            if let Some(source) = source {
-                return self
-                    .merge_on_cluster(stage, merge, source, keys.clone(), table, options)
-                    .await;
+                if let Some(metrics) = metrics {
+                    return Ok(metrics);
+                }
             }
         }
+        let with_vectors = options.zip(keys);
         self.compute_source(&mut merge, source_df).await?;
         let source = merge.source_frame(self)?;
         let keys = source_keys(&merge.on, &merge.target);

@@ -4,9 +4,10 @@
 //! covers, to choose the candidate files from the log. The key pass runs on the
 //! executors (`KeyPassFiles`: each task matches a group of candidate files
 //! against the source's keys), and so do the join of the source with the matched
-//! rows and the clauses. The process receives the rows the clauses write and the
-//! positions they delete, writes the new files and the vectors, and makes the one
-//! commit, as a local MERGE does.
+//! rows and the clauses; the outcome is written to the scratch folder. From it
+//! the executors write the new files and the vectors (`changes_on_cluster`):
+//! the process receives counts by file and clause, the Add actions and the
+//! vector descriptors, and makes the one commit, as a local MERGE does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -20,9 +21,9 @@ use datafusion::logical_expr::{cast as cast_expr, col, lit, Expr};
 use datafusion::prelude::DataFrame;
 use deltalake::DeltaTable;
 
-use super::super::changes::{candidates_from_log, with_vectors, Changes};
+use super::super::changes::{candidates_from_log, Candidate, Changes, Deleted, Written};
 use super::super::context::{df_err, Executor, StageResult};
-use super::vectors::{acts, clauses, merge_operation, referenced_columns, Act, Applied, ACTION};
+use super::vectors::{acts, clauses, merge_operation, referenced_columns, Act, ACTION};
 use super::{duplicate_error, duplicates, source_keys, Merge};
 use crate::cluster::sink::DataWriteSpec;
 use crate::cluster::Remote;
@@ -101,41 +102,41 @@ impl Source {
     }
 }
 
-/// What the clauses did, from the positions they delete (each with its clause)
-/// and the rows the executors wrote (new and updated rows).
-fn applied(acts: &[Act], positions: &[RecordBatch], rows_written: u64) -> StageResult<Applied> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
-    let mut applied = Applied {
-        deleted: BTreeMap::new(),
-        updated: 0,
-        inserted: 0,
-        deleted_rows: 0,
-    };
-    for b in positions {
-        let action = b.column(0).as_primitive::<UInt32Type>();
-        let file = b.column(1).as_primitive::<UInt32Type>();
-        let position = b.column(2).as_primitive::<UInt64Type>();
-        for i in 0..b.num_rows() {
-            match (action.value(i) as usize)
-                .checked_sub(1)
-                .and_then(|a| acts.get(a))
-            {
-                Some(Act::Update) => applied.updated += 1,
-                Some(Act::Delete) => applied.deleted_rows += 1,
-                _ => return Err("a MERGE position without a deleting clause".into()),
-            }
-            applied
-                .deleted
-                .entry(file.value(i))
-                .or_default()
-                .push(position.value(i));
+/// What the clauses did, counted on the cluster.
+pub(super) struct Counted {
+    /// Candidate index → the rows it loses.
+    by_file: BTreeMap<u32, u64>,
+    pub updated: u64,
+    pub inserted: u64,
+    pub deleted: u64,
+}
+
+/// What the clauses did, from the positions they delete counted by clause and
+/// file, and the rows the executors wrote (new and updated rows).
+fn counted(
+    acts: &[Act],
+    counts: BTreeMap<(u32, u32), u64>,
+    rows_written: u64,
+) -> StageResult<Counted> {
+    let (mut updated, mut deleted) = (0, 0);
+    let mut by_file: BTreeMap<u32, u64> = BTreeMap::new();
+    for ((action, file), n) in counts {
+        match (action as usize).checked_sub(1).and_then(|a| acts.get(a)) {
+            Some(Act::Update) => updated += n,
+            Some(Act::Delete) => deleted += n,
+            _ => return Err("a MERGE position without a deleting clause".into()),
         }
+        *by_file.entry(file).or_default() += n;
     }
-    applied.inserted = rows_written
-        .checked_sub(applied.updated)
+    let inserted = rows_written
+        .checked_sub(updated)
         .ok_or("a MERGE wrote fewer rows than it updated")?;
-    Ok(applied)
+    Ok(Counted {
+        by_file,
+        updated,
+        inserted,
+        deleted,
+    })
 }
 
 /// The most source keys a key pass task holds as a hash set (about 40 bytes a
@@ -171,10 +172,6 @@ impl Executor {
         table: DeltaTable,
         options: &VectorOptions,
     ) -> StageResult<StageMetrics> {
-        let remote = self
-            .remote
-            .as_ref()
-            .ok_or("a MERGE on the cluster without a cluster")?;
         let snapshot = table.snapshot().map_err(df_err)?.clone();
         let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
         let target_fields: BTreeMap<String, DataType> = merge
@@ -255,16 +252,55 @@ impl Executor {
             .map_err(df_err)?;
         let table_schema = snapshot.snapshot().arrow_schema();
         let outcome = clauses(&merge, joined, &table_schema)?;
+        let (counted, w) = self
+            .apply_on_cluster(
+                stage,
+                &merge,
+                outcome,
+                table,
+                &mut candidates,
+                options,
+                names,
+            )
+            .await?;
+        Ok(StageMetrics {
+            literal_bounds: merge.literal_bounds.clone(),
+            rows_out: Some(source.rows),
+            rows_inserted: Some(counted.inserted),
+            rows_updated: Some(counted.updated),
+            rows_deleted: Some(counted.deleted),
+            files_scanned: Some(candidates.len() as u64),
+            key_pass: Some(if shuffle { "shuffle join" } else { "key sets" }.into()),
+            ..w.metrics()
+        })
+    }
 
-        // The outcome written where it is computed; from it, the new files
-        // written by the executors and the positions to delete brought here.
+    /// Applies a MERGE's `outcome` (each joined row's clause, the table's
+    /// columns as it sets them, the matched row's file and position) on the
+    /// cluster: written to the scratch folder where it is computed; from it the
+    /// executors write the new files (in `sort_by` order) and the vectors, and
+    /// count what the clauses did; one commit here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn apply_on_cluster(
+        &self,
+        stage: &StagePlan,
+        merge: &Merge,
+        outcome: DataFrame,
+        table: DeltaTable,
+        candidates: &mut [Candidate],
+        options: &VectorOptions,
+        sort_by: Vec<String>,
+    ) -> StageResult<(Counted, Written)> {
+        let remote = self
+            .remote
+            .as_ref()
+            .ok_or("a MERGE on the cluster without a cluster")?;
         let name = format!("{}__merge_outcome", stage.name);
-        let Some(written) = remote.write(&name, outcome.logical_plan()).await? else {
-            return Err("a MERGE outcome was planned empty".into());
-        };
-        self.register_files(&name, &written.files).await?;
-        let outcome = self.ctx.table(name.as_str()).await.map_err(df_err)?;
-        let acts = acts(&merge);
+        let (outcome, _) = self
+            .in_scratch(remote, &name, outcome)
+            .await?
+            .ok_or("a MERGE outcome was planned empty")?;
+        let acts = acts(merge);
         let clauses_that = |wanted: &dyn Fn(Act) -> bool| -> Vec<Expr> {
             (0..acts.len())
                 .filter(|&i| wanted(acts[i]))
@@ -277,8 +313,9 @@ impl Executor {
             .filter(col(ACTION).in_list(deleting, false))
             .and_then(|d| d.select(vec![col(ACTION), col(FILE), col(POSITION)]))
             .map_err(df_err)?;
-        let positions = self.collect(positions).await?;
+        let counts = self.count_positions(&positions, Some(ACTION)).await?;
         let writing = clauses_that(&|a| a != Act::Delete);
+        let table_schema = table.snapshot().map_err(df_err)?.snapshot().arrow_schema();
         // Of the table's types: the outcome was read back with the session's own
         // (strings as views).
         let columns: Vec<Expr> = table_schema
@@ -294,34 +331,29 @@ impl Executor {
             .filter(col(ACTION).in_list(writing, false))
             .and_then(|d| d.select(columns))
             .map_err(df_err)?;
-        let spec = DataWriteSpec::for_table(&table, names.clone())?;
+        let spec = DataWriteSpec::for_table(&table, sort_by.clone())?;
         let (added, rows_written) = remote.write_data(rows.logical_plan(), &spec).await?;
-        let applied = applied(&acts, &positions, rows_written)?;
-        let changed: Vec<usize> = applied.deleted.keys().map(|&i| i as usize).collect();
-        with_vectors(&table, &mut candidates, &changed).await?;
-        self.count_rows(&table, &mut candidates, &applied.deleted)
+        let counted = counted(&acts, counts, rows_written)?;
+        let decided = self
+            .decide_on_cluster(
+                &table,
+                candidates,
+                &positions,
+                counted.by_file.clone(),
+                options.rewrite_above,
+                sort_by,
+            )
             .await?;
         let changes = Changes {
-            deleted: applied.deleted,
+            deleted: Deleted::Decided(decided),
             writer: FileWriter::for_table(&table, None)?,
             added,
-            rewrite_above: options.rewrite_above,
-            sort_by: names,
         };
-        let operation = merge_operation(&merge);
+        let operation = merge_operation(merge);
         let w = self
-            .commit_changes(stage, &merge.target, table, &candidates, changes, operation)
+            .commit_changes(stage, &merge.target, table, candidates, changes, operation)
             .await?;
-        Ok(StageMetrics {
-            literal_bounds: merge.literal_bounds.clone(),
-            rows_out: Some(source.rows),
-            rows_inserted: Some(applied.inserted),
-            rows_updated: Some(applied.updated),
-            rows_deleted: Some(applied.deleted_rows),
-            files_scanned: Some(candidates.len() as u64),
-            key_pass: Some(if shuffle { "shuffle join" } else { "key sets" }.into()),
-            ..w.metrics()
-        })
+        Ok((counted, w))
     }
 
     /// `df`'s rows, computed where the run's queries run.

@@ -28,7 +28,7 @@ use datafusion::prelude::DataFrame;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 
-use super::super::changes::{candidates, Changes};
+use super::super::changes::{candidates, Changes, Deleted};
 use super::super::context::{df_err, Executor, StageResult};
 use super::{frame, key_pairs, Merge};
 use crate::delta::keys::{Matcher, SourceKeys, FILE, MATCHED_SOURCE_ROW, POSITION};
@@ -110,11 +110,12 @@ impl Executor {
         // 4-5. Per file: remove, rewrite or give it a vector; one commit.
         let operation = merge_operation(&merge);
         let changes = Changes {
-            deleted: applied.deleted,
+            deleted: Deleted::Positions {
+                positions: applied.deleted,
+                rewrite_above: options.rewrite_above,
+            },
             writer,
             added: Vec::new(),
-            rewrite_above: options.rewrite_above,
-            sort_by: Vec::new(),
         };
         let w = self
             .commit_changes(stage, &merge.target, table, &candidates, changes, operation)
@@ -173,8 +174,26 @@ pub(super) fn clauses(
     joined: DataFrame,
     table_schema: &SchemaRef,
 ) -> StageResult<DataFrame> {
+    clauses_joined(merge, joined, table_schema, Joined::Left)
+}
+
+/// How the source met the matched rows.
+pub(super) enum Joined {
+    /// LEFT from the source: every joined row has a source row.
+    Left,
+    /// FULL: the expression holds where a joined row has a source row.
+    Full(Expr),
+}
+
+/// `clauses`, over the source joined with the target's rows as `how` says.
+pub(super) fn clauses_joined(
+    merge: &Merge,
+    joined: DataFrame,
+    table_schema: &SchemaRef,
+    how: Joined,
+) -> StageResult<DataFrame> {
     joined
-        .with_column(ACTION, action_expr(merge)?)
+        .with_column(ACTION, action_expr(merge, how)?)
         .map_err(df_err)?
         .filter(col(ACTION).gt(lit(0u32)))
         .map_err(df_err)?
@@ -363,14 +382,19 @@ pub(super) fn referenced_columns(
 }
 
 /// The numbered clause (1-based) that applies to each joined row, 0 for none.
-fn action_expr(merge: &Merge) -> StageResult<Expr> {
-    let matched = Expr::Column(Column::new(Some(merge.target.clone()), POSITION)).is_not_null();
+fn action_expr(merge: &Merge, how: Joined) -> StageResult<Expr> {
+    use datafusion::logical_expr::not;
+    let target = Expr::Column(Column::new(Some(merge.target.clone()), POSITION)).is_not_null();
+    let source = match how {
+        Joined::Left => lit(true),
+        Joined::Full(present) => present,
+    };
     let mut case: Option<datafusion::logical_expr::conditional_expressions::CaseBuilder> = None;
     for (i, clause) in merge.clauses.iter().enumerate() {
-        let side = if clause.kind.canonical() == MergeIntoClauseKind::Matched {
-            matched.clone()
-        } else {
-            datafusion::logical_expr::not(matched.clone())
+        let side = match clause.kind.canonical() {
+            MergeIntoClauseKind::Matched => target.clone().and(source.clone()),
+            MergeIntoClauseKind::NotMatchedBySource => target.clone().and(not(source.clone())),
+            _ => source.clone().and(not(target.clone())),
         };
         let condition = match &clause.predicate {
             Some(p) => side.and(p.clone()),
