@@ -258,7 +258,6 @@ async fn write_vectors(
         into.add(&file.path, gone.iter());
         index_of.insert(file.path.clone(), index);
     }
-    let mut out: Vec<WrittenVector> = Vec::new();
     let table_path = deltalake::Path::from_url_path(spec.table_url.path()).map_err(external)?;
     let table_store: Arc<dyn ObjectStore> = Arc::new(
         deltalake::logstore::object_store::prefix::PrefixStore::new(root.clone(), table_path),
@@ -267,15 +266,7 @@ async fn write_vectors(
         .write(table_store.as_ref())
         .await
         .map_err(external)?;
-    out.extend(
-        descriptors
-            .into_iter()
-            .map(|(path, descriptor)| WrittenVector {
-                index: index_of[&path],
-                descriptor,
-                file_bytes: bytes,
-            }),
-    );
+    let mut written = vec![(descriptors.into_iter().collect::<Vec<_>>(), bytes)];
     if !scratch.is_empty() {
         let name = format!("rewrite-{}.bin", uuid::Uuid::new_v4());
         let url = spec.scratch.join(&name).map_err(external)?;
@@ -283,16 +274,21 @@ async fn write_vectors(
         let size = bytes.len() as u64;
         let path = deltalake::Path::from_url_path(url.path()).map_err(external)?;
         root.put(&path, bytes.into()).await.map_err(external)?;
-        out.extend(
+        written.push((descriptors, size));
+    }
+    let out: Vec<WrittenVector> = written
+        .into_iter()
+        .flat_map(|(descriptors, file_bytes)| {
             descriptors
                 .into_iter()
-                .map(|(path, descriptor)| WrittenVector {
-                    index: index_of[&path],
-                    descriptor,
-                    file_bytes: size,
-                }),
-        );
-    }
+                .map(move |(path, descriptor)| (path, descriptor, file_bytes))
+        })
+        .map(|(path, descriptor, file_bytes)| WrittenVector {
+            index: index_of[&path],
+            descriptor,
+            file_bytes,
+        })
+        .collect();
     let descriptors = out
         .iter()
         .map(|w| serde_json::to_string(&w.descriptor).map_err(external))

@@ -75,12 +75,7 @@ impl Executor {
         // Every live row of every file, with what the ON and the clauses read.
         let snapshot = table.snapshot().map_err(df_err)?.clone();
         let table_schema = snapshot.snapshot().arrow_schema();
-        let target_fields: BTreeMap<String, DataType> = merge
-            .target_schema
-            .fields()
-            .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
-            .collect();
+        let target_fields = merge.target_fields();
         let mut candidates = candidates_from_log(&table, |_, _| true)?;
         let referenced = read_columns(merge, &target_fields);
         let groups = self.ship(&candidates, |_| true);

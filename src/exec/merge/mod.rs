@@ -44,6 +44,17 @@ pub(super) struct Merge {
 }
 
 impl Merge {
+    /// The target's columns and their types, by name.
+    fn target_fields(
+        &self,
+    ) -> std::collections::BTreeMap<String, datafusion::arrow::datatypes::DataType> {
+        self.target_schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect()
+    }
+
     fn source_rows(&self) -> u64 {
         self.source.iter().map(|b| b.num_rows() as u64).sum()
     }

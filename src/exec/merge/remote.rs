@@ -174,12 +174,7 @@ impl Executor {
     ) -> StageResult<StageMetrics> {
         let snapshot = table.snapshot().map_err(df_err)?.clone();
         let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
-        let target_fields: BTreeMap<String, DataType> = merge
-            .target_schema
-            .fields()
-            .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
-            .collect();
+        let target_fields = merge.target_fields();
         let source_df = self
             .ctx
             .table(source.name.as_str())

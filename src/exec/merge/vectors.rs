@@ -71,12 +71,7 @@ impl Executor {
         table: DeltaTable,
         options: &VectorOptions,
     ) -> StageResult<StageMetrics> {
-        let target_fields: BTreeMap<String, DataType> = merge
-            .target_schema
-            .fields()
-            .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
-            .collect();
+        let target_fields = merge.target_fields();
         let snapshot = table.snapshot().map_err(df_err)?.clone();
         let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
 
