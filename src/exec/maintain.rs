@@ -51,10 +51,13 @@ impl Executor {
                 } else {
                     deltalake::operations::optimize::OptimizeType::ZOrder(zorder_by.clone())
                 };
+                // Compacted files are laid out as every file sqlplan writes
+                // (delta-rs's default is ZSTD and row groups of a million rows).
                 let mut op = table
                     .optimize()
                     .with_type(kind)
                     .with_filters(&filters)
+                    .with_writer_properties(crate::delta::writer_properties())
                     .with_commit_properties(props);
                 if let Some(size) = target_size.and_then(std::num::NonZeroU64::new) {
                     op = op.with_target_size(size);

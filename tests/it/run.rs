@@ -226,6 +226,46 @@ stages:
         read_table(&project.warehouse().join("daily"), "SELECT count(*) FROM t").await,
         ["5"]
     );
+    // The compacted file is written as sqlplan writes every file, not with
+    // delta-rs's defaults (ZSTD).
+    let compacted = compacted_file(&project.warehouse().join("daily"), "ds=a").await;
+    let metadata = parquet_metadata(&compacted);
+    assert!(
+        metadata
+            .file_metadata()
+            .created_by()
+            .unwrap_or("")
+            .starts_with("sqlplan"),
+        "{:?}",
+        metadata.file_metadata().created_by()
+    );
+    let column = metadata.row_group(0).column(0);
+    assert_eq!(
+        column.compression(),
+        deltalake::parquet::basic::Compression::SNAPPY
+    );
+}
+
+/// The one data file of `table` in partition folder `partition`.
+async fn compacted_file(table: &std::path::Path, partition: &str) -> std::path::PathBuf {
+    let url = url::Url::from_directory_path(std::fs::canonicalize(table).unwrap()).unwrap();
+    let t = deltalake::open_table(url).await.unwrap();
+    let files: Vec<String> = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .filter(|p| p.starts_with(partition))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    table.join(&files[0])
+}
+
+fn parquet_metadata(path: &std::path::Path) -> deltalake::parquet::file::metadata::ParquetMetaData {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    reader.metadata().clone()
 }
 
 /// The plan binds to a schema; a table changed before the run starts is refused
