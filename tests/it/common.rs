@@ -306,3 +306,28 @@ pub fn wait_for(port: u16, what: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The one data file of the table at `table` in partition folder `partition`.
+pub async fn only_file(table: &std::path::Path, partition: &str) -> std::path::PathBuf {
+    let url = url::Url::from_directory_path(std::fs::canonicalize(table).unwrap()).unwrap();
+    let t = deltalake::open_table(url).await.unwrap();
+    let files: Vec<String> = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .filter(|p| p.starts_with(partition))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    table.join(&files[0])
+}
+
+/// A Parquet file's footer.
+pub fn parquet_metadata(
+    path: &std::path::Path,
+) -> deltalake::parquet::file::metadata::ParquetMetaData {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    reader.metadata().clone()
+}

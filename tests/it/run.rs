@@ -228,8 +228,8 @@ stages:
     );
     // The compacted file is written as sqlplan writes every file, not with
     // delta-rs's defaults (ZSTD).
-    let compacted = compacted_file(&project.warehouse().join("daily"), "ds=a").await;
-    let metadata = parquet_metadata(&compacted);
+    let compacted = crate::common::only_file(&project.warehouse().join("daily"), "ds=a").await;
+    let metadata = crate::common::parquet_metadata(&compacted);
     assert!(
         metadata
             .file_metadata()
@@ -244,28 +244,6 @@ stages:
         column.compression(),
         deltalake::parquet::basic::Compression::SNAPPY
     );
-}
-
-/// The one data file of `table` in partition folder `partition`.
-async fn compacted_file(table: &std::path::Path, partition: &str) -> std::path::PathBuf {
-    let url = url::Url::from_directory_path(std::fs::canonicalize(table).unwrap()).unwrap();
-    let t = deltalake::open_table(url).await.unwrap();
-    let files: Vec<String> = t
-        .snapshot()
-        .unwrap()
-        .log_data()
-        .iter()
-        .map(|f| f.path().to_string())
-        .filter(|p| p.starts_with(partition))
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    table.join(&files[0])
-}
-
-fn parquet_metadata(path: &std::path::Path) -> deltalake::parquet::file::metadata::ParquetMetaData {
-    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
-    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
-    reader.metadata().clone()
 }
 
 /// The plan binds to a schema; a table changed before the run starts is refused
