@@ -186,12 +186,7 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
+use super::host;
 
 fn process() -> String {
     format!("{}@{}", std::process::id(), host())
@@ -204,6 +199,36 @@ fn alive(process: &str) -> bool {
         Some((pid, h)) if h == host() => std::path::Path::new(&format!("/proc/{pid}")).exists(),
         _ => true,
     }
+}
+
+/// On an object store (no `/proc` to ask, and runs on any host): each
+/// pipeline's live lease holder beside the ledger at `location` (None for a
+/// local ledger, whose runs are checked by their process).
+async fn lease_holders(
+    location: &str,
+    pipelines: &BTreeMap<String, i64>,
+) -> Result<Option<BTreeMap<String, Option<String>>>> {
+    let url = delta::table_url(location)?;
+    if url.scheme() == "file" {
+        return Ok(None);
+    }
+    let (store, ledger) = delta::stores::store_for(&url)?;
+    let folder: deltalake::Path = ledger
+        .parts()
+        .take(ledger.parts().count().saturating_sub(1))
+        .collect();
+    let mut holders = BTreeMap::new();
+    for pipeline in pipelines.keys() {
+        let path = folder.clone().join(format!("{pipeline}.lease"));
+        let holder = super::lease::live_holder(&store, &path)
+            .await
+            .map_err(|e| match e {
+                super::Error::Store(e) => e,
+                other => delta::Error::table(other.to_string()),
+            })?;
+        holders.insert(pipeline.clone(), holder);
+    }
+    Ok(Some(holders))
 }
 
 /// Where the ledger of runs finishing on these tables lives: `_sqlplan/runs` beside
@@ -344,8 +369,13 @@ async fn read_all(location: &str) -> Result<Vec<Entry>> {
         let n = newest_run.entry(entry.pipeline.clone()).or_default();
         *n = (*n).max(entry.run);
     }
+    let leases = lease_holders(location, &newest_run).await?;
     for entry in &mut out {
-        if entry.ended.is_none() && entry.status == "running" && !alive(&entry.process) {
+        let alive = match &leases {
+            Some(holders) => holders.get(&entry.pipeline) == Some(&Some(entry.process.clone())),
+            None => alive(&entry.process),
+        };
+        if entry.ended.is_none() && entry.status == "running" && !alive {
             entry.status = "interrupted".into();
         }
         entry.superseded = newest_run[&entry.pipeline] > entry.run;

@@ -4,7 +4,8 @@
 //! as long as it lives; a second run refuses at once, naming the
 //! run that holds it. The lock is the operating system's (`flock`): it goes with the
 //! process, so a run that was killed blocks nobody, and the next run resumes it.
-//! Tables on object stores are not locked (no such lock there).
+//! On an object store the same is a lease object (`lease.rs`), which holds across
+//! machines.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -13,19 +14,42 @@ use super::{Error, Result};
 use crate::delta::error::Doing as _;
 use crate::plan::Plan;
 
-/// Held for the run's lifetime; dropping it (or the process ending) releases it.
+/// Held for the run's lifetime: a local warehouse's file lock (dropping it, or
+/// the process ending, releases it) or an object store's lease.
 #[derive(Debug)]
-pub struct RunLock {
-    _file: File,
+pub enum RunLock {
+    /// Holding the file open holds the lock.
+    File(#[allow(dead_code)] File),
+    Lease(super::lease::Lease),
+}
+
+impl RunLock {
+    /// The flag another run's taking over of the lease sets (none for a file lock).
+    pub fn lost_flag(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        match self {
+            RunLock::File(_) => None,
+            RunLock::Lease(l) => Some(l.lost_flag()),
+        }
+    }
+
+    /// Ends the run's hold (deletes a lease object that is still its own).
+    pub async fn release(self) {
+        if let RunLock::Lease(lease) = self {
+            lease.release().await;
+        }
+    }
 }
 
 /// Takes the pipeline's lock on its warehouse, or says who holds it.
-pub fn acquire(plan: &Plan) -> Result<Option<RunLock>> {
+pub async fn acquire(plan: &Plan) -> Result<Option<RunLock>> {
     let Some(url) = super::control_url(plan)? else {
         return Ok(None);
     };
     let Ok(dir) = url.to_file_path() else {
-        return Ok(None);
+        let (store, folder) = crate::delta::stores::store_for(&url)?;
+        let path = folder.clone().join(format!("{}.lease", plan.pipeline));
+        let lease = super::lease::acquire(store, path, &plan.pipeline).await?;
+        return Ok(Some(RunLock::Lease(lease)));
     };
     std::fs::create_dir_all(&dir).doing(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{}.lock", plan.pipeline));
@@ -64,5 +88,5 @@ pub fn acquire(plan: &Plan) -> Result<Option<RunLock>> {
     let _ = file.rewind();
     let _ = file.write_all(holder.as_bytes());
     let _ = file.flush();
-    Ok(Some(RunLock { _file: file }))
+    Ok(Some(RunLock::File(file)))
 }

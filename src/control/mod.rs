@@ -1,8 +1,10 @@
 //! Run control: the folder `_sqlplan/` beside the tables a pipeline's runs finish
-//! on, where one run at a time holds the pipeline's lock (`lock.rs`) and every run
+//! on, where one run at a time holds the pipeline's lock (`lock.rs`: a file lock
+//! on a local warehouse, a lease object on an object store, `lease.rs`) and every run
 //! writes its start and end to the ledger (`ledger.rs`). Below `exec`, which takes
 //! the lock and writes the ledger; `sqlplan runs` and vacuum read it.
 
+pub mod lease;
 pub mod ledger;
 pub mod lock;
 
@@ -56,4 +58,12 @@ pub fn control_url(plan: &Plan) -> delta::error::Result<Option<url::Url>> {
     url.join("../_sqlplan/")
         .map(Some)
         .doing(|| format!("no folder beside {url}"))
+}
+
+/// This machine's name, as runs name their holder.
+pub(crate) fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }

@@ -45,6 +45,8 @@ pub struct Executor {
     pub(super) partitions: BTreeMap<String, Vec<String>>,
     /// The cluster the query stages run on (`run --engine`), if any.
     pub(super) remote: Option<crate::cluster::Remote>,
+    /// Set when another run took over this run's lease (object-store warehouses).
+    pub(super) lease_lost: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub(super) type StageResult<T> = Result<T, StageError>;
@@ -170,6 +172,7 @@ impl Executor {
             abandoned,
             spill_threshold,
             spill_dir: std::sync::OnceLock::new(),
+            lease_lost: std::sync::OnceLock::new(),
             ctx,
             tables: Mutex::new(tables),
             views: Mutex::new(Vec::new()),
@@ -472,7 +475,17 @@ impl Executor {
         crate::report::json_rows(&batches).map_err(StageError::Engine)
     }
 
+    /// Whether another run took over this run's lease.
+    pub(super) fn lease_lost(&self) -> bool {
+        self.lease_lost
+            .get()
+            .is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     pub(super) async fn execute(&self, stage: &StagePlan) -> StageResult<StageMetrics> {
+        if self.lease_lost() {
+            return Err(StageError::LeaseLost);
+        }
         match &stage.work {
             Work::View(query) => {
                 let df = self.query(query).await?;

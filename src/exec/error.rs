@@ -61,6 +61,10 @@ pub enum StageError {
     /// An earlier, unfinished run of the pipeline stands in the way of this one.
     #[error("{0}")]
     Resume(String),
+    /// Another run took this run's lease on its object-store warehouse over
+    /// (this run stalled past the lease's expiry): it stops before the stage.
+    #[error("another run took over this run's lease on its warehouse (this run did not renew it in time); this run stops here, and what it committed is resumed by the run that holds the lease or by the next one")]
+    LeaseLost,
     /// A bug in sqlplan: something the executor relies on of the plan or of its own
     /// intermediate results did not hold (a written literal message, `"…".into()`).
     #[error("internal error (a bug in sqlplan): {0}")]
@@ -83,6 +87,7 @@ impl StageError {
             StageError::Table(_) => "table",
             StageError::Unsupported(_) => "unsupported",
             StageError::Resume(_) => "resume",
+            StageError::LeaseLost => "lease_lost",
             StageError::Internal(_) => "internal",
         }
     }

@@ -74,7 +74,7 @@ struct Finished {
 /// Runs the plan; the report says what every stage did. A failed stage yields a
 /// report with `failed` status (the caller exits 1), not an `Err`.
 pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem> {
-    let _lock = crate::control::lock::acquire(&plan).map_err(|e| {
+    let lock = crate::control::lock::acquire(&plan).await.map_err(|e| {
         let code = match e {
             crate::control::Error::Busy { .. } => Code::RunInProgress,
             crate::control::Error::Store(_) => Code::RunSetup,
@@ -91,6 +91,9 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         .await
         .map_err(|e| Problem::failed(Code::RunSetup, e.to_string()).help("nothing was written"))?,
     );
+    if let Some(flag) = lock.as_ref().and_then(|l| l.lost_flag()) {
+        let _ = executor.lease_lost.set(flag);
+    }
     let ledger = Ledger::start(&executor).await?;
     let start = Instant::now();
     let progress = Progress::new(options.progress, options.quiet);
@@ -115,7 +118,11 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         let (rows, bytes) = r.received.totals();
         crate::report::Received { rows, bytes }
     });
-    finish(&executor, &ledger, &report).await?;
+    let finished = finish(&executor, &ledger, &report).await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    finished?;
     Ok(report)
 }
 
@@ -123,6 +130,8 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
 /// row, the cluster's scratch folder removed.
 async fn finish(executor: &Executor, ledger: &Ledger, report: &RunReport) -> Result<(), Problem> {
     let finished = match report.succeeded() {
+        // A run whose lease another run took over records no state.
+        true if executor.lease_lost() => Err(crate::exec::error::StageError::LeaseLost),
         true => executor.finish().await,
         false => Ok(()),
     };

@@ -118,9 +118,15 @@ struct Paused {
 
 impl Paused {
     fn start(project: &Project, point: &str) -> Paused {
+        Paused::start_with(project, point, &[])
+    }
+
+    /// With this environment added (an S3 server's, a lease length).
+    fn start_with(project: &Project, point: &str, env: &[(&str, String)]) -> Paused {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
             .args(["run", "pipeline.yaml"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .current_dir(project.path())
             .env("NO_COLOR", "1")
             .env("SQLPLAN_FAILPOINT", format!("{point}=pause"))
@@ -248,6 +254,84 @@ async fn a_second_run_refuses_while_one_lives_and_a_killed_run_is_resumed() {
         text.stdout.contains("1 committed, 2 succeeded"),
         "{}",
         text.stdout
+    );
+}
+
+/// On an S3 warehouse, two processes in two project folders (no lock file in
+/// common): the second is refused at once, naming the first, and writes
+/// nothing. Killed, the first holds its lease until it expires (2 s here);
+/// until then a run is refused, after it the next run takes the lease over and
+/// resumes the killed run.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_s3_a_lease_lets_one_run_of_two_processes_and_a_killed_runs_lease_expires() {
+    let Some(s3) = crate::s3::S3::start() else {
+        return;
+    };
+    let pipeline = TWO_STAGES
+        .replace("warehouse/", "s3://warehouse/lease-wh/")
+        .replace("  src: {location: s3://warehouse/lease-wh/src}\n", "")
+        .replace(
+            "FROM src",
+            "FROM (SELECT CAST(1 AS BIGINT) AS id UNION ALL SELECT CAST(2 AS BIGINT))",
+        );
+    let (one, two) = (
+        Project::new(&[("pipeline.yaml", &pipeline)]),
+        Project::new(&[("pipeline.yaml", &pipeline)]),
+    );
+    let mut env = s3.env();
+    env.push(("SQLPLAN_LEASE_SECONDS", "2".into()));
+    let run = |p: &Project| {
+        crate::common::sqlplan_with_env(p.path(), &["run", "pipeline.yaml"], env.clone())
+    };
+    let first = Paused::start_with(&one, "before:write_b", &env);
+    let second = run(&two);
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "another run of pipeline `two` is in progress on this warehouse (process {} on",
+            first.pid()
+        )),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        s3.version("s3://warehouse/lease-wh", "b").await,
+        Some(0),
+        "nothing written by the refused run"
+    );
+    // `runs` from the other folder tells the run's state by its lease.
+    let status = || {
+        let out = crate::common::sqlplan_with_env(
+            two.path(),
+            &["runs", "pipeline.yaml", "--format", "json"],
+            env.clone(),
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        runs[0]["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(status(), "running");
+    first.kill();
+    // Seen from any host, a killed run holds its lease until it expires.
+    assert_eq!(status(), "running", "its lease has not expired");
+    let refused = run(&two);
+    assert_eq!(
+        refused.code, 1,
+        "the killed run's lease still lives: {}",
+        refused.stderr
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(status(), "interrupted", "its lease expired");
+    let third = run(&two);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert!(
+        third.stdout.contains("run 1 of two (resumed)"),
+        "{}",
+        third.stdout
+    );
+    assert_eq!(
+        s3.rows("s3://warehouse/lease-wh", "b").await,
+        ["| 1  | run |", "| 2  | run |"]
     );
 }
 
