@@ -102,6 +102,16 @@ impl Drop for Lease {
 
 /// Takes the lease at `path` in `store`, or says who holds it.
 pub async fn acquire(store: Arc<dyn ObjectStore>, path: Path, pipeline: &str) -> Result<Lease> {
+    acquire_for(store, path, pipeline, length()).await
+}
+
+/// `acquire`, for a lease of `length`.
+async fn acquire_for(
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    pipeline: &str,
+    length: chrono::Duration,
+) -> Result<Lease> {
     let since = Utc::now();
     let holder = |expires| Holder {
         host: super::host(),
@@ -111,7 +121,7 @@ pub async fn acquire(store: Arc<dyn ObjectStore>, path: Path, pipeline: &str) ->
     };
     // A lease that changes between reading and taking it over is read again.
     for _ in 0..5 {
-        let mine = holder(Utc::now() + length());
+        let mine = holder(Utc::now() + length);
         let created = put(&store, &path, &mine, PutMode::Create).await?;
         let version = match created {
             Some(version) => version,
@@ -135,6 +145,7 @@ pub async fn acquire(store: Arc<dyn ObjectStore>, path: Path, pipeline: &str) ->
             path.clone(),
             holder(mine.expires),
             version,
+            length,
             lost.clone(),
         ));
         return Ok(Lease {
@@ -222,14 +233,15 @@ async fn renew(
     path: Path,
     mut holder: Holder,
     mut version: UpdateVersion,
+    length: chrono::Duration,
     lost: Arc<AtomicBool>,
 ) {
-    let every = (length() / 3)
+    let every = (length / 3)
         .to_std()
         .unwrap_or(std::time::Duration::from_secs(20));
     loop {
         tokio::time::sleep(every).await;
-        holder.expires = Utc::now() + length();
+        holder.expires = Utc::now() + length;
         match put(&store, &path, &holder, PutMode::Update(version.clone())).await {
             Ok(Some(next)) => version = next,
             Ok(None) => {
@@ -295,5 +307,37 @@ mod tests {
             "a renewal never overwrites another run's lease"
         );
         assert!(!taker.lost());
+    }
+
+    /// A held lease is renewed past its length; when another run took it over
+    /// meanwhile, the holder's next renewal marks it lost.
+    #[tokio::test]
+    async fn a_held_lease_is_renewed_and_a_taken_over_one_is_marked_lost() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("_sqlplan/p.lease");
+        let short = chrono::Duration::milliseconds(1500);
+        let held = acquire_for(store.clone(), path.clone(), "p", short)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+        let refused = acquire_for(store.clone(), path.clone(), "p", short).await;
+        assert!(refused.is_err(), "renewed past its first expiry");
+        assert!(!held.lost());
+        // Another run takes it over (as after this one stalled).
+        let other = Holder {
+            host: "elsewhere".into(),
+            pid: 2,
+            since: Utc::now(),
+            expires: Utc::now() + chrono::Duration::seconds(60),
+        };
+        store
+            .put(&path, serde_json::to_vec(&other).unwrap().into())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(held.lost(), "the next renewal found another version");
+        held.release().await;
+        let (still, _) = read(&store, &path).await.unwrap();
+        assert_eq!(still.unwrap().pid, 2, "a lost lease is not deleted");
     }
 }
