@@ -126,7 +126,10 @@ async fn acquire_for(
         let version = match created {
             Some(version) => version,
             None => {
-                let (theirs, version) = read(&store, &path).await?;
+                // Released between the two requests: try to create it again.
+                let Some((theirs, version)) = read(&store, &path).await? else {
+                    continue;
+                };
                 if let Some(theirs) = theirs.filter(|h| h.expires > Utc::now()) {
                     return Err(Error::Busy {
                         pipeline: pipeline.to_string(),
@@ -165,17 +168,9 @@ async fn acquire_for(
 /// live, if any: how `sqlplan runs` tells a running run on any host from an
 /// interrupted one.
 pub async fn live_holder(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Option<String>> {
-    use deltalake::logstore::object_store::Error as StoreError;
-    match store.head(path).await {
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => {
-            return Err(
-                crate::delta::Error::doing(format!("reading the run lease {path}"), e).into(),
-            )
-        }
-        Ok(_) => {}
-    }
-    let (holder, _) = read(store, path).await?;
+    let Some((holder, _)) = read(store, path).await? else {
+        return Ok(None);
+    };
     Ok(holder
         .filter(|h| h.expires > Utc::now())
         .map(|h| format!("{}@{}", h.pid, h.host)))
@@ -206,15 +201,17 @@ async fn put(
 }
 
 /// The lease object's holder (None if unreadable: a lease half-written by an
-/// old version, taken over as expired) and its version.
+/// old version, taken over as expired) and its version; None if there is no
+/// lease object.
 async fn read(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
-) -> Result<(Option<Holder>, UpdateVersion)> {
-    let got = store
-        .get(path)
-        .await
-        .doing(|| format!("reading the run lease {path}"))?;
+) -> Result<Option<(Option<Holder>, UpdateVersion)>> {
+    use deltalake::logstore::object_store::Error as StoreError;
+    let got = match store.get(path).await {
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        got => got.doing(|| format!("reading the run lease {path}"))?,
+    };
     let version = UpdateVersion {
         e_tag: got.meta.e_tag.clone(),
         version: got.meta.version.clone(),
@@ -223,7 +220,7 @@ async fn read(
         .bytes()
         .await
         .doing(|| format!("reading the run lease {path}"))?;
-    Ok((serde_json::from_slice(&bytes).ok(), version))
+    Ok(Some((serde_json::from_slice(&bytes).ok(), version)))
 }
 
 /// Renews the lease every third of its length until aborted; a renewal that
@@ -296,7 +293,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let taker = acquire(store.clone(), path.clone(), "p").await.unwrap();
-        let (now, _) = read(&store, &path).await.unwrap();
+        let (now, _) = read(&store, &path).await.unwrap().unwrap();
         assert_eq!(now.unwrap().pid, std::process::id());
         // The stalled holder's renewal, conditional on its own version.
         let renewed = put(&store, &path, &stalled, PutMode::Update(version))
@@ -337,7 +334,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         assert!(held.lost(), "the next renewal found another version");
         held.release().await;
-        let (still, _) = read(&store, &path).await.unwrap();
+        let (still, _) = read(&store, &path).await.unwrap().unwrap();
         assert_eq!(still.unwrap().pid, 2, "a lost lease is not deleted");
     }
 }

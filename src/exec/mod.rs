@@ -81,6 +81,23 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         };
         Problem::failed(code, e.to_string()).help("nothing was written")
     })?;
+    let lost = lock.as_ref().and_then(|l| l.lost_flag());
+    let result = run_holding(plan, options, lost).await;
+    // Whatever the outcome: a lease left behind would refuse the next run
+    // until it expired.
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    result
+}
+
+/// `run`, once the run holds its pipeline's lock (`lost`: set if another run
+/// takes its lease over).
+async fn run_holding(
+    plan: Plan,
+    options: &RunOptions,
+    lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<RunReport, Problem> {
     let executor = Arc::new(
         Executor::new(
             plan,
@@ -91,7 +108,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         .await
         .map_err(|e| Problem::failed(Code::RunSetup, e.to_string()).help("nothing was written"))?,
     );
-    if let Some(flag) = lock.as_ref().and_then(|l| l.lost_flag()) {
+    if let Some(flag) = lost {
         let _ = executor.lease_lost.set(flag);
     }
     let ledger = Ledger::start(&executor).await?;
@@ -118,11 +135,7 @@ pub async fn run(plan: Plan, options: &RunOptions) -> Result<RunReport, Problem>
         let (rows, bytes) = r.received.totals();
         crate::report::Received { rows, bytes }
     });
-    let finished = finish(&executor, &ledger, &report).await;
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
-    finished?;
+    finish(&executor, &ledger, &report).await?;
     Ok(report)
 }
 
