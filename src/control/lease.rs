@@ -55,6 +55,10 @@ impl Holder {
     }
 }
 
+/// What ends another run's hold, as a refused run is told.
+const AFTER: &str =
+    "a run that was killed holds its lease until the lease expires; the next run then resumes it";
+
 /// How long a lease lasts without renewal.
 fn length() -> chrono::Duration {
     let seconds = std::env::var("SQLPLAN_LEASE_SECONDS")
@@ -134,6 +138,7 @@ async fn acquire_for(
                     return Err(Error::Busy {
                         pipeline: pipeline.to_string(),
                         holder: theirs.describe(),
+                        after: AFTER,
                     });
                 }
                 match put(&store, &path, &mine, PutMode::Update(version)).await? {
@@ -161,6 +166,7 @@ async fn acquire_for(
     Err(Error::Busy {
         pipeline: pipeline.to_string(),
         holder: "other runs keep taking its lease over".into(),
+        after: AFTER,
     })
 }
 

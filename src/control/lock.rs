@@ -72,6 +72,7 @@ pub async fn acquire(plan: &Plan) -> Result<Option<RunLock>> {
             return Err(Error::Busy {
                 pipeline: plan.pipeline.clone(),
                 holder,
+                after: "a run whose process is gone holds no lock, and the next run resumes it",
             });
         }
         Err(TryLockError::Error(e)) => {

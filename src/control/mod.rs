@@ -18,8 +18,14 @@ use crate::plan::Plan;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Another run of the pipeline holds its lock on this warehouse.
-    #[error("another run of pipeline `{pipeline}` is in progress on this warehouse ({holder}); wait for it to end (a run whose process is gone holds no lock, and the next run resumes it)")]
-    Busy { pipeline: String, holder: String },
+    #[error("another run of pipeline `{pipeline}` is in progress on this warehouse ({holder}); wait for it to end ({after})")]
+    Busy {
+        pipeline: String,
+        holder: String,
+        /// What ends the hold: the holder's process (a file lock) or the
+        /// lease's expiry.
+        after: &'static str,
+    },
     /// The control folder, the lock file or the ledger table could not be used.
     #[error(transparent)]
     Store(#[from] delta::Error),

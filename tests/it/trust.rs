@@ -294,6 +294,13 @@ async fn on_s3_a_lease_lets_one_run_of_two_processes_and_a_killed_runs_lease_exp
         "{}",
         second.stderr
     );
+    assert!(
+        second
+            .stderr
+            .contains("holds its lease until the lease expires"),
+        "{}",
+        second.stderr
+    );
     assert_eq!(
         s3.version("s3://warehouse/lease-wh", "b").await,
         Some(0),
