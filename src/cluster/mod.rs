@@ -14,6 +14,7 @@
 
 pub mod codec;
 mod data;
+mod joins;
 pub mod received;
 pub mod serve;
 pub mod sink;
@@ -67,20 +68,15 @@ impl Remote {
             // and gave wrong answers elsewhere; the static planner gives the answers
             // of a local run.
             .with_ballista_adaptive_query_planner(false);
-        let mut state =
+        let state =
             datafusion::execution::session_state::SessionStateBuilder::new_from_existing(local)
                 .with_config(config)
                 .build()
                 .upgrade_for_ballista(scheduler)
                 .doing(|| format!("cluster {engine}"))?;
-        // No broadcast (CollectLeft) hash joins: Ballista runs each probe
-        // partition in a task of its own, so a LEFT, FULL or anti join whose
-        // build side is collected loses (or repeats) the build rows no task
-        // matched (apache/datafusion-ballista#1055; measured here: a MERGE's
-        // LEFT JOIN of its source with the matched rows lost half the source).
-        let optimizer = &mut state.config_mut().options_mut().optimizer;
-        optimizer.hash_join_single_partition_threshold = 0;
-        optimizer.hash_join_single_partition_threshold_rows = 0;
+        // Broadcast (CollectLeft) hash joins stay where they are right: the
+        // scheduler partitions those whose build rows depend on every probe
+        // task (LEFT, FULL, semi and anti joins; `joins.rs`).
         Ok(Remote {
             state,
             scratch,

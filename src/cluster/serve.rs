@@ -88,6 +88,7 @@ fn scheduler_session(config: SessionConfig) -> datafusion::common::Result<Sessio
     Ok(SessionStateBuilder::new_from_existing(state)
         .with_runtime_env(runtime(None)?)
         .with_query_planner(Arc::new(super::sink::QueryPlanner))
+        .with_physical_optimizer_rule(Arc::new(super::joins::PartitionBuildSideJoins))
         .build())
 }
 
