@@ -62,6 +62,11 @@ pub struct StageMetrics {
     /// `shuffle join` (target keys and source meet by key hash).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_pass: Option<String>,
+    /// The store lost the answer to the stage's commit (the write happened, and
+    /// the retried request was refused): the log holds the commit, and the run
+    /// went on from it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub commit_answer_lost: bool,
     /// The interrupted run this one resumes committed the stage: it was not run again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub committed_earlier: bool,

@@ -41,6 +41,10 @@ struct Holder {
     pid: u32,
     since: DateTime<Utc>,
     expires: DateTime<Utc>,
+    /// This holding's own mark: a put whose answer the store lost is known as
+    /// ours when the object read back carries it.
+    #[serde(default)]
+    token: String,
 }
 
 impl Holder {
@@ -117,11 +121,13 @@ async fn acquire_for(
     length: chrono::Duration,
 ) -> Result<Lease> {
     let since = Utc::now();
+    let token = uuid::Uuid::new_v4().to_string();
     let holder = |expires| Holder {
         host: super::host(),
         pid: std::process::id(),
         since,
         expires,
+        token: token.clone(),
     };
     // A lease that changes between reading and taking it over is read again.
     for _ in 0..5 {
@@ -134,16 +140,20 @@ async fn acquire_for(
                 let Some((theirs, version)) = read(&store, &path).await? else {
                     continue;
                 };
-                if let Some(theirs) = theirs.filter(|h| h.expires > Utc::now()) {
+                if theirs.as_ref().is_some_and(|h| h.token == mine.token) {
+                    // Our put happened; its answer was lost and the retry refused.
+                    version
+                } else if let Some(theirs) = theirs.filter(|h| h.expires > Utc::now()) {
                     return Err(Error::Busy {
                         pipeline: pipeline.to_string(),
                         holder: theirs.describe(),
                         after: AFTER,
                     });
-                }
-                match put(&store, &path, &mine, PutMode::Update(version)).await? {
-                    Some(version) => version,
-                    None => continue,
+                } else {
+                    match put(&store, &path, &mine, PutMode::Update(version)).await? {
+                        Some(version) => version,
+                        None => continue,
+                    }
                 }
             }
         };
@@ -247,11 +257,16 @@ async fn renew(
         holder.expires = Utc::now() + length;
         match put(&store, &path, &holder, PutMode::Update(version.clone())).await {
             Ok(Some(next)) => version = next,
-            Ok(None) => {
-                lost.store(true, Ordering::SeqCst);
-                eprintln!("sqlplan: the run lease {path} was taken over by another run; this run stops before its next stage");
-                return;
-            }
+            Ok(None) => match read(&store, &path).await {
+                // Our renewal happened; its answer was lost and the retry refused.
+                Ok(Some((Some(now), next))) if now.token == holder.token => version = next,
+                Err(e) => eprintln!("sqlplan: reading the run lease {path} failed: {e}"),
+                _ => {
+                    lost.store(true, Ordering::SeqCst);
+                    eprintln!("sqlplan: the run lease {path} was taken over by another run; this run stops before its next stage");
+                    return;
+                }
+            },
             // A store that fails now may answer the next renewal; the lease
             // holds until its expiry.
             Err(e) => eprintln!("sqlplan: renewing the run lease {path} failed: {e}"),
@@ -293,6 +308,7 @@ mod tests {
             pid: 1,
             since: Utc::now() - chrono::Duration::seconds(300),
             expires: Utc::now() - chrono::Duration::seconds(1),
+            token: "stalled".into(),
         };
         let version = put(&store, &path, &stalled, PutMode::Create)
             .await
@@ -332,6 +348,7 @@ mod tests {
             pid: 2,
             since: Utc::now(),
             expires: Utc::now() + chrono::Duration::seconds(60),
+            token: "other".into(),
         };
         store
             .put(&path, serde_json::to_vec(&other).unwrap().into())

@@ -108,6 +108,22 @@ impl Entry {
 
     /// The end row: the start row with how the run ended. `error` is set when the
     /// run failed after its stages (the finish commit).
+    /// What tells this row from every other: the attempt (pipeline, run, start)
+    /// and whether it is the attempt's start or its end.
+    fn identity(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.pipeline,
+            self.run,
+            self.started.to_rfc3339(),
+            if self.ended.is_some() {
+                &self.status
+            } else {
+                "start"
+            }
+        )
+    }
+
     pub fn end(&self, report: &RunReport, error: Option<String>) -> Entry {
         let stages: Vec<StageEntry> = report
             .stages
@@ -307,26 +323,58 @@ const COMPACT_ABOVE: usize = 64;
 /// Appends one row (one Delta commit), creating the ledger on first use; every
 /// `COMPACT_ABOVE` rows or so, compacts it into one file, so that reading it stays
 /// one small scan however many runs it records.
+///
+/// Each row's commit carries the row's identity (`sqlplan.ledger`) and an
+/// application transaction of the pipeline: when the store loses the answer to
+/// the commit, the retried commit is refused (the version exists and carries the
+/// same transaction), and the row found in the log counts as appended, once.
 pub async fn append(location: &str, entry: &Entry) -> Result<()> {
     let failed = |e: deltalake::DeltaTableError| {
         Error::doing(format!("cannot append to the run ledger at {location}"), e)
     };
     let table = delta::open_or_create("runs", location, &schema(), &[], false).await?;
-    let table = table
+    let row = entry.identity();
+    let props = deltalake::kernel::transaction::CommitProperties::default()
+        .with_application_transaction(deltalake::kernel::Transaction::new(
+            format!("sqlplan:{}#ledger", entry.pipeline),
+            entry.run,
+        ))
+        .with_metadata([(LEDGER_KEY.to_string(), serde_json::json!(row))]);
+    let written = table
         .write(vec![to_batch(entry)?])
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .with_writer_properties(delta::writer_properties())
-        .await
-        .map_err(failed)?;
+        .with_commit_properties(props)
+        .await;
+    let table = match written {
+        Ok(table) => table,
+        Err(error) => {
+            let newest = delta::open("runs", location, None).await?;
+            let recent = delta::commit::history(&newest, 20).await?;
+            if !recent
+                .iter()
+                .any(|c| c.info.get(LEDGER_KEY) == Some(&serde_json::json!(row)))
+            {
+                return Err(failed(error));
+            }
+            newest
+        }
+    };
     let files = table
         .snapshot()
         .map(|s| s.log_data().num_files())
         .unwrap_or_default();
     if files > COMPACT_ABOVE {
-        table.optimize().await.map_err(failed)?;
+        // The row is in; a compaction that fails (a store fault) waits for the next.
+        if let Err(e) = table.optimize().await {
+            eprintln!("sqlplan: warning: compacting the run ledger failed: {e}");
+        }
     }
     Ok(())
 }
+
+/// Commit metadata key of a ledger row's identity.
+pub const LEDGER_KEY: &str = "sqlplan.ledger";
 
 /// The ledger's attempts of `pipeline`, newest first: each start row paired with its
 /// end row (same pipeline, run and start time).

@@ -104,6 +104,33 @@ pub async fn last_run(table: &DeltaTable, app_ids: &[String]) -> Result<Option<i
     Ok(last)
 }
 
+/// How far back `landed` looks: the commits other writers could have made
+/// between a lost answer and the look.
+const LANDED_DEPTH: usize = 100;
+
+/// The version at which `table` (opened at its newest) holds the commit of stage
+/// (or write label) `label` of run `run` of `pipeline`, if it does. A commit whose
+/// answer the store lost (the write happened, the writer saw an error, and its
+/// retry was refused because the version existed) is found here: the run goes on
+/// from it instead of failing or writing it again.
+pub async fn landed(
+    table: &DeltaTable,
+    pipeline: &str,
+    run: i64,
+    label: &str,
+) -> Result<Option<i64>> {
+    let ours = |c: &Commit| {
+        c.info.get(PIPELINE_KEY).and_then(|v| v.as_str()) == Some(pipeline)
+            && c.info.get(STAGE_KEY).and_then(|v| v.as_str()) == Some(label)
+            && c.info.get(RUN_KEY).and_then(|v| v.as_i64()) == Some(run)
+    };
+    Ok(history(table, LANDED_DEPTH)
+        .await?
+        .into_iter()
+        .find(ours)
+        .map(|c| c.version))
+}
+
 /// One commit of a table, newest first in `history`.
 pub struct Commit {
     pub version: i64,

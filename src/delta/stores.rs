@@ -21,6 +21,49 @@ use url::Url;
 
 use crate::delta::error::{Doing as _, Error, Result as DeltaResult};
 
+/// How every request to an object store is retried, the same for each table,
+/// the ledger, the lease and the cluster's executors (object_store's retry layer,
+/// configured through delta-rs's storage options):
+///
+/// - **Retried:** answers 5xx (`503 SlowDown`, `500 InternalError`), 429 and 408,
+///   and `200` answers whose body says `SlowDown` or `InternalError`; connections
+///   refused, reset or closed before an answer arrived, for every request (a write
+///   cut before its answer is sent again); timeouts, for reads and plain writes
+///   (not for a conditional commit: the commit fails, and the run with it).
+/// - **Not retried:** other 4xx answers (`403`, `404`, `412`), and errors while
+///   reading an answer's body.
+/// - **How often:** up to `SQLPLAN_STORE_RETRIES` times (10), within
+///   `SQLPLAN_STORE_RETRY_SECONDS` (180) of the first attempt, waiting 100 ms
+///   doubled on each retry up to 15 s, with jitter: a throttled store sees
+///   sqlplan back off within a second and hold off for up to 15 s after a few
+///   refusals. A request still failing after that fails its stage; the run fails
+///   and the next run resumes it.
+/// - **Timeouts:** object_store's own: 5 s to connect, 30 s for a request.
+pub fn options() -> std::collections::HashMap<String, String> {
+    let setting = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    [
+        (
+            "max_retries",
+            setting("SQLPLAN_STORE_RETRIES", 10).to_string(),
+        ),
+        (
+            "retry_timeout",
+            format!("{}s", setting("SQLPLAN_STORE_RETRY_SECONDS", 180)),
+        ),
+        ("backoff_config.init_backoff", "100ms".to_string()),
+        ("backoff_config.max_backoff", "15s".to_string()),
+        ("backoff_config.base", "2".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// Makes `s3://` locations known to delta-rs (once per process).
 pub fn register_schemes() {
     static ONCE: Once = Once::new();
@@ -41,8 +84,7 @@ pub fn store_for(url: &Url) -> DeltaResult<(Arc<dyn ObjectStore>, deltalake::Pat
                 url.scheme()
             ))
         })?;
-    let config = StorageConfig::parse_options(std::iter::empty::<(String, String)>())
-        .map_err(Error::from)?;
+    let config = StorageConfig::parse_options(options()).map_err(Error::from)?;
     factory
         .parse_url_opts(url, &config)
         .doing(|| format!("{url}"))

@@ -17,7 +17,8 @@ use super::location::{local_table_exists, table_url};
 pub async fn open(name: &str, location: &str, version: Option<i64>) -> Result<DeltaTable> {
     let url = table_url(location)?;
     let mut builder = deltalake::DeltaTableBuilder::from_url(url.clone())
-        .doing(|| format!("table `{name}` at {location}"))?;
+        .doing(|| format!("table `{name}` at {location}"))?
+        .with_storage_options(super::stores::options());
     if let Some(v) = version {
         builder = builder.with_version(v as u64);
     }
@@ -45,7 +46,7 @@ pub async fn open_if_exists(url: &url::Url) -> Result<Option<DeltaTable>> {
             return Ok(None);
         }
     }
-    match deltalake::open_table(url.clone()).await {
+    match deltalake::open_table_with_storage_options(url.clone(), super::stores::options()).await {
         Ok(t) => Ok(Some(t)),
         Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
         Err(e) => Err(e.into()),
@@ -78,6 +79,7 @@ pub async fn create(
     }
     builder
         .with_location(url.as_str())
+        .with_storage_options(super::stores::options())
         .with_table_name(name)
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(partition_by.to_vec())

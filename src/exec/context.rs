@@ -324,9 +324,19 @@ impl Executor {
             return self.adopt(stage, version).await;
         }
         let mut metrics = match self.execute(stage).await {
-            // delta-rs retries past commits that do not conflict; this one does.
-            Err(StageError::Refused(e)) => return Err(self.conflict(stage, e).await),
-            other => other?,
+            Ok(metrics) => metrics,
+            Err(error) => match self.landed(stage.writes.as_deref(), &stage.name).await {
+                Some(version) => StageMetrics {
+                    commit_answer_lost: true,
+                    committed_earlier: false,
+                    ..self.adopt(stage, version).await?
+                },
+                // delta-rs retries past commits that do not conflict; this one does.
+                None => match error {
+                    StageError::Refused(e) => return Err(self.conflict(stage, e).await),
+                    error => return Err(error),
+                },
+            },
         };
         if stage.report {
             metrics.reported = self.rows_of(&stage.name).await?;
@@ -395,6 +405,26 @@ impl Executor {
         }
     }
 
+    /// The version of `table` that holds this run's commit `label`, when a write
+    /// failed: a store that lost the answer to a commit that happened makes its
+    /// writer retry, and the retry is refused (the version exists, and it carries
+    /// this run's own transaction). None when the commit is not there, or the log
+    /// cannot be read now (the write's own error then stands).
+    pub(super) async fn landed(&self, table: Option<&str>, label: &str) -> Option<i64> {
+        let table = table?;
+        let newest = delta::open(table, &self.location(table).ok()?, None)
+            .await
+            .ok()?;
+        let version =
+            delta::commit::landed(&newest, &self.plan.pipeline, self.tag.run_number, label)
+                .await
+                .ok()??;
+        eprintln!(
+            "sqlplan: the store lost the answer to `{label}`'s commit to `{table}`; its log holds it at version {version}, and the run goes on from it"
+        );
+        Some(version)
+    }
+
     /// A stage the interrupted run committed: later stages read the version it
     /// committed, as they would have in that run.
     pub(super) async fn adopt(&self, stage: &StagePlan, version: i64) -> StageResult<StageMetrics> {
@@ -438,7 +468,16 @@ impl Executor {
                 continue;
             }
             crate::delta::failpoint::writing(&name, "finish");
-            let table = delta::append_empty(table, self.tag.finish_properties(&states)).await?;
+            let table = match delta::append_empty(table, self.tag.finish_properties(&states)).await
+            {
+                Ok(table) => table,
+                Err(error) => match self.landed(Some(&name), "finish").await {
+                    Some(version) => {
+                        delta::open(&name, &self.location(&name)?, Some(version)).await?
+                    }
+                    None => return Err(error.into()),
+                },
+            };
             self.tables.lock().await.insert(name.clone(), table);
             crate::delta::failpoint::hit(&format!("after:finish:{name}"));
         }

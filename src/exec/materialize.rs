@@ -279,8 +279,16 @@ impl Executor {
             .with_save_mode(SaveMode::Append)
             .with_writer_properties(delta::writer_properties())
             .with_commit_properties(self.tag.commit_properties(&label))
-            .await
-            .map_err(df_err)?;
+            .await;
+        let table = match table {
+            Ok(table) => table,
+            Err(error) => match self.landed(Some(&target), &label).await {
+                Some(version) => {
+                    delta::open(&target, &self.location(&target)?, Some(version)).await?
+                }
+                None => return Err(df_err(error)),
+            },
+        };
         self.committed(&target, table).await?;
         Ok(())
     }

@@ -114,6 +114,32 @@ impl S3 {
             .unwrap()
     }
 
+    /// Each commit of `table` under `warehouse`, oldest first: its version and its
+    /// commit metadata (values as JSON text, strings unquoted).
+    pub async fn history(
+        &self,
+        warehouse: &str,
+        table: &str,
+    ) -> Vec<(u64, BTreeMap<String, String>)> {
+        use futures::TryStreamExt;
+        let table = self.open(warehouse, table).await;
+        let newest = table.version().unwrap();
+        let infos: Vec<_> = table.history(None).try_collect().await.unwrap();
+        infos
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let info = c
+                    .info
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                    .collect();
+                (newest - i as u64, info)
+            })
+            .rev()
+            .collect()
+    }
+
     /// Every row of `table` under `warehouse` (a local folder or an s3:// URL), all
     /// columns, sorted; read by a fresh delta-rs load.
     pub async fn rows(&self, warehouse: &str, table: &str) -> Vec<String> {

@@ -82,6 +82,7 @@ fn files_of(snapshot: &deltalake::table::state::DeltaTableState) -> Vec<DataFile
 /// (a cluster's scheduler rebuilds a scan from the version the client names).
 pub async fn files_at(table_url: &url::Url, version: i64) -> DeltaResult<Vec<DataFile>> {
     let table = deltalake::DeltaTableBuilder::from_url(table_url.clone())?
+        .with_storage_options(crate::delta::stores::options())
         .with_version(version as u64)
         .load()
         .await?;
