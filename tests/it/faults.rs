@@ -264,7 +264,7 @@ fn serve(mut client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> s
             client.read_exact(&mut half)?;
             return Ok(());
         }
-        Some(Fault::Delay) => std::thread::sleep(Duration::from_millis(1500)),
+        Some(Fault::Delay) => std::thread::sleep(Duration::from_millis(1000)),
         _ => {}
     }
     let mut body = std::mem::take(&mut request.rest);

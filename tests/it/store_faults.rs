@@ -144,3 +144,177 @@ async fn a_run_survives_lost_answers_throttling_and_cut_connections() {
     assert_eq!(tables(&s3, faulty).await, tables(&s3, calm).await);
     assert!(no_commit_twice(&s3, faulty).await > 0);
 }
+
+/// What the soak test did, for its report.
+#[derive(Default, Debug, serde::Serialize)]
+struct Soak {
+    months: usize,
+    attempts: usize,
+    succeeded: usize,
+    failed: usize,
+    refused: usize,
+    killed: usize,
+    requests: usize,
+    faults: BTreeMap<String, usize>,
+    commits_checked: usize,
+    seconds: f64,
+}
+
+fn setting(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The summary pipeline month after month on an S3 warehouse behind a store
+/// that misbehaves at random, its runs killed now and then and run again until
+/// one succeeds. After every month all tables equal an undisturbed warehouse's
+/// (same generator, same batches, no proxy), no commit is in any log twice, and
+/// the ledger holds one attempt per run that started: succeeded, failed, or
+/// interrupted (killed).
+///
+/// Short here (2 months); `SQLPLAN_SOAK_MONTHS`, `SQLPLAN_SOAK_SEED`,
+/// `SQLPLAN_SOAK_RATE` (faults per request) and `SQLPLAN_SOAK_KILLS` (the share
+/// of attempts killed) make it longer or harsher; `SQLPLAN_SOAK_REPORT` names a
+/// file for the JSON report.
+#[tokio::test(flavor = "multi_thread")]
+async fn soak_months_on_a_faulty_store_with_kills_equal_an_undisturbed_run() {
+    use rand::{Rng, SeedableRng};
+    let Some(s3) = S3::start() else { return };
+    let months = setting("SQLPLAN_SOAK_MONTHS", 2.0) as usize;
+    let seed = setting("SQLPLAN_SOAK_SEED", 1.0) as u64;
+    let rate = setting("SQLPLAN_SOAK_RATE", 0.01);
+    let kills = setting("SQLPLAN_SOAK_KILLS", 0.3);
+    let started = std::time::Instant::now();
+    let proxy = FaultyStore::start(&s3.endpoint, Duration::from_secs(6 * 3600));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (calm, faulty) = ("s3://warehouse/soak-calm", "s3://warehouse/soak-faulty");
+    let mut env = through(&s3, &proxy);
+    env.push(("SQLPLAN_LEASE_SECONDS", "2".into()));
+    let mut soak = Soak::default();
+    let mut ended_unrecorded = 0;
+    for month in 0..months {
+        for wh in [calm, faulty] {
+            generate(&s3, wh, month > 0);
+        }
+        ok(run(&s3.env(), calm));
+        let mut done = false;
+        for tried in 0..20 {
+            soak.attempts += 1;
+            proxy.random(Some(super::faults::Random {
+                seed: rng.random(),
+                rate,
+                kinds: Fault::ALL.to_vec(),
+            }));
+            let kill = rng
+                .random_bool(kills)
+                .then(|| Duration::from_millis(rng.random_range(200..8000)));
+            let Some(out) = attempt(&env, faulty, kill) else {
+                soak.killed += 1;
+                // The killed run's lease expires (2 s here) before the next.
+                std::thread::sleep(Duration::from_millis(2500));
+                continue;
+            };
+            ended_unrecorded += out.stderr.contains("the run's end was not recorded") as usize;
+            match out.code {
+                0 => {
+                    soak.succeeded += 1;
+                    done = true;
+                    break;
+                }
+                1 if out.stderr.contains("is in progress on this warehouse") => {
+                    soak.refused += 1;
+                    std::thread::sleep(Duration::from_millis(2500));
+                }
+                1 => soak.failed += 1,
+                code => panic!(
+                    "month {month}, attempt {tried}: exit {code}\n{}",
+                    out.stderr
+                ),
+            }
+        }
+        assert!(done, "month {month}: no attempt succeeded in 20");
+        proxy.random(None);
+        let expected = tables(&s3, calm).await;
+        assert_eq!(tables(&s3, faulty).await, expected, "month {month}");
+        soak.commits_checked = no_commit_twice(&s3, faulty).await;
+        soak.months += 1;
+    }
+    // Every attempt that started is in the ledger once, as it ended.
+    let attempts = ledger(&s3, faulty);
+    let count = |status: &str| attempts.iter().filter(|a| a["status"] == status).count();
+    assert_eq!(count("succeeded"), months, "{attempts:#?}");
+    assert_eq!(count("running"), 0, "{attempts:#?}");
+    assert_eq!(
+        count("failed") + ended_unrecorded,
+        soak.failed,
+        "{attempts:#?}"
+    );
+    assert!(
+        count("interrupted") <= soak.killed + ended_unrecorded,
+        "{attempts:#?}"
+    );
+    soak.requests = proxy.requests();
+    soak.faults = proxy
+        .injected()
+        .into_iter()
+        .map(|(k, v)| (format!("{k:?}"), v))
+        .collect();
+    soak.seconds = started.elapsed().as_secs_f64();
+    eprintln!("soak: {soak:?}");
+    if let Ok(path) = std::env::var("SQLPLAN_SOAK_REPORT") {
+        std::fs::write(path, serde_json::to_string_pretty(&soak).unwrap()).unwrap();
+    }
+}
+
+/// A run, killed after `kill` if it is still running then: its output, or
+/// None if it was killed.
+fn attempt(
+    env: &[(&'static str, String)],
+    warehouse: &str,
+    kill: Option<Duration>,
+) -> Option<Output> {
+    use std::io::Read;
+    let var = format!("warehouse={warehouse}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        .args(["run", "pipelines/summary.yaml", "--var", &var])
+        .current_dir(repo())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read while it runs, so a full pipe never holds it up.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if kill.is_some_and(|k| started.elapsed() >= k) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    status.map(|s| Output {
+        code: s.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    })
+}
