@@ -30,8 +30,10 @@ use crate::delta::error::{Doing as _, Error, Result as DeltaResult};
 ///   refused, reset or closed before an answer arrived, for every request (a write
 ///   cut before its answer is sent again); timeouts, for reads and plain writes
 ///   (not for a conditional commit: the commit fails, and the run with it).
-/// - **Not retried:** other 4xx answers (`403`, `404`, `412`), and errors while
-///   reading an answer's body.
+///   A read whose body breaks off is resumed from where it broke, as long as
+///   the object's ETag has not changed.
+/// - **Not retried:** other 4xx answers (`403`, `404`, `412`), and a write's
+///   answer body that cannot be read.
 /// - **How often:** up to `SQLPLAN_STORE_RETRIES` times (10), within
 ///   `SQLPLAN_STORE_RETRY_SECONDS` (180) of the first attempt, waiting 100 ms
 ///   doubled on each retry up to 15 s, with jitter: a throttled store sees

@@ -53,7 +53,7 @@ impl Cluster {
         executor_args: &[&str],
     ) -> Cluster {
         let spawn = |args: &[String]| {
-            Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+            Command::new(crate::common::bin())
                 .args(args)
                 .envs(env.iter().cloned())
                 .env("RUST_LOG", "warn")
@@ -228,7 +228,7 @@ async fn a_run_that_loses_an_executor_completes_or_is_repaired_by_the_next() {
         "--engine",
         &engine,
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+    let mut child = Command::new(crate::common::bin())
         .args(run)
         .current_dir(super::common::repo())
         .envs(s3.env())

@@ -67,6 +67,14 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// The `sqlplan` binary the tests drive: this build's, or `SQLPLAN_BIN` (a copy,
+/// for a long soak that must not see the binary rebuilt under it).
+pub fn bin() -> PathBuf {
+    std::env::var_os("SQLPLAN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sqlplan")))
+}
+
 pub fn sqlplan_in(dir: &Path, args: &[&str]) -> Output {
     sqlplan_with_env(dir, args, Vec::<(&str, String)>::new())
 }
@@ -81,7 +89,7 @@ where
     K: AsRef<std::ffi::OsStr>,
     V: AsRef<std::ffi::OsStr>,
 {
-    let out = Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+    let out = Command::new(crate::common::bin())
         .args(args)
         .current_dir(dir)
         .envs(env)

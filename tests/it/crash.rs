@@ -56,7 +56,7 @@ fn command(args: &[&str], failpoint: Option<&str>) -> Command {
 }
 
 fn command_in(dir: &Path, args: &[&str], failpoint: Option<&str>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqlplan"));
+    let mut cmd = Command::new(crate::common::bin());
     cmd.args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")

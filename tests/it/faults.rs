@@ -70,11 +70,14 @@ struct State {
     injected: BTreeMap<Fault, usize>,
     /// What each injected fault hit: `METHOD path`.
     log: Vec<(Fault, String)>,
+    /// Every request: `METHOD path`.
+    seen: Vec<String>,
 }
 
 impl State {
     fn fault_for(&mut self, method: &str, path: &str) -> Option<Fault> {
         self.requests += 1;
+        self.seen.push(format!("{method} {path}"));
         let mut chosen = None;
         for (rule, seen) in &mut self.script {
             if rule.method == method && path.contains(&rule.path) {
@@ -168,6 +171,11 @@ impl FaultyStore {
 
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
+    }
+
+    /// Every request so far, `METHOD path`, in the order they came.
+    pub fn seen(&self) -> Vec<String> {
+        self.state.lock().unwrap().seen.clone()
     }
 }
 

@@ -394,7 +394,7 @@ stages:
     query: INSERT INTO out SELECT sum(value % 7) FROM generate_series(1, 20000000000)
 "#;
     let project = Project::new(&[("pipeline.yaml", pipeline)]);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+    let child = std::process::Command::new(crate::common::bin())
         .args(["run", "pipeline.yaml", "--report", "report.json"])
         .current_dir(project.path())
         .stdout(std::process::Stdio::piped())

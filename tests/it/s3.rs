@@ -262,7 +262,7 @@ async fn two_writers_on_s3_lose_no_commit() {
     let (a, b) = (pipeline("a"), pipeline("b"));
     let project = super::common::Project::new(&[("a.yaml", a.as_str()), ("b.yaml", b.as_str())]);
     let run = |file: &str, n: usize| {
-        Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        Command::new(crate::common::bin())
             .args(["run", file, "--var", &format!("n={n}")])
             .current_dir(project.path())
             .envs(s3.env())

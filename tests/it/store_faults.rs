@@ -83,6 +83,8 @@ pub fn ledger(s3: &S3, warehouse: &str) -> Vec<serde_json::Value> {
         &var,
         "--format",
         "json",
+        "--limit",
+        "100000",
     ]));
     serde_json::from_str(&out).unwrap()
 }
@@ -154,6 +156,8 @@ struct Soak {
     failed: usize,
     refused: usize,
     killed: usize,
+    /// Why attempts failed: the first line of each error, counted.
+    failures: BTreeMap<String, usize>,
     requests: usize,
     faults: BTreeMap<String, usize>,
     commits_checked: usize,
@@ -227,7 +231,19 @@ async fn soak_months_on_a_faulty_store_with_kills_equal_an_undisturbed_run() {
                     soak.refused += 1;
                     std::thread::sleep(Duration::from_millis(2500));
                 }
-                1 => soak.failed += 1,
+                1 => {
+                    soak.failed += 1;
+                    let why = out
+                        .stderr
+                        .lines()
+                        .find(|l| l.contains('×'))
+                        .unwrap_or("(no error line)")
+                        .trim()
+                        .chars()
+                        .take(160)
+                        .collect();
+                    *soak.failures.entry(why).or_default() += 1;
+                }
                 code => panic!(
                     "month {month}, attempt {tried}: exit {code}\n{}",
                     out.stderr
@@ -241,20 +257,6 @@ async fn soak_months_on_a_faulty_store_with_kills_equal_an_undisturbed_run() {
         soak.commits_checked = no_commit_twice(&s3, faulty).await;
         soak.months += 1;
     }
-    // Every attempt that started is in the ledger once, as it ended.
-    let attempts = ledger(&s3, faulty);
-    let count = |status: &str| attempts.iter().filter(|a| a["status"] == status).count();
-    assert_eq!(count("succeeded"), months, "{attempts:#?}");
-    assert_eq!(count("running"), 0, "{attempts:#?}");
-    assert_eq!(
-        count("failed") + ended_unrecorded,
-        soak.failed,
-        "{attempts:#?}"
-    );
-    assert!(
-        count("interrupted") <= soak.killed + ended_unrecorded,
-        "{attempts:#?}"
-    );
     soak.requests = proxy.requests();
     soak.faults = proxy
         .injected()
@@ -266,6 +268,24 @@ async fn soak_months_on_a_faulty_store_with_kills_equal_an_undisturbed_run() {
     if let Ok(path) = std::env::var("SQLPLAN_SOAK_REPORT") {
         std::fs::write(path, serde_json::to_string_pretty(&soak).unwrap()).unwrap();
     }
+    // Every attempt that started is in the ledger once, as it ended.
+    let attempts = ledger(&s3, faulty);
+    let count = |status: &str| attempts.iter().filter(|a| a["status"] == status).count();
+    let statuses: Vec<_> = attempts
+        .iter()
+        .map(|a| format!("run {} {}", a["run"], a["status"]))
+        .collect();
+    assert_eq!(count("succeeded"), months, "{statuses:?} {soak:?}");
+    assert_eq!(count("running"), 0, "{statuses:?} {soak:?}");
+    assert_eq!(
+        count("failed") + ended_unrecorded,
+        soak.failed,
+        "{statuses:?} {soak:?}"
+    );
+    assert!(
+        count("interrupted") <= soak.killed + ended_unrecorded,
+        "{statuses:?} {soak:?}"
+    );
 }
 
 /// A run, killed after `kill` if it is still running then: its output, or
@@ -277,7 +297,7 @@ fn attempt(
 ) -> Option<Output> {
     use std::io::Read;
     let var = format!("warehouse={warehouse}");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+    let mut child = std::process::Command::new(crate::common::bin())
         .args(["run", "pipelines/summary.yaml", "--var", &var])
         .current_dir(repo())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -124,7 +124,7 @@ impl Paused {
     /// With this environment added (an S3 server's, a lease length).
     fn start_with(project: &Project, point: &str, env: &[(&str, String)]) -> Paused {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+        let mut child = std::process::Command::new(crate::common::bin())
             .args(["run", "pipeline.yaml"])
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .current_dir(project.path())
@@ -284,7 +284,17 @@ async fn on_s3_a_lease_lets_one_run_of_two_processes_and_a_killed_runs_lease_exp
         crate::common::sqlplan_with_env(p.path(), &["run", "pipeline.yaml"], env.clone())
     };
     let first = Paused::start_with(&one, "before:write_b", &env);
-    let second = run(&two);
+    // The second run goes through a proxy that records its requests.
+    let proxy =
+        crate::faults::FaultyStore::start(&s3.endpoint, std::time::Duration::from_secs(300));
+    let proxied: Vec<_> = env
+        .iter()
+        .map(|(k, v)| match *k {
+            "AWS_ENDPOINT_URL" => (*k, proxy.endpoint.clone()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    let second = crate::common::sqlplan_with_env(two.path(), &["run", "pipeline.yaml"], proxied);
     assert_eq!(second.code, 1, "{}", second.stderr);
     assert!(
         second.stderr.contains(&format!(
@@ -306,6 +316,16 @@ async fn on_s3_a_lease_lets_one_run_of_two_processes_and_a_killed_runs_lease_exp
         Some(0),
         "nothing written by the refused run"
     );
+    // Refused after planning, which reads the tables' logs: it read no data file
+    // and wrote nothing but its attempt at the lease.
+    let seen = proxy.seen();
+    assert!(seen.iter().any(|r| r.contains("two.lease")), "{seen:#?}");
+    for request in &seen {
+        let read_log = request.starts_with("GET ")
+            && (request.contains("_delta_log") || request.contains("list-type"));
+        let lease = request.contains("/_sqlplan/two.lease");
+        assert!(read_log || lease, "the refused run asked for {request}");
+    }
     // `runs` from the other folder tells the run's state by its lease.
     let status = || {
         let out = crate::common::sqlplan_with_env(
@@ -464,7 +484,7 @@ async fn conflicting_foreign_write(pipeline: &str, read: i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn abandon_refuses_to_undo_another_writers_commit() {
     let p = two_stages().await;
-    let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+    let crashed = std::process::Command::new(crate::common::bin())
         .args(["run", "pipeline.yaml"])
         .current_dir(p.path())
         .env("SQLPLAN_FAILPOINT", "after:write_a")
@@ -522,7 +542,7 @@ async fn a_vacuum_keeps_the_files_an_unfinished_run_reads() {
     create_table(&p.warehouse().join("src"), ids(&[1, 2, 3]), &[]).await;
     let first = p.sqlplan(&["run", "pipeline.yaml"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
-    let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_sqlplan"))
+    let crashed = std::process::Command::new(crate::common::bin())
         .args(["run", "pipeline.yaml"])
         .current_dir(p.path())
         .env("SQLPLAN_FAILPOINT", "after:clean")
