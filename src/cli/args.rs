@@ -80,6 +80,14 @@ pub enum Command {
     ///
     /// Exit codes: 0 success, 1 a stage failed (named, with its template; stages that
     /// had not started were skipped), 2 the pipeline is invalid (nothing written).
+    /// A failed or killed run is resumed by the next run.
+    ///
+    /// On an object store (`s3://…`) one run of a pipeline at a time holds a lease
+    /// (`_sqlplan/<pipeline>.lease`, 60 s, SQLPLAN_LEASE_SECONDS). Requests the store
+    /// throttles, fails (5xx) or cuts are retried up to SQLPLAN_STORE_RETRIES times
+    /// (10) within SQLPLAN_STORE_RETRY_SECONDS (180), with backoff from 100 ms to
+    /// 15 s; a commit whose answer the store lost is found in the log and not made
+    /// again (docs/object-storage.md).
     #[command(after_help = "Examples:\n  \
         sqlplan run pipelines/examples/orders.yaml --var warehouse=/tmp/wh\n  \
         sqlplan run pipelines/summary.yaml --jobs 4 --report run.json\n  \

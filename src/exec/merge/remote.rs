@@ -23,6 +23,7 @@ use deltalake::DeltaTable;
 
 use super::super::changes::{candidates_from_log, Candidate, Changes, Deleted, Written};
 use super::super::context::{df_err, Executor, StageResult};
+use super::super::error::StageError;
 use super::vectors::{acts, clauses, merge_operation, referenced_columns, Act, ACTION};
 use super::{duplicate_error, duplicates, source_keys, Merge};
 use crate::cluster::sink::DataWriteSpec;
@@ -104,8 +105,6 @@ impl Source {
 
 /// What the clauses did, counted on the cluster.
 pub(super) struct Counted {
-    /// Candidate index → the rows it loses.
-    by_file: BTreeMap<u32, u64>,
     pub updated: u64,
     pub inserted: u64,
     pub deleted: u64,
@@ -119,20 +118,17 @@ fn counted(
     rows_written: u64,
 ) -> StageResult<Counted> {
     let (mut updated, mut deleted) = (0, 0);
-    let mut by_file: BTreeMap<u32, u64> = BTreeMap::new();
-    for ((action, file), n) in counts {
+    for ((action, _), n) in counts {
         match (action as usize).checked_sub(1).and_then(|a| acts.get(a)) {
             Some(Act::Update) => updated += n,
             Some(Act::Delete) => deleted += n,
             _ => return Err("a MERGE position without a deleting clause".into()),
         }
-        *by_file.entry(file).or_default() += n;
     }
     let inserted = rows_written
         .checked_sub(updated)
         .ok_or("a MERGE wrote fewer rows than it updated")?;
     Ok(Counted {
-        by_file,
         updated,
         inserted,
         deleted,
@@ -308,7 +304,6 @@ impl Executor {
             .filter(col(ACTION).in_list(deleting, false))
             .and_then(|d| d.select(vec![col(ACTION), col(FILE), col(POSITION)]))
             .map_err(df_err)?;
-        let counts = self.count_positions(&positions, Some(ACTION)).await?;
         let writing = clauses_that(&|a| a != Act::Delete);
         let table_schema = table.snapshot().map_err(df_err)?.snapshot().arrow_schema();
         // Of the table's types: the outcome was read back with the session's own
@@ -327,18 +322,35 @@ impl Executor {
             .and_then(|d| d.select(columns))
             .map_err(df_err)?;
         let spec = DataWriteSpec::for_table(&table, sort_by.clone())?;
-        let (added, rows_written) = remote.write_data(rows.logical_plan(), &spec).await?;
+        // Two independent chains of jobs, side by side on the cluster: the new
+        // files; and the count of each file's lost rows, then their fates and
+        // vectors (or rewrites).
+        let write_new = async {
+            remote
+                .write_data(rows.logical_plan(), &spec)
+                .await
+                .map_err(StageError::from)
+        };
+        let change_old = async {
+            let counts = self.count_positions(&positions, Some(ACTION)).await?;
+            let mut losing: BTreeMap<u32, u64> = BTreeMap::new();
+            for (&(_, file), n) in &counts {
+                *losing.entry(file).or_default() += n;
+            }
+            let decided = self
+                .decide_on_cluster(
+                    &table,
+                    candidates,
+                    &positions,
+                    losing,
+                    options.rewrite_above,
+                    sort_by,
+                )
+                .await?;
+            Ok::<_, StageError>((counts, decided))
+        };
+        let ((added, rows_written), (counts, decided)) = tokio::try_join!(write_new, change_old)?;
         let counted = counted(&acts, counts, rows_written)?;
-        let decided = self
-            .decide_on_cluster(
-                &table,
-                candidates,
-                &positions,
-                counted.by_file.clone(),
-                options.rewrite_above,
-                sort_by,
-            )
-            .await?;
         let changes = Changes {
             deleted: Deleted::Decided(decided),
             writer: FileWriter::for_table(&table, None)?,
