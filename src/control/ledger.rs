@@ -329,35 +329,23 @@ const COMPACT_ABOVE: usize = 64;
 /// the commit, the retried commit is refused (the version exists and carries the
 /// same transaction), and the row found in the log counts as appended, once.
 pub async fn append(location: &str, entry: &Entry) -> Result<()> {
-    let failed = |e: deltalake::DeltaTableError| {
-        Error::doing(format!("cannot append to the run ledger at {location}"), e)
-    };
-    let table = delta::open_or_create("runs", location, &schema(), &[], false).await?;
-    let row = entry.identity();
-    let props = deltalake::kernel::transaction::CommitProperties::default()
-        .with_application_transaction(deltalake::kernel::Transaction::new(
-            format!("sqlplan:{}#ledger", entry.pipeline),
-            entry.run,
-        ))
-        .with_metadata([(LEDGER_KEY.to_string(), serde_json::json!(row))]);
-    let written = table
-        .write(vec![to_batch(entry)?])
-        .with_save_mode(deltalake::protocol::SaveMode::Append)
-        .with_writer_properties(delta::writer_properties())
-        .with_commit_properties(props)
-        .await;
-    let table = match written {
-        Ok(table) => table,
-        Err(error) => {
-            let newest = delta::open("runs", location, None).await?;
-            let recent = delta::commit::history(&newest, 20).await?;
-            if !recent
-                .iter()
-                .any(|c| c.info.get(LEDGER_KEY) == Some(&serde_json::json!(row)))
-            {
-                return Err(failed(error));
+    let row = serde_json::json!(entry.identity());
+    // A write the store cut before its answer, and the client could not send
+    // again, is tried anew: the row's identity keeps it from landing twice.
+    let mut tries = 0;
+    let table = loop {
+        tries += 1;
+        match append_once(location, entry, &row).await {
+            Ok(table) => break table,
+            Err(error) => {
+                if let Some(table) = appended(location, &row).await {
+                    break table;
+                }
+                if tries == APPEND_TRIES {
+                    return Err(error);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
             }
-            newest
         }
     };
     let files = table
@@ -371,6 +359,41 @@ pub async fn append(location: &str, entry: &Entry) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many times a row's append is tried.
+const APPEND_TRIES: u64 = 3;
+
+async fn append_once(
+    location: &str,
+    entry: &Entry,
+    row: &serde_json::Value,
+) -> Result<deltalake::DeltaTable> {
+    let table = delta::open_or_create("runs", location, &schema(), &[], false).await?;
+    let props = deltalake::kernel::transaction::CommitProperties::default()
+        .with_application_transaction(deltalake::kernel::Transaction::new(
+            format!("sqlplan:{}#ledger", entry.pipeline),
+            entry.run,
+        ))
+        .with_metadata([(LEDGER_KEY.to_string(), row.clone())]);
+    table
+        .write(vec![to_batch(entry)?])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_writer_properties(delta::writer_properties())
+        .with_commit_properties(props)
+        .await
+        .map_err(|e| Error::doing(format!("cannot append to the run ledger at {location}"), e))
+}
+
+/// The ledger at its newest, if it holds the row `row` (its commit landed, though
+/// the store lost the answer).
+async fn appended(location: &str, row: &serde_json::Value) -> Option<deltalake::DeltaTable> {
+    let newest = delta::open("runs", location, None).await.ok()?;
+    let recent = delta::commit::history(&newest, 20).await.ok()?;
+    recent
+        .iter()
+        .any(|c| c.info.get(LEDGER_KEY) == Some(row))
+        .then_some(newest)
 }
 
 /// Commit metadata key of a ledger row's identity.
