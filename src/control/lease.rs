@@ -360,4 +360,96 @@ mod tests {
         let (still, _) = read(&store, &path).await.unwrap().unwrap();
         assert_eq!(still.unwrap().pid, 2, "a lost lease is not deleted");
     }
+
+    /// A store whose next conditional update happens but answers as its retry
+    /// would: refused, the version having changed (the answer was lost).
+    #[derive(Debug)]
+    struct LosesAnUpdateAnswer {
+        inner: InMemory,
+        armed: AtomicBool,
+    }
+
+    impl std::fmt::Display for LosesAnUpdateAnswer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "LosesAnUpdateAnswer")
+        }
+    }
+
+    use deltalake::logstore::object_store::{
+        CopyOptions, Error as StoreError, GetOptions, GetResult, ListResult, MultipartUpload,
+        ObjectMeta, PutMultipartOptions, PutResult, Result as StoreResult,
+    };
+    use futures::stream::BoxStream;
+
+    #[async_trait::async_trait]
+    impl ObjectStore for LosesAnUpdateAnswer {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> StoreResult<PutResult> {
+            let update = matches!(opts.mode, PutMode::Update(_));
+            let put = self.inner.put_opts(location, payload, opts).await?;
+            if update && self.armed.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Precondition {
+                    path: location.to_string(),
+                    source: "the version changed (our own lost write)".into(),
+                });
+            }
+            Ok(put)
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> StoreResult<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> StoreResult<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, StoreResult<Path>>,
+        ) -> BoxStream<'static, StoreResult<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, StoreResult<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> StoreResult<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> StoreResult<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// A renewal that happened but whose answer was lost (its retry refused) is
+    /// known by the holder's token: the lease is kept, not marked lost.
+    #[tokio::test]
+    async fn a_renewal_whose_answer_was_lost_keeps_the_lease() {
+        let store = Arc::new(LosesAnUpdateAnswer {
+            inner: InMemory::new(),
+            armed: AtomicBool::new(true),
+        });
+        let path = Path::from("_sqlplan/p.lease");
+        let short = chrono::Duration::milliseconds(1500);
+        let held = acquire_for(store.clone(), path.clone(), "p", short)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+        assert!(!store.armed.load(Ordering::SeqCst), "a renewal was made");
+        assert!(!held.lost(), "its own renewal did not lose the lease");
+        let other = acquire_for(store.clone(), path.clone(), "p", short).await;
+        assert!(other.is_err(), "still renewed, so still held");
+        held.release().await;
+    }
 }
