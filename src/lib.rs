@@ -16,6 +16,7 @@ mod delta;
 mod diag;
 mod exec;
 mod fixtures;
+mod lsp;
 mod plan;
 mod pruning;
 mod render;

@@ -221,6 +221,19 @@ pub enum Command {
         cargo run -- demo\n  \
         sqlplan demo --accounts 50000 --warehouse /tmp/demo")]
     Demo(DemoArgs),
+    /// Serve an editor: a language server (LSP) over stdin and stdout.
+    ///
+    /// The editor starts it; it answers while you type. On every open, change, save
+    /// or close it plans each pipeline the edit touches as `sqlplan plan` does (the
+    /// pipeline's declared vars, the warehouse they name), from the editor's
+    /// unsaved texts, and shows the problems in the files they point into: the
+    /// pipeline YAML or the SQL template. An open SQL file is checked through the
+    /// pipelines under its project's `pipelines/` folder that name it.
+    #[command(after_help = "Neovim (0.11+):\n  \
+        vim.lsp.config('sqlplan', { cmd = { 'sqlplan', 'lsp' }, filetypes = { 'yaml', 'sql' }, \
+        root_markers = { 'sql' } })\n  \
+        vim.lsp.enable('sqlplan')")]
+    Lsp,
     /// Measure speed and memory of a shipped pipeline (see `bench summary --help`).
     #[command(subcommand)]
     Bench(BenchTarget),

@@ -60,6 +60,14 @@ pub async fn execute(command: Command) -> Result<Output, Problem> {
             ..
         } => review(&input, format, &reference).await,
         Command::VerifyVectors { location, format } => verify_vectors(&location, format).await,
+        Command::Lsp => {
+            // The protocol loop blocks on its channels: off the async workers.
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || crate::lsp::serve(runtime))
+                .await
+                .map_err(|e| Problem::failed(Code::LspFailed, e.to_string()))??;
+            Ok(Output::from(String::new()))
+        }
         other => run_command(other).await.map(Output::from),
     }
 }
@@ -170,6 +178,7 @@ async fn run_command(command: Command) -> Result<String, Problem> {
             test_results(&pipeline, &results, junit.as_deref())
         }
         Command::VerifyVectors { .. } => unreachable!("`execute` runs verify-vectors"),
+        Command::Lsp => unreachable!("`execute` serves the editor"),
         Command::Schema { what } => {
             let schema = match what {
                 SchemaOf::Plan => schemars::schema_for!(crate::plan::Plan),

@@ -181,6 +181,8 @@ codes! {
     ReportUnwritable => "report_unwritable",
     /// `sqlplan scheduler` or `sqlplan executor` could not start, or stopped with an error.
     ClusterProcess => "cluster_process",
+    /// `sqlplan lsp` lost its editor (stdin or stdout closed) or met a protocol error.
+    LspFailed => "lsp_failed",
     /// A run could not start: a table cannot be opened or created, its schema drifted, or an unfinished run cannot be resumed.
     RunSetup => "run_setup",
     /// Another run of the pipeline holds the warehouse's run lock.

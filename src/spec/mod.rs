@@ -217,13 +217,35 @@ impl StageSpec {
     }
 }
 
+tokio::task_local! {
+    /// Files an editor holds with unsaved changes (`sqlplan lsp`), by canonical
+    /// path: within the planning task this is scoped to, they are read instead
+    /// of the disk.
+    pub static UNSAVED: std::sync::Arc<std::collections::BTreeMap<PathBuf, String>>;
+}
+
+/// A project file's text: the editor's unsaved text when there is one.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    let unsaved = UNSAVED
+        .try_with(|files| {
+            let key = path.canonicalize().ok()?;
+            files.get(&key).cloned()
+        })
+        .ok()
+        .flatten();
+    match unsaved {
+        Some(text) => Ok(text),
+        None => std::fs::read_to_string(path),
+    }
+}
+
 /// Loads and checks a pipeline file; `overrides` are the `--var key=value` pairs.
 pub fn load(
     path: &Path,
     root: Option<&Path>,
     overrides: &[(String, String)],
 ) -> Result<PipelineSpec> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_text(path).map_err(|e| {
         Problem::invalid(
             Code::PipelineUnreadable,
             format!("cannot read pipeline {}: {e}", path.display()),
@@ -346,5 +368,5 @@ pub fn read_project_file(
             "`{relative}` is a link to a file outside the project root"
         )));
     }
-    std::fs::read_to_string(&full).map_err(ProjectFileError::Io)
+    read_text(&full).map_err(ProjectFileError::Io)
 }

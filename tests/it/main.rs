@@ -10,6 +10,7 @@ mod expectations;
 mod faults;
 mod fixtures;
 mod generate;
+mod lsp;
 mod macros;
 mod merge;
 mod partition_types;

@@ -1,0 +1,238 @@
+//! `sqlplan lsp`: a language server over stdio for the pipeline YAML and the SQL
+//! templates, built on rust-analyzer's `lsp-server` (a synchronous message loop
+//! over channels) and `lsp-types`.
+//!
+//! Diagnostics as you type: on every open, change, save or close, each pipeline
+//! the edit can touch is planned again exactly as `sqlplan plan` plans it (its
+//! declared vars, the warehouse they name), reading the editor's unsaved texts
+//! instead of the disk (`spec::UNSAVED`), and its problems are published in the
+//! files they point into: a problem of a template shows in the template. A file
+//! whose problems are gone is sent an empty list.
+//!
+//! Which pipelines an edit touches: every open pipeline file, and for an open
+//! SQL file the pipelines under its project's `pipelines/` folder that name it.
+
+mod diagnostics;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+use std::sync::Arc;
+
+use lsp_server::{Connection, Message, Notification, Response};
+use lsp_types::notification::{
+    DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument, DidSaveTextDocument,
+    Notification as _, PublishDiagnostics,
+};
+use lsp_types::{
+    Diagnostic, PublishDiagnosticsParams, ServerCapabilities, TextDocumentSyncCapability,
+    TextDocumentSyncKind, Uri,
+};
+
+use crate::diag::{Code, Problem};
+
+/// Serves one editor on stdin/stdout until it asks the server to exit.
+pub fn serve(runtime: tokio::runtime::Handle) -> Result<(), Problem> {
+    let failed = |e: String| Problem::failed(Code::LspFailed, e);
+    let (connection, io) = Connection::stdio();
+    let capabilities = ServerCapabilities {
+        text_document_sync: Some(TextDocumentSyncCapability::Kind(TextDocumentSyncKind::FULL)),
+        ..Default::default()
+    };
+    let capabilities = serde_json::to_value(capabilities).map_err(|e| failed(e.to_string()))?;
+    connection
+        .initialize(capabilities)
+        .map_err(|e| failed(e.to_string()))?;
+    let mut server = Server {
+        runtime,
+        open: BTreeMap::new(),
+        published: BTreeSet::new(),
+    };
+    for message in &connection.receiver {
+        match message {
+            Message::Request(request) => {
+                if connection
+                    .handle_shutdown(&request)
+                    .map_err(|e| failed(e.to_string()))?
+                {
+                    break;
+                }
+                let refused = Response::new_err(
+                    request.id,
+                    lsp_server::ErrorCode::MethodNotFound as i32,
+                    format!("sqlplan lsp does not answer `{}` yet", request.method),
+                );
+                send(&connection, Message::Response(refused))?;
+            }
+            Message::Notification(n) => {
+                if server.take(n) {
+                    for (file, diagnostics) in server.check() {
+                        publish(&connection, &file, diagnostics)?;
+                    }
+                }
+            }
+            Message::Response(_) => {}
+        }
+    }
+    drop(connection);
+    io.join().map_err(|e| failed(e.to_string()))
+}
+
+struct Server {
+    runtime: tokio::runtime::Handle,
+    /// Open files (canonical paths) and the editor's text of each.
+    open: BTreeMap<PathBuf, String>,
+    /// Files last sent a non-empty list, to be cleared when their problems go.
+    published: BTreeSet<PathBuf>,
+}
+
+impl Server {
+    /// Takes a document notification; true if the texts changed.
+    fn take(&mut self, n: Notification) -> bool {
+        let path_of = |uri: &Uri| path_of(uri);
+        match n.method.as_str() {
+            DidOpenTextDocument::METHOD => {
+                let Ok(p) =
+                    serde_json::from_value::<lsp_types::DidOpenTextDocumentParams>(n.params)
+                else {
+                    return false;
+                };
+                let Some(path) = path_of(&p.text_document.uri) else {
+                    return false;
+                };
+                self.open.insert(path, p.text_document.text);
+            }
+            DidChangeTextDocument::METHOD => {
+                let Ok(p) =
+                    serde_json::from_value::<lsp_types::DidChangeTextDocumentParams>(n.params)
+                else {
+                    return false;
+                };
+                let Some(path) = path_of(&p.text_document.uri) else {
+                    return false;
+                };
+                // Full sync: the last change holds the whole text.
+                if let Some(change) = p.content_changes.into_iter().last() {
+                    self.open.insert(path, change.text);
+                }
+            }
+            DidSaveTextDocument::METHOD => {}
+            DidCloseTextDocument::METHOD => {
+                let Ok(p) =
+                    serde_json::from_value::<lsp_types::DidCloseTextDocumentParams>(n.params)
+                else {
+                    return false;
+                };
+                let Some(path) = path_of(&p.text_document.uri) else {
+                    return false;
+                };
+                self.open.remove(&path);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Plans every pipeline the open files touch; the diagnostics of each file
+    /// (an empty list for a file whose problems went).
+    fn check(&mut self) -> BTreeMap<PathBuf, Vec<Diagnostic>> {
+        let unsaved = Arc::new(self.open.clone());
+        let mut found: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
+        for pipeline in self.pipelines() {
+            let root = crate::spec::project_root(&pipeline);
+            let planning = crate::spec::UNSAVED
+                .scope(unsaved.clone(), crate::build_plan(&pipeline, None, &[]));
+            if let Err(problem) = self.runtime.block_on(planning) {
+                for (file, list) in diagnostics::by_file(&problem, &root, &pipeline) {
+                    let file = file.canonicalize().unwrap_or(file);
+                    found.entry(file).or_default().extend(list);
+                }
+            }
+        }
+        for file in std::mem::take(&mut self.published) {
+            found.entry(file).or_default();
+        }
+        self.published = found
+            .iter()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(f, _)| f.clone())
+            .collect();
+        found
+    }
+
+    /// The open pipeline files, and the pipelines under the project of each open
+    /// SQL file that name it.
+    fn pipelines(&self) -> BTreeSet<PathBuf> {
+        let mut out = BTreeSet::new();
+        for path in self.open.keys() {
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => {
+                    out.insert(path.clone());
+                }
+                Some("sql") => out.extend(naming(path)),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// The pipeline files under `sql_file`'s project `pipelines/` folder whose text
+/// names the file.
+fn naming(sql_file: &Path) -> Vec<PathBuf> {
+    let root = crate::spec::project_root(sql_file);
+    let Some(name) = sql_file.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut folders = vec![root.join("pipelines")];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                && std::fs::read_to_string(&path).is_ok_and(|t| t.contains(name))
+            {
+                out.push(path.canonicalize().unwrap_or(path));
+            }
+        }
+    }
+    out
+}
+
+fn path_of(uri: &Uri) -> Option<PathBuf> {
+    let url = url::Url::parse(uri.as_str()).ok()?;
+    let path = url.to_file_path().ok()?;
+    Some(path.canonicalize().unwrap_or(path))
+}
+
+fn publish(
+    connection: &Connection,
+    file: &Path,
+    diagnostics: Vec<Diagnostic>,
+) -> Result<(), Problem> {
+    let Some(uri) = url::Url::from_file_path(file)
+        .ok()
+        .and_then(|u| Uri::from_str(u.as_str()).ok())
+    else {
+        return Ok(());
+    };
+    let params = PublishDiagnosticsParams {
+        uri,
+        diagnostics,
+        version: None,
+    };
+    let note = Notification::new(PublishDiagnostics::METHOD.to_string(), params);
+    send(connection, Message::Notification(note))
+}
+
+fn send(connection: &Connection, message: Message) -> Result<(), Problem> {
+    connection
+        .sender
+        .send(message)
+        .map_err(|e| Problem::failed(Code::LspFailed, format!("the editor went away: {e}")))
+}

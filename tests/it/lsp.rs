@@ -1,0 +1,194 @@
+//! `sqlplan lsp` driven over stdio with JSON-RPC, as an editor drives it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::common::{bin, repo};
+
+/// A language server process and the messages it sent, read on a thread.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    from: mpsc::Receiver<Value>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_message(out: &mut BufReader<ChildStdout>) -> Option<Value> {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(n) = line.strip_prefix("Content-Length: ") {
+            length = n.parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    out.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new(bin())
+            .arg("lsp")
+            .current_dir(repo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (to, from) = mpsc::channel();
+        std::thread::spawn(move || {
+            while let Some(message) = read_message(&mut out) {
+                if to.send(message).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server { child, stdin, from };
+        server.send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"capabilities": {}, "rootUri": uri(""), "processId": null}}));
+        let answer = server.next(|m| m["id"] == 1);
+        assert_eq!(
+            answer["result"]["capabilities"]["textDocumentSync"], 1,
+            "{answer}"
+        );
+        server.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+        server
+    }
+
+    fn send(&mut self, message: Value) {
+        let body = message.to_string();
+        write!(self.stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn notify(&mut self, method: &str, params: Value) {
+        self.send(json!({"jsonrpc": "2.0", "method": method, "params": params}));
+    }
+
+    /// The next message `wanted` accepts (others are skipped), within 60 s.
+    fn next(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let message = self
+                .from
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the server answered within a minute");
+            if wanted(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// The next diagnostics published for `file`.
+    fn diagnostics(&mut self, file: &str) -> Vec<Value> {
+        let uri = uri(file);
+        let m = self.next(|m| {
+            m["method"] == "textDocument/publishDiagnostics" && m["params"]["uri"] == uri
+        });
+        m["params"]["diagnostics"].as_array().unwrap().clone()
+    }
+}
+
+/// The file URI of `path` in the repository.
+fn uri(path: &str) -> String {
+    let full = repo().join(path);
+    let full = full.canonicalize().unwrap_or(full);
+    url::Url::from_file_path(full).unwrap().to_string()
+}
+
+fn open(server: &mut Server, file: &str, text: &str) {
+    let language = if file.ends_with(".sql") {
+        "sql"
+    } else {
+        "yaml"
+    };
+    server.notify(
+        "textDocument/didOpen",
+        json!({"textDocument": {"uri": uri(file), "languageId": language, "version": 1, "text": text}}),
+    );
+}
+
+fn change(server: &mut Server, file: &str, version: i64, text: &str) {
+    server.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": uri(file), "version": version},
+            "contentChanges": [{"text": text}]}),
+    );
+}
+
+/// The summary pipeline's template, broken in the editor and not saved, shows
+/// the problem `plan` finds, in the template at its line; fixed, the list is
+/// cleared; an unknown key typed into the pipeline YAML shows there.
+#[test]
+fn diagnostics_follow_unsaved_edits_of_the_summary_pipeline_and_its_templates() {
+    let template = "sql/summary/existing.sql";
+    let original = std::fs::read_to_string(repo().join(template)).unwrap();
+    let pipeline = "pipelines/summary.yaml";
+    let yaml = std::fs::read_to_string(repo().join(pipeline)).unwrap();
+    let mut server = Server::start();
+    open(&mut server, template, &original);
+    // A column no relation has, on the template's second line.
+    let broken = format!(
+        "\n{}",
+        original.replacen("SELECT", "SELECT no_such_column,", 1)
+    );
+    change(&mut server, template, 2, &broken);
+    let found = server.diagnostics(template);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["source"], "sqlplan");
+    assert!(
+        found[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_column"),
+        "{found:#?}"
+    );
+    let line = broken
+        .lines()
+        .position(|l| l.contains("no_such_column"))
+        .unwrap();
+    assert_eq!(found[0]["range"]["start"]["line"], line, "{found:#?}");
+    change(&mut server, template, 3, &original);
+    assert_eq!(server.diagnostics(template), Vec::<Value>::new());
+    // The pipeline file, with a key no stage has.
+    open(&mut server, pipeline, &yaml);
+    let typo = yaml.replacen("stages:", "stages_typo: 1\nstages:", 1);
+    change(&mut server, pipeline, 2, &typo);
+    let found = server.diagnostics(pipeline);
+    assert!(!found.is_empty(), "a problem in the YAML");
+    assert!(
+        found
+            .iter()
+            .any(|d| d["message"].as_str().unwrap().contains("stages_typo")),
+        "{found:#?}"
+    );
+    // Nothing was written: the files on disk are as they were.
+    assert_eq!(
+        std::fs::read_to_string(repo().join(template)).unwrap(),
+        original
+    );
+    server.send(json!({"jsonrpc": "2.0", "id": 2, "method": "shutdown"}));
+    server.next(|m| m["id"] == 2);
+    server.notify("exit", json!(null));
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
