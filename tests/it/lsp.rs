@@ -192,3 +192,52 @@ fn diagnostics_follow_unsaved_edits_of_the_summary_pipeline_and_its_templates() 
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// A real editor's client: Neovim's built-in LSP client, headless, opens a
+/// template, breaks it without saving and receives the problem at its line.
+/// Skipped without `nvim` unless SQLPLAN_REQUIRE_NVIM is set (as in CI).
+#[test]
+fn neovims_client_shows_the_problem_of_an_unsaved_template() {
+    let found = Command::new("nvim").arg("--version").output();
+    if !found.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("SQLPLAN_REQUIRE_NVIM").is_none(),
+            "nvim is required here (apt-get install neovim)"
+        );
+        eprintln!("skipped: no nvim");
+        return;
+    }
+    let template = "sql/summary/existing.sql";
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("diagnostics.txt");
+    let script = repo().join("tests/it/lsp_editor/nvim.lua");
+    let status = Command::new("nvim")
+        .args(["--headless", "-u", "NONE", "-i", "NONE", "-n"])
+        .arg("-c")
+        .arg(format!("luafile {}", script.display()))
+        .env("SQLPLAN_LSP_BIN", bin())
+        .env("SQLPLAN_LSP_ROOT", repo())
+        .env("SQLPLAN_LSP_FILE", template)
+        .env("SQLPLAN_LSP_OUT", &out)
+        .env("HOME", dir.path())
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let original = std::fs::read_to_string(repo().join(template)).unwrap();
+    let line = original.lines().position(|l| l.contains("SELECT")).unwrap();
+    let fields: Vec<&str> = lines[0].splitn(3, '\t').collect();
+    assert_eq!(fields[0], line.to_string(), "{text}");
+    assert!(fields[2].contains("no_such_column"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(repo().join(template)).unwrap(),
+        original,
+        "nothing saved"
+    );
+}
