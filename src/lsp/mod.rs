@@ -11,7 +11,11 @@
 //!
 //! Which pipelines an edit touches: every open pipeline file, and for an open
 //! SQL file the pipelines under its project's `pipelines/` folder that name it.
+//!
+//! Hover, go to definition and completion answer from the last Plan of each
+//! pipeline (`answers.rs`).
 
+mod answers;
 mod diagnostics;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,13 +23,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::Arc;
 
-use lsp_server::{Connection, Message, Notification, Response};
+use lsp_server::{Connection, Message, Notification, Request, Response};
 use lsp_types::notification::{
     DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument, DidSaveTextDocument,
     Notification as _, PublishDiagnostics,
 };
+use lsp_types::request::{Completion, GotoDefinition, HoverRequest, Request as _};
 use lsp_types::{
-    Diagnostic, PublishDiagnosticsParams, ServerCapabilities, TextDocumentSyncCapability,
+    CompletionOptions, Diagnostic, Hover, HoverContents, HoverProviderCapability, Location,
+    MarkupContent, MarkupKind, OneOf, Position, PublishDiagnosticsParams, Range,
+    ServerCapabilities, TextDocumentPositionParams, TextDocumentSyncCapability,
     TextDocumentSyncKind, Uri,
 };
 
@@ -37,6 +44,9 @@ pub fn serve(runtime: tokio::runtime::Handle) -> Result<(), Problem> {
     let (connection, io) = Connection::stdio();
     let capabilities = ServerCapabilities {
         text_document_sync: Some(TextDocumentSyncCapability::Kind(TextDocumentSyncKind::FULL)),
+        hover_provider: Some(HoverProviderCapability::Simple(true)),
+        definition_provider: Some(OneOf::Left(true)),
+        completion_provider: Some(CompletionOptions::default()),
         ..Default::default()
     };
     let capabilities = serde_json::to_value(capabilities).map_err(|e| failed(e.to_string()))?;
@@ -47,6 +57,7 @@ pub fn serve(runtime: tokio::runtime::Handle) -> Result<(), Problem> {
         runtime,
         open: BTreeMap::new(),
         published: BTreeSet::new(),
+        plans: BTreeMap::new(),
     };
     for message in &connection.receiver {
         match message {
@@ -57,12 +68,7 @@ pub fn serve(runtime: tokio::runtime::Handle) -> Result<(), Problem> {
                 {
                     break;
                 }
-                let refused = Response::new_err(
-                    request.id,
-                    lsp_server::ErrorCode::MethodNotFound as i32,
-                    format!("sqlplan lsp does not answer `{}` yet", request.method),
-                );
-                send(&connection, Message::Response(refused))?;
+                send(&connection, Message::Response(server.answer(request)))?;
             }
             Message::Notification(n) => {
                 if server.take(n) {
@@ -84,6 +90,8 @@ struct Server {
     open: BTreeMap<PathBuf, String>,
     /// Files last sent a non-empty list, to be cleared when their problems go.
     published: BTreeSet<PathBuf>,
+    /// Each pipeline's last Plan that succeeded.
+    plans: BTreeMap<PathBuf, crate::plan::Plan>,
 }
 
 impl Server {
@@ -142,10 +150,15 @@ impl Server {
             let root = crate::spec::project_root(&pipeline);
             let planning = crate::spec::UNSAVED
                 .scope(unsaved.clone(), crate::build_plan(&pipeline, None, &[]));
-            if let Err(problem) = self.runtime.block_on(planning) {
-                for (file, list) in diagnostics::by_file(&problem, &root, &pipeline) {
-                    let file = file.canonicalize().unwrap_or(file);
-                    found.entry(file).or_default().extend(list);
+            match self.runtime.block_on(planning) {
+                Ok(plan) => {
+                    self.plans.insert(pipeline, plan);
+                }
+                Err(problem) => {
+                    for (file, list) in diagnostics::by_file(&problem, &root, &pipeline) {
+                        let file = file.canonicalize().unwrap_or(file);
+                        found.entry(file).or_default().extend(list);
+                    }
                 }
             }
         }
@@ -158,6 +171,107 @@ impl Server {
             .map(|(f, _)| f.clone())
             .collect();
         found
+    }
+
+    /// The answer to a hover, definition or completion request (an error for
+    /// any other).
+    fn answer(&self, request: Request) -> Response {
+        // Hover, definition and completion all carry a document and a position.
+        let at = serde_json::from_value::<TextDocumentPositionParams>(request.params.clone())
+            .ok()
+            .and_then(|p| Some((path_of(&p.text_document.uri)?, p.position)));
+        let result = at.and_then(|(file, position)| match request.method.as_str() {
+            HoverRequest::METHOD => self.hover(&file, position),
+            GotoDefinition::METHOD => self.definition(&file, position),
+            Completion::METHOD => self.completion(&file),
+            _ => None,
+        });
+        match request.method.as_str() {
+            HoverRequest::METHOD | GotoDefinition::METHOD | Completion::METHOD => {
+                Response::new_ok(request.id, result.unwrap_or(serde_json::Value::Null))
+            }
+            method => Response::new_err(
+                request.id,
+                lsp_server::ErrorCode::MethodNotFound as i32,
+                format!("sqlplan lsp does not answer `{method}`"),
+            ),
+        }
+    }
+
+    /// The pipelines with a Plan that `file` is, or is a template of.
+    fn known_for(&self, file: &Path) -> Vec<(PathBuf, PathBuf, String)> {
+        let uses = |pipeline: &PathBuf| {
+            let root = crate::spec::project_root(pipeline);
+            pipeline == file
+                || self.plans[pipeline].stages.iter().any(|s| {
+                    s.template
+                        .as_ref()
+                        .is_some_and(|t| root.join(t).canonicalize().ok().as_deref() == Some(file))
+                })
+        };
+        self.pipelines()
+            .into_iter()
+            .filter(|p| self.plans.contains_key(p) && uses(p))
+            .map(|p| {
+                let yaml = self
+                    .open
+                    .get(&p)
+                    .cloned()
+                    .or_else(|| std::fs::read_to_string(&p).ok())
+                    .unwrap_or_default();
+                (crate::spec::project_root(&p), p, yaml)
+            })
+            .collect()
+    }
+
+    fn with_known<T>(&self, file: &Path, f: impl Fn(&answers::Known) -> Option<T>) -> Option<T> {
+        self.known_for(file)
+            .iter()
+            .find_map(|(root, pipeline, yaml)| {
+                f(&answers::Known {
+                    plan: &self.plans[pipeline],
+                    root,
+                    pipeline,
+                    yaml,
+                })
+            })
+    }
+
+    fn word(&self, file: &Path, position: Position) -> Option<String> {
+        let text = match self.open.get(file) {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string(file).ok()?,
+        };
+        answers::word_at(&text, position)
+    }
+
+    fn hover(&self, file: &Path, position: Position) -> Option<serde_json::Value> {
+        let word = self.word(file, position)?;
+        let text = self.with_known(file, |k| k.hover(file, &word))?;
+        let hover = Hover {
+            contents: HoverContents::Markup(MarkupContent {
+                kind: MarkupKind::Markdown,
+                value: text,
+            }),
+            range: None,
+        };
+        serde_json::to_value(hover).ok()
+    }
+
+    fn definition(&self, file: &Path, position: Position) -> Option<serde_json::Value> {
+        let word = self.word(file, position)?;
+        let (target, line) = self.with_known(file, |k| k.definition(&word))?;
+        let at = Position { line, character: 0 };
+        serde_json::to_value(Location {
+            uri: uri_of(&target)?,
+            range: Range { start: at, end: at },
+        })
+        .ok()
+    }
+
+    fn completion(&self, file: &Path) -> Option<serde_json::Value> {
+        let items = self.with_known(file, |k| Some(k.completion(file)))?;
+        serde_json::to_value(items).ok()
     }
 
     /// The open pipeline files, and the pipelines under the project of each open
@@ -215,10 +329,7 @@ fn publish(
     file: &Path,
     diagnostics: Vec<Diagnostic>,
 ) -> Result<(), Problem> {
-    let Some(uri) = url::Url::from_file_path(file)
-        .ok()
-        .and_then(|u| Uri::from_str(u.as_str()).ok())
-    else {
+    let Some(uri) = uri_of(file) else {
         return Ok(());
     };
     let params = PublishDiagnosticsParams {
@@ -235,4 +346,10 @@ fn send(connection: &Connection, message: Message) -> Result<(), Problem> {
         .sender
         .send(message)
         .map_err(|e| Problem::failed(Code::LspFailed, format!("the editor went away: {e}")))
+}
+
+fn uri_of(file: &Path) -> Option<Uri> {
+    url::Url::from_file_path(file)
+        .ok()
+        .and_then(|u| Uri::from_str(u.as_str()).ok())
 }

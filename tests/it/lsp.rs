@@ -135,6 +135,65 @@ fn change(server: &mut Server, file: &str, version: i64, text: &str) {
     );
 }
 
+impl Server {
+    /// The result of request `method` at `line`/`character` of `file`.
+    fn ask(&mut self, id: i64, method: &str, file: &str, line: usize, character: usize) -> Value {
+        self.send(
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {
+            "textDocument": {"uri": uri(file)},
+            "position": {"line": line, "character": character}}}),
+        );
+        self.next(|m| m["id"] == id)["result"].clone()
+    }
+}
+
+/// Hover, definition and completion in the template, from its pipeline's plan.
+fn answers_from_the_plan(server: &mut Server, template: &str, text: &str) {
+    let at = |word: &str| {
+        let line = text.lines().position(|l| l.contains(word)).unwrap();
+        (
+            line,
+            text.lines().nth(line).unwrap().find(word).unwrap() + 1,
+        )
+    };
+    let (line, col) = at("window_months wm");
+    let hover = server.ask(10, "textDocument/hover", template, line, col);
+    let shown = hover["contents"]["value"].as_str().unwrap_or_default();
+    assert!(shown.starts_with("**relation `window_months`**"), "{hover}");
+    assert!(shown.contains("sql/summary/window_months.sql"), "{hover}");
+    let (line, col) = at("FROM summary s");
+    let hover = server.ask(11, "textDocument/hover", template, line, col + 5);
+    let shown = hover["contents"]["value"].as_str().unwrap_or_default();
+    assert!(shown.starts_with("**table `summary`**"), "{hover}");
+    assert!(shown.contains("partitioned by rpt_as_of_mo"), "{hover}");
+    let (line, col) = at("cons_acct_key = w.");
+    let hover = server.ask(12, "textDocument/hover", template, line, col);
+    let shown = hover["contents"]["value"].as_str().unwrap_or_default();
+    assert!(shown.contains("`cons_acct_key`: Int64"), "{hover}");
+    let (line, col) = at("window_months wm");
+    let place = server.ask(13, "textDocument/definition", template, line, col);
+    assert_eq!(
+        place["uri"],
+        uri("sql/summary/window_months.sql"),
+        "{place}"
+    );
+    let items = server.ask(14, "textDocument/completion", template, line, 0);
+    let labels: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["label"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "window_months",
+        "summary",
+        "latest_summary",
+        "cons_acct_key",
+    ] {
+        assert!(labels.contains(&wanted), "{wanted} not in {labels:?}");
+    }
+}
+
 /// The summary pipeline's template, broken in the editor and not saved, shows
 /// the problem `plan` finds, in the template at its line; fixed, the list is
 /// cleared; an unknown key typed into the pipeline YAML shows there.
@@ -169,6 +228,7 @@ fn diagnostics_follow_unsaved_edits_of_the_summary_pipeline_and_its_templates() 
     assert_eq!(found[0]["range"]["start"]["line"], line, "{found:#?}");
     change(&mut server, template, 3, &original);
     assert_eq!(server.diagnostics(template), Vec::<Value>::new());
+    answers_from_the_plan(&mut server, template, &original);
     // The pipeline file, with a key no stage has.
     open(&mut server, pipeline, &yaml);
     let typo = yaml.replacen("stages:", "stages_typo: 1\nstages:", 1);
