@@ -130,14 +130,7 @@ impl Known<'_> {
         if !declared {
             return None;
         }
-        // `- name: word` (a stage) or `word:` (a table) in the YAML.
-        let line = self.yaml.lines().position(|l| {
-            let l = l.trim_start().trim_start_matches("- ");
-            l.strip_prefix("name:").is_some_and(|n| n.trim() == word)
-                || l.strip_prefix(word)
-                    .is_some_and(|rest| rest.starts_with(':'))
-        })?;
-        Some((self.pipeline.to_path_buf(), line as u32))
+        Some((self.pipeline.to_path_buf(), self.definition_in_yaml(word)?))
     }
 
     /// Relations, tables and the columns in scope in `file`.
@@ -177,6 +170,35 @@ impl Known<'_> {
             }
         }
         out
+    }
+}
+
+impl Known<'_> {
+    /// A lens per stage `file` defines: (line, stage) — each stage's line in
+    /// the pipeline YAML, or the first line of a stage's template.
+    pub fn lenses(&self, file: &Path) -> Vec<(u32, String)> {
+        if same(self.pipeline, file) {
+            return self
+                .plan
+                .stages
+                .iter()
+                .filter_map(|s| Some((self.definition_in_yaml(&s.name)?, s.name.clone())))
+                .collect();
+        }
+        self.stage_of(file)
+            .map(|s| vec![(0, s.name.clone())])
+            .unwrap_or_default()
+    }
+
+    /// The line of `- name: word` (a stage) or `word:` (a table) in the YAML.
+    fn definition_in_yaml(&self, word: &str) -> Option<u32> {
+        let line = self.yaml.lines().position(|l| {
+            let l = l.trim_start().trim_start_matches("- ");
+            l.strip_prefix("name:").is_some_and(|n| n.trim() == word)
+                || l.strip_prefix(word)
+                    .is_some_and(|rest| rest.starts_with(':'))
+        })?;
+        Some(line as u32)
     }
 }
 

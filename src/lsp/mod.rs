@@ -28,7 +28,9 @@ use lsp_types::notification::{
     DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument, DidSaveTextDocument,
     Notification as _, PublishDiagnostics,
 };
-use lsp_types::request::{Completion, GotoDefinition, HoverRequest, Request as _};
+use lsp_types::request::{
+    CodeLensRequest, Completion, ExecuteCommand, GotoDefinition, HoverRequest, Request as _,
+};
 use lsp_types::{
     CompletionOptions, Diagnostic, Hover, HoverContents, HoverProviderCapability, Location,
     MarkupContent, MarkupKind, OneOf, Position, PublishDiagnosticsParams, Range,
@@ -47,6 +49,13 @@ pub fn serve(runtime: tokio::runtime::Handle) -> Result<(), Problem> {
         hover_provider: Some(HoverProviderCapability::Simple(true)),
         definition_provider: Some(OneOf::Left(true)),
         completion_provider: Some(CompletionOptions::default()),
+        code_lens_provider: Some(lsp_types::CodeLensOptions {
+            resolve_provider: Some(false),
+        }),
+        execute_command_provider: Some(lsp_types::ExecuteCommandOptions {
+            commands: vec![RENDERED_SQL.to_string()],
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let capabilities = serde_json::to_value(capabilities).map_err(|e| failed(e.to_string()))?;
@@ -83,6 +92,9 @@ pub fn serve(runtime: tokio::runtime::Handle) -> Result<(), Problem> {
     drop(connection);
     io.join().map_err(|e| failed(e.to_string()))
 }
+
+/// The command that answers a stage's rendered SQL (the lenses run it).
+const RENDERED_SQL: &str = "sqlplan.renderedSql";
 
 struct Server {
     runtime: tokio::runtime::Handle,
@@ -176,6 +188,29 @@ impl Server {
     /// The answer to a hover, definition or completion request (an error for
     /// any other).
     fn answer(&self, request: Request) -> Response {
+        match request.method.as_str() {
+            CodeLensRequest::METHOD => {
+                let lenses = serde_json::from_value::<lsp_types::CodeLensParams>(request.params)
+                    .ok()
+                    .and_then(|p| self.lenses(&path_of(&p.text_document.uri)?));
+                return Response::new_ok(request.id, lenses.unwrap_or_default());
+            }
+            ExecuteCommand::METHOD => {
+                let sql = serde_json::from_value::<lsp_types::ExecuteCommandParams>(request.params)
+                    .ok()
+                    .filter(|p| p.command == RENDERED_SQL)
+                    .and_then(|p| self.rendered_sql(&p.arguments));
+                return match sql {
+                    Some(sql) => Response::new_ok(request.id, sql),
+                    None => Response::new_err(
+                        request.id,
+                        lsp_server::ErrorCode::InvalidParams as i32,
+                        format!("`{RENDERED_SQL}` takes a pipeline's URI and a stage name of its last plan"),
+                    ),
+                };
+            }
+            _ => {}
+        }
         // Hover, definition and completion all carry a document and a position.
         let at = serde_json::from_value::<TextDocumentPositionParams>(request.params.clone())
             .ok()
@@ -267,6 +302,51 @@ impl Server {
             range: Range { start: at, end: at },
         })
         .ok()
+    }
+
+    /// A lens over each stage `file` defines, running `RENDERED_SQL` for it.
+    fn lenses(&self, file: &Path) -> Option<Vec<lsp_types::CodeLens>> {
+        let (pipeline, lenses) = self
+            .known_for(file)
+            .into_iter()
+            .find_map(|(root, p, yaml)| {
+                let known = answers::Known {
+                    plan: &self.plans[&p],
+                    root: &root,
+                    pipeline: &p,
+                    yaml: &yaml,
+                };
+                let lenses = known.lenses(file);
+                (!lenses.is_empty()).then(|| (p.clone(), lenses))
+            })?;
+        let uri = uri_of(&pipeline)?;
+        let lens = |(line, stage): (u32, String)| {
+            let at = Position { line, character: 0 };
+            lsp_types::CodeLens {
+                range: Range { start: at, end: at },
+                command: Some(lsp_types::Command {
+                    title: format!("rendered SQL of `{stage}`"),
+                    command: RENDERED_SQL.to_string(),
+                    arguments: Some(vec![
+                        serde_json::json!(uri.as_str()),
+                        serde_json::json!(stage),
+                    ]),
+                }),
+                data: None,
+            }
+        };
+        Some(lenses.into_iter().map(lens).collect())
+    }
+
+    /// `RENDERED_SQL`'s answer: arguments (pipeline URI, stage name).
+    fn rendered_sql(&self, arguments: &[serde_json::Value]) -> Option<String> {
+        let [pipeline, stage] = arguments else {
+            return None;
+        };
+        let pipeline = path_of(&Uri::from_str(pipeline.as_str()?).ok()?)?;
+        let stage = stage.as_str()?;
+        let plan = self.plans.get(&pipeline)?;
+        plan.stages.iter().find(|s| s.name == stage)?.sql.clone()
     }
 
     fn completion(&self, file: &Path) -> Option<serde_json::Value> {

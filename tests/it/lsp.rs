@@ -192,6 +192,36 @@ fn answers_from_the_plan(server: &mut Server, template: &str, text: &str) {
     ] {
         assert!(labels.contains(&wanted), "{wanted} not in {labels:?}");
     }
+    // A lens on the template runs the command that answers its rendered SQL.
+    let lenses = server.ask(15, "textDocument/codeLens", template, 0, 0);
+    assert_eq!(lenses.as_array().unwrap().len(), 1, "{lenses}");
+    let command = &lenses[0]["command"];
+    assert_eq!(command["title"], "rendered SQL of `existing`", "{lenses}");
+    server.send(
+        json!({"jsonrpc": "2.0", "id": 16, "method": "workspace/executeCommand",
+        "params": {"command": command["command"], "arguments": command["arguments"]}}),
+    );
+    let sql = server.next(|m| m["id"] == 16)["result"].clone();
+    let sql = sql.as_str().unwrap_or_default();
+    assert!(
+        sql.contains("FROM summary s") && !sql.contains("{{"),
+        "{sql}"
+    );
+    // The pipeline file has a lens per stage, on the stage's line.
+    let pipeline = "pipelines/summary.yaml";
+    let lenses = server.ask(17, "textDocument/codeLens", pipeline, 0, 0);
+    let yaml = std::fs::read_to_string(repo().join(pipeline)).unwrap();
+    let existing = lenses
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["command"]["title"] == "rendered SQL of `existing`")
+        .unwrap_or_else(|| panic!("{lenses}"));
+    let line = existing["range"]["start"]["line"].as_u64().unwrap() as usize;
+    assert!(
+        yaml.lines().nth(line).unwrap().contains("name: existing"),
+        "{lenses}"
+    );
 }
 
 /// The summary pipeline's template, broken in the editor and not saved, shows
