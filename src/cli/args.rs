@@ -228,7 +228,10 @@ pub enum Command {
     /// pipeline's declared vars, the warehouse they name), from the editor's
     /// unsaved texts, and shows the problems in the files they point into: the
     /// pipeline YAML or the SQL template. An open SQL file is checked through the
-    /// pipelines under its project's `pipelines/` folder that name it.
+    /// pipelines under its project's `pipelines/` folder that name it. From each
+    /// pipeline's last plan: hover on relations, tables and columns, go to
+    /// definition, completion, and a code lens per stage for its rendered SQL
+    /// (command `sqlplan.renderedSql`).
     #[command(after_help = "Neovim (0.11+):\n  \
         vim.lsp.config('sqlplan', { cmd = { 'sqlplan', 'lsp' }, filetypes = { 'yaml', 'sql' }, \
         root_markers = { 'sql' } })\n  \

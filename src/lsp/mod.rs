@@ -12,8 +12,10 @@
 //! Which pipelines an edit touches: every open pipeline file, and for an open
 //! SQL file the pipelines under its project's `pipelines/` folder that name it.
 //!
-//! Hover, go to definition and completion answer from the last Plan of each
-//! pipeline (`answers.rs`).
+//! Hover, go to definition, completion and the code lenses answer from the last
+//! Plan of each pipeline (`answers.rs`); a lens runs `sqlplan.renderedSql`, which
+//! answers a stage's rendered SQL. Nothing is cached between keystrokes but those
+//! plans: each change reads the tables' logs again, so a log that moved is seen.
 
 mod answers;
 mod diagnostics;
