@@ -111,26 +111,19 @@ struct Server {
 impl Server {
     /// Takes a document notification; true if the texts changed.
     fn take(&mut self, n: Notification) -> bool {
-        let path_of = |uri: &Uri| path_of(uri);
+        use lsp_types::{
+            DidChangeTextDocumentParams as Change, DidCloseTextDocumentParams as Close,
+            DidOpenTextDocumentParams as Open,
+        };
         match n.method.as_str() {
             DidOpenTextDocument::METHOD => {
-                let Ok(p) =
-                    serde_json::from_value::<lsp_types::DidOpenTextDocumentParams>(n.params)
-                else {
-                    return false;
-                };
-                let Some(path) = path_of(&p.text_document.uri) else {
+                let Some((path, p)) = document::<Open>(n, |p| &p.text_document.uri) else {
                     return false;
                 };
                 self.open.insert(path, p.text_document.text);
             }
             DidChangeTextDocument::METHOD => {
-                let Ok(p) =
-                    serde_json::from_value::<lsp_types::DidChangeTextDocumentParams>(n.params)
-                else {
-                    return false;
-                };
-                let Some(path) = path_of(&p.text_document.uri) else {
+                let Some((path, p)) = document::<Change>(n, |p| &p.text_document.uri) else {
                     return false;
                 };
                 // Full sync: the last change holds the whole text.
@@ -140,12 +133,7 @@ impl Server {
             }
             DidSaveTextDocument::METHOD => {}
             DidCloseTextDocument::METHOD => {
-                let Ok(p) =
-                    serde_json::from_value::<lsp_types::DidCloseTextDocumentParams>(n.params)
-                else {
-                    return false;
-                };
-                let Some(path) = path_of(&p.text_document.uri) else {
+                let Some((path, _)) = document::<Close>(n, |p| &p.text_document.uri) else {
                     return false;
                 };
                 self.open.remove(&path);
@@ -398,6 +386,15 @@ fn naming(sql_file: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A document notification's parameters, and the path of its document.
+fn document<P: serde::de::DeserializeOwned>(
+    n: Notification,
+    uri: impl Fn(&P) -> &Uri,
+) -> Option<(PathBuf, P)> {
+    let params: P = serde_json::from_value(n.params).ok()?;
+    Some((path_of(uri(&params))?, params))
 }
 
 fn path_of(uri: &Uri) -> Option<PathBuf> {
