@@ -1,7 +1,7 @@
 //! Run control: the folder `_sqlplan/` beside the tables a pipeline's runs finish
 //! on, where one run at a time holds the pipeline's lock (`lock.rs`: a file lock
 //! on a local warehouse, a lease object on an object store, `lease.rs`) and every run
-//! writes its start and end to the ledger (`ledger.rs`). Below `exec`, which takes
+//! writes its start and end to the ledger (`ledger/`). Below `exec`, which takes
 //! the lock and writes the ledger; `sqlplan runs` and vacuum read it.
 
 pub mod lease;

@@ -320,7 +320,7 @@ impl<'p> Schedule<'p> {
     }
 }
 
-/// The run's rows in the run ledger (`ledger.rs`): the start row is written before
+/// The run's rows in the run ledger (`control/ledger`): the start row is written before
 /// any stage runs (a run that cannot record itself does not start); the end row
 /// after the finish commit. A failure to write the end row is reported, not fatal:
 /// every write of the run is committed by then, and the tables' logs, not the
