@@ -150,6 +150,16 @@ impl FaultyStore {
         }
     }
 
+    /// `env` (an S3 server's environment) with its endpoint pointed here.
+    pub fn in_front(&self, env: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+        env.iter()
+            .map(|(k, v)| match *k {
+                "AWS_ENDPOINT_URL" => (*k, self.endpoint.clone()),
+                _ => (*k, v.clone()),
+            })
+            .collect()
+    }
+
     pub fn script(&self, rules: Vec<Scripted>) {
         self.state.lock().unwrap().script = rules.into_iter().map(|r| (r, 0)).collect();
     }

@@ -8,17 +8,6 @@ use super::common::{repo, sqlplan_with_env, Output};
 use super::faults::{Fault, FaultyStore, Scripted};
 use super::s3::{ok, S3};
 
-/// The server's environment with the endpoint pointed at the proxy.
-fn through(s3: &S3, proxy: &FaultyStore) -> Vec<(&'static str, String)> {
-    s3.env()
-        .into_iter()
-        .map(|(k, v)| match k {
-            "AWS_ENDPOINT_URL" => (k, proxy.endpoint.clone()),
-            _ => (k, v),
-        })
-        .collect()
-}
-
 pub fn generate(s3: &S3, warehouse: &str, next: bool) {
     let mut args = vec!["generate", "summary", "--warehouse", warehouse];
     if next {
@@ -120,7 +109,7 @@ async fn a_run_survives_lost_answers_throttling_and_cut_connections() {
         rule("PUT", ".parquet", 2, Fault::InternalError),
         rule("GET", ".parquet", 4, Fault::Delay),
     ]);
-    let out = run(&through(&s3, &proxy), faulty);
+    let out = run(&proxy.in_front(&s3.env()), faulty);
     let injected = proxy.injected();
     assert_eq!(
         out.code,
@@ -196,7 +185,7 @@ async fn soak_months_on_a_faulty_store_with_kills_equal_an_undisturbed_run() {
     let proxy = FaultyStore::start(&s3.endpoint, Duration::from_secs(6 * 3600));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let (calm, faulty) = ("s3://warehouse/soak-calm", "s3://warehouse/soak-faulty");
-    let mut env = through(&s3, &proxy);
+    let mut env = proxy.in_front(&s3.env());
     env.push(("SQLPLAN_LEASE_SECONDS", "2".into()));
     let mut soak = Soak::default();
     // Attempts whose end row the store kept from the ledger (they show as

@@ -287,13 +287,7 @@ async fn on_s3_a_lease_lets_one_run_of_two_processes_and_a_killed_runs_lease_exp
     // The second run goes through a proxy that records its requests.
     let proxy =
         crate::faults::FaultyStore::start(&s3.endpoint, std::time::Duration::from_secs(300));
-    let proxied: Vec<_> = env
-        .iter()
-        .map(|(k, v)| match *k {
-            "AWS_ENDPOINT_URL" => (*k, proxy.endpoint.clone()),
-            _ => (*k, v.clone()),
-        })
-        .collect();
+    let proxied = proxy.in_front(&env);
     let second = crate::common::sqlplan_with_env(two.path(), &["run", "pipeline.yaml"], proxied);
     assert_eq!(second.code, 1, "{}", second.stderr);
     assert!(
