@@ -44,7 +44,9 @@ pub fn duckdb_lines(table: &Path, vals: &Path, query: &str) -> Option<Vec<String
 import sys, os, glob, duckdb, duckdb_extension_delta
 ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), \
     'extensions', '*', 'delta.duckdb_extension'))[0]
+# No progress bar: a query that takes over two seconds would print one to stdout.
 c = duckdb.connect()
+c.execute('SET enable_progress_bar = false')
 c.execute(f\"LOAD '{ext}'\")
 c.execute(\"CREATE VIEW t AS SELECT * FROM delta_scan('\" + sys.argv[1] + \"')\")
 c.execute(\"CREATE VIEW vals AS SELECT * FROM delta_scan('\" + sys.argv[2] + \"')\")
