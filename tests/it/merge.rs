@@ -152,12 +152,21 @@ stages:
       WHEN MATCHED THEN UPDATE SET ds = 'seen'
       WHEN NOT MATCHED BY SOURCE AND t.ds = 'x' THEN DELETE
       WHEN NOT MATCHED BY SOURCE THEN UPDATE SET v = 'orphan'
+  - name: no_equality
+    query: |
+      MERGE INTO target t
+      USING (SELECT max(id) AS top FROM changes UNION ALL SELECT 1000 AS top) c
+      ON t.id > c.top - 8
+      WHEN MATCHED AND t.v = 'delete' THEN DELETE
+      WHEN MATCHED THEN UPDATE SET ds = 'tail'
+      WHEN NOT MATCHED THEN INSERT (id, v, ds) VALUES (c.top + 1, 'after', 'z')
 "#;
 
 /// On a 2-executor cluster, MERGEs that are not by key alone run on the
 /// executors (a join on the whole ON over every live row, FULL with `NOT
-/// MATCHED BY SOURCE`) and give the rows of a local run (delta-rs's merge), on
-/// a table with deletion vectors and on one without.
+/// MATCHED BY SOURCE`; an ON without a key equality in one partition) and give
+/// the rows of a local run (delta-rs's merge), on a table with deletion vectors
+/// and on one without.
 #[tokio::test(flavor = "multi_thread")]
 async fn merges_not_by_key_alone_on_a_cluster_equal_a_local_run() {
     let cluster = crate::cluster::Cluster::start_local(2);
@@ -197,7 +206,7 @@ async fn merges_not_by_key_alone_on_a_cluster_equal_a_local_run() {
             );
             if engine.is_some() {
                 let r = report(&project);
-                for name in ["conditional", "by_source"] {
+                for name in ["conditional", "by_source", "no_equality"] {
                     let m = &stage(&r, name)["metrics"];
                     assert_eq!(m["key_pass"], "full join", "{name}: {m}");
                 }
@@ -239,6 +248,73 @@ async fn merges_not_by_key_alone_on_a_cluster_equal_a_local_run() {
             tables[0].iter().any(|r| r.ends_with(",orphan,y")),
             "{tables:?}"
         );
+        // The MERGE without a key equality updated the last ids and inserted
+        // for the source row that matched none.
+        let tail = tables[0].iter().filter(|r| r.ends_with(",tail")).count();
+        assert!(tail >= 5, "{tables:?}");
+        assert!(
+            tables[0].contains(&"1001,after,z".to_string()),
+            "{tables:?}"
+        );
         assert_eq!(tables[1], tables[0], "deletion vectors: {dv}");
+    }
+}
+
+const REPEATS: &str = r#"name: repeats
+tables:
+  target:
+    location: warehouse/target
+    deletion_vectors: true
+  changes:
+    location: warehouse/changes
+stages:
+  - name: overlapping
+    query: |
+      MERGE INTO target t USING changes c ON t.id > c.id + 5
+      WHEN MATCHED THEN CLAUSE
+"#;
+
+/// Without a key equality in the ON, one target row may meet several source
+/// rows: on a cluster, as locally, an UPDATE of such a row is refused and names
+/// it, and an unconditional DELETE deletes it once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_row_two_source_rows_match_is_refused_on_a_cluster_as_locally() {
+    let cluster = crate::cluster::Cluster::start_local(2);
+    for (clause, fails) in [("UPDATE SET v = c.v", true), ("DELETE", false)] {
+        let mut tables = Vec::new();
+        for engine in [None, Some(cluster.engine())] {
+            let project = Project::new(&[("pipeline.yaml", &REPEATS.replace("CLAUSE", clause))]);
+            let wh = project.warehouse();
+            let target = batch(&[1, 2, 8, 9], &["a", "b", "c", "d"], &["x", "x", "x", "x"]);
+            create_table(&wh.join("target"), target, &[]).await;
+            let changes = batch(&[1, 2, 3], &["p", "q", "r"], &["z", "z", "z"]);
+            create_table(&wh.join("changes"), changes, &[]).await;
+            let mut args = vec!["run", "pipeline.yaml", "--report", "report.json"];
+            args.extend(engine.iter().flat_map(|e| ["--engine", *e]));
+            let out = project.sqlplan(&args);
+            if fails {
+                assert_eq!(out.code, 1, "{engine:?}\n{}", out.stderr);
+                let says = match engine {
+                    Some(_) => {
+                        "with 3 source rows; a target row may be changed by one source row only"
+                    }
+                    None => "multiple source rows",
+                };
+                assert!(out.stderr.contains(says), "{}", out.stderr);
+            } else {
+                assert_eq!(out.code, 0, "{engine:?}\n{}", out.stderr);
+                if engine.is_some() {
+                    let r = report(&project);
+                    let m = &stage(&r, "overlapping")["metrics"];
+                    assert_eq!(m["key_pass"], "full join", "{m}");
+                    assert_eq!(m["rows_deleted"], 2, "{m}");
+                }
+            }
+            let rows = read_table(&wh.join("target"), "SELECT id, v, ds FROM t ORDER BY id").await;
+            tables.push(rows);
+        }
+        assert_eq!(tables[1], tables[0], "{clause}");
+        let expected = if fails { 4 } else { 2 };
+        assert_eq!(tables[0].len(), expected, "{clause}: {tables:?}");
     }
 }

@@ -3,8 +3,8 @@
 //! copy-on-write by delta-rs's merge builder (`cow`), or, on a table with
 //! deletion vectors, by sqlplan's own writer that marks the changed rows deleted and
 //! appends their new versions (`vectors`). On a cluster the executors do it:
-//! a MERGE by key with its key pass (`remote`), any other with a key equality
-//! by a join on its whole ON (`general`).
+//! a MERGE by key with its key pass (`remote`), any other by a join on its
+//! whole ON (`general`).
 
 mod cow;
 mod general;
@@ -120,7 +120,7 @@ impl Executor {
                         .merge_on_cluster(stage, merge, source, keys.clone(), table, &on_cluster)
                         .await;
                 }
-            } else if general::runs_on_cluster(&merge) {
+            } else {
                 let metrics = self
                     .general_merge_on_cluster(
                         stage,

@@ -103,6 +103,15 @@ impl Source {
     }
 }
 
+/// How a MERGE's outcome is applied on the cluster.
+pub(super) struct Applied {
+    /// The new files' order: the MERGE key's target columns.
+    pub sort_by: Vec<String>,
+    /// Whether two source rows may match one target row (an ON without a key
+    /// equality): then checked, and a row two matches delete is deleted once.
+    pub matches_may_repeat: bool,
+}
+
 /// What the clauses did, counted on the cluster.
 pub(super) struct Counted {
     pub updated: u64,
@@ -243,6 +252,10 @@ impl Executor {
             .map_err(df_err)?;
         let table_schema = snapshot.snapshot().arrow_schema();
         let outcome = clauses(&merge, joined, &table_schema)?;
+        let applied = Applied {
+            sort_by: names,
+            matches_may_repeat: false,
+        };
         let (counted, w) = self
             .apply_on_cluster(
                 stage,
@@ -251,7 +264,7 @@ impl Executor {
                 table,
                 &mut candidates,
                 options,
-                names,
+                applied,
             )
             .await?;
         Ok(StageMetrics {
@@ -269,8 +282,8 @@ impl Executor {
     /// Applies a MERGE's `outcome` (each joined row's clause, the table's
     /// columns as it sets them, the matched row's file and position) on the
     /// cluster: written to the scratch folder where it is computed; from it the
-    /// executors write the new files (in `sort_by` order) and the vectors, and
-    /// count what the clauses did; one commit here.
+    /// executors write the new files and the vectors, and count what the
+    /// clauses did; one commit here.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_on_cluster(
         &self,
@@ -280,7 +293,7 @@ impl Executor {
         table: DeltaTable,
         candidates: &mut [Candidate],
         options: &VectorOptions,
-        sort_by: Vec<String>,
+        applied: Applied,
     ) -> StageResult<(Counted, Written)> {
         let remote = self
             .remote
@@ -304,6 +317,15 @@ impl Executor {
             .filter(col(ACTION).in_list(deleting, false))
             .and_then(|d| d.select(vec![col(ACTION), col(FILE), col(POSITION)]))
             .map_err(df_err)?;
+        let positions = match applied.matches_may_repeat {
+            true => {
+                self.one_match_per_row(merge, &positions, candidates)
+                    .await?;
+                positions.distinct().map_err(df_err)?
+            }
+            false => positions,
+        };
+        let sort_by = applied.sort_by;
         let writing = clauses_that(&|a| a != Act::Delete);
         let table_schema = table.snapshot().map_err(df_err)?.snapshot().arrow_schema();
         // Of the table's types: the outcome was read back with the session's own
