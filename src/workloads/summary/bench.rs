@@ -194,7 +194,7 @@ pub async fn summary(
         months.push(next_month(pipeline, gen, &run_options, n, options.copy_on_write).await?);
     }
     let build = if cfg!(debug_assertions) {
-        "dev profile, dependencies at opt-level 2"
+        "dev profile: dependencies at opt-level 2, the planning and coordinating crates at 1"
     } else {
         "release profile"
     };
