@@ -169,7 +169,12 @@ impl Executor {
             let deletes_only = col("first").eq(action.clone()).and(col("last").eq(action));
             repeated = repeated.filter(!deletes_only).map_err(df_err)?;
         }
-        let repeated = repeated.limit(0, Some(1)).map_err(df_err)?;
+        // The first such row, by file and position: the same message every time.
+        let first = vec![col(FILE).sort(true, false), col(POSITION).sort(true, false)];
+        let repeated = repeated
+            .sort(first)
+            .and_then(|d| d.limit(0, Some(1)))
+            .map_err(df_err)?;
         let batches = self.collect(repeated).await?;
         let Some(b) = batches.iter().find(|b| b.num_rows() > 0) else {
             return Ok(());
